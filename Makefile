@@ -1,0 +1,178 @@
+# libmoe - the build.
+#
+#   make                 library (static + shared), the `moe` CLI, the tests
+#   make check           install what is missing, then every suite (unit, sanitizers,
+#                        fuzz, multi-rank): what CI runs
+#   make test            build, prepare the Python reference env, run the unit tests
+#   make test-asan       the whole test suite under ASan + UBSan
+#   make demo            build and run `moe demo`
+#   make fuzz            run each fuzz target for FUZZ_SECONDS under ASan + UBSan
+#   make install         PREFIX=/usr/local: lib, header, pkg-config file
+#   make help            this text
+#
+# Optional parts are detected and announced: CUDA (nvcc), MPI (mpicc), NCCL.
+# Opt out with NO_CUDA=1, NO_MPI=1, NO_NCCL=1.
+
+PREFIX    ?= /usr/local
+BUILD     ?= build
+CC        ?= cc
+CFLAGS    ?= -O2 -march=native
+CFLAGS    += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -fPIC -pthread \
+             -Iinclude -Isrc/core -fno-strict-aliasing
+LDLIBS    += -lm -lpthread
+PYTHON    ?= python3
+VENV      ?= .venv
+FUZZ_SECONDS ?= 60
+
+VERSION   := $(shell sed -n 's/^#define MOE_VERSION_MAJOR \([0-9]*\)/\1/p' include/moe.h).$(shell sed -n 's/^#define MOE_VERSION_MINOR \([0-9]*\)/\1/p' include/moe.h).$(shell sed -n 's/^#define MOE_VERSION_PATCH \([0-9]*\)/\1/p' include/moe.h)
+
+LIB_SRC   := $(sort $(wildcard src/core/*.c src/router/*.c src/kernel/*.c src/cpu/*.c \
+                               src/quant/*.c src/io/*.c src/ep/*.c))
+TOOL_SRC  := $(sort $(wildcard tools/*.c))
+TEST_SRC  := $(sort $(wildcard tests/*.c))
+
+# ---- optional: CUDA
+NVCC      ?= $(shell command -v nvcc 2>/dev/null)
+ifeq ($(NO_CUDA),)
+ifneq ($(NVCC),)
+HAVE_CUDA := 1
+endif
+endif
+ifeq ($(HAVE_CUDA),1)
+CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(NVCC))
+CUDA_SRC  := $(sort $(wildcard src/cuda/*.cu))
+CUDA_GENCODE ?= -gencode arch=compute_90a,code=sm_90a -gencode arch=compute_90,code=compute_90
+NVCCFLAGS ?= -O3 -std=c++17 $(CUDA_GENCODE) -Xcompiler -fPIC,-Wall,-Wextra,-Werror \
+             -Iinclude -Isrc/core -Isrc/cuda --expt-relaxed-constexpr
+CFLAGS    += -DMOE_HAVE_CUDA -I$(CUDA_HOME)/include
+LDLIBS    += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcudart
+CUDA_OBJ  := $(CUDA_SRC:%.cu=$(BUILD)/%.o)
+endif
+
+# ---- optional: MPI and NCCL (parallel experts, src/ep/). src/ep/mpi-*.c need
+# mpi.h and build only when mpicc is found; src/ep/nccl-*.c need CUDA and
+# nccl.h. Each feature is one define, checked in src/ep/comm.c only.
+MPICC     ?= $(shell command -v mpicc 2>/dev/null)
+ifeq ($(NO_MPI),)
+ifneq ($(MPICC),)
+HAVE_MPI  := 1
+endif
+endif
+ifeq ($(HAVE_MPI),1)
+MPI_CFLAGS := $(shell $(MPICC) --showme:compile)
+CFLAGS    += -DMOE_HAVE_MPI
+LDLIBS    += $(shell $(MPICC) --showme:link)
+$(BUILD)/src/ep/mpi-%.o: CFLAGS += $(MPI_CFLAGS)
+else
+LIB_SRC   := $(filter-out src/ep/mpi-%.c,$(LIB_SRC))
+endif
+ifeq ($(NO_NCCL)$(HAVE_CUDA),1)
+ifneq ($(wildcard $(CUDA_HOME)/include/nccl.h),)
+HAVE_NCCL := 1
+endif
+endif
+ifeq ($(HAVE_NCCL),1)
+CFLAGS    += -DMOE_HAVE_NCCL
+LDLIBS    += -lnccl
+else
+LIB_SRC   := $(filter-out src/ep/nccl-%.c,$(LIB_SRC))
+endif
+MPI_TEST_SRC := $(sort $(wildcard tests/mpi/*.c))
+MPI_TESTS    := $(MPI_TEST_SRC:tests/mpi/%.c=$(BUILD)/tests/mpi/%)
+
+.PHONY: announce-ep mpi-tests
+announce: announce-ep
+announce-ep:
+	@echo "libmoe parallel experts: $(if $(HAVE_MPI),MPI ✓ ($(MPICC)),MPI ✗)$(if $(HAVE_NCCL), NCCL ✓, NCCL ✗)"
+
+# Multi-rank test programs, run by scripts/ep-test.sh under mpirun.
+mpi-tests: $(MPI_TESTS)
+$(BUILD)/tests/mpi/%: tests/mpi/%.c tests/mpi/mpi-test.h $(BUILD)/libmoe.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(MPI_CFLAGS) -Itests -o $@ $< $(BUILD)/libmoe.a $(LDLIBS)
+
+LIB_OBJ   := $(LIB_SRC:%.c=$(BUILD)/%.o) $(CUDA_OBJ)
+TEST_OBJ  := $(TEST_SRC:%.c=$(BUILD)/%.o)
+
+.PHONY: all lib check test test-asan demo fuzz install clean help announce pyenv testdata
+
+all: announce $(BUILD)/libmoe.a $(BUILD)/libmoe.so $(BUILD)/moe $(BUILD)/moe-test
+
+announce:
+	@echo "libmoe $(VERSION): CPU ✓$(if $(HAVE_CUDA), CUDA ✓ ($(NVCC)), CUDA ✗)"
+
+lib: $(BUILD)/libmoe.a $(BUILD)/libmoe.so
+
+$(BUILD)/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -MMD -MP -c $< -o $@
+
+$(BUILD)/%.o: %.cu
+	@mkdir -p $(dir $@)
+	$(NVCC) $(NVCCFLAGS) -MMD -MP -c $< -o $@
+
+$(BUILD)/libmoe.a: $(LIB_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(BUILD)/libmoe.so: $(LIB_OBJ)
+	$(CC) -shared -Wl,-soname,libmoe.so.$(firstword $(subst ., ,$(VERSION))) -o $@ $^ $(LDLIBS)
+
+$(BUILD)/moe: $(TOOL_SRC:%.c=$(BUILD)/%.o) $(BUILD)/libmoe.a
+	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
+
+$(BUILD)/moe-test: $(TEST_OBJ) $(BUILD)/libmoe.a
+	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
+
+# ---- Python reference environment: independent implementations (ml_dtypes,
+# gguf, safetensors, numpy) that the tests compare against. Installed into a
+# local virtual environment; nothing global.
+$(VENV)/.stamp: tests/python/requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt
+	@touch $@
+
+pyenv: $(VENV)/.stamp
+
+# Golden data from the independent implementations, read by the C tests.
+testdata: $(VENV)/.stamp
+	@mkdir -p $(BUILD)/testdata
+	@for s in tests/python/gen_*.py; do \
+	    [ -e "$$s" ] || continue; \
+	    echo "  GEN $$s"; $(VENV)/bin/python $$s $(BUILD)/testdata || exit 1; \
+	done
+
+check:
+	bash scripts/test-all.sh
+
+test: all testdata
+	MOE_TEST_DATA=$(BUILD)/testdata $(BUILD)/moe-test
+
+# The whole suite again under AddressSanitizer and UndefinedBehaviorSanitizer.
+test-asan: testdata
+	$(MAKE) BUILD=build-asan CFLAGS="-O1 -g -march=native -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" \
+	    LDLIBS="-fsanitize=address,undefined" NO_CUDA=1 build-asan/moe-test
+	ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
+	    MOE_TEST_DATA=$(BUILD)/testdata build-asan/moe-test
+
+demo: $(BUILD)/moe
+	$(BUILD)/moe demo
+
+install: $(BUILD)/libmoe.a $(BUILD)/libmoe.so
+	install -d $(DESTDIR)$(PREFIX)/lib $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/lib/pkgconfig $(DESTDIR)$(PREFIX)/bin
+	install -m 644 include/moe.h $(DESTDIR)$(PREFIX)/include/moe.h
+	install -m 644 $(BUILD)/libmoe.a $(DESTDIR)$(PREFIX)/lib/libmoe.a
+	install -m 755 $(BUILD)/libmoe.so $(DESTDIR)$(PREFIX)/lib/libmoe.so.$(VERSION)
+	ln -sf libmoe.so.$(VERSION) $(DESTDIR)$(PREFIX)/lib/libmoe.so.$(firstword $(subst ., ,$(VERSION)))
+	ln -sf libmoe.so.$(VERSION) $(DESTDIR)$(PREFIX)/lib/libmoe.so
+	[ -x $(BUILD)/moe ] && install -m 755 $(BUILD)/moe $(DESTDIR)$(PREFIX)/bin/moe || true
+	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@VERSION@|$(VERSION)|' \
+	    -e 's|@LIBS@|$(LDLIBS)|' moe.pc.in > $(DESTDIR)$(PREFIX)/lib/pkgconfig/moe.pc
+
+clean:
+	rm -rf $(BUILD) build-asan build-fuzz
+
+help:
+	@sed -n '1,/^$$/p' Makefile | sed 's/^# \{0,1\}//'
+
+-include $(LIB_OBJ:.o=.d) $(TEST_OBJ:.o=.d) $(TOOL_SRC:%.c=$(BUILD)/%.d)

@@ -1,0 +1,96 @@
+/*
+ * cpu-formats.h - the CPU experts' per-format kernel table: how the `cpu`
+ * experts implementation (src/cpu/experts-cpu.c) multiplies a block of an
+ * expert's weight rows by a block of activation rows, for each weight format.
+ *
+ * The experts driver owns everything around the kernels: gathering and
+ * scaling the input rows, threading, tiling, bias, activation, the shared
+ * experts' gate and the scatter of results. A format plugs in with one
+ * moe__cpu_format entry (three hooks) defined in its own file
+ * (src/cpu/gemm-plain.c for F32/BF16/F16, src/cpu/gemv-<fmt>.c for quantized
+ * formats) and one line in the table of src/cpu/cpu-formats.c.
+ *
+ * ===== How the driver calls a format =====
+ *
+ * For one expert and one projection (W13 or W2, viewed as moe__wmat w of
+ * (rows, cols), cols = K):
+ *
+ *   1. Every input row of the expert (f32, cols values) goes once through
+ *      act_quantize(w, x, cols, xq) into a buffer of act_row_bytes(cols)
+ *      bytes (rows are laid out xq_stride bytes apart, 64-byte aligned).
+ *      Without act_quantize the rows stay f32 and act_row_bytes is not used.
+ *      For W13 the input is the token's row (times the Llama-4 in_scale);
+ *      for W2 it is the activation output a (d_ff values).
+ *   2. The driver splits w's rows into tiles [r0, r1) and the expert's
+ *      input rows into chunks of n_x rows, and for each (tile, chunk) calls
+ *        gemm(w, r0, r1, xq, xq_stride, n_x, y, y_stride)
+ *      which writes, for i in [0, n_x) and r in [r0, r1),
+ *        y[i * y_stride + (r - r0)] = sum_k dequant(W[r, k]) * x_i[k]
+ *      with the format's scales applied but NO bias (the driver adds it).
+ *      A weight tile is applied to every row of the chunk before the next
+ *      tile, so in decode each weight byte is read from memory once.
+ *
+ * ===== Contract every gemm must keep (tested) =====
+ *
+ * - Determinism and batch invariance: y[i][r] is a function of W row r and
+ *   input row i only, computed with one fixed operation order: it must not
+ *   depend on n_x, on i (the row's position in the chunk), on r0, r1, on the
+ *   thread, or on what other rows hold. Concretely: fix how K is split
+ *   (lanes, blocks, partial sums, the final horizontal reduction) as a
+ *   function of K alone, and use the same split in every register-blocking
+ *   variant (1 row or 16 rows at once must give the same bits).
+ * - Accumulate in fp32 (or exactly in integers, then scale in fp32).
+ * - Any 0 <= r0 < r1 <= w->rows and any n_x >= 1 are valid; no alignment of
+ *   r0 or r1 is promised. xq is 64-byte aligned and xq_stride is a multiple
+ *   of 64; y rows are not aligned.
+ * - Thread safety: called concurrently from pool threads on disjoint y; it
+ *   must not write any shared state and must not allocate (use the stack:
+ *   the pool's threads have default-sized stacks, keep it under 64 KiB).
+ * - act_quantize must depend on its own row (and w's static scales) only.
+ *
+ * Kernels are selected at compile time from the compiler's -march macros
+ * (__AVX512F__, __AVX2__, plain C otherwise): each build has one kernel per
+ * format, so determinism holds within a build, not across ISAs.
+ */
+#ifndef MOE_CPU_FORMATS_H
+#define MOE_CPU_FORMATS_H
+
+#include "internal.h"
+
+typedef struct moe__cpu_format {
+    /* Bytes of one activation row of `cols` values after act_quantize
+     * (including any per-row or per-block scales stored with it). Unused
+     * (may be NULL) when act_quantize is NULL: rows are then cols floats. */
+    size_t (*act_row_bytes)(int64_t cols);
+    /* Converts one f32 input row x (cols) into the kernel's activation form
+     * xq (act_row_bytes(cols) bytes). w is the matrix the row will multiply
+     * (static input scales, e.g. FP8_TENSOR's input_scale). NULL: the kernel
+     * reads f32 rows. Must produce what the format's act_fake_quant_ref in
+     * the format table emulates. */
+    void   (*act_quantize)(const moe__wmat *w, const float *x, int64_t cols, void *xq);
+    /* y (n_x, y_stride) columns [0, r1 - r0) = rows [r0, r1) of w times each
+     * of the n_x input rows xq (n_x rows, xq_stride bytes apart). No bias. */
+    void   (*gemm)(const moe__wmat *w, int64_t r0, int64_t r1, const void *xq,
+                   size_t xq_stride, int64_t n_x, float *y, int64_t y_stride);
+} moe__cpu_format;
+
+/* The kernels of format f, or NULL when the CPU has none for it. */
+const moe__cpu_format *moe__cpu_format_get(moe_format f);
+
+/* ===== Entries (each defined in the file that implements it) ===== */
+
+/* src/cpu/gemm-plain.c: f32 activations, weights converted in registers. */
+extern const moe__cpu_format moe__cpu_f32;
+extern const moe__cpu_format moe__cpu_bf16;
+extern const moe__cpu_format moe__cpu_f16;
+
+/* Quantized formats (src/cpu/gemv-<fmt>.c): declare them here, one line each. */
+
+/* ===== Helpers shared by the CPU files ===== */
+
+/* sum_k a[k] * b[k] in fp32 with the same fixed order as the F32 gemm (so a
+ * value does not depend on where it is computed). Used for the shared
+ * experts' gate. */
+float moe__cpu_dot_f32(const float *a, const float *b, int64_t n);
+
+#endif /* MOE_CPU_FORMATS_H */

@@ -1,0 +1,102 @@
+/*
+ * pf-local.c - the single-rank prepare/finalize.
+ *
+ * prepare groups the token slots by local expert with a stable counting sort
+ * (rows of one expert stay in slot order, so the layout is a pure function of
+ * the routing); slots of experts the expert map places elsewhere are left
+ * out. finalize sums each token's slots in slot order, in fp32, then adds the
+ * shared experts' output.
+ */
+#include "internal.h"
+
+#include <string.h>
+
+/* expert_start (n_local + 1) int32, row_slot (n_tokens * top_k) int32, and
+ * y (n_tokens * top_k, d_model) f32. */
+static size_t local_workspace_size(const moe_layer *l, int64_t n_tokens) {
+    const moe_routed_experts *e = l->opts.experts;
+    size_t slots = (size_t)n_tokens * (size_t)l->opts.router->opts.top_k;
+    return 3 * 64 + ((size_t)e->opts.n_experts + 1) * sizeof(int32_t) + slots * sizeof(int32_t) +
+           slots * (size_t)e->opts.d_model * sizeof(float);
+}
+
+static moe_status local_prepare(moe_layer *l, moe__dispatch *d, void *ws, size_t ws_size) {
+    const moe_routed_experts *e   = l->opts.experts;
+    const int32_t            *map = e->expert_map;
+    char *cur = ws, *end = (char *)ws + ws_size;
+    const int64_t n_slots = d->n_tokens * d->top_k;
+    int32_t *start = moe__ws_take(&cur, end, ((size_t)e->opts.n_experts + 1) * sizeof(int32_t));
+    int32_t *rows  = moe__ws_take(&cur, end, (size_t)n_slots * sizeof(int32_t));
+    float   *y     = moe__ws_take(&cur, end, (size_t)n_slots * (size_t)d->d_model * sizeof(float));
+    if (!start || !rows || !y)
+        return moe__errf(l->err, sizeof l->err, MOE_ERR_WORKSPACE, "local prepare: workspace");
+
+    /* Count, prefix-sum, then place in slot order: start[i] is expert i's
+     * first row, and after placement start[i] has moved to its end. */
+    memset(start, 0, ((size_t)e->opts.n_experts + 1) * sizeof(int32_t));
+    for (int64_t s = 0; s < n_slots; s++) {
+        int32_t loc = map[d->topk_ids[s]];
+        if (loc >= 0) start[loc + 1]++;
+    }
+    for (int32_t i = 0; i < e->opts.n_experts; i++) start[i + 1] += start[i];
+    for (int64_t s = 0; s < n_slots; s++) {
+        int32_t loc = map[d->topk_ids[s]];
+        if (loc >= 0) rows[start[loc]++] = (int32_t)s;
+    }
+    for (int32_t i = e->opts.n_experts; i > 0; i--) start[i] = start[i - 1];
+    start[0] = 0;
+
+    d->n_local      = e->opts.n_experts;
+    d->expert_start = start;
+    d->row_slot     = rows;
+    d->n_rows       = start[e->opts.n_experts];
+    d->y            = y;
+    return MOE_OK;
+}
+
+typedef struct finalize_args {
+    const moe__dispatch *d;
+    const int32_t       *map;
+    const float         *shared_y;
+    float               *out;
+    int64_t              tokens_per_task;
+} finalize_args;
+
+static void finalize_task(void *varg, int64_t task, int thread) {
+    (void)thread;
+    const finalize_args *a = varg;
+    const moe__dispatch *d = a->d;
+    const int64_t        H = d->d_model;
+    int64_t t0 = task * a->tokens_per_task, t1 = t0 + a->tokens_per_task;
+    if (t1 > d->n_tokens) t1 = d->n_tokens;
+    for (int64_t t = t0; t < t1; t++) {
+        float *o = a->out + t * H;
+        for (int64_t k = 0; k < H; k++) o[k] = 0.0f;
+        for (int32_t j = 0; j < d->top_k; j++) {
+            int64_t s = t * d->top_k + j;
+            if (a->map[d->topk_ids[s]] < 0) continue; /* held by another rank */
+            const float  w = d->in_scale ? 1.0f : d->topk_w[s];
+            const float *y = d->y + s * H;
+            for (int64_t k = 0; k < H; k++) o[k] += w * y[k];
+        }
+        if (a->shared_y) {
+            const float *sy = a->shared_y + t * H;
+            for (int64_t k = 0; k < H; k++) o[k] += sy[k];
+        }
+    }
+}
+
+static moe_status local_finalize(moe_layer *l, const moe__dispatch *d, const float *shared_y,
+                                 float *out) {
+    finalize_args a = { d, l->opts.experts->expert_map, shared_y, out, 4 };
+    int64_t n_tasks = (d->n_tokens + a.tokens_per_task - 1) / a.tokens_per_task;
+    moe__pool_run(l->ctx->pool, n_tasks, finalize_task, &a);
+    return MOE_OK;
+}
+
+const moe__prepare_finalize_impl moe__pf_local = {
+    .name           = "local",
+    .workspace_size = local_workspace_size,
+    .prepare        = local_prepare,
+    .finalize       = local_finalize,
+};

@@ -1,0 +1,85 @@
+/*
+ * test.h - the one test runner's registration and checks.
+ *
+ * A test is a function declared with TEST(name) in any tests/test-*.c file;
+ * it registers itself before main() runs (a constructor), so adding a test
+ * file needs no edit to a shared list. The runner (tests/main.c) runs the
+ * tests in name order and ends with "N passed, M failed, K skipped".
+ *
+ *     TEST(router_softmax_ties) {
+ *         CHECK(ids[0] == 0, "tie went to %d", ids[0]);
+ *     }
+ *
+ * CHECK records a failure and goes on; REQUIRE returns from the test.
+ */
+#ifndef MOE_TEST_H
+#define MOE_TEST_H
+
+#include "moe.h"
+
+#include <math.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+typedef struct test_case {
+    const char       *name;
+    void            (*fn)(void);
+    struct test_case *next;
+} test_case;
+
+void test_register(test_case *t);
+void test_fail(const char *file, int line, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+/* Failure of CHECK/REQUIRE: the condition's text, then the caller's message. */
+void test_fail_cond(const char *file, int line, const char *cond, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+void test_skip(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+bool test_failed(void);    /* the running test has failed a check */
+
+#define TEST(name)                                                             \
+    static void test_fn_##name(void);                                          \
+    __attribute__((constructor)) static void test_reg_##name(void) {           \
+        static test_case t = { #name, test_fn_##name, NULL };                  \
+        test_register(&t);                                                     \
+    }                                                                          \
+    static void test_fn_##name(void)
+
+#define CHECK(cond, ...)                                                       \
+    do {                                                                       \
+        if (!(cond)) test_fail_cond(__FILE__, __LINE__, "CHECK(" #cond ")", " " __VA_ARGS__); \
+    } while (0)
+#define REQUIRE(cond, ...)                                                     \
+    do {                                                                       \
+        if (!(cond)) { test_fail_cond(__FILE__, __LINE__, "REQUIRE(" #cond ")", " " __VA_ARGS__); return; } \
+    } while (0)
+/* Expects status `expr` == `want`; prints both names otherwise. */
+#define CHECK_STATUS(expr, want)                                               \
+    do {                                                                       \
+        moe_status s_ = (expr);                                                \
+        if (s_ != (want))                                                      \
+            test_fail(__FILE__, __LINE__, "%s returned %s, want %s", #expr,    \
+                      moe_status_name(s_), moe_status_name(want));             \
+    } while (0)
+#define TEST_SKIP(...) do { test_skip(__VA_ARGS__); return; } while (0)
+
+/* ===== Helpers (tests/util.c) ===== */
+
+/* Deterministic generator (splitmix64), one per test. */
+typedef struct test_rng { uint64_t s; } test_rng;
+uint64_t test_rng_u64(test_rng *r);
+float    test_rng_uniform(test_rng *r);          /* [0, 1)              */
+float    test_rng_normal(test_rng *r);           /* N(0, 1)             */
+void     test_fill_normal(test_rng *r, float *x, size_t n, float sigma);
+
+/* Sum (a-b)^2 / sum b^2 (b the reference); 0 when both are all zero. */
+double test_nmse(const float *a, const double *ref, size_t n);
+double test_nmse_f(const float *a, const float *ref, size_t n);
+/* Index of the first NaN in x, or -1. */
+long   test_find_nan(const float *x, size_t n);
+void   test_poison(float *x, size_t n);          /* fill with NaN       */
+/* Directory of generated test data (build/testdata), "" when unknown. */
+const char *test_data_dir(void);
+
+#endif /* MOE_TEST_H */

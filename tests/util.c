@@ -1,0 +1,65 @@
+/*
+ * util.c - helpers shared by the tests: a seeded generator, error metrics,
+ * NaN poisoning.
+ */
+#include "test.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+uint64_t test_rng_u64(test_rng *r) {
+    uint64_t z = (r->s += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+float test_rng_uniform(test_rng *r) { return (float)(test_rng_u64(r) >> 40) / (float)(1 << 24); }
+
+float test_rng_normal(test_rng *r) {
+    /* Box-Muller on two uniforms in (0, 1]. */
+    double u1 = ((test_rng_u64(r) >> 11) + 1.0) / 9007199254740993.0;
+    double u2 = (test_rng_u64(r) >> 11) / 9007199254740992.0;
+    return (float)(sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2));
+}
+
+void test_fill_normal(test_rng *r, float *x, size_t n, float sigma) {
+    for (size_t i = 0; i < n; i++) x[i] = sigma * test_rng_normal(r);
+}
+
+double test_nmse(const float *a, const double *ref, size_t n) {
+    double num = 0, den = 0;
+    for (size_t i = 0; i < n; i++) {
+        double d = (double)a[i] - ref[i];
+        num += d * d;
+        den += ref[i] * ref[i];
+    }
+    if (den == 0) return num == 0 ? 0 : INFINITY;
+    return num / den;
+}
+
+double test_nmse_f(const float *a, const float *ref, size_t n) {
+    double num = 0, den = 0;
+    for (size_t i = 0; i < n; i++) {
+        double d = (double)a[i] - ref[i];
+        num += d * d;
+        den += (double)ref[i] * ref[i];
+    }
+    if (den == 0) return num == 0 ? 0 : INFINITY;
+    return num / den;
+}
+
+long test_find_nan(const float *x, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        if (isnan(x[i])) return (long)i;
+    return -1;
+}
+
+void test_poison(float *x, size_t n) {
+    for (size_t i = 0; i < n; i++) x[i] = NAN;
+}
+
+const char *test_data_dir(void) {
+    const char *d = getenv("MOE_TEST_DATA");
+    return d ? d : "build/testdata";
+}
