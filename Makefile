@@ -45,7 +45,7 @@ CUDA_GENCODE ?= -gencode arch=compute_90a,code=sm_90a -gencode arch=compute_90,c
 NVCCFLAGS ?= -O3 -std=c++17 $(CUDA_GENCODE) -Xcompiler -fPIC,-Wall,-Wextra,-Werror \
              -Iinclude -Isrc/core -Isrc/cuda --expt-relaxed-constexpr
 CFLAGS    += -DMOE_HAVE_CUDA -I$(CUDA_HOME)/include
-LDLIBS    += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcudart
+LDLIBS    += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcudart -lstdc++
 CUDA_OBJ  := $(CUDA_SRC:%.cu=$(BUILD)/%.o)
 endif
 
@@ -53,6 +53,9 @@ endif
 # mpi.h and build only when mpicc is found; src/ep/nccl-*.c need CUDA and
 # nccl.h. Each feature is one define, checked in src/ep/comm.c only.
 MPICC     ?= $(shell command -v mpicc 2>/dev/null)
+ifeq ($(origin LDLIBS),command line)
+NO_MPI    := 1   # LDLIBS from the command line (make test-asan) would drop -lmpi
+endif
 ifeq ($(NO_MPI),)
 ifneq ($(MPICC),)
 HAVE_MPI  := 1
@@ -176,3 +179,58 @@ help:
 	@sed -n '1,/^$$/p' Makefile | sed 's/^# \{0,1\}//'
 
 -include $(LIB_OBJ:.o=.d) $(TEST_OBJ:.o=.d) $(TOOL_SRC:%.c=$(BUILD)/%.d)
+
+# ---- fuzzing (fuzz/, issue 4). `make fuzz` builds each fuzz/fuzz-*.c target
+# with clang -fsanitize=fuzzer,address,undefined into build-fuzz/ and runs it
+# for FUZZ_SECONDS, seeded with fuzz/corpus/, the valid test data and
+# tests/data/bad/. `make fuzz-replay` runs the same targets with the
+# standalone driver fuzz/fuzz-main.c (any compiler, no libFuzzer) over the
+# seeds: the quick CI check. Crashers land in build-fuzz/crashes/; each one
+# becomes a file in tests/data/bad/ once fixed. libFuzzer's runtime comes with
+# Debian's clang (package libclang-rt-<v>-dev or libclang-common-<v>-dev).
+FUZZ_CC      ?= clang
+FUZZ_SAN     := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
+FUZZ_CFLAGS  := -g -O1 -std=c11 -D_GNU_SOURCE -pthread -Iinclude -Isrc/core -Isrc/io -Ifuzz $(FUZZ_SAN)
+FUZZ_LIBSRC  := $(filter-out src/ep/mpi-%.c src/ep/nccl-%.c,$(sort $(wildcard src/core/*.c src/router/*.c \
+                  src/kernel/*.c src/cpu/*.c src/quant/*.c src/io/*.c src/ep/*.c)))
+FUZZ_TARGETS := $(patsubst fuzz/fuzz-%.c,%,$(filter-out fuzz/fuzz-main.c,$(wildcard fuzz/fuzz-*.c)))
+FUZZ_OPTS    ?= -rss_limit_mb=2560 -malloc_limit_mb=512 -timeout=25 -max_len=262144
+
+build-fuzz/lf/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -MMD -MP -c $< -o $@
+build-fuzz/rp/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -MMD -MP -c $< -o $@
+build-fuzz/libmoe-lf.a: $(FUZZ_LIBSRC:%.c=build-fuzz/lf/%.o)
+	@rm -f $@; ar rcs $@ $^
+build-fuzz/libmoe-rp.a: $(FUZZ_LIBSRC:%.c=build-fuzz/rp/%.o)
+	@rm -f $@; ar rcs $@ $^
+build-fuzz/fuzz-%: fuzz/fuzz-%.c fuzz/fuzz.h build-fuzz/libmoe-lf.a
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer -o $@ $< build-fuzz/libmoe-lf.a -lm
+build-fuzz/replay-%: fuzz/fuzz-%.c fuzz/fuzz-main.c fuzz/fuzz.h build-fuzz/libmoe-rp.a
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -o $@ $< fuzz/fuzz-main.c build-fuzz/libmoe-rp.a -lm
+
+fuzz-seeds: testdata
+	@rm -rf build-fuzz/seeds
+	$(PYTHON) fuzz/make_seeds.py build-fuzz/seeds $(BUILD)/testdata tests/data/bad
+
+fuzz: fuzz-seeds $(FUZZ_TARGETS:%=build-fuzz/fuzz-%)
+	@mkdir -p build-fuzz/crashes
+	@for t in $(FUZZ_TARGETS); do \
+	    mkdir -p build-fuzz/corpus/$$t fuzz/corpus/$$t; \
+	    echo "  FUZZ $$t ($(FUZZ_SECONDS) s)"; \
+	    build-fuzz/fuzz-$$t $(FUZZ_OPTS) -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 \
+	        -artifact_prefix=build-fuzz/crashes/$$t- -dict=fuzz/moe.dict \
+	        build-fuzz/corpus/$$t fuzz/corpus/$$t build-fuzz/seeds/$$t 2>&1 | \
+	        grep -E "stat::number_of_executed_units|stat::peak_rss|ERROR|SUMMARY|Done" || true; \
+	    test -z "$$(ls build-fuzz/crashes/$$t-* 2>/dev/null)" || { echo "  FUZZ $$t: findings in build-fuzz/crashes"; exit 1; }; \
+	done
+
+fuzz-replay: fuzz-seeds $(FUZZ_TARGETS:%=build-fuzz/replay-%)
+	@for t in $(FUZZ_TARGETS); do \
+	    build-fuzz/replay-$$t fuzz/corpus/$$t build-fuzz/seeds/$$t tests/data/bad || exit 1; \
+	done
+
+.PHONY: fuzz-seeds fuzz-replay
+-include $(FUZZ_LIBSRC:%.c=build-fuzz/lf/%.d) $(FUZZ_LIBSRC:%.c=build-fuzz/rp/%.d)

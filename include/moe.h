@@ -160,6 +160,38 @@ void moe_set_abort_callback(moe_abort_fn cb);
  * with cols the reduction dimension K; a quantized row is a sequence of
  * blocks along K. moe_format_info() tells each format's block size.
  * Stable numbers: new formats go at the end.
+ *
+ * What moe_weights' tables hold per format, for one expert (the tables of
+ * all experts follow each other; moe_quant_sizes_get() gives the sizes).
+ * Layouts are the checkpoints' own, so a loader can pass views of a file:
+ *
+ *   format       data                         scales                      other
+ *   fp8-tensor   u8 e4m3fn (rows, cols)       f32 (1)                     input_scale (static
+ *                                                                         activations, 0 = dynamic)
+ *   fp8-channel  u8 e4m3fn (rows, cols)       f32 (rows)
+ *   fp8-block    u8 e4m3fn (rows, cols)       f32 (ceil(rows/128),        (weight_scale_inv: a
+ *                                                  ceil(cols/128))         multiplier)
+ *   int8-w8a8    i8 (rows, cols)              f32 (rows)
+ *   int4-gptq    i32 (cols/8, rows): GPTQ     f16/bf16 (cols/g, rows)     g_idx (cols), optional
+ *                qweight, value k%8 at bits 4(k%8), w = (q - 8) s
+ *   int8-gptq    i32 (cols/4, rows), byte k%4, w = (q - 128) s            g_idx as int4-gptq
+ *   int4-awq     i32 (cols, rows/8): AWQ      f16/bf16 (cols/g, rows)     zeros i32 (cols/g, rows/8)
+ *                qweight, row 8j+i in nibble {0,4,1,5,2,6,3,7}[i], w = (q - z) s
+ *   mxfp4        u8 (rows, cols/2), value 2j  u8 e8m0 (rows, cols/32)
+ *                in the low nibble of byte j  (0xFF rejected)
+ *   nvfp4        u8 (rows, cols/2), as mxfp4  u8 e4m3fn (rows, cols/16)   scale2 (per expert)
+ *   q8_0 q4_0 q4_k q6_k gguf-mxfp4: rows of ggml blocks, byte-identical to GGUF tensor data;
+ *                the scales are inside the blocks.
+ *
+ * Group formats take group_size 32, 64 or 128 and scale_format F16 or BF16.
+ * Activations: fp8 formats quantize them to e4m3 (fp8-block per token and
+ * group of 128 with scale max(amax, 1e-10) / 448; fp8-channel and dynamic
+ * fp8-tensor per token), int8-w8a8 to int8 per token, the GGUF formats as
+ * llama.cpp does (q8_0 blocks for q8_0, q4_0, gguf-mxfp4; q8_K for q4_k,
+ * q6_k), mxfp4 and nvfp4 round them to bf16; the other formats keep f32.
+ * Conversions to e4m3 saturate at +-448 and keep NaN. Scales are checked
+ * when experts are created (finite and > 0; e8m0 != 0xFF; GGUF f16 scales
+ * finite; g_idx in range): MOE_ERR_SCALE names the expert, row and block.
  */
 typedef enum moe_format {
     MOE_FORMAT_F32 = 0,
@@ -398,6 +430,11 @@ typedef enum moe_backend {
     MOE_BACKEND_CUDA,     /* one NVIDIA GPU; x, logits, out and workspace are device pointers     */
 } moe_backend;
 
+/* (Formats) 1 when `backend` has kernels for weights in format f, 0 when it
+ * has none (or f is out of range, or CUDA is not built in), -1 when the
+ * backend cannot say. MOE_BACKEND_AUTO: 1 when any backend has them. */
+int moe_format_supported(moe_format f, moe_backend backend);
+
 typedef struct moe_context_options {
     int   n_threads;     /* CPU worker threads including the caller; 0 = all online cores */
     int   cuda_device;   /* CUDA device ordinal                                           */
@@ -523,7 +560,9 @@ int moe_cpu_count(void);
  * Weights are views of a read-only memory mapping of each file, never copied
  * unless the layout must change (see moe_model_layer_create). The mapping
  * lives until moe_model_close(); a file truncated by another process while
- * mapped makes the process receive SIGBUS on access.
+ * mapped makes the process receive SIGBUS on access (files are not read with
+ * pread). A model is read-only after opening: several threads may create
+ * layers from it at once.
  */
 typedef struct moe_model_options {
     uint64_t max_header_bytes;   /* safetensors header, config.json, index JSON; 0 = 100,000,000 */
@@ -630,12 +669,13 @@ moe_shared_experts *moe_model_layer_shared(const moe_model_layer *l);
 
 /* ===== NumPy files =====
  *
- * .npy format versions 1.0, 2.0 and 3.0, little-endian, C order: '<f4' (F32),
- * '<f2' (F16) and 'bfloat16' / '<V2' (BF16: ml_dtypes writes the descr
- * 'bfloat16' is not a NumPy type string, so files saved from ml_dtypes
- * arrays carry '<V2'; both are read as BF16). The header is validated
- * (magic, version, length, a dict with exactly descr, fortran_order and
- * shape) and the data size checked against the file.
+ * .npy format versions 1.0, 2.0 and 3.0, little-endian, C order, of type
+ * '<f4' (F32), '<f2' (F16) or BF16. NumPy has no bfloat16: arrays of
+ * ml_dtypes.bfloat16 are saved with the descr '<V2' (two opaque bytes), so
+ * '<V2' is read as BF16, as is the descr 'bfloat16'. The header is validated
+ * (magic, version, length, a dict of exactly descr, fortran_order = False and
+ * shape, at most 8 dimensions) and the data size must equal the bytes after
+ * the header.
  */
 typedef struct moe_npy {
     moe_format format;       /* F32, F16 or BF16                                     */
@@ -645,14 +685,17 @@ typedef struct moe_npy {
     size_t     nbytes;
 } moe_npy;
 
-/* Reads path into *a. Errors: MOE_ERR_IO, MOE_ERR_MAGIC, MOE_ERR_FORMAT,
- * MOE_ERR_DTYPE, MOE_ERR_TRUNCATED, MOE_ERR_OVERFLOW, MOE_ERR_NOMEM. */
+/* Reads path into *a (a->data is freed by moe_npy_free). Errors: MOE_ERR_IO,
+ * MOE_ERR_MAGIC (magic or version), MOE_ERR_FORMAT (header), MOE_ERR_DTYPE,
+ * MOE_ERR_LIMIT (> 8 dims, header > 1 MiB), MOE_ERR_OVERFLOW, MOE_ERR_TRUNCATED
+ * (data shorter than the shape), MOE_ERR_OVERLAP (bytes after the data),
+ * MOE_ERR_NOMEM. */
 moe_status moe_npy_read(const char *path, moe_npy *a, char *err, size_t errlen);
 /* As moe_npy_read, from a buffer (data is copied). */
 moe_status moe_npy_parse(const void *buf, size_t len, moe_npy *a, char *err, size_t errlen);
 void       moe_npy_free(moe_npy *a);
-/* Writes a version 1.0 file ('bfloat16' descr for BF16 is not loadable by
- * plain NumPy, so BF16 is written as '<V2'). */
+/* Writes a version 1.0 file of format F32, F16 or BF16 (as '<V2': load it
+ * with np.load(path).view(ml_dtypes.bfloat16)); data is (shape) in C order. */
 moe_status moe_npy_write(const char *path, moe_format format, int32_t n_dims, const int64_t *shape,
                          const void *data, char *err, size_t errlen);
 

@@ -134,7 +134,9 @@ static void routing_make(routing *rt, const float *x, int64_t T, int32_t K, int6
                              .y = rt->y };
 }
 
-static void routing_free(routing *rt) { free(rt->ids); free(rt->start); free(rt->rows); free(rt->y); }
+static void routing_free(routing *rt) {
+    free(rt->ids); free(rt->start); free(rt->rows); free(rt->y);
+}
 
 /* ===== The fp64 oracle ===== */
 
@@ -394,7 +396,7 @@ TEST(cpu_experts_batch_invariant) {
     moe_context *c = ctx_make(2);
     REQUIRE(c);
     test_rng r = { 5 };
-    const int64_t T = 33, H = 99, I = 70;
+    const int64_t T = 33, H = 299, I = 70; /* H > 256: K slices in W13 */
     float   *x   = malloc((size_t)(T * H) * sizeof(float));
     int32_t *ids = calloc((size_t)T, sizeof(int32_t));
     test_fill_normal(&r, x, (size_t)(T * H), 1.0f);
@@ -461,40 +463,61 @@ TEST(cpu_experts_rejects_and_workspace) {
     moe_context_destroy(c);
 }
 
-/* The gemm kernels directly: odd tiles and chunk sizes against fp64. */
+/* The gemm kernels directly (through act_quantize where the format has
+ * one): odd tiles and chunk sizes against fp64, K below and above the
+ * prefill path's K slice (256) with a ragged tail; then every row of a
+ * 37-row call bitwise equal to the same row computed alone. */
 TEST(cpu_gemm_plain_tiles) {
     test_rng r = { 7 };
-    const int64_t R = 29, Kd = 83, NX = 11;
-    for (size_t fi = 0; fi < 3; fi++) {
-        const moe__cpu_format *cf = moe__cpu_format_get(k_formats[fi]);
-        REQUIRE(cf && cf->gemm && !cf->act_quantize);
-        void  *w  = malloc((size_t)(R * Kd) * esize(k_formats[fi]));
-        float *wv = malloc((size_t)(R * Kd) * sizeof(float));
-        float *xq = moe__aligned_alloc((size_t)NX * 128 * sizeof(float)); /* stride 128 */
-        float  y[11 * 29];
-        draw_weights(&r, k_formats[fi], (size_t)(R * Kd), w, wv);
-        test_fill_normal(&r, xq, (size_t)NX * 128, 1.0f);
-        moe__wmat m = { .format = k_formats[fi], .rows = R, .cols = Kd, .data = w };
-        const int64_t tiles[][3] = { { 0, 29, 11 }, { 3, 12, 5 }, { 28, 29, 1 }, { 5, 21, 4 } };
-        for (int ti = 0; ti < 4; ti++) {
-            const int64_t r0 = tiles[ti][0], r1 = tiles[ti][1], nx = tiles[ti][2];
-            test_poison(y, 11 * 29);
-            cf->gemm(&m, r0, r1, xq, 128 * sizeof(float), nx, y, 29);
-            for (int64_t i = 0; i < nx; i++)
-                for (int64_t rr = r0; rr < r1; rr++) {
-                    double acc = 0, mag = 0;
-                    for (int64_t k = 0; k < Kd; k++) {
-                        acc += (double)wv[rr * Kd + k] * xq[i * 128 + k];
-                        mag += fabs((double)wv[rr * Kd + k] * xq[i * 128 + k]);
+    enum { R = 29, NX = 37 };
+    const int64_t ks[] = { 83, 601 };
+    for (size_t fi = 0; fi < 3; fi++)
+        for (int ki = 0; ki < 2; ki++) {
+            const int64_t          Kd = ks[ki];
+            const moe__cpu_format *cf = moe__cpu_format_get(k_formats[fi]);
+            REQUIRE(cf && cf->gemm);
+            const size_t xstride = moe__align_up(
+                cf->act_quantize ? cf->act_row_bytes(Kd) : (size_t)Kd * sizeof(float), 64);
+            void  *w  = malloc((size_t)(R * Kd) * esize(k_formats[fi]));
+            float *wv = malloc((size_t)(R * Kd) * sizeof(float));
+            float *x  = malloc((size_t)(NX * Kd) * sizeof(float));
+            char  *xq = moe__aligned_alloc((size_t)NX * xstride);
+            float  y[NX * R], y1[R];
+            draw_weights(&r, k_formats[fi], (size_t)(R * Kd), w, wv);
+            test_fill_normal(&r, x, (size_t)(NX * Kd), 1.0f);
+            moe__wmat m = { .format = k_formats[fi], .rows = R, .cols = Kd, .data = w };
+            for (int64_t i = 0; i < NX; i++) {
+                if (cf->act_quantize) cf->act_quantize(&m, x + i * Kd, Kd, xq + i * xstride);
+                else memcpy(xq + i * xstride, x + i * Kd, (size_t)Kd * sizeof(float));
+            }
+            const int64_t tiles[][3] = { { 0, 29, 37 }, { 3, 12, 5 }, { 28, 29, 1 },
+                                         { 5, 21, 4 }, { 0, 16, 9 } };
+            for (int ti = 0; ti < 5; ti++) {
+                const int64_t r0 = tiles[ti][0], r1 = tiles[ti][1], nx = tiles[ti][2];
+                test_poison(y, NX * R);
+                cf->gemm(&m, r0, r1, xq, xstride, nx, y, R);
+                for (int64_t i = 0; i < nx; i++)
+                    for (int64_t rr = r0; rr < r1; rr++) {
+                        double acc = 0, mag = 0;
+                        for (int64_t k = 0; k < Kd; k++) {
+                            acc += (double)wv[rr * Kd + k] * x[i * Kd + k];
+                            mag += fabs((double)wv[rr * Kd + k] * x[i * Kd + k]);
+                        }
+                        double got = y[i * R + (rr - r0)];
+                        CHECK(fabs(got - acc) <= 1e-6 * mag,
+                              "%s K %lld tile %d: y[%lld][%lld] = %g, want %g",
+                              moe_format_name(k_formats[fi]), (long long)Kd, ti, (long long)i,
+                              (long long)rr, got, acc);
                     }
-                    double got = y[i * 29 + (rr - r0)];
-                    CHECK(fabs(got - acc) <= 1e-6 * mag, "%s tile %d: y[%lld][%lld] = %g, want %g",
-                          moe_format_name(k_formats[fi]), ti, (long long)i, (long long)rr, got,
-                          acc);
-                }
+            }
+            cf->gemm(&m, 0, R, xq, xstride, NX, y, R);
+            for (int64_t i = 0; i < NX; i++) {
+                cf->gemm(&m, 0, R, xq + i * xstride, xstride, 1, y1, R);
+                CHECK(!memcmp(y1, y + i * R, sizeof y1), "%s K %lld: row %lld alone differs",
+                      moe_format_name(k_formats[fi]), (long long)Kd, (long long)i);
+            }
+            free(w); free(wv); free(x); moe__aligned_free(xq);
         }
-        free(w); free(wv); moe__aligned_free(xq);
-    }
 }
 
 TEST(cpu_bandwidth_probe) {

@@ -104,13 +104,13 @@ static const moe__format_traits g_formats[MOE_FORMAT_COUNT] = {
         .info = { .name = "mxfp4", .block_elems = 32, .block_bytes = 16, .bits_per_weight = 4.25,
                   .is_quantized = 1 },
         .sizes = moe__mxfp4_sizes, .validate = moe__mxfp4_validate, .dequant_row_ref = moe__mxfp4_dequant_row_ref,
-        .quantize_ref = moe__mxfp4_quantize_ref,
+        .quantize_ref = moe__mxfp4_quantize_ref, .act_fake_quant_ref = moe__bf16_act_fake_quant_ref,
     },
     [MOE_FORMAT_NVFP4] = {
         .info = { .name = "nvfp4", .block_elems = 16, .block_bytes = 8, .bits_per_weight = 4.5,
                   .is_quantized = 1 },
         .sizes = moe__nvfp4_sizes, .validate = moe__nvfp4_validate, .dequant_row_ref = moe__nvfp4_dequant_row_ref,
-        .quantize_ref = moe__nvfp4_quantize_ref,
+        .quantize_ref = moe__nvfp4_quantize_ref, .act_fake_quant_ref = moe__bf16_act_fake_quant_ref,
     },
     [MOE_FORMAT_Q8_0] = {
         .info = { .name = "q8_0", .block_elems = 32, .block_bytes = 34, .bits_per_weight = 8.5,

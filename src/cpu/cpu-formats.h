@@ -66,7 +66,9 @@ typedef struct moe__cpu_format {
      * xq (act_row_bytes(cols) bytes). w is the matrix the row will multiply
      * (static input scales, e.g. FP8_TENSOR's input_scale). NULL: the kernel
      * reads f32 rows. Must produce what the format's act_fake_quant_ref in
-     * the format table emulates. */
+     * the format table emulates; a lossless re-layout needs none (BF16 on
+     * AVX-512 stores each 32 values as 16 even then 16 odd ones, to match
+     * how its kernel splits a 512-bit load of bf16 pairs). */
     void   (*act_quantize)(const moe__wmat *w, const float *x, int64_t cols, void *xq);
     /* y (n_x, y_stride) columns [0, r1 - r0) = rows [r0, r1) of w times each
      * of the n_x input rows xq (n_x rows, xq_stride bytes apart). No bias. */
@@ -85,6 +87,12 @@ extern const moe__cpu_format moe__cpu_bf16;
 extern const moe__cpu_format moe__cpu_f16;
 
 /* Quantized formats (src/cpu/gemv-<fmt>.c): declare them here, one line each. */
+extern const moe__cpu_format moe__cpu_fp8_tensor, moe__cpu_fp8_channel, moe__cpu_fp8_block; /* gemv-fp8.c */
+extern const moe__cpu_format moe__cpu_int8_w8a8;                                  /* gemv-int8.c  */
+extern const moe__cpu_format moe__cpu_int4_gptq, moe__cpu_int8_gptq, moe__cpu_int4_awq; /* gemv-wna16.c */
+extern const moe__cpu_format moe__cpu_mxfp4, moe__cpu_nvfp4;                      /* gemv-fp4.c   */
+extern const moe__cpu_format moe__cpu_q8_0, moe__cpu_q4_0, moe__cpu_q4_k, moe__cpu_q6_k,
+                             moe__cpu_mxfp4_gguf; /* gemv-q8_0.c, gemv-q4k.c, gemv-q6k.c */
 
 /* ===== Helpers shared by the CPU files ===== */
 

@@ -39,13 +39,14 @@
 /* ===== Tiling =====
  *
  * TILE_BYTES: weight bytes of one task. Big enough that the per-task
- * overhead (an atomic increment, the epilogue) is noise, small enough to
- * give every thread many tasks and to stay in L2 while a prefill task
- * re-applies it to each chunk of rows.
+ * overhead (an atomic increment, the epilogue, the first weight block of
+ * each kernel call, which the kernel cannot prefetch) is noise, small
+ * enough to give every thread many tasks and to stay in L2 (with a chunk
+ * of input rows) while a prefill task re-applies it to each chunk.
  */
 enum {
-    TILE_BYTES = 256 << 10,
-    BF_MAX     = 64,    /* activation columns per phase-1 task (128 W13 rows)    */
+    TILE_BYTES = 1 << 20,
+    BF_MAX     = 128,   /* activation columns per phase-1 task (256 W13 rows)    */
     BM_MAX     = 256,   /* W2 rows per phase-2 task                              */
     NX_CHUNK   = 32,    /* input rows per kernel call                            */
     GATHER_ROWS = 16,   /* rows per phase-0 / phase-1b task                      */

@@ -9,7 +9,11 @@
  * ... in increasing k with one FMA per step (the K tail is zero-padded), and
  * the lanes are then reduced with one fixed tree. Every register-blocking
  * variant (8x2, 4x4, 1x1 W rows x input rows) does exactly this per output,
- * so a value does not depend on how many rows are computed together.
+ * so a value does not depend on how many rows are computed together. (On
+ * AVX-512, BF16 uses a pair order instead, described at its kernel; the same
+ * rule holds.) Decode (n_x <= 4) keeps each accumulator in a register over
+ * the whole of K; prefill walks K in fixed slices and parks accumulators in
+ * memory between them, which changes no sum.
  *
  * The ISA is chosen at compile time from -march macros: AVX-512 (16 lanes,
  * masked tails), AVX2 + FMA + F16C (8 lanes), or portable C (16 lanes in an
@@ -135,7 +139,15 @@ static inline vec load_w(moe_format f, const void *p) { return load_w_tail(f, p,
 /* ===== Register-blocked kernel =====
  *
  * RW weight rows (w, w_stride bytes apart) times RX input rows (x, x_stride
- * floats apart) over the whole of K, RW x RX accumulators in registers.
+ * floats apart) over K in [k0, k1) (k0 a multiple of the kernel's K step;
+ * only k1 == K may end in a partial step), RW x RX accumulators in
+ * registers.
+ * pf (or NULL): RW rows to prefetch, at the same offsets, while this block
+ * runs. One core's streaming bandwidth is bound by how many cache lines are
+ * in flight, and the hardware prefetcher stops at every 4 KiB page (a bf16
+ * row of d_model 2048 is one page), so decode asks for the next block's
+ * lines itself, into L2 (prefetcht1: measured 10% faster than into L1 for
+ * bf16 decode, as L1's fill buffers are few).
  * Always inlined with constant f, RW, RX so that each call site becomes a
  * specialized loop with no array in memory.
  */
@@ -144,15 +156,33 @@ static inline vec load_w(moe_format f, const void *p) { return load_w_tail(f, p,
 #define UNROLL _Pragma("GCC unroll 8")
 #define MAX_RX 4
 
+/* The accumulators of a block: zeroed (first) or loaded from io, and at the
+ * end reduced into y (last) or stored back to io. io holds accumulator
+ * (r, j) at io[r * io_stride + j]. Storing and reloading an f32 vector is
+ * exact, so splitting K into slices this way leaves every sum unchanged. */
+#define ACC_BEGIN(zero)                                                         \
+    UNROLL for (int r = 0; r < RW; r++)                                         \
+        UNROLL for (int j = 0; j < RX; j++)                                     \
+            acc[r][j] = first ? (zero) : io[(size_t)r * io_stride + j];
+#define ACC_END(reduce)                                                         \
+    UNROLL for (int j = 0; j < RX; j++)                                         \
+        UNROLL for (int r = 0; r < RW; r++) {                                   \
+            if (last) y[j * y_stride + r] = reduce(acc[r][j]);                  \
+            else io[(size_t)r * io_stride + j] = acc[r][j];                     \
+        }
+
 static inline __attribute__((always_inline)) void
 block(moe_format f, int RW, int RX, const char *w, size_t w_stride, const float *x,
-      size_t x_stride, int64_t K, float *y, int64_t y_stride) {
+      size_t x_stride, int64_t k0, int64_t k1, int64_t K, int first, int last, vec *io,
+      size_t io_stride, float *y, int64_t y_stride, const char *pf) {
     const size_t es = f == MOE_FORMAT_F32 ? 4 : 2; /* bytes per weight */
     vec          acc[MAX_RW][MAX_RX];
-    UNROLL for (int r = 0; r < RW; r++)
-        UNROLL for (int j = 0; j < RX; j++) acc[r][j] = vec_zero();
-    int64_t k = 0;
-    for (; k + VLEN <= K; k += VLEN) {
+    ACC_BEGIN(vec_zero())
+    int64_t k = k0;
+    for (; k + VLEN <= k1; k += VLEN) {
+        if (pf && ((size_t)k * es) % 64 == 0)
+            UNROLL for (int r = 0; r < RW; r++)
+                __builtin_prefetch(pf + (size_t)r * w_stride + (size_t)k * es, 0, 2);
         vec xv[MAX_RX];
         UNROLL for (int j = 0; j < RX; j++) xv[j] = load_x(x + (size_t)j * x_stride + k);
         UNROLL for (int r = 0; r < RW; r++) {
@@ -160,8 +190,8 @@ block(moe_format f, int RW, int RX, const char *w, size_t w_stride, const float 
             UNROLL for (int j = 0; j < RX; j++) acc[r][j] = vec_fma(wv, xv[j], acc[r][j]);
         }
     }
-    if (k < K) {
-        int n = (int)(K - k);
+    if (k < k1) { /* K's tail: only the last slice has one */
+        int n = (int)(k1 - k);
         vec xv[MAX_RX];
         UNROLL for (int j = 0; j < RX; j++) xv[j] = load_x_tail(x + (size_t)j * x_stride + k, n);
         UNROLL for (int r = 0; r < RW; r++) {
@@ -169,51 +199,212 @@ block(moe_format f, int RW, int RX, const char *w, size_t w_stride, const float 
             UNROLL for (int j = 0; j < RX; j++) acc[r][j] = vec_fma(wv, xv[j], acc[r][j]);
         }
     }
-    UNROLL for (int j = 0; j < RX; j++)
-        UNROLL for (int r = 0; r < RW; r++) y[j * y_stride + r] = vec_reduce(acc[r][j]);
+    (void)K;
+    ACC_END(vec_reduce)
 }
 
-/* Rows [r0, r1) of w times n_x input rows. Weight rows go in blocks of 8
- * (decode streams each block from memory once and reuses it from L1 for
- * every input row); input rows in blocks of up to 4. */
+#if ISA_AVX512
+/* ===== BF16 on AVX-512: weight pairs =====
+ *
+ * A 512-bit load holds 32 bf16 weights; as 16 32-bit lanes, lane l holds
+ * weights 2l (low half) and 2l + 1 (high half). A shift left by 16 makes the
+ * even weights f32 and a mask of the high half the odd ones: one load and one
+ * operation per 16 weights instead of a load, a widening and a shift. The
+ * input row is stored to match (act_quantize below): per 32 values, the 16
+ * even ones, then the 16 odd ones, zero-padded to a multiple of 32.
+ *
+ * Summation order: lane l adds k = 32m + 2l, then 32m + 2l + 1, for m
+ * increasing; then the fixed lane reduction. Same for every RW x RX.
+ */
+static size_t bf16_act_row_bytes(int64_t cols) {
+    return moe__align_up((size_t)cols, 32) * sizeof(float);
+}
+
+static void bf16_act_pairs(const moe__wmat *w, const float *x, int64_t cols, void *xq) {
+    (void)w;
+    float        *o  = xq;
+    const int64_t np = (int64_t)moe__align_up((size_t)cols, 32);
+    for (int64_t b = 0; b < np; b += 32)
+        for (int l = 0; l < 16; l++) {
+            int64_t k0 = b + 2 * l, k1 = k0 + 1;
+            o[b + l]      = k0 < cols ? x[k0] : 0.0f;
+            o[b + 16 + l] = k1 < cols ? x[k1] : 0.0f;
+        }
+}
+
 static inline __attribute__((always_inline)) void
-gemm_plain(moe_format f, const moe__wmat *w, int64_t r0, int64_t r1, const void *xq,
-           size_t xq_stride, int64_t n_x, float *y, int64_t y_stride) {
-    const int64_t K   = w->cols;
-    const size_t  ws  = (size_t)K * moe__plain_size(f);      /* bytes per weight row */
-    const size_t  xs  = xq_stride / sizeof(float);           /* floats per input row */
-    const float  *x   = xq;
-    int64_t       r   = r0;
+block_bf16_pairs(int RW, int RX, const char *w, size_t w_stride, const float *x,
+                 size_t x_stride, int64_t k0, int64_t k1, int64_t K, int first, int last,
+                 __m512 *io, size_t io_stride, float *y, int64_t y_stride, const char *pf) {
+    const __m512i hi = _mm512_set1_epi32((int)0xffff0000u);
+    __m512        acc[MAX_RW][MAX_RX];
+    ACC_BEGIN(_mm512_setzero_ps())
+    for (int64_t k = k0; k < k1; k += 32) {
+        /* A full 32 or K's masked tail; x is zero-padded, so only w is masked. */
+        const __mmask32 m = K - k >= 32 ? ~(__mmask32)0 : (__mmask32)((1u << (K - k)) - 1);
+        if (pf)
+            UNROLL for (int r = 0; r < RW; r++)
+                __builtin_prefetch(pf + (size_t)r * w_stride + (size_t)k * 2, 0, 2);
+        __m512 xe[MAX_RX], xo[MAX_RX];
+        UNROLL for (int j = 0; j < RX; j++) {
+            xe[j] = _mm512_loadu_ps(x + (size_t)j * x_stride + k);
+            xo[j] = _mm512_loadu_ps(x + (size_t)j * x_stride + k + 16);
+        }
+        UNROLL for (int r = 0; r < RW; r++) {
+            __m512i v  = _mm512_maskz_loadu_epi16(m, w + (size_t)r * w_stride + (size_t)k * 2);
+            __m512  we = _mm512_castsi512_ps(_mm512_slli_epi32(v, 16));
+            __m512  wo = _mm512_castsi512_ps(_mm512_and_si512(v, hi));
+            UNROLL for (int j = 0; j < RX; j++) {
+                acc[r][j] = _mm512_fmadd_ps(we, xe[j], acc[r][j]);
+                acc[r][j] = _mm512_fmadd_ps(wo, xo[j], acc[r][j]);
+            }
+        }
+    }
+    ACC_END(_mm512_reduce_add_ps)
+}
+#endif
+
+/* The block kernel of format f (constant after inlining). */
+static inline __attribute__((always_inline)) void
+kern(moe_format f, int RW, int RX, const char *w, size_t w_stride, const float *x,
+     size_t x_stride, int64_t k0, int64_t k1, int64_t K, int first, int last, vec *io,
+     size_t io_stride, float *y, int64_t y_stride, const char *pf) {
+#if ISA_AVX512
+    if (f == MOE_FORMAT_BF16) {
+        block_bf16_pairs(RW, RX, w, w_stride, x, x_stride, k0, k1, K, first, last, io, io_stride,
+                         y, y_stride, pf);
+        return;
+    }
+#endif
+    block(f, RW, RX, w, w_stride, x, x_stride, k0, k1, K, first, last, io, io_stride, y,
+          y_stride, pf);
+}
+
+/* Whole-K block (decode): accumulators never leave registers. */
+#define KERN_FULL(RW, RX, w, x, y, pf) \
+    kern(f, RW, RX, w, ws, x, xs, 0, K, K, 1, 1, NULL, 0, y, y_stride, pf)
+
+/* Decode, n_x <= 4: weight rows in blocks of 8, each streamed from memory
+ * once (prefetching the next block) and applied to every input row. */
+static inline __attribute__((always_inline)) void
+gemm_few(moe_format f, const moe__wmat *w, int64_t r0, int64_t r1, const float *x, size_t xs,
+         int64_t n_x, float *y, int64_t y_stride) {
+    const int64_t K  = w->cols;
+    const size_t  ws = (size_t)K * moe__plain_size(f); /* bytes per weight row */
+    int64_t       r  = r0;
     for (; r + 8 <= r1; r += 8) {
         const char *wr = (const char *)w->data + (size_t)r * ws;
+        const char *pf = r + 16 <= r1 ? wr + 8 * ws : NULL;
         float      *yr = y + (r - r0);
-        int64_t     i  = 0;
-        for (; i + 4 <= n_x; i += 4) {
-            block(f, 4, 4, wr, ws, x + i * xs, xs, K, yr + i * y_stride, y_stride);
-            block(f, 4, 4, wr + 4 * ws, ws, x + i * xs, xs, K, yr + 4 + i * y_stride, y_stride);
-        }
-        switch (n_x - i) {
-        case 3:
-            block(f, 4, 3, wr, ws, x + i * xs, xs, K, yr + i * y_stride, y_stride);
-            block(f, 4, 3, wr + 4 * ws, ws, x + i * xs, xs, K, yr + 4 + i * y_stride, y_stride);
+        switch (n_x) {
+        case 4:
+            KERN_FULL(4, 4, wr, x, yr, pf);
+            KERN_FULL(4, 4, wr + 4 * ws, x, yr + 4, pf ? pf + 4 * ws : NULL);
             break;
-        case 2: block(f, 8, 2, wr, ws, x + i * xs, xs, K, yr + i * y_stride, y_stride); break;
-        case 1: block(f, 8, 1, wr, ws, x + i * xs, xs, K, yr + i * y_stride, y_stride); break;
-        default: break;
+        case 3:
+            KERN_FULL(4, 3, wr, x, yr, pf);
+            KERN_FULL(4, 3, wr + 4 * ws, x, yr + 4, pf ? pf + 4 * ws : NULL);
+            break;
+        case 2: KERN_FULL(8, 2, wr, x, yr, pf); break;
+        default: KERN_FULL(8, 1, wr, x, yr, pf); break;
         }
     }
     for (; r < r1; r++) {
         const char *wr = (const char *)w->data + (size_t)r * ws;
         float      *yr = y + (r - r0);
-        int64_t     i  = 0;
-        for (; i + 4 <= n_x; i += 4) block(f, 1, 4, wr, ws, x + i * xs, xs, K, yr + i * y_stride, y_stride);
-        switch (n_x - i) {
-        case 3: block(f, 1, 3, wr, ws, x + i * xs, xs, K, yr + i * y_stride, y_stride); break;
-        case 2: block(f, 1, 2, wr, ws, x + i * xs, xs, K, yr + i * y_stride, y_stride); break;
-        case 1: block(f, 1, 1, wr, ws, x + i * xs, xs, K, yr + i * y_stride, y_stride); break;
+        switch (n_x) {
+        case 4: KERN_FULL(1, 4, wr, x, yr, NULL); break;
+        case 3: KERN_FULL(1, 3, wr, x, yr, NULL); break;
+        case 2: KERN_FULL(1, 2, wr, x, yr, NULL); break;
+        default: KERN_FULL(1, 1, wr, x, yr, NULL); break;
+        }
+    }
+}
+
+/* Prefill, n_x > 4: for each block of 8 weight rows and chunk of XC input
+ * rows, K is walked in slices of KSLICE so that the slice of the weight
+ * block and of the input chunk (8 x 256 and 32 x 256 values) stay in L1
+ * while every 4 x 4 register block passes over them; the accumulators wait
+ * in acc_io (on the stack, 16 KiB with AVX-512) between slices. A 4 x 4
+ * block over the whole K would stream both operands from L2 at about 64
+ * bytes per cycle, more than L2 gives. KSLICE is a multiple of every
+ * kernel's K step (16, 32), so each sum's order is the same as in decode. */
+enum { KSLICE = 256, XC = 32 };
+
+#define KERN_SLICE(RW, RX, w, x, io, y)                                              \
+    kern(f, RW, RX, w, ws, x, xs, k0, k1, K, k0 == 0, k1 == K, io, XC, y, y_stride, \
+         pf)
+
+static inline __attribute__((always_inline)) void
+kern_rows(moe_format f, int RW, const char *w, size_t ws, const float *x, size_t xs, int64_t nx,
+          int64_t k0, int64_t k1, int64_t K, vec *io, float *y, int64_t y_stride,
+          const char *pf) {
+    int64_t i = 0;
+    for (; i + 4 <= nx; i += 4, pf = NULL) {
+        if (RW == 8) {
+            KERN_SLICE(4, 4, w, x + i * xs, io + i, y + i * y_stride);
+            KERN_SLICE(4, 4, w + 4 * ws, x + i * xs, io + 4 * XC + i, y + 4 + i * y_stride);
+        } else {
+            KERN_SLICE(1, 4, w, x + i * xs, io + i, y + i * y_stride);
+        }
+    }
+    if (RW == 8) {
+        switch (nx - i) {
+        case 3:
+            KERN_SLICE(4, 3, w, x + i * xs, io + i, y + i * y_stride);
+            KERN_SLICE(4, 3, w + 4 * ws, x + i * xs, io + 4 * XC + i, y + 4 + i * y_stride);
+            break;
+        case 2: KERN_SLICE(8, 2, w, x + i * xs, io + i, y + i * y_stride); break;
+        case 1: KERN_SLICE(8, 1, w, x + i * xs, io + i, y + i * y_stride); break;
+        default: break;
+        }
+    } else {
+        switch (nx - i) {
+        case 3: KERN_SLICE(1, 3, w, x + i * xs, io + i, y + i * y_stride); break;
+        case 2: KERN_SLICE(1, 2, w, x + i * xs, io + i, y + i * y_stride); break;
+        case 1: KERN_SLICE(1, 1, w, x + i * xs, io + i, y + i * y_stride); break;
         default: break;
         }
     }
+}
+
+static inline __attribute__((always_inline)) void
+gemm_many(moe_format f, const moe__wmat *w, int64_t r0, int64_t r1, const float *x, size_t xs,
+          int64_t n_x, float *y, int64_t y_stride) {
+    const int64_t K  = w->cols;
+    const size_t  ws = (size_t)K * moe__plain_size(f);
+    const size_t  es = moe__plain_size(f);
+    vec           io[8 * XC];
+    for (int64_t c = 0; c < n_x; c += XC) {
+        const int64_t nx = n_x - c < XC ? n_x - c : XC;
+        const float  *xc = x + c * xs;
+        float        *yc = y + c * y_stride;
+        for (int64_t r = r0; r < r1;) {
+            const int   rw = r + 8 <= r1 ? 8 : 1;
+            const char *wr = (const char *)w->data + (size_t)r * ws;
+            for (int64_t k0 = 0; k0 < K; k0 += KSLICE) {
+                const int64_t k1 = K - k0 < KSLICE ? K : k0 + KSLICE;
+                /* While on this slice, fetch the block's next one. */
+                const char   *pf = k1 < K ? wr + (size_t)KSLICE * es : NULL;
+                if (rw == 8) kern_rows(f, 8, wr, ws, xc, xs, nx, k0, k1, K, io, yc + (r - r0),
+                                       y_stride, pf);
+                else kern_rows(f, 1, wr, ws, xc, xs, nx, k0, k1, K, io, yc + (r - r0), y_stride,
+                               pf);
+            }
+            r += rw;
+        }
+    }
+}
+
+static inline __attribute__((always_inline)) void
+gemm_plain(moe_format f, const moe__wmat *w, int64_t r0, int64_t r1, const void *xq,
+           size_t xq_stride, int64_t n_x, float *y, int64_t y_stride) {
+    const size_t xs = xq_stride / sizeof(float); /* floats per input row */
+    if (n_x <= 4) {
+        gemm_few(f, w, r0, r1, xq, xs, n_x, y, y_stride);
+        return;
+    }
+    gemm_many(f, w, r0, r1, xq, xs, n_x, y, y_stride);
 }
 
 /* ===== Entries ===== */
@@ -232,11 +423,17 @@ static void gemm_f16(const moe__wmat *w, int64_t r0, int64_t r1, const void *xq,
 }
 
 const moe__cpu_format moe__cpu_f32  = { .gemm = gemm_f32 };
+#if ISA_AVX512
+const moe__cpu_format moe__cpu_bf16 = { .act_row_bytes = bf16_act_row_bytes,
+                                        .act_quantize  = bf16_act_pairs,
+                                        .gemm          = gemm_bf16 };
+#else
 const moe__cpu_format moe__cpu_bf16 = { .gemm = gemm_bf16 };
+#endif
 const moe__cpu_format moe__cpu_f16  = { .gemm = gemm_f16 };
 
 float moe__cpu_dot_f32(const float *a, const float *b, int64_t n) {
     float y;
-    block(MOE_FORMAT_F32, 1, 1, (const char *)a, 0, b, 0, n, &y, 1);
+    block(MOE_FORMAT_F32, 1, 1, (const char *)a, 0, b, 0, 0, n, n, 1, 1, NULL, 0, &y, 1, NULL);
     return y;
 }

@@ -2,7 +2,9 @@
  * fp4.c - e2m1 and e8m0 conversions and the two 4-bit float formats
  * (reference): MXFP4 as OCP MX and gpt-oss define it (e2m1 pairs, e8m0 scale
  * per 32) and NVFP4 as ModelOpt exports it (e2m1 pairs, e4m3 scale per 16,
- * f32 global scale). Activations stay f32 (W4A16).
+ * f32 global scale). Activations are rounded to bf16 (W4A16 with bf16
+ * activations, as the GPU kernels of these formats run): the
+ * act_fake_quant_ref hook below.
  *
  * Scale rules: an e8m0 of 0xFF is NaN in OCP and is rejected at creation
  * (0x00 = 2^-127 is valid). An NVFP4 block scale must be a finite, positive
@@ -66,6 +68,11 @@ static void fp4_unpack_row(const uint8_t *q, int64_t cols, float *out) {
     }
 }
 
+void moe__bf16_act_fake_quant_ref(const moe__wmat *w, float *x, int64_t cols) {
+    (void)w;
+    for (int64_t i = 0; i < cols; i++) x[i] = moe__bf16_to_f32(moe__f32_to_bf16(x[i]));
+}
+
 /* ===== MXFP4 (OCP, gpt-oss) ===== */
 
 moe_status moe__mxfp4_sizes(int64_t rows, int64_t cols, int32_t group_size,
@@ -99,7 +106,7 @@ moe_status moe__mxfp4_quantize_ref(const float *src, moe__wmat *w) {
         float amax = 0;
         for (int j = 0; j < MOE_QK_MXFP4; j++) {
             if (!isfinite(x[j])) return MOE_ERR_INVALID_ARG;
-            amax = fmaxf(amax, fabsf(x[j]));
+            amax = (fabsf(x[j]) > amax ? fabsf(x[j]) : amax);
         }
         /* OCP: shared exponent floor(log2(amax)) - 2 (e2m1's largest exponent). */
         int ex = 0;
@@ -156,7 +163,7 @@ moe_status moe__nvfp4_quantize_ref(const float *src, moe__wmat *w) {
     for (int64_t b = 0; b < n / MOE_QK_NVFP4; b++) {
         const float *x = src + b * MOE_QK_NVFP4; // (16)
         float bmax = 0;
-        for (int j = 0; j < MOE_QK_NVFP4; j++) bmax = fmaxf(bmax, fabsf(x[j]));
+        for (int j = 0; j < MOE_QK_NVFP4; j++) bmax = fabsf(x[j]) > bmax ? fabsf(x[j]) : bmax;
         uint8_t sc = moe__f32_to_e4m3(bmax / 6.0f / w->scale2);
         if (sc == 0) sc = 0x38; /* 1.0 for blocks that are (or round to) zero, as ModelOpt */
         s[b] = sc;

@@ -88,7 +88,7 @@ moe_status moe__q8_0_quantize_ref(const float *src, moe__wmat *w) {
     for (int64_t i = 0; i < w->rows * w->cols / MOE_QK8_0; i++) {
         const float *x = src + i * MOE_QK8_0;
         float amax = 0;
-        for (int j = 0; j < MOE_QK8_0; j++) amax = fmaxf(amax, fabsf(x[j]));
+        for (int j = 0; j < MOE_QK8_0; j++) amax = (fabsf(x[j]) > amax ? fabsf(x[j]) : amax);
         const float d = amax / 127.0f, id = d ? 1.0f / d : 0.0f;
         y[i].d = moe__f32_to_f16(d);
         for (int j = 0; j < MOE_QK8_0; j++) y[i].qs[j] = (int8_t)roundf(x[j] * id);
@@ -212,7 +212,7 @@ moe_status moe__mxfp4_gguf_quantize_ref(const float *src, moe__wmat *w) {
     for (int64_t i = 0; i < w->rows * w->cols / MOE_QK8_0; i++) {
         const float *x = src + i * MOE_QK8_0;
         float amax = 0;
-        for (int j = 0; j < MOE_QK8_0; j++) amax = fmaxf(amax, fabsf(x[j]));
+        for (int j = 0; j < MOE_QK8_0; j++) amax = (fabsf(x[j]) > amax ? fabsf(x[j]) : amax);
         int ex = 0;
         if (amax > 0) frexpf(amax, &ex);
         int e = amax > 0 ? ex - 1 - 2 + 127 : 0;
@@ -286,13 +286,13 @@ moe_status moe__q4_k_quantize_ref(const float *src, moe__wmat *w) {
         for (int s = 0; s < 8; s++) {
             float lo = 0, hi = 0;
             for (int l = 0; l < 32; l++) {
-                lo = fminf(lo, x[32 * s + l]);
-                hi = fmaxf(hi, x[32 * s + l]);
+                lo = x[32 * s + l] < lo ? x[32 * s + l] : lo;
+                hi = x[32 * s + l] > hi ? x[32 * s + l] : hi;
             }
             scale[s] = (hi - lo) / 15.0f;
             mn[s]    = -lo;
-            smax = fmaxf(smax, scale[s]);
-            mmax = fmaxf(mmax, mn[s]);
+            smax = scale[s] > smax ? scale[s] : smax;
+            mmax = mn[s] > mmax ? mn[s] : mmax;
         }
         y[i].d    = moe__f32_to_f16(smax / 63.0f);
         y[i].dmin = moe__f32_to_f16(mmax / 63.0f);
@@ -380,7 +380,7 @@ moe_status moe__q6_k_quantize_ref(const float *src, moe__wmat *w) {
             for (int l = 0; l < 16; l++)
                 if (fabsf(x[16 * s + l]) > amax) { amax = fabsf(x[16 * s + l]); max = x[16 * s + l]; }
             scale[s] = max / -32.0f;
-            amax_s = fmaxf(amax_s, fabsf(scale[s]));
+            amax_s = fabsf(scale[s]) > amax_s ? fabsf(scale[s]) : amax_s;
         }
         y[i].d = moe__f32_to_f16(amax_s / 127.0f);
         const float d = moe__f16_to_f32(y[i].d);

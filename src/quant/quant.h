@@ -39,7 +39,15 @@ float   moe__e8m0_to_f32_half(uint8_t e);
 moe_status moe__scale_errf(char *err, size_t errlen, const char *what, int64_t row, int64_t block,
                            double value);
 
-/* ===== Format hooks ===== */
+/* ===== Format hooks =====
+ *
+ * As moe__format_traits describes them. Format-specific points:
+ * - quantize_ref writes data, scales and zeros of w; NVFP4 reads its global
+ *   scale from w->scale2 (1 through moe_quantize: the e4m3 block scales then
+ *   carry each block's amax / 6 alone, fine for |w| in [2^-6, 2688]).
+ * - quantize_ref refuses non-finite input (MOE_ERR_INVALID_ARG).
+ * - GPTQ quantize_ref groups columns by w->g_idx when it is set.
+ */
 
 #define MOE__QUANT_HOOKS(x)                                                                    \
     moe_status x##_sizes(int64_t rows, int64_t cols, int32_t group_size,                       \
@@ -71,6 +79,7 @@ MOE__QUANT_HOOKS(moe__mxfp4_gguf)
  *  int8_w8a8:   one int8 scale per token, amax/127 (moe__quantize_row_i8)
  *  q8_0:        ggml's q8_0 (Q8_0, Q4_0, GGUF MXFP4 dots)
  *  q8_k:        ggml's q8_K (Q4_K, Q6_K dots)
+ *  bf16:        rounding to bf16 (MXFP4, NVFP4: W4A16 with bf16 activations)
  * Non-finite inputs propagate: a NaN or Inf in a group makes the group NaN. */
 void moe__fp8_tensor_act_fake_quant_ref(const moe__wmat *w, float *x, int64_t cols);
 void moe__fp8_channel_act_fake_quant_ref(const moe__wmat *w, float *x, int64_t cols);
@@ -78,6 +87,7 @@ void moe__fp8_block_act_fake_quant_ref(const moe__wmat *w, float *x, int64_t col
 void moe__int8_act_fake_quant_ref(const moe__wmat *w, float *x, int64_t cols);
 void moe__q8_0_act_fake_quant_ref(const moe__wmat *w, float *x, int64_t cols);
 void moe__q8_k_act_fake_quant_ref(const moe__wmat *w, float *x, int64_t cols);
+void moe__bf16_act_fake_quant_ref(const moe__wmat *w, float *x, int64_t cols);
 
 /* ===== Activation quantizers shared with the CPU kernels ===== */
 

@@ -98,7 +98,7 @@ static moe_status gptq_quantize(const float *src, moe__wmat *w, int bits) {
     const int zero = bits == 4 ? 8 : 128, qmax = (1 << bits) - 1;
     uint16_t *sc = (uint16_t *)w->scales; // (cols/g, rows)
     for (int64_t i = 0; i < ng * w->rows; i++) {
-        float a = fmaxf(-lo[i], hi[i]) / (float)(zero - 1);
+        float a = (-lo[i] > hi[i] ? -lo[i] : hi[i]) / (float)(zero - 1);
         sc[i] = scale_store(w->scale_format, a > 0 ? a : 1.0f);
     }
     uint32_t *q = (uint32_t *)w->data; // (cols / (32/bits), rows)

@@ -1,0 +1,111 @@
+#!/bin/sh
+# gpu-check.sh - the CUDA backend's check on a machine with an NVIDIA GPU:
+#   1. build with CUDA (nvcc on PATH)
+#   2. measure the card's ceilings (read bandwidth, dense bf16 and fp8 GEMM)
+#      with PyTorch when it is installed
+#   3. run the GPU tests (build/moe-test -o cuda)
+#   4. run a small subset under compute-sanitizer memcheck and racecheck
+#   5. run the benchmark grid of TARGETS.md (moe bench --backend cuda) and
+#      print the table
+# Everything is logged under $OUT (default build/gpu-check); the last table
+# is gpu-check.md there, to be copied to bench/results/ with the date and card.
+#
+#   scripts/gpu-check.sh [--no-bench] [--no-sanitizer] [--bench-args "..."]
+set -u
+OUT=${OUT:-build/gpu-check}
+mkdir -p "$OUT"
+BENCH=1 SAN=1 BENCH_ARGS=""
+while [ $# -gt 0 ]; do
+    case "$1" in
+    --no-bench) BENCH=0 ;;
+    --no-sanitizer) SAN=0 ;;
+    --bench-args) shift; BENCH_ARGS="$1" ;;
+    *) echo "usage: $0 [--no-bench] [--no-sanitizer] [--bench-args ARGS]" >&2; exit 2 ;;
+    esac
+    shift
+done
+JOBS=$(nproc 2>/dev/null || echo 4)
+status=0
+
+echo "== build" | tee "$OUT/build.log"
+if ! make -k -j"$JOBS" NO_MPI=1 NO_NCCL=1 build/moe-test build/moe >>"$OUT/build.log" 2>&1; then
+    echo "build failed (tail of $OUT/build.log):"; tail -30 "$OUT/build.log"
+    [ -x build/moe-test ] || exit 1
+    status=1
+fi
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv \
+    >"$OUT/gpu.txt" 2>&1
+CARD=$(sed -n 2p "$OUT/gpu.txt" | cut -d, -f1)
+echo "card: $CARD"
+
+echo "== ceilings"
+BW="" PB="" PF=""
+if python3 -c "import torch; assert torch.cuda.is_available()" 2>/dev/null; then
+    python3 - >"$OUT/ceilings.txt" 2>&1 <<'PY'
+import torch
+def t(fn, n=10):
+    for _ in range(3): fn()
+    s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    ts = []
+    for _ in range(n):
+        s.record(); fn(); e.record(); torch.cuda.synchronize(); ts.append(s.elapsed_time(e))
+    ts.sort(); return ts[len(ts) // 2] / 1e3
+x = torch.randn(2 << 30, device="cuda", dtype=torch.bfloat16)      # 4 GiB
+bw = x.numel() * 2 / t(lambda: x.sum(dtype=torch.float32)) / 1e9
+del x
+n = 8192
+a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+bf = 2 * n**3 / t(lambda: a @ b) / 1e12
+fp = 0.0
+try:
+    a8 = a.to(torch.float8_e4m3fn); b8 = b.t().contiguous().to(torch.float8_e4m3fn).t()
+    one = torch.ones((), device="cuda")
+    fp = 2 * n**3 / t(lambda: torch._scaled_mm(a8, b8, one, one, out_dtype=torch.bfloat16)) / 1e12
+except Exception as ex:
+    print("fp8 gemm failed:", ex)
+print(f"BW {bw:.0f}\nBF16 {bf:.0f}\nFP8 {fp:.0f}")
+PY
+    BW=$(sed -n 's/^BW //p' "$OUT/ceilings.txt"); PB=$(sed -n 's/^BF16 //p' "$OUT/ceilings.txt")
+    PF=$(sed -n 's/^FP8 //p' "$OUT/ceilings.txt")
+    cat "$OUT/ceilings.txt"
+else
+    echo "no PyTorch: bench-cuda measures a device copy and uses TARGETS.md's peaks"
+fi
+
+echo "== GPU tests"
+build/moe-test -o cuda >"$OUT/tests.log" 2>&1 || status=1
+tail -15 "$OUT/tests.log"
+
+if [ $SAN = 1 ] && command -v compute-sanitizer >/dev/null; then
+    echo "== compute-sanitizer"
+    mkdir -p "$OUT/sanitizer"
+    for tool in memcheck racecheck; do
+        compute-sanitizer --tool $tool --error-exitcode 3 build/moe-test -o cuda_layer_fp8_block \
+            >"$OUT/sanitizer/$tool-fp8.log" 2>&1; r1=$?
+        compute-sanitizer --tool $tool --error-exitcode 3 build/moe-test -o cuda_layer_shared \
+            >"$OUT/sanitizer/$tool-shared.log" 2>&1; r2=$?
+        compute-sanitizer --tool $tool --error-exitcode 3 build/moe-test -o cuda_route \
+            >"$OUT/sanitizer/$tool-route.log" 2>&1; r3=$?
+        echo "$tool: fp8 rc=$r1 shared rc=$r2 route rc=$r3"
+        grep -h "ERROR SUMMARY" "$OUT"/sanitizer/$tool-*.log
+        [ $r1 = 0 ] && [ $r2 = 0 ] && [ $r3 = 0 ] || status=1
+    done
+fi
+
+if [ $BENCH = 1 ]; then
+    echo "== bench"
+    # shellcheck disable=SC2086
+    build/moe bench --backend cuda ${BW:+--bw $BW} ${PB:+--bf16-peak $PB} ${PF:+--fp8-peak $PF} \
+        $BENCH_ARGS >"$OUT/bench.txt" 2>&1 || status=1
+    {
+        echo "# CUDA backend benchmark, $(date -u +%Y-%m-%d), $CARD"
+        echo
+        echo "One forward of the whole layer (routing from random logits, grouping, both GEMMs,"
+        echo "activation, combine), CUDA graph replays, fresh routing per replay, median."
+        echo
+        cat "$OUT/bench.txt"
+    } >"$OUT/gpu-check.md"
+    cat "$OUT/gpu-check.md"
+fi
+exit $status

@@ -1,0 +1,223 @@
+/*
+ * gemv-fp8.c - CPU kernels of FP8_TENSOR, FP8_CHANNEL and FP8_BLOCK.
+ *
+ * Both operands are e4m3 codes times scales, as on FP8 hardware: the
+ * activation row is quantized by the format's rule (per token, static, or
+ * per group of 128: the arithmetic of the act_fake_quant_ref functions in
+ * src/quant/fp8.c), then for every group of 128 values
+ *     y += (s_w * s_x) * sum_k qw[k] * qx[k]
+ * where the e4m3 products are exact and summed in fp32 by vdpbf16ps (every
+ * e4m3 value is exactly a bf16). Weight bytes become bf16 through two
+ * 128-entry byte tables (vpermi2b: the high and the low byte of each code's
+ * bf16 pattern; the sign is or-ed in), 64 at a time.
+ *
+ * Activation row (act_row_bytes), Kp = cols rounded up to 128:
+ *   uint16 xb[Kp]      bf16 of the e4m3 values, zero past cols, each 64 in
+ *                      the order the weight decode produces: elements
+ *                      16L + j (L < 4, j < 8), then 16L + 8 + j
+ *   float  sx[Kp/128]  the activation scale of each group of 128
+ *
+ * Order: per row, groups in increasing k; within a group the four 32-value
+ * dot steps in a fixed order; one fixed reduction tree at the end. So a
+ * result depends on its weight row and activation row only.
+ */
+#include "cpu-formats.h"
+#include "../quant/quant.h"
+
+#include <math.h>
+#include <string.h>
+
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VBMI__) && \
+    defined(__AVX512BF16__)
+#include <immintrin.h>
+#define FP8_AVX512 1
+#endif
+
+enum { FP8_G = MOE_FP8_BLOCK, FP8_XG = 16 };
+
+static int64_t kp128(int64_t cols) { return (cols + FP8_G - 1) / FP8_G * FP8_G; }
+
+static size_t fp8_act_row_bytes(int64_t cols) {
+    return (size_t)kp128(cols) * 2 + (size_t)(kp128(cols) / FP8_G) * 4;
+}
+
+/* Position in the stored 64-chunk of element e (0 <= e < 64). */
+static inline int perm64(int e) {
+    int L = e / 16, j = e % 16;
+    return j < 8 ? 8 * L + j : 32 + 8 * L + (j - 8);
+}
+
+/* The group scales of an activation row (written first, then read back by
+ * fp8_act_store). */
+static float *act_scales(void *xq, int64_t cols) { return (float *)((uint16_t *)xq + kp128(cols)); }
+
+/* Writes the bf16 values of the activation row whose group scales are set. */
+static void fp8_act_store(const float *x, int64_t cols, void *xq) {
+    const int64_t kp = kp128(cols);
+    const float  *sx = act_scales(xq, cols);
+    uint16_t     *xb = xq;
+    for (int64_t k0 = 0; k0 < kp; k0 += 64) {
+        for (int e = 0; e < 64; e++) {
+            int64_t k = k0 + e;
+            float v = 0;
+            if (k < cols) v = moe__e4m3_to_f32(moe__f32_to_e4m3(x[k] / sx[k / FP8_G]));
+            uint32_t u;
+            memcpy(&u, &v, 4);
+            xb[k0 + perm64(e)] = (uint16_t)(u >> 16); /* exact: e4m3 values are bf16 values */
+        }
+    }
+}
+
+/* The scales of quant.h's emulation, computed the same way. */
+static float token_scale(const float *x, int64_t n) {
+    float m = 0;
+    for (int64_t i = 0; i < n; i++) m = fabsf(x[i]) > m ? fabsf(x[i]) : m;
+    float s = m / MOE_FP8_MAX;
+    const float smin = 1.0f / (MOE_FP8_MAX * 512.0f);
+    return s > smin ? s : smin;
+}
+
+static void act_uniform(const float *x, int64_t cols, float s, void *xq) {
+    float *sx = act_scales(xq, cols);
+    for (int64_t g = 0; g < kp128(cols) / FP8_G; g++) sx[g] = s;
+    fp8_act_store(x, cols, xq);
+}
+
+static void act_tensor(const moe__wmat *w, const float *x, int64_t cols, void *xq) {
+    act_uniform(x, cols, w->input_scale > 0 ? w->input_scale : token_scale(x, cols), xq);
+}
+
+static void act_channel(const moe__wmat *w, const float *x, int64_t cols, void *xq) {
+    (void)w;
+    act_uniform(x, cols, token_scale(x, cols), xq);
+}
+
+static void act_block(const moe__wmat *w, const float *x, int64_t cols, void *xq) {
+    (void)w;
+    float *sx = act_scales(xq, cols);
+    for (int64_t g = 0; g < kp128(cols) / FP8_G; g++) {
+        int64_t n = cols - g * FP8_G < FP8_G ? cols - g * FP8_G : FP8_G;
+        float m = 0;
+        for (int64_t i = 0; i < n; i++) m = fabsf(x[g * FP8_G + i]) > m ? fabsf(x[g * FP8_G + i]) : m;
+        sx[g] = (m > 1e-10f ? m : 1e-10f) / MOE_FP8_MAX;
+    }
+    fp8_act_store(x, cols, xq);
+}
+
+/* Weight scale of row r, group g. */
+static inline float wscale(const moe__wmat *w, int64_t r, int64_t g) {
+    const float *s = w->scales;
+    switch (w->format) {
+    case MOE_FORMAT_FP8_TENSOR: return s[0];
+    case MOE_FORMAT_FP8_CHANNEL: return s[r];
+    default: return s[(r / FP8_G) * ((w->cols + FP8_G - 1) / FP8_G) + g];
+    }
+}
+
+#if FP8_AVX512
+/* e4m3 code (7 bits) -> high and low byte of its bf16 pattern; 0x7F is NaN. */
+static const uint8_t bf16_hi[128] = {
+    0x00, 0x3b, 0x3b, 0x3b, 0x3c, 0x3c, 0x3c, 0x3c, 0x3c, 0x3c, 0x3c, 0x3c, 0x3c, 0x3c, 0x3c,
+    0x3c, 0x3d, 0x3d, 0x3d, 0x3d, 0x3d, 0x3d, 0x3d, 0x3d, 0x3d, 0x3d, 0x3d, 0x3d, 0x3d, 0x3d,
+    0x3d, 0x3d, 0x3e, 0x3e, 0x3e, 0x3e, 0x3e, 0x3e, 0x3e, 0x3e, 0x3e, 0x3e, 0x3e, 0x3e, 0x3e,
+    0x3e, 0x3e, 0x3e, 0x3f, 0x3f, 0x3f, 0x3f, 0x3f, 0x3f, 0x3f, 0x3f, 0x3f, 0x3f, 0x3f, 0x3f,
+    0x3f, 0x3f, 0x3f, 0x3f, 0x40, 0x40, 0x40, 0x40, 0x40, 0x40, 0x40, 0x40, 0x40, 0x40, 0x40,
+    0x40, 0x40, 0x40, 0x40, 0x40, 0x41, 0x41, 0x41, 0x41, 0x41, 0x41, 0x41, 0x41, 0x41, 0x41,
+    0x41, 0x41, 0x41, 0x41, 0x41, 0x41, 0x42, 0x42, 0x42, 0x42, 0x42, 0x42, 0x42, 0x42, 0x42,
+    0x42, 0x42, 0x42, 0x42, 0x42, 0x42, 0x42, 0x43, 0x43, 0x43, 0x43, 0x43, 0x43, 0x43, 0x43,
+    0x43, 0x43, 0x43, 0x43, 0x43, 0x43, 0x43, 0x7f,
+};
+static const uint8_t bf16_lo[128] = {
+    0x00, 0x00, 0x80, 0xc0, 0x00, 0x20, 0x40, 0x60, 0x80, 0x90, 0xa0, 0xb0, 0xc0, 0xd0, 0xe0,
+    0xf0, 0x00, 0x10, 0x20, 0x30, 0x40, 0x50, 0x60, 0x70, 0x80, 0x90, 0xa0, 0xb0, 0xc0, 0xd0,
+    0xe0, 0xf0, 0x00, 0x10, 0x20, 0x30, 0x40, 0x50, 0x60, 0x70, 0x80, 0x90, 0xa0, 0xb0, 0xc0,
+    0xd0, 0xe0, 0xf0, 0x00, 0x10, 0x20, 0x30, 0x40, 0x50, 0x60, 0x70, 0x80, 0x90, 0xa0, 0xb0,
+    0xc0, 0xd0, 0xe0, 0xf0, 0x00, 0x10, 0x20, 0x30, 0x40, 0x50, 0x60, 0x70, 0x80, 0x90, 0xa0,
+    0xb0, 0xc0, 0xd0, 0xe0, 0xf0, 0x00, 0x10, 0x20, 0x30, 0x40, 0x50, 0x60, 0x70, 0x80, 0x90,
+    0xa0, 0xb0, 0xc0, 0xd0, 0xe0, 0xf0, 0x00, 0x10, 0x20, 0x30, 0x40, 0x50, 0x60, 0x70, 0x80,
+    0x90, 0xa0, 0xb0, 0xc0, 0xd0, 0xe0, 0xf0, 0x00, 0x10, 0x20, 0x30, 0x40, 0x50, 0x60, 0x70,
+    0x80, 0x90, 0xa0, 0xb0, 0xc0, 0xd0, 0xe0, 0xc0,
+};
+
+typedef struct fp8_tables { __m512i h0, h1, l0, l1, sign; } fp8_tables;
+
+/* 64 e4m3 bytes -> two vectors of 32 bf16 (elements 16L+j, then 16L+8+j). */
+static inline void decode64(const fp8_tables *t, __m512i q, __m512bh *a, __m512bh *b) {
+    __m512i hi = _mm512_permutex2var_epi8(t->h0, q, t->h1);
+    __m512i lo = _mm512_permutex2var_epi8(t->l0, q, t->l1);
+    hi = _mm512_ternarylogic_epi32(hi, q, t->sign, 0xf8); /* hi | (q & 0x80) */
+    *a = (__m512bh)_mm512_unpacklo_epi8(lo, hi);
+    *b = (__m512bh)_mm512_unpackhi_epi8(lo, hi);
+}
+#endif
+
+static void gemm_fp8(const moe__wmat *w, int64_t r0, int64_t r1, const void *xq, size_t xq_stride,
+                     int64_t n_x, float *y, int64_t y_stride) {
+    const int64_t K = w->cols, kp = kp128(K), ng = kp / FP8_G;
+#if FP8_AVX512
+    const fp8_tables t = { _mm512_loadu_si512(bf16_hi), _mm512_loadu_si512(bf16_hi + 64),
+                           _mm512_loadu_si512(bf16_lo), _mm512_loadu_si512(bf16_lo + 64),
+                           _mm512_set1_epi8((char)0x80) };
+#endif
+    for (int64_t r = r0; r < r1; r++) {
+        const uint8_t *q = (const uint8_t *)w->data + r * K; // (K)
+        for (int64_t i0 = 0; i0 < n_x; i0 += FP8_XG) {
+            const int64_t nx = n_x - i0 < FP8_XG ? n_x - i0 : FP8_XG;
+#if FP8_AVX512
+            __m512 acc[FP8_XG];
+            for (int64_t i = 0; i < nx; i++) acc[i] = _mm512_setzero_ps();
+            for (int64_t g = 0; g < ng; g++) {
+                _Alignas(64) uint8_t tail[FP8_G];
+                const uint8_t *qg = q + g * FP8_G;
+                if (K - g * FP8_G < FP8_G) { /* never read past the row */
+                    memset(tail, 0, sizeof tail);
+                    memcpy(tail, qg, (size_t)(K - g * FP8_G));
+                    qg = tail;
+                }
+                __m512bh w0, w1, w2, w3;
+                decode64(&t, _mm512_loadu_si512(qg), &w0, &w1);
+                decode64(&t, _mm512_loadu_si512(qg + 64), &w2, &w3);
+                const float sw = wscale(w, r, g);
+                for (int64_t i = 0; i < nx; i++) {
+                    const uint16_t *xb = (const uint16_t *)((const char *)xq +
+                                                            (size_t)(i0 + i) * xq_stride);
+                    const float *sx = (const float *)(xb + kp);
+                    const uint16_t *xg = xb + g * FP8_G;
+                    __m512 d = _mm512_dpbf16_ps(_mm512_setzero_ps(), w0,
+                                                (__m512bh)_mm512_loadu_si512(xg));
+                    d = _mm512_dpbf16_ps(d, w1, (__m512bh)_mm512_loadu_si512(xg + 32));
+                    d = _mm512_dpbf16_ps(d, w2, (__m512bh)_mm512_loadu_si512(xg + 64));
+                    d = _mm512_dpbf16_ps(d, w3, (__m512bh)_mm512_loadu_si512(xg + 96));
+                    acc[i] = _mm512_fmadd_ps(d, _mm512_set1_ps(sw * sx[g]), acc[i]);
+                }
+            }
+            for (int64_t i = 0; i < nx; i++)
+                y[(i0 + i) * y_stride + (r - r0)] = _mm512_reduce_add_ps(acc[i]);
+#else
+            for (int64_t i = 0; i < nx; i++) {
+                const uint16_t *xb = (const uint16_t *)((const char *)xq +
+                                                        (size_t)(i0 + i) * xq_stride);
+                const float *sx = (const float *)(xb + kp);
+                float acc = 0;
+                for (int64_t g = 0; g < ng; g++) {
+                    float d = 0;
+                    for (int e = 0; e < FP8_G; e++) {
+                        int64_t k = g * FP8_G + e;
+                        if (k >= K) break;
+                        uint32_t u = (uint32_t)xb[g * FP8_G + 64 * (e / 64) + perm64(e % 64)] << 16;
+                        float xv;
+                        memcpy(&xv, &u, 4);
+                        d += moe__e4m3_to_f32(q[k]) * xv;
+                    }
+                    acc += d * (wscale(w, r, g) * sx[g]);
+                }
+                y[(i0 + i) * y_stride + (r - r0)] = acc;
+            }
+#endif
+        }
+    }
+}
+
+const moe__cpu_format moe__cpu_fp8_tensor  = { fp8_act_row_bytes, act_tensor, gemm_fp8 };
+const moe__cpu_format moe__cpu_fp8_channel = { fp8_act_row_bytes, act_channel, gemm_fp8 };
+const moe__cpu_format moe__cpu_fp8_block   = { fp8_act_row_bytes, act_block, gemm_fp8 };

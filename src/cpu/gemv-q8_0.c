@@ -1,0 +1,190 @@
+/*
+ * gemv-q8_0.c - CPU kernels of the GGUF formats whose dot products run
+ * against q8_0 activations (as in llama.cpp): Q8_0, Q4_0 and ggml's MXFP4,
+ * fused: two weight blocks (64 values) are decoded in registers into
+ * unsigned bytes u = q + off and multiplied by the activation bytes with
+ * vpdpbusd, whose accumulator starts at -off * (sum of each 4 activation
+ * values), so the int32 lanes hold sum(q * qa) exactly:
+ *
+ *   format      u                   off   block scale
+ *   Q8_0        q + 128             128   d (f16)
+ *   Q4_0        nibble (q - 8 + 8)  8     d (f16)
+ *   MXFP4       2 * e2m1 + 128      128   2^(e - 128) (ggml's e8m0 half)
+ *
+ * then y += (d_w * d_x) * lanes, in fp32.
+ *
+ * Activation row (act_row_bytes), Kp = cols rounded up to 64, zero past cols:
+ *   int8  qa[Kp]     q8_0 values (quant.h's moe__quantize_row_q8_0)
+ *   int32 ns[Kp/4]   minus the sum of each 4 consecutive qa
+ *   float dl[Kp/4]   the q8_0 block scale of those 4 values (f16-rounded)
+ *
+ * Order: per row and activation row, pairs of blocks in increasing k
+ * alternate between two accumulators (fixed by K), summed, then reduced by
+ * one fixed tree.
+ */
+#include "cpu-formats.h"
+#include "../quant/quant.h"
+
+#include <string.h>
+
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__) && defined(__F16C__)
+#include <immintrin.h>
+#define Q80_AVX512 1
+#endif
+
+enum { Q80_XG = 16, Q80_PF_ROWS = 4 };
+
+static int64_t kp64(int64_t cols) { return (cols + 63) / 64 * 64; }
+
+static size_t q80_act_row_bytes(int64_t cols) { return (size_t)kp64(cols) * 3; }
+
+static void act_q80(const moe__wmat *w, const float *x, int64_t cols, void *xq) {
+    (void)w;
+    const int64_t kp = kp64(cols);
+    int8_t  *qa = xq;
+    int32_t *ns = (int32_t *)(qa + kp);
+    float   *dl = (float *)(ns + kp / 4);
+    memset(qa, 0, (size_t)kp);
+    for (int64_t b = 0; b < cols / MOE_QK8_0; b++) {
+        moe_block_q8_0 blk;
+        moe__quantize_row_q8_0(x + b * MOE_QK8_0, &blk, MOE_QK8_0);
+        memcpy(qa + b * MOE_QK8_0, blk.qs, MOE_QK8_0);
+        const float d = moe__f16_to_f32(blk.d);
+        for (int j = 0; j < 8; j++) dl[b * 8 + j] = d;
+    }
+    for (int64_t j = cols / 4; j < kp / 4; j++) dl[j] = 0;
+    for (int64_t j = 0; j < kp / 4; j++)
+        ns[j] = -(qa[4 * j] + qa[4 * j + 1] + qa[4 * j + 2] + qa[4 * j + 3]);
+}
+
+static inline float f16(uint16_t h) {
+#if defined(__F16C__)
+    return _cvtsh_ss(h);
+#else
+    return moe__f16_to_f32(h);
+#endif
+}
+
+static const int8_t kvalues_mxfp4[16] = { 0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12 };
+
+/* Block i of row data: the 32 weight values (q, before any offset) and the
+ * block scale; for the portable path. */
+static float block_values(moe_format f, const void *row, int64_t i, int q[32]) {
+    if (f == MOE_FORMAT_Q8_0) {
+        const moe_block_q8_0 *b = (const moe_block_q8_0 *)row + i;
+        for (int j = 0; j < 32; j++) q[j] = b->qs[j];
+        return f16(b->d);
+    }
+    if (f == MOE_FORMAT_Q4_0) {
+        const moe_block_q4_0 *b = (const moe_block_q4_0 *)row + i;
+        for (int j = 0; j < 16; j++) {
+            q[j]      = (b->qs[j] & 15) - 8;
+            q[j + 16] = (b->qs[j] >> 4) - 8;
+        }
+        return f16(b->d);
+    }
+    const moe_block_mxfp4_gguf *b = (const moe_block_mxfp4_gguf *)row + i;
+    for (int j = 0; j < 16; j++) {
+        q[j]      = kvalues_mxfp4[b->qs[j] & 15];
+        q[j + 16] = kvalues_mxfp4[b->qs[j] >> 4];
+    }
+    return moe__e8m0_to_f32_half(b->e);
+}
+
+#if Q80_AVX512
+/* 16 packed bytes -> 32 nibbles, low nibbles first (ggml's order). */
+static inline __m256i nibbles32(const uint8_t *p) {
+    const __m128i v = _mm_loadu_si128((const __m128i *)p), m = _mm_set1_epi8(15);
+    return _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(v, 4), m), _mm_and_si128(v, m));
+}
+
+/* Unsigned bytes of block i (ymm) and its scale. */
+static inline __m256i block_u8(moe_format f, const void *row, int64_t i, float *d) {
+    if (f == MOE_FORMAT_Q8_0) {
+        const moe_block_q8_0 *b = (const moe_block_q8_0 *)row + i;
+        *d = _cvtsh_ss(b->d);
+        return _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)b->qs), _mm256_set1_epi8(-128));
+    }
+    if (f == MOE_FORMAT_Q4_0) {
+        const moe_block_q4_0 *b = (const moe_block_q4_0 *)row + i;
+        *d = _cvtsh_ss(b->d);
+        return nibbles32(b->qs);
+    }
+    const moe_block_mxfp4_gguf *b = (const moe_block_mxfp4_gguf *)row + i;
+    const __m256i lut = _mm256_setr_epi8(
+        (char)128, (char)129, (char)130, (char)131, (char)132, (char)134, (char)136, (char)140,
+        (char)128, 127, 126, 125, 124, 122, 120, 116,
+        (char)128, (char)129, (char)130, (char)131, (char)132, (char)134, (char)136, (char)140,
+        (char)128, 127, 126, 125, 124, 122, 120, 116);
+    /* ggml's e8m0 half: 2^(e-128), a subnormal for e < 2. */
+    const uint32_t u = b->e < 2 ? 0x00200000u << b->e : (uint32_t)(b->e - 1) << 23;
+    memcpy(d, &u, 4);
+    return _mm256_shuffle_epi8(lut, nibbles32(b->qs));
+}
+#endif
+
+static void gemm_q80(const moe__wmat *w, int64_t r0, int64_t r1, const void *xq, size_t xq_stride,
+                     int64_t n_x, float *y, int64_t y_stride) {
+    const moe_format f = w->format;
+    const int64_t K = w->cols, kp = kp64(K), nb = K / MOE_QK8_0;
+    const size_t  bb = (size_t)moe__format(f)->info.block_bytes, row_bytes = (size_t)nb * bb;
+#if Q80_AVX512
+    const int shift = f == MOE_FORMAT_Q4_0 ? 3 : 7; /* off = 8 or 128 */
+#endif
+    for (int64_t r = r0; r < r1; r++) {
+        const char *row = (const char *)w->data + (size_t)r * row_bytes;
+        if (r + Q80_PF_ROWS < w->rows) {
+            const char *p = row + Q80_PF_ROWS * row_bytes;
+            for (size_t o = 0; o < row_bytes; o += 64) __builtin_prefetch(p + o, 0, 3);
+        }
+        for (int64_t i0 = 0; i0 < n_x; i0 += Q80_XG) {
+            const int64_t nx = n_x - i0 < Q80_XG ? n_x - i0 : Q80_XG;
+#if Q80_AVX512
+            /* One activation row at a time with register accumulators: the
+             * decode of a pair (a few instructions) is cheaper to repeat
+             * from L1 than accumulators kept in memory. */
+            for (int64_t i = 0; i < nx; i++) {
+                const int8_t  *qa = (const int8_t *)((const char *)xq + (size_t)(i0 + i) * xq_stride);
+                const int32_t *ns = (const int32_t *)(qa + kp);
+                const float   *dl = (const float *)(ns + kp / 4);
+                __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
+                for (int64_t p = 0; p < (nb + 1) / 2; p++) {
+                    float da = 0, db = 0;
+                    __m256i ua = block_u8(f, row, 2 * p, &da), ub = _mm256_setzero_si256();
+                    if (2 * p + 1 < nb) ub = block_u8(f, row, 2 * p + 1, &db);
+                    const __m512i wv = _mm512_inserti64x4(_mm512_castsi256_si512(ua), ub, 1);
+                    const __m512  dw = _mm512_mask_blend_ps(0xff00, _mm512_set1_ps(da), _mm512_set1_ps(db));
+                    __m512i init = _mm512_slli_epi32(_mm512_loadu_si512(ns + 16 * p), (unsigned)shift);
+                    __m512i sum  = _mm512_dpbusd_epi32(init, wv, _mm512_loadu_si512(qa + 64 * p));
+                    __m512  t    = _mm512_mul_ps(_mm512_cvtepi32_ps(sum), dw);
+                    if (p & 1) acc1 = _mm512_fmadd_ps(t, _mm512_loadu_ps(dl + 16 * p), acc1);
+                    else       acc0 = _mm512_fmadd_ps(t, _mm512_loadu_ps(dl + 16 * p), acc0);
+                }
+                y[(i0 + i) * y_stride + (r - r0)] = _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
+            }
+#else
+            (void)kp;
+            for (int64_t i = 0; i < nx; i++) {
+                const int8_t *qa = (const int8_t *)((const char *)xq + (size_t)(i0 + i) * xq_stride);
+                const float  *dl = (const float *)((const int32_t *)(qa + kp) + kp / 4);
+                float acc = 0;
+                for (int64_t b = 0; b < nb; b++) {
+                    int q[32];
+                    const float d = block_values(f, row, b, q);
+                    int32_t isum = 0;
+                    for (int j = 0; j < 32; j++) isum += q[j] * qa[32 * b + j];
+                    acc += (float)isum * (d * dl[8 * b]);
+                }
+                y[(i0 + i) * y_stride + (r - r0)] = acc;
+            }
+#endif
+        }
+    }
+#if Q80_AVX512
+    (void)block_values;
+#endif
+}
+
+const moe__cpu_format moe__cpu_q8_0       = { q80_act_row_bytes, act_q80, gemm_q80 };
+const moe__cpu_format moe__cpu_q4_0       = { q80_act_row_bytes, act_q80, gemm_q80 };
+const moe__cpu_format moe__cpu_mxfp4_gguf = { q80_act_row_bytes, act_q80, gemm_q80 };

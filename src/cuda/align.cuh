@@ -1,0 +1,120 @@
+/*
+ * align.cuh - the one-block grouping of slots by expert (see align.cu),
+ * shared by the align kernel and the fused decode prologue.
+ */
+#ifndef MOE_CUDA_ALIGN_CUH
+#define MOE_CUDA_ALIGN_CUH
+
+#include "common.cuh"
+
+#define ALIGN_THREADS 1024
+#define ALIGN_SMALL   4096  /* slots handled by the one-block kernel         */
+#define ALIGN_CHUNK   2048  /* slots per block of the multi-block path       */
+#define ALIGN_BLOCKS  128   /* at most this many blocks                      */
+#define ALIGN_BT      512   /* threads per block of the multi-block kernels  */
+
+
+/* In-place exclusive prefix sum of v (n) in shared memory by the whole block;
+ * returns the total to every thread. */
+static __device__ int block_exclusive_scan(int *v, int n, int *warp_tot) {
+    const int tid = threadIdx.x, lane = tid & 31, wid = tid >> 5;
+    const int per = (n + ALIGN_THREADS - 1) / ALIGN_THREADS;
+    const int b = tid * per, e = min(n, b + per);
+    int s = 0;
+    for (int i = b; i < e; i++) s += v[i];
+    int inc = s; // inclusive warp scan of the per-thread sums
+    for (int o = 1; o < 32; o <<= 1) {
+        int u = __shfl_up_sync(0xffffffffu, inc, o);
+        if (lane >= o) inc += u;
+    }
+    if (lane == 31) warp_tot[wid] = inc;
+    __syncthreads();
+    if (wid == 0) {
+        int wv = warp_tot[lane], wi = wv;
+        for (int o = 1; o < 32; o <<= 1) {
+            int u = __shfl_up_sync(0xffffffffu, wi, o);
+            if (lane >= o) wi += u;
+        }
+        warp_tot[lane] = wi - wv; // exclusive
+        if (lane == 31) warp_tot[32] = wi;
+    }
+    __syncthreads();
+    int run = warp_tot[wid] + inc - s;
+    for (int i = b; i < e; i++) {
+        int c = v[i];
+        v[i] = run;
+        run += c;
+    }
+    int total = warp_tot[32];
+    __syncthreads();
+    return total;
+}
+
+static __device__ __forceinline__ int local_of(int32_t id, const int32_t *map, int32_t n_global,
+                                               int32_t n_local) {
+    if (id < 0 || id >= n_global) return -1;
+    int loc = map ? map[id] : id;
+    return loc >= 0 && loc < n_local ? loc : -1;
+}
+
+/* Writes the tile table for expert starts st (n_local, exclusive) and tile
+ * starts ts, by the whole block. */
+static __device__ void write_tiles(const int *st, const int *ts, int n_local, int n_rows,
+                                   int n_tiles, int BM, int64_t max_tiles, moe__align_out o) {
+    for (int e = threadIdx.x; e < n_local; e += blockDim.x) {
+        o.expert_start[e] = st[e];
+        int rows = (e + 1 < n_local ? st[e + 1] : n_rows) - st[e];
+        for (int i = 0; i * BM < rows; i++) {
+            int ti = ts[e] + i;
+            if (ti < max_tiles) {
+                o.tiles[2 * ti]     = e;
+                o.tiles[2 * ti + 1] = st[e] + i * BM;
+            }
+        }
+    }
+    if (threadIdx.x == 0) {
+        o.expert_start[n_local] = n_rows;
+        *o.n_tiles = (int)min((int64_t)n_tiles, max_tiles);
+    }
+}
+
+/* Shared-memory bytes of align_one_block for n_local experts. */
+static __host__ __device__ inline size_t align_smem(int32_t n_local) {
+    return ((size_t)3 * n_local + 33) * sizeof(int);
+}
+
+/* The whole contiguous layout by one block of ALIGN_THREADS threads; asm_ is
+ * align_smem(n_local) bytes of shared memory. */
+static __device__ void align_one_block(const int32_t *ids, int64_t n_slots, const int32_t *map,
+                                       int32_t n_global, int32_t n_local, int BM,
+                                       int64_t max_tiles, const moe__align_out &o, int *asm_) {
+    int *cnt  = asm_;               // (n_local) counts, then row starts
+    int *tcnt = cnt + n_local;      // (n_local) tiles, then tile starts
+    int *cur  = tcnt + n_local;     // (n_local) placement cursors
+    int *wtot = cur + n_local;      // (33) scan scratch
+    for (int e = threadIdx.x; e < n_local; e += ALIGN_THREADS) cnt[e] = 0;
+    __syncthreads();
+    for (int64_t s = threadIdx.x; s < n_slots; s += ALIGN_THREADS) {
+        int loc = local_of(ids[s], map, n_global, n_local);
+        if (loc >= 0) atomicAdd(&cnt[loc], 1);
+    }
+    __syncthreads();
+    for (int e = threadIdx.x; e < n_local; e += ALIGN_THREADS) tcnt[e] = (cnt[e] + BM - 1) / BM;
+    __syncthreads();
+    int n_rows  = block_exclusive_scan(cnt, n_local, wtot);
+    int n_tiles = block_exclusive_scan(tcnt, n_local, wtot);
+    for (int e = threadIdx.x; e < n_local; e += ALIGN_THREADS) cur[e] = cnt[e];
+    write_tiles(cnt, tcnt, n_local, n_rows, n_tiles, BM, max_tiles, o);
+    __syncthreads();
+    for (int64_t s = threadIdx.x; s < n_slots; s += ALIGN_THREADS) {
+        int loc = local_of(ids[s], map, n_global, n_local);
+        int row = -1;
+        if (loc >= 0) {
+            row = atomicAdd(&cur[loc], 1);
+            o.row_slot[row] = (int32_t)s;
+        }
+        o.slot_row[s] = row;
+    }
+}
+
+#endif /* MOE_CUDA_ALIGN_CUH */

@@ -1,0 +1,596 @@
+/*
+ * cuda.cu - the CUDA backend: context streams, weight upload, workspace
+ * layout and the forward that strings the ops together.
+ *
+ * Forward on the context's main stream (every step one launch):
+ *   1. router logits from the gate (only when no logits are given)
+ *   2. routing -> topk_ids, topk_w            (unless given)       route.cu
+ *   3. group slots by expert, tile table                           align.cu
+ *   4. x -> compute type (+ fp8 group scales, + shared gate)       finalize.cu
+ *   5. W13 grouped GEMM + activation (+ fp8 quant of its output)   grouped-gemm-*.cu
+ *   6. W2 grouped GEMM, bias, routing weight, f32 rows by slot     grouped-gemm-*.cu
+ *   7. sum of each token's slots + shared output -> out            finalize.cu
+ * Shared experts (5-6 on one expert whose rows are all tokens) run on the
+ * main stream before 5, or with MOE_SHARED_OVERLAPPED / IN_COMBINE on the
+ * aux stream between a fork event (after 4) and a join event (before 7).
+ *
+ * The regime is chosen from n_tokens alone: BM = 16 rows per tile (decode:
+ * each touched weight row streamed once) when an expert gets about 16 rows or
+ * fewer on average, else 64 / 128 (prefill). Same n_tokens, same launches:
+ * the forward is a fixed sequence a CUDA graph can capture.
+ */
+#include "common.cuh"
+
+#include "cuda.h"
+
+#include <stdio.h>
+#include <string.h>
+
+/* Device buffers are carved at this alignment. */
+#define WS_ALIGN 256
+
+// ---- state
+
+typedef struct cuda_ctx {
+    int          device;
+    cudaStream_t main, aux;
+    int          own_main;
+    cudaEvent_t  fork, join;
+} cuda_ctx;
+
+/* One experts object on the device (routed experts, or the one expert of
+ * shared experts plus their gate). Everything lives in one allocation. */
+typedef struct cuda_experts {
+    int      dtype;               /* MOE_CUDA_*                                        */
+    int32_t  n_local, n_global;
+    int64_t  H, I, n13;           /* d_model, d_ff, rows of W13                        */
+    void    *w13, *w2;            /* (n_local, n13, H), (n_local, H, I)                */
+    float   *s13, *s2;            /* fp8 block scales, or NULL                         */
+    float   *b13, *b2;            /* biases (n_local, n13), (n_local, H) or NULL       */
+    int32_t *map;                 /* (n_global) or NULL (identity)                     */
+    float   *gate;                /* shared experts' gate (H) or NULL                  */
+    void    *block;
+} cuda_experts;
+
+typedef struct cuda_layer {
+    float *bias;                  /* router correction bias (E) or NULL                */
+    float *gate_w, *gate_b;       /* router gate (E, H), (E) or NULL                   */
+    void  *block;
+    size_t prologue_smem;         /* decode prologue's shared memory, 0 = not usable   */
+} cuda_layer;
+
+/* Batches up to this many tokens take the one-launch decode prologue. */
+#define DECODE_PROLOGUE_TOKENS 64
+
+static void cuda_ctx_free(void *p) {
+    cuda_ctx *c = (cuda_ctx *)p;
+    if (!c) return;
+    if (c->fork) cudaEventDestroy(c->fork);
+    if (c->join) cudaEventDestroy(c->join);
+    if (c->aux) cudaStreamDestroy(c->aux);
+    if (c->own_main && c->main) cudaStreamDestroy(c->main);
+    moe__free(c);
+}
+
+static void cuda_experts_free(void *p) {
+    cuda_experts *x = (cuda_experts *)p;
+    if (!x) return;
+    cudaFree(x->block);
+    moe__free(x);
+}
+
+static cuda_experts *experts_state(const moe_routed_experts *e) {
+    for (int i = 0; i < 4; i++)
+        if (e->impl_free[i] == cuda_experts_free) return (cuda_experts *)e->impl_state[i];
+    return NULL;
+}
+
+static int dtype_of(moe_format f) {
+    return f == MOE_FORMAT_BF16 ? MOE_CUDA_BF16 : f == MOE_FORMAT_F16 ? MOE_CUDA_F16
+         : f == MOE_FORMAT_FP8_BLOCK ? MOE_CUDA_FP8 : -1;
+}
+
+
+static int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+/* x in io format io can feed the tensor cores of dtype as it is. */
+static bool same_type(int io, int dtype) {
+    return (io == MOE_FORMAT_BF16 && dtype == MOE_CUDA_BF16) ||
+           (io == MOE_FORMAT_F16 && dtype == MOE_CUDA_F16);
+}
+
+// ---- checks and upload
+
+static moe_status check_experts(const moe_routed_experts *e, const char *what, char *err,
+                                size_t errlen) {
+    const moe_experts_options *o = &e->opts;
+    if (dtype_of(o->format) < 0)
+        return moe__errf(err, errlen, MOE_ERR_UNSUPPORTED,
+                         "unsupported on cuda: %s (%s; cuda runs bf16, f16 and fp8-block weights)",
+                         moe_format_name(o->format), what);
+    if (o->d_model % 16 || o->d_ff % 16)
+        return moe__errf(err, errlen, MOE_ERR_UNSUPPORTED,
+                         "unsupported on cuda: %s d_model %lld and d_ff %lld must be multiples "
+                         "of 16", what, (long long)o->d_model, (long long)o->d_ff);
+    if ((unsigned)o->activation > MOE_ACT_RELU2)
+        return moe__errf(err, errlen, MOE_ERR_UNSUPPORTED, "unsupported on cuda: activation %d",
+                         (int)o->activation);
+    return MOE_OK;
+}
+
+/* Copies n bytes from host src to the device block at *off (aligned). */
+static void *place(char *block, size_t *off, size_t n) {
+    *off = moe__align_up(*off, WS_ALIGN);
+    void *p = block + *off;
+    *off += n;
+    return p;
+}
+
+static moe_status upload_experts(moe_routed_experts *e, const float *gate, char *err,
+                                 size_t errlen) {
+    if (experts_state(e)) return MOE_OK; // uploaded by an earlier layer
+    int slot = -1;
+    for (int i = 0; i < 4 && slot < 0; i++)
+        if (!e->impl_state[i]) slot = i;
+    if (slot < 0)
+        return moe__errf(err, errlen, MOE_ERR_INTERNAL, "cuda: no free impl_state slot");
+    const moe_experts_options *o = &e->opts;
+    cuda_experts *x = (cuda_experts *)moe__calloc(1, sizeof *x);
+    if (!x) return moe__errf(err, errlen, MOE_ERR_NOMEM, "cuda: out of memory");
+    x->dtype    = dtype_of(o->format);
+    x->n_local  = o->n_experts;
+    x->n_global = e->n_experts_global;
+    x->H = o->d_model;
+    x->I = o->d_ff;
+    x->n13 = moe__w13_rows(o);
+    const size_t E = (size_t)o->n_experts;
+    const size_t b13 = E * e->s13.data, b2 = E * e->s2.data;
+    const size_t bs13 = o->w13.scales ? E * e->s13.scales : 0;
+    const size_t bs2 = o->w2.scales ? E * e->s2.scales : 0;
+    const size_t bb13 = o->w13.bias ? E * (size_t)x->n13 * 4 : 0;
+    const size_t bb2 = o->w2.bias ? E * (size_t)x->H * 4 : 0;
+    const size_t bmap = e->expert_map ? (size_t)x->n_global * 4 : 0;
+    const size_t bgate = gate ? (size_t)x->H * 4 : 0;
+    if (x->dtype == MOE_CUDA_FP8 && (!bs13 || !bs2)) {
+        moe__free(x);
+        return moe__errf(err, errlen, MOE_ERR_INVALID_ARG, "cuda: fp8-block weights without scales");
+    }
+    size_t total = 0;
+    const size_t sizes[8] = { b13, b2, bs13, bs2, bb13, bb2, bmap, bgate };
+    for (int i = 0; i < 8; i++) total = moe__align_up(total, WS_ALIGN) + sizes[i];
+    cudaError_t ce = cudaMalloc(&x->block, total ? total : 1);
+    if (ce != cudaSuccess) {
+        moe__free(x);
+        return moe__errf(err, errlen, MOE_ERR_CUDA, "cuda: cannot allocate %zu bytes of weights: %s",
+                         total, cudaGetErrorString(ce));
+    }
+    char *blk = (char *)x->block;
+    size_t off = 0;
+    x->w13 = place(blk, &off, b13);
+    x->w2  = place(blk, &off, b2);
+    x->s13 = bs13 ? (float *)place(blk, &off, bs13) : NULL;
+    x->s2  = bs2 ? (float *)place(blk, &off, bs2) : NULL;
+    x->b13 = bb13 ? (float *)place(blk, &off, bb13) : NULL;
+    x->b2  = bb2 ? (float *)place(blk, &off, bb2) : NULL;
+    x->map = bmap ? (int32_t *)place(blk, &off, bmap) : NULL;
+    x->gate = bgate ? (float *)place(blk, &off, bgate) : NULL;
+    struct { void *d; const void *h; size_t n; } cp[8] = {
+        { x->w13, o->w13.data, b13 }, { x->w2, o->w2.data, b2 },
+        { x->s13, o->w13.scales, bs13 }, { x->s2, o->w2.scales, bs2 },
+        { x->b13, o->w13.bias, bb13 }, { x->b2, o->w2.bias, bb2 },
+        { x->map, e->expert_map, bmap }, { x->gate, gate, bgate },
+    };
+    for (int i = 0; i < 8; i++) {
+        if (!cp[i].n) continue;
+        ce = cudaMemcpy(cp[i].d, cp[i].h, cp[i].n, cudaMemcpyHostToDevice);
+        if (ce != cudaSuccess) {
+            cuda_experts_free(x);
+            return moe__errf(err, errlen, MOE_ERR_CUDA, "cuda: weight upload: %s",
+                             cudaGetErrorString(ce));
+        }
+    }
+    e->impl_state[slot] = x;
+    e->impl_free[slot]  = cuda_experts_free;
+    return MOE_OK;
+}
+
+static moe_status make_ctx(moe_context *c, char *err, size_t errlen) {
+    if (c->cuda) return MOE_OK;
+    cuda_ctx *x = (cuda_ctx *)moe__calloc(1, sizeof *x);
+    if (!x) return moe__errf(err, errlen, MOE_ERR_NOMEM, "cuda: out of memory");
+    c->cuda = x;
+    c->cuda_free = cuda_ctx_free;
+    x->device = c->opts.cuda_device;
+    MOE_CUDA_TRY(cudaSetDevice(x->device), err, errlen);
+    if (c->opts.cuda_stream) {
+        x->main = (cudaStream_t)c->opts.cuda_stream;
+    } else {
+        MOE_CUDA_TRY(cudaStreamCreateWithFlags(&x->main, cudaStreamNonBlocking), err, errlen);
+        x->own_main = 1;
+    }
+    MOE_CUDA_TRY(cudaStreamCreateWithFlags(&x->aux, cudaStreamNonBlocking), err, errlen);
+    MOE_CUDA_TRY(cudaEventCreateWithFlags(&x->fork, cudaEventDisableTiming), err, errlen);
+    MOE_CUDA_TRY(cudaEventCreateWithFlags(&x->join, cudaEventDisableTiming), err, errlen);
+    return MOE_OK;
+}
+
+static moe_status upload_router(moe_layer *l, char *err, size_t errlen) {
+    const moe_router *r = l->opts.router;
+    const int64_t E = r->opts.n_experts, H = r->opts.d_model;
+    const size_t nb = r->correction_bias ? E * 4 : 0;
+    const size_t ng = r->gate_weight ? (size_t)(E * H) * 4 : 0;
+    const size_t ngb = r->gate_bias ? E * 4 : 0;
+    cuda_layer *x = (cuda_layer *)moe__calloc(1, sizeof *x);
+    if (!x) return moe__errf(err, errlen, MOE_ERR_NOMEM, "cuda: out of memory");
+    l->cuda = x;
+    size_t total = moe__align_up(nb, WS_ALIGN) + moe__align_up(ng, WS_ALIGN) + ngb;
+    if (!total) return MOE_OK;
+    MOE_CUDA_TRY(cudaMalloc(&x->block, total), err, errlen);
+    char *blk = (char *)x->block;
+    size_t off = 0;
+    if (nb) {
+        x->bias = (float *)place(blk, &off, nb);
+        MOE_CUDA_TRY(cudaMemcpy(x->bias, r->correction_bias, nb, cudaMemcpyHostToDevice), err, errlen);
+    }
+    if (ng) {
+        x->gate_w = (float *)place(blk, &off, ng);
+        MOE_CUDA_TRY(cudaMemcpy(x->gate_w, r->gate_weight, ng, cudaMemcpyHostToDevice), err, errlen);
+    }
+    if (ngb) {
+        x->gate_b = (float *)place(blk, &off, ngb);
+        MOE_CUDA_TRY(cudaMemcpy(x->gate_b, r->gate_bias, ngb, cudaMemcpyHostToDevice), err, errlen);
+    }
+    return MOE_OK;
+}
+
+// ---- workspace
+
+/* Rows per tile for m rows spread over n experts. */
+static int pick_bm(int dtype, int64_t rows, int32_t n_experts) {
+    double avg = (double)rows / (double)(n_experts > 0 ? n_experts : 1);
+    if (avg <= 16.0) return 16;
+    if (dtype == MOE_CUDA_FP8 || avg <= 64.0) return 64;
+    return 128;
+}
+
+/* The next buffer of n bytes (NULL when n = 0) from the workspace cursor. */
+static void *take(char **cur, size_t n) {
+    if (!n) return NULL;
+    void *p = *cur;
+    *cur += moe__align_up(n, WS_ALIGN);
+    return p;
+}
+
+static int64_t max_tiles(int64_t rows, int32_t n_experts, int bm) {
+    return cdiv(rows, bm) + (rows < n_experts ? rows : n_experts);
+}
+
+typedef struct ws_plan {
+    size_t logits, ids, w, estart, row_slot, slot_row, tiles, ntiles, align, xq, xs, sg, h1, h1q,
+        h1s, y, sh_h1, sh_h1q, sh_h1s, sh_y;
+} ws_plan;
+
+static ws_plan plan(const moe_layer *l, int64_t T) {
+    const moe_router_options *ro = &l->opts.router->opts;
+    const moe_routed_experts *e  = l->opts.experts;
+    const int      dt   = dtype_of(e->opts.format);
+    const int64_t  H    = e->opts.d_model, I = e->opts.d_ff, k = ro->top_k;
+    const int64_t  S    = T * k;
+    const int32_t  nl   = e->opts.n_experts;
+    const int      bm   = pick_bm(dt, S, nl);
+    const bool     fp8  = dt == MOE_CUDA_FP8;
+    const moe_shared_experts *sh = l->opts.shared;
+    const int64_t  Is   = sh ? sh->mlp->opts.d_ff : 0;
+    const int      sdt  = sh ? dtype_of(sh->mlp->opts.format) : dt;
+    ws_plan p;
+    memset(&p, 0, sizeof p);
+    p.logits   = ro->gate_weight ? (size_t)(T * ro->n_experts) * 4 : 0;
+    p.ids      = (size_t)S * 4;
+    p.w        = (size_t)S * 4;
+    p.estart   = (size_t)(nl + 1) * 4;
+    p.row_slot = (size_t)S * 4;
+    p.slot_row = (size_t)S * 4;
+    p.tiles    = (size_t)max_tiles(S, nl, bm) * 8;
+    p.ntiles   = 4;
+    /* x in the compute type; the shared experts may use another type, so
+     * room for both (bf16 is the larger). */
+    p.xq       = (size_t)(T * H) * 2;
+    p.xs       = (size_t)(T * cdiv(H, MOE_CUDA_QBLOCK)) * 4;
+    p.sg       = sh && sh->gate ? (size_t)T * 4 : 0;
+    p.align    = moe__align_scratch_size(S, nl);
+    /* h1 holds bf16 rows (f16 for f16 weights; f32 for fp8 decode); fp8
+     * adds the quantized rows h1q and their group scales */
+    p.h1       = (size_t)(S * I) * (fp8 ? 4 : 2);
+    p.h1q      = fp8 ? (size_t)(S * I) : 0;
+    p.h1s      = fp8 ? (size_t)(S * cdiv(I, MOE_CUDA_QBLOCK)) * 4 : 0;
+    p.y        = (size_t)(S * H) * 4;
+    p.sh_h1    = sh ? (size_t)(T * Is) * (sdt == MOE_CUDA_FP8 ? 4 : 2) : 0;
+    p.sh_h1q   = sh && sdt == MOE_CUDA_FP8 ? (size_t)(T * Is) : 0;
+    p.sh_h1s   = sh && sdt == MOE_CUDA_FP8 ? (size_t)(T * cdiv(Is, MOE_CUDA_QBLOCK)) * 4 : 0;
+    p.sh_y     = sh ? (size_t)(T * H) * 4 : 0;
+    if (sh && sdt != dt) p.xq *= 2; // one copy per compute type
+    return p;
+}
+
+size_t moe__cuda_workspace_size(const moe_layer *l, int64_t n_tokens) {
+    ws_plan p = plan(l, n_tokens);
+    const size_t *v = (const size_t *)&p;
+    size_t total = 0;
+    for (size_t i = 0; i < sizeof p / sizeof(size_t); i++) total += moe__align_up(v[i], WS_ALIGN);
+    return total + WS_ALIGN;
+}
+
+// ---- entry points
+
+int moe__cuda_device_count(void) {
+    int n = 0;
+    if (cudaGetDeviceCount(&n) != cudaSuccess) {
+        cudaGetLastError(); // clear the sticky "no device" error
+        return 0;
+    }
+    return n;
+}
+
+moe_status moe__cuda_layer_create(moe_layer *l, char *err, size_t errlen) {
+    moe_status st;
+    if (moe__cuda_device_count() < 1)
+        return moe__errf(err, errlen, MOE_ERR_NO_DEVICE, "cuda: no CUDA device");
+    int dev = l->ctx->opts.cuda_device;
+    cudaDeviceProp prop;
+    MOE_CUDA_TRY(cudaGetDeviceProperties(&prop, dev), err, errlen);
+    if (prop.major < 9)
+        return moe__errf(err, errlen, MOE_ERR_UNSUPPORTED,
+                         "cuda: device %d (%s) is sm_%d%d; libmoe's kernels need sm_90 or newer",
+                         dev, prop.name, prop.major, prop.minor);
+    if ((st = check_experts(l->opts.experts, "routed experts", err, errlen))) return st;
+    const moe_shared_experts *sh = l->opts.shared;
+    if (sh && (st = check_experts(sh->mlp, "shared experts", err, errlen))) return st;
+    if ((st = make_ctx(l->ctx, err, errlen))) return st;
+    MOE_CUDA_TRY(moe__grouped_gemm_bf16_setup_cuda(), err, errlen);
+    MOE_CUDA_TRY(moe__grouped_gemm_fp8_setup_cuda(), err, errlen);
+    MOE_CUDA_TRY(moe__align_setup_cuda(l->opts.experts->opts.n_experts), err, errlen);
+    if ((st = upload_experts(l->opts.experts, NULL, err, errlen))) return st;
+    if (sh && (st = upload_experts(sh->mlp, sh->gate, err, errlen))) return st;
+    if ((st = upload_router(l, err, errlen))) return st;
+    cuda_layer *cl = (cuda_layer *)l->cuda;
+    cl->prologue_smem = moe__decode_prologue_smem(&l->opts.router->opts,
+                                                  l->opts.experts->opts.n_experts);
+    if (cl->prologue_smem)
+        MOE_CUDA_TRY(moe__decode_prologue_setup_cuda(cl->prologue_smem), err, errlen);
+    /* pageable uploads may still be in flight; the forward's streams do not
+     * wait for the legacy stream */
+    MOE_CUDA_TRY(cudaDeviceSynchronize(), err, errlen);
+    return MOE_OK;
+}
+
+void moe__cuda_layer_destroy(moe_layer *l) {
+    cuda_layer *x = (cuda_layer *)l->cuda;
+    if (!x) return;
+    cudaFree(x->block);
+    moe__free(x);
+    l->cuda = NULL;
+}
+
+moe_status moe__cuda_route(moe_layer *l, int64_t T, const float *logits, int32_t *ids, float *w) {
+    cuda_ctx *c = (cuda_ctx *)l->ctx->cuda;
+    const cuda_layer *cl = (const cuda_layer *)l->cuda;
+    if (!c || !cl) return moe__errf(l->err, sizeof l->err, MOE_ERR_INTERNAL, "cuda: layer not set up");
+    MOE_CUDA_TRY(moe__route_cuda(&l->opts.router->opts, cl->bias, logits, T, ids, w, c->main),
+                 l->err, sizeof l->err);
+    return MOE_OK;
+}
+
+/* Both GEMMs of one experts object over a contiguous layout. */
+static moe_status run_experts(moe_layer *l, const cuda_experts *x, const moe_experts_options *xo,
+                              int64_t n_rows, int bm,
+                              const void *xq, const float *xs, const int32_t *row_slot,
+                              int32_t a_div, const int32_t *estart, const int32_t *tiles,
+                              const int32_t *n_tiles, int64_t mt, const float *in_scale,
+                              const float *rw, void *h1, void *h1q, float *h1s, float *y,
+                              int pdl, cudaStream_t st) {
+    const bool fp8 = x->dtype == MOE_CUDA_FP8, decode8 = fp8 && bm == 16;
+    moe__gemm_args g;
+    memset(&g, 0, sizeof g);
+    g.dtype = x->dtype;
+    g.act   = xo->activation;
+    g.alpha = xo->swiglu_alpha != 0 ? xo->swiglu_alpha : 1.702f;
+    g.limit = xo->swiglu_limit != 0 ? xo->swiglu_limit : 7.0f;
+    g.BM = bm;
+    g.pdl = pdl;
+    g.expert_start = estart;
+    g.tiles = tiles;
+    g.n_tiles = n_tiles;
+    g.max_tiles = mt;
+    g.n_rows = n_rows;
+    g.row_slot = row_slot;
+
+    // W13: A = x rows gathered by token
+    g.w13 = 1;
+    g.a = xq;
+    g.a_scale = xs;
+    g.a_div = a_div;
+    g.gather = 1;
+    g.w = x->w13;
+    g.w_scale = x->s13;
+    g.bias = x->b13;
+    g.N_w = x->n13;
+    g.K = x->H;
+    g.N_out = x->I;
+    g.in_scale = in_scale;
+    g.out = fp8 && !decode8 ? h1q : h1;
+    g.out_scale = h1s;
+    g.out_f32 = decode8;
+    cudaError_t ce = x->dtype == MOE_CUDA_FP8 ? moe__grouped_gemm_fp8_cuda(&g, st)
+                                              : moe__grouped_gemm_bf16_cuda(&g, st);
+    MOE_CUDA_TRY(ce, l->err, sizeof l->err);
+    /* fp8 decode: the narrow W13 tiles stored f32 rows; quantize them */
+    if (decode8)
+        MOE_CUDA_TRY(moe__prepare_x_cuda(h1, MOE_FORMAT_F32, n_rows, x->I, MOE_CUDA_FP8, h1q, h1s,
+                                         NULL, NULL, st), l->err, sizeof l->err);
+
+    // W2: A = h1 rows in layout order
+    g.w13 = 0;
+    g.out_f32 = 0;
+    g.pdl = 1; // after W13 or the quantization: always a kernel of this stream
+    g.a = fp8 ? h1q : h1;
+    g.a_scale = h1s;
+    g.a_div = 1;
+    g.gather = 0;
+    g.w = x->w2;
+    g.w_scale = x->s2;
+    g.bias = x->b2;
+    g.N_w = x->H;
+    g.K = x->I;
+    g.N_out = x->H;
+    g.in_scale = NULL;
+    g.rw = rw;
+    g.out = y;
+    g.out_scale = NULL;
+    ce = x->dtype == MOE_CUDA_FP8 ? moe__grouped_gemm_fp8_cuda(&g, st)
+                                  : moe__grouped_gemm_bf16_cuda(&g, st);
+    MOE_CUDA_TRY(ce, l->err, sizeof l->err);
+    return MOE_OK;
+}
+
+moe_status moe__cuda_layer_forward(moe_layer *l, int64_t T, const void *x, const float *logits,
+                                   const int32_t *ids_in, const float *w_in,
+                                   const moe_shared_experts *sh, void *out, void *ws,
+                                   size_t ws_size) {
+    char *err = l->err;
+    const size_t errlen = sizeof l->err;
+    cuda_ctx *c = (cuda_ctx *)l->ctx->cuda;
+    const cuda_layer *cl = (const cuda_layer *)l->cuda;
+    const moe_router *router = l->opts.router;
+    const moe_router_options *ro = &router->opts;
+    const cuda_experts *ex = experts_state(l->opts.experts);
+    if (!c || !cl || !ex) return moe__errf(err, errlen, MOE_ERR_INTERNAL, "cuda: layer not set up");
+    const cuda_experts *sx = NULL;
+    if (sh) {
+        sx = experts_state(sh->mlp);
+        if (!sx)
+            return moe__errf(err, errlen, MOE_ERR_INVALID_ARG,
+                             "cuda: these shared experts were not uploaded: give them in "
+                             "moe_layer_options.shared");
+    }
+    size_t need = moe__cuda_workspace_size(l, T);
+    if (ws_size < need)
+        return moe__errf(err, errlen, MOE_ERR_WORKSPACE,
+                         "workspace of %zu bytes is too small for %lld tokens (need %zu)", ws_size,
+                         (long long)T, need);
+    if (!ids_in && !logits && !cl->gate_w)
+        return moe__errf(err, errlen, MOE_ERR_UNSUPPORTED,
+                         "no router logits given and the router has no gate weights");
+
+    const int      io  = l->opts.io_format;
+    const int32_t  k   = ro->top_k, nl = ex->n_local;
+    const int64_t  S   = T * k, H = ex->H;
+    const int      bm  = pick_bm(ex->dtype, S, nl);
+    const int64_t  mt  = max_tiles(S, nl, bm);
+    ws_plan p = plan(l, T);
+    char *cur = (char *)moe__align_up((uintptr_t)ws, WS_ALIGN);
+    float   *lg     = (float *)take(&cur, p.logits);
+    int32_t *ids    = (int32_t *)take(&cur, p.ids);
+    float   *w      = (float *)take(&cur, p.w);
+    moe__align_out ao;
+    ao.expert_start = (int32_t *)take(&cur, p.estart);
+    ao.row_slot     = (int32_t *)take(&cur, p.row_slot);
+    ao.slot_row     = (int32_t *)take(&cur, p.slot_row);
+    ao.tiles        = (int32_t *)take(&cur, p.tiles);
+    ao.n_tiles      = (int32_t *)take(&cur, p.ntiles);
+    ao.scratch      = (int32_t *)take(&cur, p.align);
+    char    *xq     = (char *)take(&cur, p.xq);
+    float   *xs     = (float *)take(&cur, p.xs);
+    float   *sg     = (float *)take(&cur, p.sg);
+    void    *h1     = take(&cur, p.h1);
+    void    *h1q    = take(&cur, p.h1q);
+    float   *h1s    = (float *)take(&cur, p.h1s);
+    float   *y      = (float *)take(&cur, p.y);
+    void    *sh_h1  = take(&cur, p.sh_h1);
+    void    *sh_h1q = take(&cur, p.sh_h1q);
+    float   *sh_h1s = (float *)take(&cur, p.sh_h1s);
+    float   *sh_y   = (float *)take(&cur, p.sh_y);
+    cudaStream_t st = c->main;
+    const bool two_types = sx && sx->dtype != ex->dtype;
+    if (two_types && (ex->dtype == MOE_CUDA_FP8 || sx->dtype == MOE_CUDA_FP8))
+        return moe__errf(err, errlen, MOE_ERR_UNSUPPORTED,
+                         "cuda: fp8-block routed and shared experts must share the format");
+
+    // 1-2. routing (logits from the gate first, when none are given)
+    if (!ids_in && !logits) {
+        MOE_CUDA_TRY(moe__router_logits_cuda(x, io, cl->gate_w, cl->gate_b, lg, T, ro->n_experts,
+                                             H, st), err, errlen);
+        logits = lg;
+    }
+    /* x is the A operand as it is when it already has the weights' type;
+     * else it is converted (fp8: quantized) into xq */
+    const bool conv = !same_type(io, ex->dtype);
+    const void *xa = conv ? (const void *)xq : x;
+    char *xq_sh = two_types ? xq + (size_t)(T * H) * 2 : xq;
+    const void *xa_sh = sx && !same_type(io, sx->dtype) ? (const void *)xq_sh : x;
+    if (conv || (sx && sx->gate))
+        MOE_CUDA_TRY(moe__prepare_x_cuda(x, io, T, H, ex->dtype, conv ? xq : NULL, xs,
+                                         sx ? sx->gate : NULL, sg, st), err, errlen);
+    if (T <= DECODE_PROLOGUE_TOKENS && S <= 4096 && cl->prologue_smem) {
+        // routing and grouping of a small batch in one launch
+        moe__prologue_args pa;
+        memset(&pa, 0, sizeof pa);
+        pa.o = *ro;
+        pa.bias = cl->bias;
+        pa.logits = logits;
+        pa.T = T;
+        pa.route = ids_in == NULL;
+        pa.ids = ids_in ? (int32_t *)ids_in : ids;
+        pa.w = w;
+        pa.map = ex->map;
+        pa.n_global = ex->n_global;
+        pa.n_local = nl;
+        pa.BM = bm;
+        pa.max_tiles = mt;
+        pa.ao = ao;
+        MOE_CUDA_TRY(moe__decode_prologue_cuda(&pa, st), err, errlen);
+        if (!ids_in) {
+            ids_in = ids;
+            w_in = w;
+        }
+    } else {
+        if (!ids_in) {
+            MOE_CUDA_TRY(moe__route_cuda(ro, cl->bias, logits, T, ids, w, st), err, errlen);
+            ids_in = ids;
+            w_in = w;
+        }
+        // 3. contiguous layout
+        MOE_CUDA_TRY(moe__align_cuda(ids_in, T, k, ex->map, ex->n_global, nl, bm, mt, &ao, st),
+                     err, errlen);
+    }
+    if (two_types && xa_sh != x)
+        MOE_CUDA_TRY(moe__prepare_x_cuda(x, io, T, H, sx->dtype, xq_sh, xs, NULL, NULL, st), err,
+                     errlen);
+
+    // shared experts: before, or overlapped on the aux stream
+    moe_status s;
+    const bool overlap = sx && (l->opts.shared_order == MOE_SHARED_OVERLAPPED ||
+                                l->opts.shared_order == MOE_SHARED_IN_COMBINE);
+    if (sx) {
+        cudaStream_t ss = overlap ? c->aux : st;
+        if (overlap) {
+            MOE_CUDA_TRY(cudaEventRecord(c->fork, st), err, errlen);
+            MOE_CUDA_TRY(cudaStreamWaitEvent(c->aux, c->fork, 0), err, errlen);
+        }
+        int sbm = pick_bm(sx->dtype, T, 1);
+        if ((s = run_experts(l, sx, &sh->mlp->opts, T, sbm, xa_sh, xs, NULL, 1, NULL, NULL, NULL, cdiv(T, sbm),
+                             NULL, sx->gate ? sg : NULL, sh_h1, sh_h1q, sh_h1s, sh_y, 0, ss)))
+            return s;
+        if (overlap) MOE_CUDA_TRY(cudaEventRecord(c->join, c->aux), err, errlen);
+    }
+    // 5-6. routed experts
+    const bool llama4 = ro->scoring == MOE_SCORING_LLAMA4;
+    if ((s = run_experts(l, ex, &l->opts.experts->opts, S, bm, xa, xs, ao.row_slot, k, ao.expert_start, ao.tiles,
+                         ao.n_tiles, mt, llama4 ? w_in : NULL, llama4 ? NULL : w_in, h1, h1q, h1s,
+                         y, 1, st)))
+        return s;
+    if (overlap) MOE_CUDA_TRY(cudaStreamWaitEvent(st, c->join, 0), err, errlen);
+    // 7. combine
+    MOE_CUDA_TRY(moe__finalize_cuda(y, ao.slot_row, sx ? sh_y : NULL, T, k, H, out, io, !overlap,
+                                    st), err, errlen);
+    return MOE_OK;
+}

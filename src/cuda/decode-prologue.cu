@@ -1,0 +1,58 @@
+/*
+ * decode-prologue.cu - the front of a decode forward in one launch: for a
+ * small batch (T <= 64 tokens), one block of 1024 threads routes the tokens
+ * (a warp per token, route.cuh), then groups the slots by expert and writes
+ * the tile table (align.cuh). The launches of route.cu and align.cu, each a
+ * few microseconds of mostly idle GPU at decode sizes, become one. Same
+ * numerics as those kernels: it runs their device code. (Converting x stays
+ * in finalize.cu's prepare, many blocks wide, and is skipped when x already
+ * has the weights' type.)
+ */
+#include "align.cuh"
+#include "route.cuh"
+
+#define PRO_THREADS ALIGN_THREADS
+
+// ---- kernels
+
+static __global__ void __launch_bounds__(PRO_THREADS)
+    decode_prologue_kernel(const moe__prologue_args a) {
+    extern __shared__ float psm[];
+    const int warp = threadIdx.x >> 5;
+    const int E = a.o.n_experts, k = a.o.top_k;
+    pdl_launch(); // W13's CTAs may get resident now; they wait for this grid
+
+    // routing: a warp per token
+    if (a.route) {
+        const size_t F = route_warp_floats(&a.o);
+        float *key = psm + (size_t)warp * F;
+        for (int64_t t = warp; t < a.T; t += PRO_THREADS / 32)
+            route_token_warp(a.o, a.bias, a.logits + t * E, key, key + E, key + 2 * E,
+                             a.ids + t * k, a.w + t * k);
+    }
+    __syncthreads(); // the routing's ids (global memory) are visible to the block
+    align_one_block(a.ids, a.T * k, a.map, a.n_global, a.n_local, a.BM, a.max_tiles, a.ao,
+                    (int *)psm);
+}
+
+// ---- launchers
+
+size_t moe__decode_prologue_smem(const moe_router_options *o, int32_t n_local) {
+    size_t r = route_warp_floats(o) * sizeof(float) * (PRO_THREADS / 32);
+    size_t al = align_smem(n_local);
+    size_t s = r > al ? r : al;
+    return s <= 200 * 1024 ? s : 0;
+}
+
+cudaError_t moe__decode_prologue_setup_cuda(size_t smem) {
+    if (smem <= 48 * 1024) return cudaSuccess;
+    return cudaFuncSetAttribute(decode_prologue_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                (int)smem);
+}
+
+cudaError_t moe__decode_prologue_cuda(const moe__prologue_args *a, cudaStream_t st) {
+    size_t smem = moe__decode_prologue_smem(&a->o, a->n_local);
+    if (!smem) return cudaErrorInvalidValue;
+    decode_prologue_kernel<<<1, PRO_THREADS, smem, st>>>(*a);
+    return cudaGetLastError();
+}

@@ -1,0 +1,51 @@
+/*
+ * grouped-gemm-fp8.cu - grouped GEMM of the contiguous layout with block-FP8
+ * weights (MOE_FORMAT_FP8_BLOCK: e4m3fn, one f32 scale per 128 x 128 block)
+ * and e4m3 activations with one dynamic f32 scale per row and group of 128
+ * columns. Each 128-wide K block is accumulated by the tensor cores (m16n8k32
+ * e4m3) then added to the fp32 accumulator times activation scale x weight
+ * scale. In prefill the W13 epilogue quantizes its output (the activations
+ * of W2) per row and 128-column group, so a W13 tile produces whole groups:
+ * BN = 256 weight rows for gated activations (128 outputs), 128 for RELU2.
+ * Decode tiles are narrow (BN = 32: enough CTAs to stream the few touched
+ * experts at full bandwidth), so there W13 stores f32 rows and one small
+ * prepare launch quantizes them (cuda.cu), with the same numerics.
+ *
+ *   BM = 16 decode:  BN = 32, 2 warps (1 x 2), 8 stages, W13 output f32
+ *   BM = 64 prefill: W13 BN = 256 / 128, W2 BN = 128; 8 warps (2 x 4)
+ */
+#include "grouped-gemm.cuh"
+
+#define FP8 MOE_CUDA_FP8
+
+// ---- launchers
+
+static cudaError_t gemm8_launch(const moe__gemm_args *g, cudaStream_t st) {
+    const bool relu2 = g->act == MOE_ACT_RELU2;
+    switch (g->BM) {
+    case 16:
+        return g->w13 ? gemm_launch<FP8, 16, 32, 1, 2, 8, true>(g, st)
+                      : gemm_launch<FP8, 16, 32, 1, 2, 8, false>(g, st);
+    case 64:
+        if (!g->w13) return gemm_launch<FP8, 64, 128, 2, 4, 4, false>(g, st);
+        return relu2 ? gemm_launch<FP8, 64, 128, 2, 4, 4, true>(g, st)
+                     : gemm_launch<FP8, 64, 256, 2, 4, 3, true>(g, st);
+    default: return cudaErrorInvalidValue;
+    }
+}
+
+// ---- backend entry
+
+cudaError_t moe__grouped_gemm_fp8_cuda(const moe__gemm_args *g, cudaStream_t st) {
+    if (g->dtype != MOE_CUDA_FP8) return cudaErrorInvalidValue;
+    return gemm8_launch(g, st);
+}
+
+cudaError_t moe__grouped_gemm_fp8_setup_cuda(void) {
+    cudaError_t e;
+    if ((e = gemm_setup<FP8, 16, 32, 1, 2, 8, false>()) != cudaSuccess) return e;
+    if ((e = gemm_setup<FP8, 16, 32, 1, 2, 8, true>()) != cudaSuccess) return e;
+    if ((e = gemm_setup<FP8, 64, 128, 2, 4, 4, false>()) != cudaSuccess) return e;
+    if ((e = gemm_setup<FP8, 64, 128, 2, 4, 4, true>()) != cudaSuccess) return e;
+    return gemm_setup<FP8, 64, 256, 2, 4, 3, true>();
+}

@@ -1,0 +1,460 @@
+/*
+ * grouped-gemm.cuh - the grouped GEMM kernel template behind
+ * grouped-gemm-bf16.cu and grouped-gemm-fp8.cu.
+ *
+ * One CTA computes a BM x BN tile of one expert: BM rows of the contiguous
+ * layout (all of one expert, taken from the tile table that align.cu built)
+ * times BN weight rows, over the whole K. Operands stream through a
+ * STAGES-deep cp.async pipeline of 128-byte K slices (64 bf16/f16 or 128
+ * e4m3 values: exactly one scale block for fp8) into XOR-swizzled shared
+ * memory; warps issue ldmatrix + mma.sync (m16n8k16 bf16/f16, m16n8k32
+ * e4m3). fp8 folds each 128-wide K block into the fp32 accumulator with its
+ * activation-row scale and weight-block scale.
+ *
+ * Weight rows of a W13 tile are picked so that the epilogue sees gate and up
+ * of the same output column: [gate n0.., up d_ff + n0..] (SILU, GELU,
+ * GELU_TANH), consecutive interleaved pairs (SWIGLU_OAI), or plain rows
+ * (RELU2, W2). The accumulator tile goes through shared memory so that the
+ * epilogue is row-wise: activation and the fp8 group-128 quantization of the
+ * output rows (the activations of W2) in one place, coalesced stores.
+ *
+ * Regimes: BM = 16 is the decode kernel (few rows per expert: each touched
+ * weight row is streamed once, a deep pipeline keeps bytes in flight, no
+ * weight bytes are wasted on padding rows); BM = 64 / 128 are prefill tiles.
+ * The inner loop is the part a wgmma + TMA version would replace.
+ */
+#ifndef MOE_CUDA_GROUPED_GEMM_CUH
+#define MOE_CUDA_GROUPED_GEMM_CUH
+
+#include "common.cuh"
+
+// ---- device helpers
+
+template <int DT> struct gemm_out_t;
+template <> struct gemm_out_t<MOE_CUDA_BF16> {
+    static __device__ __forceinline__ void put(void *p, int64_t i, float v) {
+        ((__nv_bfloat16 *)p)[i] = __float2bfloat16_rn(v);
+    }
+};
+template <> struct gemm_out_t<MOE_CUDA_F16> {
+    static __device__ __forceinline__ void put(void *p, int64_t i, float v) {
+        ((__half *)p)[i] = __float2half_rn(v);
+    }
+};
+
+static __device__ __forceinline__ bool act_is_gated(int act) {
+    return act == MOE_ACT_SILU || act == MOE_ACT_GELU || act == MOE_ACT_GELU_TANH;
+}
+
+/* Output columns one W13 CTA produces from its BN weight rows. */
+static __host__ __device__ __forceinline__ int gemm_out_cols(int act, int w13, int BN) {
+    return (w13 && act != MOE_ACT_RELU2) ? BN / 2 : BN;
+}
+
+/* Operand stages (aliased by the f32 accumulator tile in the epilogue). */
+template <int BM, int BN, int STAGES>
+static __host__ __device__ constexpr size_t gemm_pipe_bytes() {
+    return (size_t)STAGES * (BM + BN) * 128 > (size_t)BM * (BN + 4) * 4
+               ? (size_t)STAGES * (BM + BN) * 128
+               : (size_t)BM * (BN + 4) * 4;
+}
+/* + fp8 scale stages (BM + BN floats each) + the row and column tables. */
+template <int BM, int BN, int STAGES>
+static __host__ __device__ constexpr size_t gemm_smem_bytes() {
+    return gemm_pipe_bytes<BM, BN, STAGES>() + (size_t)STAGES * (BM + BN) * 4 +
+           (size_t)(2 * BM + BN) * 4;
+}
+
+/* 4-byte async copy (scales); src_bytes = 0 fills zeros. */
+static __device__ __forceinline__ void cp_async4(uint32_t dst, const void *src, int src_bytes) {
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(dst), "l"(src),
+                 "r"(src_bytes));
+}
+
+/* Tiles along M handled by consecutive CTAs before moving along N: a wave of
+ * CTAs shares GROUP_M activation tiles and about 132 / GROUP_M weight tiles,
+ * all in L2, instead of streaming every weight tile once per M tile. */
+#define GEMM_GROUP_M 8
+
+// ---- kernels
+
+template <int DT, int BM, int BN, int WM, int WN, int STAGES, bool W13>
+static __global__ void __launch_bounds__(WM *WN * 32)
+    grouped_gemm_kernel(const moe__gemm_args g) {
+    constexpr int NTHR = WM * WN * 32;
+    constexpr int TM = BM / WM, TN = BN / WN;
+    constexpr int MT = TM / 16, NTL = TN / 8;
+    constexpr int LDC = BN + 4;
+    constexpr size_t PIPE = gemm_pipe_bytes<BM, BN, STAGES>();
+    static_assert(MT >= 1 && NTL % 2 == 0, "warp tile");
+    extern __shared__ __align__(128) char smem[];
+    char  *sA    = smem;
+    char  *sB    = smem + (size_t)STAGES * BM * 128;
+    float *sAs   = (float *)(smem + PIPE);      // (STAGES, BM + BN) fp8 scales
+    // per stage: BM activation-row scales, then BN weight-column scales (fp8)
+    int   *a_src = (int *)(sAs + STAGES * (BM + BN)); // (BM) A row of each tile row, -1 = padding
+    int   *b_src = a_src + BM;                  // (BN) weight row of each tile column, -1 = none
+    int   *slot  = b_src + BN;                  // (BM) slot (row_slot) of each tile row
+
+    /* Programmatic dependent launch (cuda.cu launches with it): W13 reads
+     * its predecessors' outputs from the start, so it waits first; W2 only
+     * reads the grouping (two launches back, complete) before its wait, so
+     * it streams its first weight stages while W13 finishes. Both let their
+     * successor launch once they run. No-ops without the launch attribute. */
+    if (W13) {
+        pdl_wait();
+        pdl_launch();
+    }
+
+    // CTA -> (M tile, N tile), grouped along M
+    const int per_group = GEMM_GROUP_M * g.grid_n;
+    const int group = blockIdx.x / per_group, first_m = group * GEMM_GROUP_M;
+    const int gm = min(GEMM_GROUP_M, (int)g.max_tiles - first_m);
+    const int in_group = blockIdx.x % per_group;
+    const int tile = first_m + in_group % gm, n_tile = in_group / gm;
+
+    // tile -> expert and rows
+    int e, r0, r1;
+    if (g.tiles) {
+        if (tile >= *g.n_tiles) return; // guard: fewer tiles than the grid
+        e  = g.tiles[2 * tile];
+        r0 = g.tiles[2 * tile + 1];
+        r1 = min(g.expert_start[e + 1], r0 + BM);
+    } else {
+        e  = 0;
+        r0 = tile * BM;
+        if (r0 >= g.n_rows) return; // guard
+        r1 = (int)min((int64_t)r0 + BM, g.n_rows);
+    }
+    const bool gated = W13 && act_is_gated(g.act);
+    const bool inter = W13 && g.act == MOE_ACT_SWIGLU_OAI;
+    const int  half  = BN / 2;
+    const int64_t n0 = (int64_t)n_tile * gemm_out_cols(g.act, W13, BN);
+
+    for (int i = threadIdx.x; i < BM; i += NTHR) {
+        int r = r0 + i;
+        int s = -1, src = -1;
+        if (r < r1) {
+            s   = g.row_slot ? g.row_slot[r] : r;
+            src = g.gather ? s / g.a_div : r;
+        }
+        a_src[i] = src;
+        slot[i]  = s;
+    }
+    for (int c = threadIdx.x; c < BN; c += NTHR) {
+        int64_t wr;
+        bool ok;
+        if (gated) {
+            int j = c % half;
+            ok = n0 + j < g.N_out;
+            wr = (c < half ? 0 : g.N_out) + n0 + j;
+        } else if (inter) {
+            wr = 2 * n0 + c;
+            ok = wr < g.N_w;
+        } else {
+            wr = n0 + c;
+            ok = wr < g.N_out;
+        }
+        b_src[c] = ok ? (int)wr : -1;
+    }
+    __syncthreads();
+
+    const int64_t esz    = DT == MOE_CUDA_FP8 ? 1 : 2;
+    const int64_t kbytes = g.K * esz;
+    const int     KT     = (int)((kbytes + 127) / 128);
+    const char   *A      = (const char *)g.a;
+    const char   *W      = (const char *)g.w + (int64_t)e * g.N_w * kbytes;
+
+    const int64_t kblocks = (g.K + MOE_CUDA_QBLOCK - 1) / MOE_CUDA_QBLOCK;
+    const int64_t nblk    = (g.N_w + MOE_CUDA_QBLOCK - 1) / MOE_CUDA_QBLOCK;
+    /* Each thread copies CH fixed 16-byte columns (chunk ch of CH rows) of
+     * every stage: their global addresses are computed once here. */
+    constexpr int CH = (BM + BN) * 8 / NTHR, CA = BM * 8 / NTHR;
+    static_assert((BM * 8) % NTHR == 0 && (BN * 8) % NTHR == 0, "chunk split");
+    const int ch = threadIdx.x & 7;
+    const char *src_p[CH];
+    uint32_t    dst_o[CH];
+#pragma unroll
+    for (int j = 0; j < CH; j++) {
+        const bool isA = j < CA;
+        const int  r   = (threadIdx.x >> 3) + (isA ? j : j - CA) * (NTHR / 8);
+        const int  src = isA ? a_src[r] : b_src[r];
+        src_p[j] = src >= 0 ? (isA ? A : W) + (int64_t)src * kbytes + ch * 16 : nullptr;
+        dst_o[j] = smem_u32(isA ? sA : sB) + r * 128 + ((ch ^ (r & 7)) << 4);
+    }
+    /* One stage: operand chunks and fp8 scales, the weight side (B) and the
+     * activation side (A) separately (W2 issues B before its PDL wait). */
+    auto load_B = [&](int kt, int st) {
+        const int64_t kb  = (int64_t)kt * 128;
+        const bool    kok = kb + ch * 16 < kbytes;
+#pragma unroll
+        for (int j = CA; j < CH; j++) {
+            const bool ok = kok && src_p[j] != nullptr;
+            cp_async16(dst_o[j] + (uint32_t)st * BN * 128, ok ? src_p[j] + kb : W, ok ? 16 : 0);
+        }
+        if (DT == MOE_CUDA_FP8) {
+            for (int i = threadIdx.x; i < BN; i += NTHR) {
+                const int src = b_src[i];
+                const float *p = g.w_scale + (src >= 0 ? ((int64_t)e * nblk + src / MOE_CUDA_QBLOCK) *
+                                                             kblocks + kt
+                                                       : 0);
+                cp_async4(smem_u32(sAs + st * (BM + BN) + BM + i), p, src >= 0 ? 4 : 0);
+            }
+        }
+    };
+    auto load_A = [&](int kt, int st) {
+        const int64_t kb  = (int64_t)kt * 128;
+        const bool    kok = kb + ch * 16 < kbytes;
+#pragma unroll
+        for (int j = 0; j < CA; j++) {
+            const bool ok = kok && src_p[j] != nullptr;
+            cp_async16(dst_o[j] + (uint32_t)st * BM * 128, ok ? src_p[j] + kb : A, ok ? 16 : 0);
+        }
+        if (DT == MOE_CUDA_FP8) {
+            for (int i = threadIdx.x; i < BM; i += NTHR) {
+                const int src = a_src[i];
+                const float *p = g.a_scale + (src >= 0 ? (int64_t)src * kblocks + kt : 0);
+                cp_async4(smem_u32(sAs + st * (BM + BN) + i), p, src >= 0 ? 4 : 0);
+            }
+        }
+    };
+
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int wm = warp / WN, wn = warp % WN;
+    float acc[MT][NTL][4];
+#pragma unroll
+    for (int i = 0; i < MT; i++)
+#pragma unroll
+        for (int j = 0; j < NTL; j++)
+#pragma unroll
+            for (int q = 0; q < 4; q++) acc[i][j][q] = 0.0f;
+
+#pragma unroll
+    // prologue: B of the first stages (W2: before the wait), then A
+#pragma unroll
+    for (int s = 0; s < STAGES - 1; s++)
+        if (s < KT) load_B(s, s);
+    if (!W13) {
+        pdl_wait();
+        pdl_launch();
+    }
+#pragma unroll
+    for (int s = 0; s < STAGES - 1; s++) {
+        if (s < KT) load_A(s, s);
+        cp_async_commit();
+    }
+    for (int kt = 0; kt < KT; kt++) {
+        cp_async_wait<STAGES - 2>();
+        __syncthreads();
+        if (kt + STAGES - 1 < KT) {
+            load_B(kt + STAGES - 1, (kt + STAGES - 1) % STAGES);
+            load_A(kt + STAGES - 1, (kt + STAGES - 1) % STAGES);
+        }
+        cp_async_commit();
+
+        const int st = kt % STAGES;
+        const uint32_t a_base = smem_u32(sA + (size_t)st * BM * 128);
+        const uint32_t b_base = smem_u32(sB + (size_t)st * BN * 128);
+        float tmp[DT == MOE_CUDA_FP8 ? MT : 1][DT == MOE_CUDA_FP8 ? NTL : 1][4];
+        if (DT == MOE_CUDA_FP8) {
+#pragma unroll
+            for (int i = 0; i < MT; i++)
+#pragma unroll
+                for (int j = 0; j < NTL; j++)
+#pragma unroll
+                    for (int q = 0; q < 4; q++) tmp[i][j][q] = 0.0f;
+        }
+#pragma unroll
+        for (int ks = 0; ks < 4; ks++) {
+            uint32_t af[MT][4], bfr[NTL][2];
+#pragma unroll
+            for (int mt = 0; mt < MT; mt++) {
+                int row = wm * TM + mt * 16 + (lane & 7) + ((lane >> 3) & 1) * 8;
+                int ch  = 2 * ks + (lane >> 4);
+                ldmatrix_x4(a_base + row * 128 + ((ch ^ (row & 7)) << 4), af[mt][0], af[mt][1],
+                            af[mt][2], af[mt][3]);
+            }
+#pragma unroll
+            for (int np = 0; np < NTL / 2; np++) {
+                int row = wn * TN + np * 16 + (lane & 7) + (lane >> 4) * 8;
+                int ch  = 2 * ks + ((lane >> 3) & 1);
+                ldmatrix_x4(b_base + row * 128 + ((ch ^ (row & 7)) << 4), bfr[2 * np][0],
+                            bfr[2 * np][1], bfr[2 * np + 1][0], bfr[2 * np + 1][1]);
+            }
+#pragma unroll
+            for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+                for (int nt = 0; nt < NTL; nt++) {
+                    if (DT == MOE_CUDA_FP8)
+                        mma_16x8<DT>(tmp[DT == MOE_CUDA_FP8 ? mt : 0][DT == MOE_CUDA_FP8 ? nt : 0],
+                                     af[mt], bfr[nt]);
+                    else
+                        mma_16x8<DT>(acc[mt][nt], af[mt], bfr[nt]);
+                }
+        }
+        if (DT == MOE_CUDA_FP8) {
+            const float *ss = sAs + st * (BM + BN);
+            float sa[MT][2], sw[NTL][2];
+#pragma unroll
+            for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+                for (int h = 0; h < 2; h++) sa[mt][h] = ss[wm * TM + mt * 16 + (lane >> 2) + 8 * h];
+#pragma unroll
+            for (int nt = 0; nt < NTL; nt++)
+#pragma unroll
+                for (int h = 0; h < 2; h++) sw[nt][h] = ss[BM + wn * TN + nt * 8 + (lane & 3) * 2 + h];
+#pragma unroll
+            for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+                for (int nt = 0; nt < NTL; nt++)
+#pragma unroll
+                    for (int q = 0; q < 4; q++)
+                        acc[mt][nt][q] += tmp[DT == MOE_CUDA_FP8 ? mt : 0][DT == MOE_CUDA_FP8 ? nt : 0][q] *
+                                          sa[mt][q >> 1] * sw[nt][q & 1];
+        }
+    }
+    cp_async_wait<0>();
+    __syncthreads();
+
+    // accumulators -> shared tile (BM, LDC) f32
+    float *sC = (float *)smem;
+#pragma unroll
+    for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+        for (int nt = 0; nt < NTL; nt++) {
+            int r = wm * TM + mt * 16 + (lane >> 2);
+            int c = wn * TN + nt * 8 + (lane & 3) * 2;
+            sC[r * LDC + c]           = acc[mt][nt][0];
+            sC[r * LDC + c + 1]       = acc[mt][nt][1];
+            sC[(r + 8) * LDC + c]     = acc[mt][nt][2];
+            sC[(r + 8) * LDC + c + 1] = acc[mt][nt][3];
+        }
+    __syncthreads();
+
+    if (!W13) {
+        // W2: y[slot, n0 + c] = (acc + b2) * rw[slot], f32
+        float *out = (float *)g.out;
+        const float *bias = g.bias ? g.bias + (int64_t)e * g.N_w : nullptr;
+        for (int i = threadIdx.x; i < BM * (BN / 4); i += NTHR) {
+            int r = i / (BN / 4), c = (i % (BN / 4)) * 4;
+            if (a_src[r] < 0 || b_src[c] < 0) continue;
+            int s = slot[r];
+            float wgt = g.rw ? g.rw[s] : 1.0f;
+            float4 v;
+            v.x = sC[r * LDC + c];
+            v.y = sC[r * LDC + c + 1];
+            v.z = sC[r * LDC + c + 2];
+            v.w = sC[r * LDC + c + 3];
+            if (bias) {
+                v.x += bias[n0 + c];
+                v.y += bias[n0 + c + 1];
+                v.z += bias[n0 + c + 2];
+                v.w += bias[n0 + c + 3];
+            }
+            v.x *= wgt; v.y *= wgt; v.z *= wgt; v.w *= wgt;
+            *(float4 *)(out + (int64_t)s * g.N_out + n0 + c) = v;
+        }
+        return;
+    }
+
+    // W13: activation of (gate, up) per output column
+    const int outw = gemm_out_cols(g.act, 1, BN);
+    const float *bias = g.bias ? g.bias + (int64_t)e * g.N_w : nullptr;
+    auto act_at = [&](int r, int j) -> float {
+        int gi = gated ? j : inter ? 2 * j : j;
+        int ui = gated ? j + half : inter ? 2 * j + 1 : j;
+        float sc = g.in_scale ? g.in_scale[slot[r]] : 1.0f;
+        float gv = sC[r * LDC + gi] * sc, uv = sC[r * LDC + ui] * sc;
+        if (bias) {
+            gv += bias[b_src[gi]];
+            uv += bias[b_src[ui]];
+        }
+        return act_apply(g.act, gv, uv, g.alpha, g.limit);
+    };
+    if (DT == MOE_CUDA_FP8 && g.out_f32) {
+        // fp8 decode: f32 rows, quantized by a following launch exactly as here
+        for (int i = threadIdx.x; i < BM * (outw / 2); i += NTHR) {
+            int r = i / (outw / 2), j = (i % (outw / 2)) * 2;
+            if (a_src[r] < 0 || n0 + j >= g.N_out) continue;
+            *(float2 *)((float *)g.out + (int64_t)(r0 + r) * g.N_out + n0 + j) =
+                make_float2(act_at(r, j), act_at(r, j + 1));
+        }
+    } else if (DT != MOE_CUDA_FP8) {
+        for (int i = threadIdx.x; i < BM * (outw / 2); i += NTHR) {
+            int r = i / (outw / 2), j = (i % (outw / 2)) * 2;
+            if (a_src[r] < 0 || n0 + j >= g.N_out) continue;
+            int64_t o = (int64_t)(r0 + r) * g.N_out + n0 + j;
+            if (DT != MOE_CUDA_F16) {
+                *(__nv_bfloat162 *)((__nv_bfloat16 *)g.out + o) =
+                    __floats2bfloat162_rn(act_at(r, j), act_at(r, j + 1));
+            } else {
+                *(__half2 *)((__half *)g.out + o) = __floats2half2_rn(act_at(r, j), act_at(r, j + 1));
+            }
+        }
+    } else {
+        // one warp per (row, group of 128 columns): amax, scale, e4m3 store
+        const int     groups = outw / MOE_CUDA_QBLOCK;
+        const int64_t ngrp   = (g.N_out + MOE_CUDA_QBLOCK - 1) / MOE_CUDA_QBLOCK;
+        for (int i = warp; i < BM * groups; i += NTHR / 32) {
+            int r = i / groups, grp = i % groups;
+            if (a_src[r] < 0 || n0 + grp * MOE_CUDA_QBLOCK >= g.N_out) continue;
+            int   j0 = grp * MOE_CUDA_QBLOCK + lane * 4;
+            float v[4];
+            float amax = 0.0f;
+#pragma unroll
+            for (int q = 0; q < 4; q++) {
+                v[q] = n0 + j0 + q < g.N_out ? act_at(r, j0 + q) : 0.0f;
+                amax = fmaxf(amax, fabsf(v[q]));
+            }
+            amax = warp_max(amax);
+            float scale = fmaxf(amax, MOE_CUDA_AMAX_EPS) / MOE_CUDA_FP8_MAX;
+            if (n0 + j0 < g.N_out) {
+                uint32_t packed = 0;
+#pragma unroll
+                for (int q = 0; q < 4; q++) {
+                    __nv_fp8_storage_t b = __nv_cvt_float_to_fp8(v[q] / scale, __NV_SATFINITE, __NV_E4M3);
+                    packed |= (uint32_t)b << (8 * q);
+                }
+                *(uint32_t *)((uint8_t *)g.out + (int64_t)(r0 + r) * g.N_out + n0 + j0) = packed;
+            }
+            if (lane == 0)
+                g.out_scale[(int64_t)(r0 + r) * ngrp + (n0 / MOE_CUDA_QBLOCK) + grp] = scale;
+        }
+    }
+}
+
+// ---- launchers
+
+template <int DT, int BM, int BN, int WM, int WN, int STAGES, bool W13>
+static cudaError_t gemm_setup() {
+    constexpr size_t smem = gemm_smem_bytes<BM, BN, STAGES>();
+    return cudaFuncSetAttribute(grouped_gemm_kernel<DT, BM, BN, WM, WN, STAGES, W13>,
+                                cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+}
+
+template <int DT, int BM, int BN, int WM, int WN, int STAGES, bool W13>
+static cudaError_t gemm_launch(const moe__gemm_args *g, cudaStream_t st) {
+    constexpr size_t smem = gemm_smem_bytes<BM, BN, STAGES>();
+    int outw = gemm_out_cols(g->act, W13, BN);
+    moe__gemm_args a = *g;
+    a.grid_n = (int)((g->N_out + outw - 1) / outw);
+    int64_t n_cta = (int64_t)a.grid_n * g->max_tiles;
+    if (n_cta == 0) return cudaSuccess;
+    if (n_cta > 0x7fffffff) return cudaErrorInvalidConfiguration;
+    cudaLaunchConfig_t cfg = {};
+    cudaLaunchAttribute attr[1];
+    cfg.gridDim = dim3((unsigned)n_cta);
+    cfg.blockDim = dim3(WM * WN * 32);
+    cfg.dynamicSmemBytes = smem;
+    cfg.stream = st;
+    if (g->pdl) {
+        attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+        attr[0].val.programmaticStreamSerializationAllowed = 1;
+        cfg.attrs = attr;
+        cfg.numAttrs = 1;
+    }
+    cudaError_t e = cudaLaunchKernelEx(&cfg, grouped_gemm_kernel<DT, BM, BN, WM, WN, STAGES, W13>, a);
+    return e != cudaSuccess ? e : cudaGetLastError();
+}
+
+#endif /* MOE_CUDA_GROUPED_GEMM_CUH */

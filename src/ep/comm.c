@@ -1,0 +1,161 @@
+/*
+ * comm.c - the communicator handle every transport shares (sticky errors,
+ * statistics, the public accessors), and the choice of the parallel
+ * prepare/finalize implementation for a layer (moe__ep_select_pf).
+ *
+ * MOE_HAVE_MPI and MOE_HAVE_NCCL are checked here and nowhere else in
+ * src/ep/: without them the create functions say so.
+ */
+#include "ep.h"
+
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+double moe__now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+moe_status moe__comm_errf(moe_comm *c, moe_status s, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    moe__verrf(c->err, sizeof c->err, s, fmt, ap);
+    va_end(ap);
+    return s;
+}
+
+moe_status moe__comm_exchange(moe_comm *c, moe__phase phase, const moe__msg *sends, int n_sends,
+                              const moe__msg *recvs, int n_recvs) {
+    if (c->broken) return c->broken;
+    for (int i = 0; i < n_sends + n_recvs; i++) {
+        const moe__msg *m = i < n_sends ? &sends[i] : &recvs[i - n_sends];
+        MOE_ASSERT(m->peer >= 0 && m->peer < c->size && m->peer != c->rank);
+        MOE_ASSERT(m->sub >= 0 && m->sub < 16);
+    }
+    c->phase    = phase;
+    double t0   = moe__now_s();
+    moe_status st = c->ops->exchange(c, sends, n_sends, recvs, n_recvs);
+    c->seq++;
+    double dt = moe__now_s() - t0;
+    int64_t bytes = 0;
+    for (int i = 0; i < n_sends; i++) bytes += (int64_t)sends[i].bytes;
+    if (phase == MOE__PHASE_COMBINE) {
+        c->stats.seconds_combine += dt;
+        c->stats.bytes_sent_combine += bytes;
+    } else {
+        c->stats.seconds_dispatch += dt;
+        c->stats.bytes_sent_dispatch += bytes;
+    }
+    if (st) c->broken = st;
+    return st;
+}
+
+moe_status moe_comm_create_mpi(const void *mpi_comm, const moe_comm_options *opts,
+                               moe_comm **out, char *err, size_t errlen) {
+    if (!mpi_comm || !out) return moe__errf(err, errlen, MOE_ERR_INVALID_ARG, "NULL argument");
+    *out = NULL;
+    int32_t deadline = opts && opts->deadline_ms ? opts->deadline_ms : 60000;
+    if (deadline < 1) return moe__errf(err, errlen, MOE_ERR_INVALID_ARG, "deadline_ms < 0");
+#ifdef MOE_HAVE_MPI
+    return moe__comm_mpi_create(mpi_comm, deadline, out, err, errlen);
+#else
+    return moe__errf(err, errlen, MOE_ERR_UNSUPPORTED, "libmoe was built without MPI");
+#endif
+}
+
+moe_status moe_comm_create_nccl(void *nccl_comm, void *stream, const moe_comm_options *opts,
+                                moe_comm **out, char *err, size_t errlen) {
+    if (!nccl_comm || !out) return moe__errf(err, errlen, MOE_ERR_INVALID_ARG, "NULL argument");
+    *out = NULL;
+    int32_t deadline = opts && opts->deadline_ms ? opts->deadline_ms : 60000;
+    if (deadline < 1) return moe__errf(err, errlen, MOE_ERR_INVALID_ARG, "deadline_ms < 0");
+#ifdef MOE_HAVE_NCCL
+    return moe__comm_nccl_create(nccl_comm, stream, deadline, out, err, errlen);
+#else
+    (void)stream;
+    return moe__errf(err, errlen, MOE_ERR_UNSUPPORTED, "libmoe was built without NCCL");
+#endif
+}
+
+void moe_comm_destroy(moe_comm *c) {
+    if (!c) return;
+    if (c->ops) c->ops->destroy(c);
+    moe__free(c);
+}
+
+int32_t     moe_comm_size(const moe_comm *c) { return c ? c->size : 0; }
+int32_t     moe_comm_rank(const moe_comm *c) { return c ? c->rank : -1; }
+moe_status  moe_comm_status(const moe_comm *c) { return c ? c->broken : MOE_ERR_INVALID_ARG; }
+const char *moe_comm_last_error(const moe_comm *c) { return c ? c->err : ""; }
+
+void moe_comm_get_stats(const moe_comm *c, moe_comm_stats *s) {
+    if (!s) return;
+    if (c) *s = c->stats;
+    else memset(s, 0, sizeof *s);
+}
+
+/* ===== Choosing the parallel prepare/finalize ===== */
+
+/* Expert parallel: the experts must be exactly this rank's slots of the map. */
+static moe_status check_ep(const moe_layer_options *o, const moe_parallel *p, char *err,
+                           size_t errlen) {
+    const moe_expert_map     *m = p->map;
+    const moe_routed_experts *e = o->experts;
+    if (!m) return moe__errf(err, errlen, MOE_ERR_INVALID_ARG, "expert parallel needs a map");
+    if (m->o.ep_size != p->comm->size || m->o.ep_rank != p->comm->rank)
+        return moe__errf(err, errlen, MOE_ERR_INVALID_ARG,
+                         "expert map is for rank %d of %d, the communicator is rank %d of %d",
+                         m->o.ep_rank, m->o.ep_size, p->comm->rank, p->comm->size);
+    if (o->router->opts.n_experts != m->o.n_experts)
+        return moe__errf(err, errlen, MOE_ERR_SHAPE, "router has %d experts, the map %d logical",
+                         o->router->opts.n_experts, m->o.n_experts);
+    if (e->opts.n_experts != m->n_local || e->n_experts_global != m->n_physical)
+        return moe__errf(err, errlen, MOE_ERR_SHAPE,
+                         "experts hold %d of %d, the map gives this rank %d of %d slots",
+                         e->opts.n_experts, e->n_experts_global, m->n_local, m->n_physical);
+    for (int32_t s = 0; s < m->n_physical; s++)
+        if (e->expert_map[s] != m->table[s])
+            return moe__errf(err, errlen, MOE_ERR_INVALID_ARG,
+                             "experts' expert_map[%d] = %d, the map says %d (build the experts "
+                             "with moe_expert_map_table)", s, e->expert_map[s], m->table[s]);
+    return MOE_OK;
+}
+
+moe_status moe__ep_select_pf(const moe_layer_options *o, const moe__prepare_finalize_impl **pf,
+                             char *err, size_t errlen) {
+    *pf = NULL;
+    const moe_parallel *p = o->parallel;
+    if (!p) return MOE_OK;
+    if (!p->comm) return moe__errf(err, errlen, MOE_ERR_INVALID_ARG, "parallel needs a comm");
+    if (p->comm->broken)
+        return moe__errf(err, errlen, p->comm->broken, "the communicator is broken: %s",
+                         p->comm->err);
+    if (p->comm->kind == MOE__COMM_NCCL)
+        return moe__errf(err, errlen, MOE_ERR_UNSUPPORTED,
+                         "NCCL layers run with backend cuda, which has no NCCL prepare/finalize "
+                         "in this build");
+    if (o->backend == MOE_BACKEND_CUDA)
+        return moe__errf(err, errlen, MOE_ERR_UNSUPPORTED,
+                         "an MPI communicator carries host memory; backend cuda needs NCCL");
+    moe_status st;
+    switch (p->mode) {
+    case MOE_PARALLEL_EP:
+        if ((st = check_ep(o, p, err, errlen))) return st;
+        *pf = &moe__pf_mpi_ep;
+        return MOE_OK;
+    case MOE_PARALLEL_TP:
+        if (p->map && p->map->o.ep_size > 1)
+            return moe__errf(err, errlen, MOE_ERR_INVALID_ARG,
+                             "tensor parallel experts hold every expert: no expert map");
+        if (o->experts->n_experts_global != o->router->opts.n_experts ||
+            o->experts->opts.n_experts != o->router->opts.n_experts)
+            return moe__errf(err, errlen, MOE_ERR_SHAPE,
+                             "tensor parallel: router has %d experts, this rank holds %d",
+                             o->router->opts.n_experts, o->experts->opts.n_experts);
+        *pf = &moe__pf_mpi_tp;
+        return MOE_OK;
+    }
+    return moe__errf(err, errlen, MOE_ERR_INVALID_ARG, "unknown parallel mode %d", (int)p->mode);
+}

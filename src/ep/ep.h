@@ -1,0 +1,134 @@
+/*
+ * ep.h - what the parallel-experts files (src/ep/) share: the expert map and
+ * communicator objects behind the public handles, the transport interface the
+ * prepare/finalize implementations use, and the migration plan.
+ *
+ * Transports implement one primitive, an exchange: every rank posts the
+ * messages it sends and the messages it expects (with their exact sizes) to
+ * any subset of its peers, and the call returns when all have completed, or
+ * with MOE_ERR_PEER_DEAD / MOE_ERR_TIMEOUT / MOE_ERR_PROTOCOL at the
+ * communicator's deadline. Prepare/finalize then only builds message lists.
+ */
+#ifndef MOE_EP_H
+#define MOE_EP_H
+
+#include "internal.h"
+
+/* ===== Expert map ===== */
+
+struct moe_expert_map {
+    moe_expert_map_options o;
+    int32_t  n_physical;   /* P = n_experts + n_redundant                             */
+    int32_t  n_local;      /* slots on this rank                                      */
+    int32_t *table;        /* (P) physical -> local index, -1 elsewhere               */
+    int32_t *local_slot;   /* (n_local) local index -> physical                       */
+    int32_t *phys2log;     /* (P) physical -> logical                                 */
+    int32_t *rep_start;    /* (E + 1) first entry of each logical expert in rep_slot   */
+    int32_t *rep_slot;     /* (P) replica slots grouped by logical expert, ascending  */
+};
+
+/* Owner rank of physical slot s under the map's placement, without range checks. */
+int32_t moe__map_owner(const moe_expert_map_options *o, int32_t n_physical, int32_t s);
+
+/* ===== Communicator ===== */
+
+typedef enum moe__comm_kind { MOE__COMM_MPI = 1, MOE__COMM_NCCL = 2 } moe__comm_kind;
+
+/* One message of an exchange. For receives `bytes` is the exact size
+ * expected; a message of another size is a protocol error. */
+typedef struct moe__msg {
+    int32_t peer;
+    int32_t sub;          /* sub-channel in [0, 16): distinguishes messages to one peer  */
+    void   *buf;
+    size_t  bytes;
+} moe__msg;
+
+typedef enum moe__phase { MOE__PHASE_DISPATCH = 0, MOE__PHASE_COMBINE, MOE__PHASE_OTHER } moe__phase;
+
+typedef struct moe__comm_ops {
+    /* Posts sends and receives, waits for all until the deadline. */
+    moe_status (*exchange)(moe_comm *c, const moe__msg *sends, int n_sends, const moe__msg *recvs,
+                           int n_recvs);
+    void       (*destroy)(moe_comm *c);
+} moe__comm_ops;
+
+struct moe_comm {
+    moe__comm_kind       kind;
+    const moe__comm_ops *ops;
+    int32_t              size, rank;
+    int32_t              deadline_ms;
+    uint32_t             seq;          /* exchanges so far: tags and headers carry it     */
+    moe_status           broken;       /* sticky failure, MOE_OK while healthy            */
+    moe__phase           phase;        /* what the current exchange is, for the stats     */
+    moe_comm_stats       stats;
+    void                *pending;      /* the EP forward in flight between prepare and
+                                          finalize (its state lives in the workspace)     */
+    void                *impl;         /* transport state                                 */
+    char                 err[256];
+};
+
+/* Runs one exchange: refuses on a broken communicator, records stats, and
+ * makes a failure sticky. Sends and receives to this rank itself are not
+ * allowed (callers copy locally). */
+moe_status moe__comm_exchange(moe_comm *c, moe__phase phase, const moe__msg *sends, int n_sends,
+                              const moe__msg *recvs, int n_recvs);
+/* Sets c->err and returns s (does not break the communicator). */
+moe_status moe__comm_errf(moe_comm *c, moe_status s, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+double     moe__now_s(void);   /* monotonic clock, seconds */
+
+/* Transports: create functions (mpi-comm.c, nccl-comm.c). */
+moe_status moe__comm_mpi_create(const void *mpi_comm, int32_t deadline_ms, moe_comm **out,
+                                char *err, size_t errlen);
+moe_status moe__comm_nccl_create(void *nccl_comm, void *stream, int32_t deadline_ms,
+                                 moe_comm **out, char *err, size_t errlen);
+
+/* ===== Prepare/finalize implementations (mpi-pf.c, nccl-pf.c) ===== */
+
+extern const moe__prepare_finalize_impl moe__pf_mpi_ep;
+extern const moe__prepare_finalize_impl moe__pf_mpi_tp;
+
+/* Fault injection for the multi-rank fault tests (tests/mpi/ep-fault.c,
+ * which declares it itself): set to a MOE__FAULT_* point, the EP
+ * prepare/finalize of this process sends half of that phase's messages and
+ * raises SIGKILL there, or sends malformed messages. 0, the default, never
+ * fires. */
+extern int moe__ep_fault_point;
+enum {
+    MOE__FAULT_MID_DISPATCH   = 1,   /* after the counts, half of the rows sent        */
+    MOE__FAULT_AFTER_DISPATCH = 2,   /* dispatch complete, before the experts          */
+    MOE__FAULT_MID_COMBINE    = 3,   /* half of the outputs sent back                  */
+    /* Malformed messages instead of death (the peers must answer PROTOCOL): */
+    MOE__FAULT_BAD_MAGIC      = 4,   /* headers with a wrong magic                     */
+    MOE__FAULT_BIG_COUNT      = 5,   /* headers announcing more rows than fit          */
+    MOE__FAULT_BAD_EXPERT     = 6,   /* rows for an expert id beyond the map           */
+    MOE__FAULT_LONG_ROWS      = 7,   /* activation messages 4 bytes longer than announced */
+    MOE__FAULT_BAD_SLOT       = 8,   /* a row whose slot is not in ascending order     */
+};
+
+/* ===== Migration plan (eplb-state.c) =====
+ *
+ * Every rank computes the same plan from (old, new) phys -> logical, so sends
+ * and receives match without a message about them. For each rank and each
+ * of its slots whose logical expert changes: if the rank held the new expert
+ * before, a local copy from its first old slot holding it; otherwise one
+ * receive per (rank, expert), from a source rank chosen round-robin among the
+ * old holders (by ascending rank), into the first such slot, and local copies
+ * from there to the others.
+ */
+typedef enum moe__move_kind { MOE__MOVE_LOCAL = 0, MOE__MOVE_REMOTE, MOE__MOVE_DUP } moe__move_kind;
+
+typedef struct moe__move {
+    moe__move_kind kind;
+    int32_t        dst_rank, dst_slot;   /* physical slot receiving the expert          */
+    int32_t        src_rank, src_slot;   /* LOCAL/REMOTE: old slot; DUP: a dst slot of
+                                            the same rank filled earlier in the plan    */
+    int32_t        logical;
+} moe__move;
+
+/* Builds the plan into *moves (allocated, moe__free) and *n_moves. */
+moe_status moe__eplb_plan(const int32_t *old, const int32_t *new_, int32_t n_physical,
+                          int32_t n_ranks, moe__move **moves, int32_t *n_moves, char *err,
+                          size_t errlen);
+
+#endif /* MOE_EP_H */

@@ -1,0 +1,119 @@
+/*
+ * nccl-comm.c - the NCCL transport: the exchange primitive as one NCCL group
+ * of ncclSend/ncclRecv on the caller's stream, then a deadline-bound poll of
+ * the communicator's asynchronous error and of the stream.
+ *
+ * The caller creates the communicator non-blocking (config.blocking = 0), so
+ * no NCCL call blocks: ncclGroupEnd may answer ncclInProgress, and we poll
+ * until it settles. NCCL has no timeout of its own; at our deadline, or on an
+ * asynchronous error, we abort the communicator (ncclCommAbort stops its
+ * kernels, so the stream drains) and return MOE_ERR_TIMEOUT or MOE_ERR_NCCL.
+ * The aborted communicator, though the caller's, cannot be used again.
+ *
+ * NCCL sends and receives must agree on sizes: the prepare/finalize above
+ * exchanges counts first, so a receive size is always the announced one.
+ * Buffers are device pointers.
+ */
+#include "ep.h"
+
+#include <cuda_runtime.h>
+#include <nccl.h>
+
+#include <time.h>
+
+typedef struct nccl_state {
+    ncclComm_t   comm;
+    cudaStream_t stream;
+    int          aborted;
+} nccl_state;
+
+static void nap(void) {
+    struct timespec ts = { 0, 20000 };
+    nanosleep(&ts, NULL);
+}
+
+static moe_status nccl_abort(moe_comm *c, moe_status st, const char *what, ncclResult_t r) {
+    nccl_state *s = c->impl;
+    if (!s->aborted) ncclCommAbort(s->comm);
+    s->aborted = 1;
+    return moe__comm_errf(c, st, "%s (%s); communicator aborted", what, ncclGetErrorString(r));
+}
+
+/* Polls until the communicator leaves ncclInProgress. */
+static moe_status settle(moe_comm *c, double deadline, const char *what) {
+    nccl_state  *s = c->impl;
+    ncclResult_t r = ncclInProgress;
+    while (r == ncclInProgress) {
+        if (ncclCommGetAsyncError(s->comm, &r) != ncclSuccess) r = ncclInternalError;
+        if (r == ncclInProgress) {
+            if (moe__now_s() > deadline) return nccl_abort(c, MOE_ERR_TIMEOUT, what, r);
+            nap();
+        }
+    }
+    if (r != ncclSuccess) return nccl_abort(c, MOE_ERR_NCCL, what, r);
+    return MOE_OK;
+}
+
+static moe_status nccl_exchange(moe_comm *c, const moe__msg *sends, int n_sends,
+                                const moe__msg *recvs, int n_recvs) {
+    nccl_state  *s = c->impl;
+    const double deadline = moe__now_s() + c->deadline_ms * 1e-3;
+    ncclResult_t r = ncclGroupStart();
+    for (int i = 0; i < n_recvs && (r == ncclSuccess || r == ncclInProgress); i++)
+        r = ncclRecv(recvs[i].buf, recvs[i].bytes, ncclUint8, recvs[i].peer, s->comm, s->stream);
+    for (int i = 0; i < n_sends && (r == ncclSuccess || r == ncclInProgress); i++)
+        r = ncclSend(sends[i].buf, sends[i].bytes, ncclUint8, sends[i].peer, s->comm, s->stream);
+    ncclResult_t r2 = ncclGroupEnd();
+    if (r == ncclSuccess || r == ncclInProgress) r = r2;
+    if (r != ncclSuccess && r != ncclInProgress)
+        return nccl_abort(c, MOE_ERR_NCCL, "posting the exchange", r);
+    moe_status st = settle(c, deadline, "posting the exchange");
+    if (st) return st;
+    /* Wait for the stream, watching for asynchronous errors. */
+    for (;;) {
+        cudaError_t ce = cudaStreamQuery(s->stream);
+        if (ce == cudaSuccess) return MOE_OK;
+        if (ce != cudaErrorNotReady)
+            return moe__comm_errf(c, MOE_ERR_CUDA, "stream: %s", cudaGetErrorString(ce));
+        ncclResult_t ar = ncclSuccess;
+        ncclCommGetAsyncError(s->comm, &ar);
+        if (ar != ncclSuccess && ar != ncclInProgress)
+            return nccl_abort(c, ar == ncclRemoteError ? MOE_ERR_PEER_DEAD : MOE_ERR_NCCL,
+                              "exchange failed", ar);
+        if (moe__now_s() > deadline)
+            return nccl_abort(c, MOE_ERR_TIMEOUT, "exchange past the deadline", ncclSuccess);
+        nap();
+    }
+}
+
+static void nccl_destroy(moe_comm *c) { moe__free(c->impl); }
+
+static const moe__comm_ops nccl_ops = { .exchange = nccl_exchange, .destroy = nccl_destroy };
+
+moe_status moe__comm_nccl_create(void *nccl_comm, void *stream, int32_t deadline_ms,
+                                 moe_comm **out, char *err, size_t errlen) {
+    ncclComm_t comm = (ncclComm_t)nccl_comm;
+    int size = 0, rank = 0;
+    ncclResult_t r = ncclCommCount(comm, &size);
+    if (r == ncclSuccess) r = ncclCommUserRank(comm, &rank);
+    if (r != ncclSuccess)
+        return moe__errf(err, errlen, MOE_ERR_NCCL, "NCCL communicator: %s",
+                         ncclGetErrorString(r));
+    moe_comm   *c = moe__calloc(1, sizeof *c);
+    nccl_state *s = moe__calloc(1, sizeof *s);
+    if (!c || !s) {
+        moe__free(c);
+        moe__free(s);
+        return moe__errf(err, errlen, MOE_ERR_NOMEM, "out of memory");
+    }
+    s->comm        = comm;
+    s->stream      = (cudaStream_t)stream;
+    c->kind        = MOE__COMM_NCCL;
+    c->ops         = &nccl_ops;
+    c->size        = size;
+    c->rank        = rank;
+    c->deadline_ms = deadline_ms;
+    c->impl        = s;
+    *out           = c;
+    return MOE_OK;
+}

@@ -1,0 +1,474 @@
+/*
+ * family-hf.c - Hugging Face checkpoints: config.json keys and tensor names
+ * of each MoE family, as the upstream transformers models name them.
+ *
+ *   mixtral      model.layers.L.block_sparse_moe.{gate, experts.e.w1 (gate) / w3 (up) / w2 (down)}
+ *   qwen2_moe    model.layers.L.mlp.{gate, experts.e.{gate,up,down}_proj,
+ *                shared_expert.{gate,up,down}_proj, shared_expert_gate}
+ *   qwen3_moe    model.layers.L.mlp.{gate, experts.e.*_proj}
+ *   olmoe        model.layers.L.mlp.{gate, experts.e.*_proj}
+ *   deepseek_v2/3 model.layers.L.mlp.{gate (+ e_score_correction_bias), experts.e.*_proj
+ *                (+ weight_scale_inv for fp8 block checkpoints), shared_experts.*_proj}
+ *   gpt_oss      model.layers.L.mlp.{router (weight, bias), experts.gate_up_proj (E, H, 2I)
+ *                gate/up interleaved along 2I, gate_up_proj_bias, down_proj (E, I, H),
+ *                down_proj_bias}; MXFP4: experts.{gate_up,down}_proj_{blocks,scales}
+ *                (E, 2I, H/32, 16) / (E, 2I, H/32)
+ *   llama4       [language_model.]model.layers.L.feed_forward.{router, experts.gate_up_proj
+ *                (E, H, 2I) gate then up, experts.down_proj (E, I, H), shared_expert.*_proj}
+ */
+#include "model.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+static const struct { const char *model_type; moe__family fam; } hf_types[] = {
+    { "mixtral", MOE__FAM_MIXTRAL },         { "qwen2_moe", MOE__FAM_QWEN2_MOE },
+    { "qwen3_moe", MOE__FAM_QWEN3_MOE },     { "olmoe", MOE__FAM_OLMOE },
+    { "deepseek_v2", MOE__FAM_DEEPSEEK_V2 }, { "deepseek_v3", MOE__FAM_DEEPSEEK_V3 },
+    { "gpt_oss", MOE__FAM_GPT_OSS },         { "llama4", MOE__FAM_LLAMA4 },
+    { "llama4_text", MOE__FAM_LLAMA4 },
+};
+
+static moe_status get_int(const moe_model *m, const char *key, int required, int64_t def, int64_t lo,
+                          int64_t hi, int64_t *v, char *err, size_t errlen) {
+    moe_status s = moe__json_get_i64(&m->config, m->cfg_root, key, lo, hi, v, err, errlen);
+    if (s == MOE_ERR_MISSING) {
+        if (required) return moe__errf(err, errlen, MOE_ERR_CONFIG, "config.json lacks \"%s\"", key);
+        *v = def;
+        return MOE_OK;
+    }
+    return s;
+}
+
+/* An integer key that may also be null (DeepSeek's n_shared_experts). */
+static moe_status get_int_or_null(const moe_model *m, const char *key, int64_t def, int64_t lo,
+                                  int64_t hi, int64_t *v, char *err, size_t errlen) {
+    uint32_t n = moe__json_get(&m->config, m->cfg_root, key);
+    if (n && m->config.nodes[n].type == MOE__JSON_NULL) { *v = def; return MOE_OK; }
+    return get_int(m, key, 0, def, lo, hi, v, err, errlen);
+}
+
+static moe_status get_f64(const moe_model *m, const char *key, double def, double *v, char *err,
+                          size_t errlen) {
+    moe_status s = moe__json_get_f64(&m->config, m->cfg_root, key, v, err, errlen);
+    if (s == MOE_ERR_MISSING) { *v = def; return MOE_OK; }
+    if (!s && !isfinite(*v))
+        return moe__errf(err, errlen, MOE_ERR_CONFIG, "config: \"%s\" is not finite", key);
+    return s;
+}
+
+static moe_status get_bool(const moe_model *m, const char *key, int def, int *v, char *err,
+                           size_t errlen) {
+    moe_status s = moe__json_get_bool(&m->config, m->cfg_root, key, v, err, errlen);
+    if (s == MOE_ERR_MISSING) { *v = def; return MOE_OK; }
+    return s;
+}
+
+static moe_status get_str(const moe_model *m, const char *key, const char *def, const char **v,
+                          char *err, size_t errlen) {
+    moe_status s = moe__json_get_str(&m->config, m->cfg_root, key, v, err, errlen);
+    if (s == MOE_ERR_MISSING) { *v = def; return MOE_OK; }
+    return s;
+}
+
+/* Reads a JSON array of layer indices into is_moe (set = value). */
+static moe_status layer_list(const moe_model *m, const char *key, uint8_t *is_moe, uint8_t value,
+                             int *present, char *err, size_t errlen) {
+    const moe__json *j = &m->config;
+    uint32_t n = moe__json_get(j, m->cfg_root, key);
+    *present = n != 0;
+    if (!n) return MOE_OK;
+    if (j->nodes[n].type != MOE__JSON_ARRAY)
+        return moe__errf(err, errlen, MOE_ERR_CONFIG, "config: \"%s\" must be a list of layers", key);
+    for (uint32_t c = moe__json_child(j, n); c; c = j->nodes[c].next) {
+        const moe__json_node *e = &j->nodes[c];
+        if (e->type != MOE__JSON_NUMBER || !(e->num_flags & MOE__JSON_I64) || e->i < 0 ||
+            e->i >= m->cfg.n_layers)
+            return moe__errf(err, errlen, MOE_ERR_CONFIG, "config: \"%s\" has an entry that is not "
+                             "a layer index in [0, %d)", key, m->cfg.n_layers);
+        is_moe[e->i] = value;
+    }
+    return MOE_OK;
+}
+
+static moe_status family_list(char *err, size_t errlen, const char *what, const char *name) {
+    char list[256] = "";
+    size_t o = 0;
+    for (size_t i = 0; i < sizeof hf_types / sizeof hf_types[0]; i++)
+        o += (size_t)snprintf(list + o, sizeof list - o, "%s%s", i ? ", " : "", hf_types[i].model_type);
+    return moe__errf(err, errlen, MOE_ERR_UNKNOWN_FAMILY, "%s \"%.64s\" is not a supported MoE "
+                     "family; supported: %s", what, name, list);
+}
+
+moe_status moe__hf_config(moe_model *m, char *err, size_t errlen) {
+    const moe__json *j = &m->config;
+    moe__mcfg *c = &m->cfg;
+    moe_status s;
+    if (j->nodes[0].type != MOE__JSON_OBJECT)
+        return moe__errf(err, errlen, MOE_ERR_CONFIG, "config.json is not a JSON object");
+    m->cfg_root = 0;
+    const char *mt = NULL;
+    if ((s = moe__json_get_str(j, 0, "model_type", &mt, err, errlen))) {
+        if (s == MOE_ERR_MISSING)
+            return moe__errf(err, errlen, MOE_ERR_CONFIG, "config.json has no \"model_type\"");
+        return s;
+    }
+    size_t fi = 0, nt = sizeof hf_types / sizeof hf_types[0];
+    while (fi < nt && strcmp(hf_types[fi].model_type, mt)) fi++;
+    if (fi == nt) return family_list(err, errlen, "model_type", mt);
+    c->family = hf_types[fi].fam;
+    m->prefix = "model.layers.";
+    if (c->family == MOE__FAM_LLAMA4) {
+        uint32_t tc = moe__json_get(j, 0, "text_config");
+        if (tc) {
+            if (j->nodes[tc].type != MOE__JSON_OBJECT)
+                return moe__errf(err, errlen, MOE_ERR_CONFIG, "config: text_config is not an object");
+            m->cfg_root = tc;
+        }
+        /* Llama4ForConditionalGeneration checkpoints prefix the text model. */
+        for (int64_t i = 0; i < m->n_tensors; i++)
+            if (!strncmp(m->tensors[i].name, "language_model.model.layers.", 28)) {
+                m->prefix = "language_model.model.layers.";
+                break;
+            }
+    }
+    int64_t v;
+    if ((s = get_int(m, "num_hidden_layers", 1, 0, 1, 100000, &v, err, errlen))) return s;
+    c->n_layers = (int32_t)v;
+    if ((s = get_int(m, "hidden_size", 1, 0, 1, 1 << 20, &c->d_model, err, errlen))) return s;
+    c->is_moe = moe__calloc((size_t)c->n_layers, 1);
+    if (!c->is_moe) return moe__errf(err, errlen, MOE_ERR_NOMEM, "out of memory");
+    c->activation = MOE_ACT_SILU;
+    c->scoring = MOE_SCORING_SOFTMAX;
+    c->routed_scaling_factor = 1.0f;
+    const char *act;
+    if ((s = get_str(m, "hidden_act", "silu", &act, err, errlen))) return s;
+    if (c->family != MOE__FAM_GPT_OSS && strcmp(act, "silu"))
+        return moe__errf(err, errlen, MOE_ERR_CONFIG, "config: hidden_act \"%.32s\" (only silu)", act);
+    int norm, present;
+    const char *E_key = "num_experts", *I_key = "moe_intermediate_size";
+    switch (c->family) {
+    case MOE__FAM_MIXTRAL: E_key = "num_local_experts"; I_key = "intermediate_size"; break;
+    case MOE__FAM_OLMOE: I_key = "intermediate_size"; break;
+    case MOE__FAM_DEEPSEEK_V2: case MOE__FAM_DEEPSEEK_V3: E_key = "n_routed_experts"; break;
+    case MOE__FAM_GPT_OSS: case MOE__FAM_LLAMA4: E_key = "num_local_experts"; I_key = "intermediate_size"; break;
+    default: break;
+    }
+    if ((s = get_int(m, E_key, 1, 0, 1, 65536, &v, err, errlen))) return s;
+    c->n_experts = (int32_t)v;
+    if ((s = get_int(m, I_key, 1, 0, 1, 1 << 22, &c->d_ff, err, errlen))) return s;
+    const char *k_key = "num_experts_per_tok";
+    if (c->family == MOE__FAM_GPT_OSS && !moe__json_get(j, m->cfg_root, k_key)) k_key = "experts_per_token";
+    if ((s = get_int(m, k_key, c->family != MOE__FAM_LLAMA4, 1, 1, 65536, &v, err, errlen))) return s;
+    c->top_k = (int32_t)v;
+    if ((s = get_bool(m, "norm_topk_prob", 0, &norm, err, errlen))) return s;
+
+    switch (c->family) {
+    case MOE__FAM_MIXTRAL:
+        c->renormalize = 1;
+        memset(c->is_moe, 1, (size_t)c->n_layers);
+        break;
+    case MOE__FAM_QWEN2_MOE:
+    case MOE__FAM_QWEN3_MOE: {
+        int64_t step;
+        c->renormalize = norm;
+        if ((s = get_int(m, "decoder_sparse_step", 0, 1, 1, 100000, &step, err, errlen))) return s;
+        for (int32_t l = 0; l < c->n_layers; l++) c->is_moe[l] = (l + 1) % step == 0;
+        if ((s = layer_list(m, "mlp_only_layers", c->is_moe, 0, &present, err, errlen))) return s;
+        if (c->family == MOE__FAM_QWEN2_MOE) {
+            if ((s = get_int(m, "shared_expert_intermediate_size", 0, 0, 0, 1 << 24, &c->d_ff_shared,
+                             err, errlen)))
+                return s;
+            c->n_shared = c->d_ff_shared > 0;
+            c->shared_gate = c->n_shared;
+        }
+        break;
+    }
+    case MOE__FAM_OLMOE:
+        c->renormalize = norm;
+        memset(c->is_moe, 1, (size_t)c->n_layers);
+        break;
+    case MOE__FAM_DEEPSEEK_V2:
+    case MOE__FAM_DEEPSEEK_V3: {
+        int64_t first, freq, ng, tg, ns;
+        double rsf;
+        const char *sf, *tm;
+        int v3 = c->family == MOE__FAM_DEEPSEEK_V3;
+        if ((s = get_int(m, "first_k_dense_replace", 0, 0, 0, 100000, &first, err, errlen)) ||
+            (s = get_int(m, "moe_layer_freq", 0, 1, 1, 100000, &freq, err, errlen)) ||
+            (s = get_int_or_null(m, "n_group", 1, 1, 65536, &ng, err, errlen)) ||
+            (s = get_int_or_null(m, "topk_group", 1, 1, 65536, &tg, err, errlen)) ||
+            (s = get_int_or_null(m, "n_shared_experts", 0, 0, 1024, &ns, err, errlen)) ||
+            (s = get_f64(m, "routed_scaling_factor", 1.0, &rsf, err, errlen)) ||
+            (s = get_str(m, "scoring_func", v3 ? "sigmoid" : "softmax", &sf, err, errlen)) ||
+            (s = get_str(m, "topk_method", v3 ? "noaux_tc" : "greedy", &tm, err, errlen)))
+            return s;
+        for (int32_t l = 0; l < c->n_layers; l++) c->is_moe[l] = l >= first && l % freq == 0;
+        if (!strcmp(sf, "softmax")) c->scoring = MOE_SCORING_SOFTMAX;
+        else if (!strcmp(sf, "sigmoid")) c->scoring = MOE_SCORING_SIGMOID;
+        else return moe__errf(err, errlen, MOE_ERR_CONFIG, "config: scoring_func \"%.32s\"", sf);
+        if (!strcmp(tm, "greedy")) { c->n_group = 0; c->topk_group = 0; }
+        else if (!strcmp(tm, "group_limited_greedy") || !strcmp(tm, "noaux_tc")) {
+            c->n_group = (int32_t)ng;
+            c->topk_group = (int32_t)tg;
+        } else return moe__errf(err, errlen, MOE_ERR_CONFIG, "config: topk_method \"%.32s\"", tm);
+        /* DeepSeek-V2 scales only when it does not renormalize; V3 always. */
+        if (!v3 && c->top_k > 1 && norm) { c->renormalize = 1; c->routed_scaling_factor = 1.0f; }
+        else { c->renormalize = v3 ? norm : 0; c->routed_scaling_factor = (float)rsf; }
+        c->n_shared = (int32_t)ns;
+        c->d_ff_shared = ns * c->d_ff;
+        /* fp8 checkpoints: DeepSeek's 128 x 128 blocks are the only kind supported */
+        uint32_t q = moe__json_get(j, 0, "quantization_config");
+        if (q) {
+            const char *qm = NULL;
+            if (moe__json_get_str(j, q, "quant_method", &qm, err, errlen) == MOE_OK && !strcmp(qm, "fp8")) {
+                uint32_t bs = moe__json_get(j, q, "weight_block_size");
+                int ok = bs && j->nodes[bs].type == MOE__JSON_ARRAY && j->nodes[bs].n_children == 2;
+                for (uint32_t e = ok ? moe__json_child(j, bs) : 0; e; e = j->nodes[e].next)
+                    ok = ok && (j->nodes[e].num_flags & MOE__JSON_I64) && j->nodes[e].i == 128;
+                if (!ok)
+                    return moe__errf(err, errlen, MOE_ERR_CONFIG,
+                                     "config: fp8 quantization_config needs weight_block_size [128, 128]");
+            }
+        }
+        break;
+    }
+    case MOE__FAM_GPT_OSS: {
+        double lim;
+        c->scoring = MOE_SCORING_SOFTMAX_TOPK;
+        c->renormalize = 1;
+        c->activation = MOE_ACT_SWIGLU_OAI;
+        c->swiglu_alpha = 1.702f;
+        if ((s = get_f64(m, "swiglu_limit", 7.0, &lim, err, errlen))) return s;
+        if (!(lim > 0)) return moe__errf(err, errlen, MOE_ERR_CONFIG, "config: swiglu_limit %g", lim);
+        c->swiglu_limit = (float)lim;
+        memset(c->is_moe, 1, (size_t)c->n_layers);
+        break;
+    }
+    case MOE__FAM_LLAMA4: {
+        int64_t step;
+        c->scoring = MOE_SCORING_LLAMA4;
+        c->renormalize = 0;
+        c->n_shared = 1;
+        c->d_ff_shared = c->d_ff;
+        if ((s = layer_list(m, "moe_layers", c->is_moe, 1, &present, err, errlen))) return s;
+        if (!present) {
+            if ((s = get_int(m, "interleave_moe_layer_step", 0, 1, 1, 100000, &step, err, errlen)))
+                return s;
+            for (int32_t l = 0; l < c->n_layers; l++) c->is_moe[l] = (l + 1) % step == 0;
+        }
+        break;
+    }
+    default: return moe__errf(err, errlen, MOE_ERR_INTERNAL, "family %d", (int)c->family);
+    }
+    return MOE_OK;
+}
+
+/* ===== Binding ===== */
+
+static const moe__mtensor *need(const moe_model *m, moe_status *s, char *err, size_t errlen,
+                                const char *fmt, int layer, int e, const char *suffix) {
+    char name[512];
+    if (e >= 0) snprintf(name, sizeof name, fmt, m->prefix, layer, e, suffix);
+    else snprintf(name, sizeof name, fmt, m->prefix, layer, suffix);
+    const moe__mtensor *t = moe__model_find(m, name);
+    if (!t && !*s) *s = moe__errf(err, errlen, MOE_ERR_MISSING, "tensor %s not found", name);
+    return t;
+}
+
+static const moe__mtensor *maybe(const moe_model *m, const char *fmt, int layer, const char *suffix) {
+    char name[512];
+    snprintf(name, sizeof name, fmt, m->prefix, layer, suffix);
+    return moe__model_find(m, name);
+}
+
+static int plain_float(moe__dtype d) {
+    return d == MOE__DT_F32 || d == MOE__DT_BF16 || d == MOE__DT_F16;
+}
+
+static moe_status check_plain(const moe__mtensor *t, char *err, size_t errlen) {
+    if (!t || plain_float(t->dtype)) return MOE_OK;
+    return moe__errf(err, errlen, MOE_ERR_DTYPE, "tensor %s has dtype %s, expected F32, BF16 or F16",
+                     t->name, moe__dtype_get(t->dtype)->name);
+}
+
+static moe_status same_dtype(const moe__mtensor *a, const moe__mtensor *b, char *err, size_t errlen) {
+    if (a->dtype == b->dtype) return MOE_OK;
+    return moe__errf(err, errlen, MOE_ERR_DTYPE, "tensors %s (%s) and %s (%s) must have one dtype",
+                     a->name, moe__dtype_get(a->dtype)->name, b->name, moe__dtype_get(b->dtype)->name);
+}
+
+static int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+/* Per-expert gate/up/down (and fp8 scales) under base "...experts.%d." */
+static moe_status bind_split(const moe_model *m, int32_t L, const char *fmt, const char *const proj[3],
+                             moe__mlayer *b, char *err, size_t errlen) {
+    const moe__mcfg *c = &m->cfg;
+    int32_t E = c->n_experts;
+    int64_t H = c->d_model, I = c->d_ff;
+    moe_status s = MOE_OK;
+    b->layout = MOE__LAYOUT_SPLIT;
+    b->gate = moe__calloc((size_t)E, sizeof *b->gate);
+    b->up = moe__calloc((size_t)E, sizeof *b->up);
+    b->down = moe__calloc((size_t)E, sizeof *b->down);
+    if (!b->gate || !b->up || !b->down) return moe__errf(err, errlen, MOE_ERR_NOMEM, "out of memory");
+    char sfx[3][64], ssfx[3][64];
+    for (int p = 0; p < 3; p++) {
+        snprintf(sfx[p], sizeof sfx[p], "%s.weight", proj[p]);
+        snprintf(ssfx[p], sizeof ssfx[p], "%s.weight_scale_inv", proj[p]);
+    }
+    for (int32_t e = 0; e < E && !s; e++) {
+        b->gate[e] = need(m, &s, err, errlen, fmt, L, e, sfx[0]);
+        b->up[e] = need(m, &s, err, errlen, fmt, L, e, sfx[1]);
+        b->down[e] = need(m, &s, err, errlen, fmt, L, e, sfx[2]);
+        if (s) return s;
+        if ((s = MOE__SHAPE(b->gate[e], I, H)) || (s = MOE__SHAPE(b->up[e], I, H)) ||
+            (s = MOE__SHAPE(b->down[e], H, I)) || (s = same_dtype(b->gate[0], b->gate[e], err, errlen)) ||
+            (s = same_dtype(b->gate[e], b->up[e], err, errlen)) ||
+            (s = same_dtype(b->gate[e], b->down[e], err, errlen)))
+            return s;
+    }
+    if (b->gate[0]->dtype == MOE__DT_F8_E4M3) {
+        b->gate_s = moe__calloc((size_t)E, sizeof *b->gate_s);
+        b->up_s = moe__calloc((size_t)E, sizeof *b->up_s);
+        b->down_s = moe__calloc((size_t)E, sizeof *b->down_s);
+        if (!b->gate_s || !b->up_s || !b->down_s) return moe__errf(err, errlen, MOE_ERR_NOMEM, "out of memory");
+        for (int32_t e = 0; e < E && !s; e++) {
+            b->gate_s[e] = need(m, &s, err, errlen, fmt, L, e, ssfx[0]);
+            b->up_s[e] = need(m, &s, err, errlen, fmt, L, e, ssfx[1]);
+            b->down_s[e] = need(m, &s, err, errlen, fmt, L, e, ssfx[2]);
+            if (s) return s;
+            if ((s = MOE__SHAPE(b->gate_s[e], cdiv(I, 128), cdiv(H, 128))) ||
+                (s = MOE__SHAPE(b->up_s[e], cdiv(I, 128), cdiv(H, 128))) ||
+                (s = MOE__SHAPE(b->down_s[e], cdiv(H, 128), cdiv(I, 128))))
+                return s;
+            const moe__mtensor *sc[3] = { b->gate_s[e], b->up_s[e], b->down_s[e] };
+            for (int p = 0; p < 3; p++)
+                if (sc[p]->dtype != MOE__DT_F32)
+                    return moe__errf(err, errlen, MOE_ERR_DTYPE, "tensor %s: scales must be F32",
+                                     sc[p]->name);
+        }
+        if (I % 128)
+            return moe__errf(err, errlen, MOE_ERR_SHAPE, "fp8 block experts need the expert size "
+                             "(%lld) to be a multiple of 128", (long long)I);
+    }
+    b->format = moe__format_of(b->gate[0]->dtype, b->gate_s != NULL, 0);
+    return MOE_OK;
+}
+
+/* Shared MLP under fmt ("%s%d.mlp.shared_expert.%s"). */
+static moe_status bind_shared(const moe_model *m, int32_t L, const char *fmt, moe__mlayer *b, char *err,
+                              size_t errlen) {
+    const moe__mcfg *c = &m->cfg;
+    int64_t H = c->d_model, S = c->d_ff_shared;
+    moe_status s = MOE_OK;
+    b->sh_gate = need(m, &s, err, errlen, fmt, L, -1, "gate_proj.weight");
+    b->sh_up = need(m, &s, err, errlen, fmt, L, -1, "up_proj.weight");
+    b->sh_down = need(m, &s, err, errlen, fmt, L, -1, "down_proj.weight");
+    if (s) return s;
+    if ((s = MOE__SHAPE(b->sh_gate, S, H)) || (s = MOE__SHAPE(b->sh_up, S, H)) ||
+        (s = MOE__SHAPE(b->sh_down, H, S)) || (s = same_dtype(b->sh_gate, b->sh_up, err, errlen)) ||
+        (s = same_dtype(b->sh_gate, b->sh_down, err, errlen)))
+        return s;
+    if (b->sh_gate->dtype == MOE__DT_F8_E4M3) {
+        b->sh_gate_s = need(m, &s, err, errlen, fmt, L, -1, "gate_proj.weight_scale_inv");
+        b->sh_up_s = need(m, &s, err, errlen, fmt, L, -1, "up_proj.weight_scale_inv");
+        b->sh_down_s = need(m, &s, err, errlen, fmt, L, -1, "down_proj.weight_scale_inv");
+        if (s) return s;
+        if ((s = MOE__SHAPE(b->sh_gate_s, cdiv(S, 128), cdiv(H, 128))) ||
+            (s = MOE__SHAPE(b->sh_up_s, cdiv(S, 128), cdiv(H, 128))) ||
+            (s = MOE__SHAPE(b->sh_down_s, cdiv(H, 128), cdiv(S, 128))))
+            return s;
+        if (S % 128)
+            return moe__errf(err, errlen, MOE_ERR_SHAPE, "fp8 block shared experts need their size "
+                             "(%lld) to be a multiple of 128", (long long)S);
+    }
+    b->sh_format = moe__format_of(b->sh_gate->dtype, b->sh_gate_s != NULL, 0);
+    return MOE_OK;
+}
+
+moe_status moe__hf_bind(const moe_model *m, int32_t L, moe__mlayer *b, char *err, size_t errlen) {
+    const moe__mcfg *c = &m->cfg;
+    int32_t E = c->n_experts;
+    int64_t H = c->d_model, I = c->d_ff;
+    moe_status s = MOE_OK;
+    static const char *const gud[3] = { "gate_proj", "up_proj", "down_proj" };
+    static const char *const mix[3] = { "w1", "w3", "w2" };
+    switch (c->family) {
+    case MOE__FAM_MIXTRAL:
+        b->router_w = need(m, &s, err, errlen, "%s%d.block_sparse_moe.gate.%s", L, -1, "weight");
+        if (s || (s = bind_split(m, L, "%s%d.block_sparse_moe.experts.%d.%s", mix, b, err, errlen)))
+            return s;
+        break;
+    case MOE__FAM_QWEN2_MOE: case MOE__FAM_QWEN3_MOE: case MOE__FAM_OLMOE:
+    case MOE__FAM_DEEPSEEK_V2: case MOE__FAM_DEEPSEEK_V3:
+        b->router_w = need(m, &s, err, errlen, "%s%d.mlp.gate.%s", L, -1, "weight");
+        if (s || (s = bind_split(m, L, "%s%d.mlp.experts.%d.%s", gud, b, err, errlen))) return s;
+        if (c->family == MOE__FAM_QWEN2_MOE && c->n_shared) {
+            if ((s = bind_shared(m, L, "%s%d.mlp.shared_expert.%s", b, err, errlen))) return s;
+            b->sh_gate_w = need(m, &s, err, errlen, "%s%d.mlp.%s", L, -1, "shared_expert_gate.weight");
+            if (s || (s = MOE__SHAPE(b->sh_gate_w, 1, H)) || (s = check_plain(b->sh_gate_w, err, errlen)))
+                return s;
+        }
+        if ((c->family == MOE__FAM_DEEPSEEK_V2 || c->family == MOE__FAM_DEEPSEEK_V3) && c->n_shared)
+            if ((s = bind_shared(m, L, "%s%d.mlp.shared_experts.%s", b, err, errlen))) return s;
+        b->corr_b = maybe(m, "%s%d.mlp.gate.%s", L, "e_score_correction_bias");
+        if (b->corr_b && ((s = MOE__SHAPE(b->corr_b, E)) || (s = check_plain(b->corr_b, err, errlen))))
+            return s;
+        break;
+    case MOE__FAM_GPT_OSS: {
+        b->router_w = need(m, &s, err, errlen, "%s%d.mlp.router.%s", L, -1, "weight");
+        b->router_b = need(m, &s, err, errlen, "%s%d.mlp.router.%s", L, -1, "bias");
+        if (s || (s = MOE__SHAPE(b->router_b, E)) || (s = check_plain(b->router_b, err, errlen))) return s;
+        const moe__mtensor *blk = maybe(m, "%s%d.mlp.experts.%s", L, "gate_up_proj_blocks");
+        if (blk) { /* MXFP4: already (E, rows, K) */
+            if (H % 32 || I % 32)
+                return moe__errf(err, errlen, MOE_ERR_SHAPE, "MXFP4 needs hidden (%lld) and expert "
+                                 "(%lld) sizes that are multiples of 32", (long long)H, (long long)I);
+            b->layout = MOE__LAYOUT_FUSED;
+            b->w13 = blk;
+            b->w13_s = need(m, &s, err, errlen, "%s%d.mlp.experts.%s", L, -1, "gate_up_proj_scales");
+            b->w2 = need(m, &s, err, errlen, "%s%d.mlp.experts.%s", L, -1, "down_proj_blocks");
+            b->w2_s = need(m, &s, err, errlen, "%s%d.mlp.experts.%s", L, -1, "down_proj_scales");
+            if (s || (s = MOE__SHAPE(b->w13, E, 2 * I, H / 32, 16)) ||
+                (s = MOE__SHAPE(b->w13_s, E, 2 * I, H / 32)) || (s = MOE__SHAPE(b->w2, E, H, I / 32, 16)) ||
+                (s = MOE__SHAPE(b->w2_s, E, H, I / 32)))
+                return s;
+            const moe__mtensor *u8[4] = { b->w13, b->w13_s, b->w2, b->w2_s };
+            for (int i = 0; i < 4; i++)
+                if (u8[i]->dtype != MOE__DT_U8)
+                    return moe__errf(err, errlen, MOE_ERR_DTYPE, "tensor %s must be U8", u8[i]->name);
+            b->format = MOE_FORMAT_MXFP4;
+        } else {
+            b->layout = MOE__LAYOUT_TRANSPOSED;
+            b->w13 = need(m, &s, err, errlen, "%s%d.mlp.experts.%s", L, -1, "gate_up_proj");
+            b->w2 = need(m, &s, err, errlen, "%s%d.mlp.experts.%s", L, -1, "down_proj");
+            if (s || (s = MOE__SHAPE(b->w13, E, H, 2 * I)) || (s = MOE__SHAPE(b->w2, E, I, H)) ||
+                (s = same_dtype(b->w13, b->w2, err, errlen)) || (s = check_plain(b->w13, err, errlen)))
+                return s;
+            b->format = moe__format_of(b->w13->dtype, 0, 0);
+        }
+        b->b13 = need(m, &s, err, errlen, "%s%d.mlp.experts.%s", L, -1, "gate_up_proj_bias");
+        b->b2 = need(m, &s, err, errlen, "%s%d.mlp.experts.%s", L, -1, "down_proj_bias");
+        if (s || (s = MOE__SHAPE(b->b13, E, 2 * I)) || (s = MOE__SHAPE(b->b2, E, H)) ||
+            (s = check_plain(b->b13, err, errlen)) || (s = check_plain(b->b2, err, errlen)))
+            return s;
+        break;
+    }
+    case MOE__FAM_LLAMA4:
+        b->router_w = need(m, &s, err, errlen, "%s%d.feed_forward.router.%s", L, -1, "weight");
+        b->layout = MOE__LAYOUT_TRANSPOSED;
+        b->w13 = need(m, &s, err, errlen, "%s%d.feed_forward.experts.%s", L, -1, "gate_up_proj");
+        b->w2 = need(m, &s, err, errlen, "%s%d.feed_forward.experts.%s", L, -1, "down_proj");
+        if (s || (s = MOE__SHAPE(b->w13, E, H, 2 * I)) || (s = MOE__SHAPE(b->w2, E, I, H)) ||
+            (s = same_dtype(b->w13, b->w2, err, errlen)) || (s = check_plain(b->w13, err, errlen)))
+            return s;
+        b->format = moe__format_of(b->w13->dtype, 0, 0);
+        if ((s = bind_shared(m, L, "%s%d.feed_forward.shared_expert.%s", b, err, errlen))) return s;
+        break;
+    default: return moe__errf(err, errlen, MOE_ERR_INTERNAL, "family %d", (int)c->family);
+    }
+    if ((s = MOE__SHAPE(b->router_w, E, H)) || (s = check_plain(b->router_w, err, errlen))) return s;
+    return MOE_OK;
+}

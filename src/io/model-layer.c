@@ -1,0 +1,336 @@
+/*
+ * model-layer.c - moe_model_layer_create: turns one bound MoE layer of a
+ * model (model.h, moe__mlayer) into a router, routed experts, shared experts
+ * and a moe_layer, through the public create functions.
+ *
+ * Weights stay in the mapping (MOE_EXPERTS_BORROW) when the stored bytes are
+ * already libmoe's layout and suitably aligned; otherwise they are converted
+ * once into buffers this object owns (concatenating gate and up, or
+ * transposing gpt-oss / Llama-4 experts). Router and bias tensors become f32.
+ */
+#include "model.h"
+
+#include <string.h>
+
+#define MAX_OWNED 24
+
+struct moe_model_layer {
+    moe_router         *router;
+    moe_routed_experts *experts;
+    moe_shared_experts *shared;
+    moe_layer          *layer;
+    void               *owned[MAX_OWNED];
+    int                 n_owned;
+};
+
+static void *own(moe_model_layer *ml, size_t bytes) {
+    if (ml->n_owned == MAX_OWNED) return NULL;
+    void *p = moe__malloc(bytes ? bytes : 1);
+    if (p) ml->owned[ml->n_owned++] = p;
+    return p;
+}
+
+/* Element i of a plain-typed tensor as f32; memcpy because file data may be
+ * unaligned. */
+static float elem(moe__dtype dt, const uint8_t *p, int64_t i) {
+    if (dt == MOE__DT_F32) {
+        float f;
+        memcpy(&f, p + 4 * i, 4);
+        return f;
+    }
+    uint16_t h;
+    memcpy(&h, p + 2 * i, 2);
+    return dt == MOE__DT_BF16 ? moe__bf16_to_f32(h) : moe__f16_to_f32(h);
+}
+
+/* f32 copy of a whole plain tensor (n elements; shape already checked). */
+static float *to_f32(moe_model_layer *ml, const moe__mtensor *t, int64_t n) {
+    if (!t) return NULL;
+    float *o = own(ml, (size_t)n * sizeof(float));
+    if (!o) return NULL;
+    for (int64_t i = 0; i < n; i++) o[i] = elem(t->dtype, t->data, i);
+    return o;
+}
+
+static int aligned(const void *p, size_t a) { return ((uintptr_t)p % a) == 0; }
+
+/* Alignment the kernels may assume for a format's data and scale tables. */
+static size_t data_align(moe_format f) {
+    switch (f) {
+    case MOE_FORMAT_F32: return 4;
+    case MOE_FORMAT_BF16: case MOE_FORMAT_F16: case MOE_FORMAT_Q8_0: case MOE_FORMAT_Q4_0:
+    case MOE_FORMAT_Q4_K: case MOE_FORMAT_Q6_K: return 2;
+    default: return 1;
+    }
+}
+
+/* Borrows p when aligned, else copies it. */
+static const void *view(moe_model_layer *ml, const void *p, size_t bytes, size_t align) {
+    if (aligned(p, align)) return p;
+    void *o = own(ml, bytes);
+    if (o) memcpy(o, p, bytes);
+    return o;
+}
+
+static moe_status sizes(moe_format f, int64_t rows, int64_t cols, moe__wsizes *s, char *err,
+                        size_t errlen) {
+    const moe__format_traits *tr = moe__format(f);
+    if (!tr || !tr->sizes)
+        return moe__errf(err, errlen, MOE_ERR_UNSUPPORTED, "format %d has no table entry", (int)f);
+    return tr->sizes(rows, cols, 0, MOE_FORMAT_F32, s, err, errlen);
+}
+
+static moe_status check_bytes(const moe__mtensor *t, uint64_t want, char *err, size_t errlen) {
+    if (t->nbytes == want) return MOE_OK;
+    return moe__errf(err, errlen, MOE_ERR_SHAPE, "tensor %s holds %llu bytes, the format needs %llu",
+                     t->name, (unsigned long long)t->nbytes, (unsigned long long)want);
+}
+
+/* Matrix e of a SPLIT projection: slice e of a stacked tensor or tensor e. */
+static const uint8_t *mat(const moe__mtensor *const *arr, int stacked, int32_t e, size_t bytes) {
+    return stacked ? arr[0]->data + (size_t)e * bytes : arr[e]->data;
+}
+
+/* Builds w13 / w2 weights (and biases) of the routed experts into eo. */
+static moe_status build_routed(moe_model_layer *ml, const moe_model *m, const moe__mlayer *b,
+                               moe_experts_options *eo, char *err, size_t errlen) {
+    const moe__mcfg *c = &m->cfg;
+    const int32_t E = c->n_experts;
+    const int64_t H = c->d_model, I = c->d_ff;
+    moe__wsizes s13, s2;
+    moe_status s;
+    if ((s = sizes(b->format, 2 * I, H, &s13, err, errlen)) || (s = sizes(b->format, H, I, &s2, err, errlen)))
+        return s;
+    const size_t al = data_align(b->format);
+    *eo = (moe_experts_options){ .n_experts = E, .d_model = H, .d_ff = I, .format = b->format,
+                                 .activation = c->activation, .swiglu_alpha = c->swiglu_alpha,
+                                 .swiglu_limit = c->swiglu_limit, .flags = MOE_EXPERTS_BORROW };
+    if (b->layout == MOE__LAYOUT_FUSED) {
+        if ((s = check_bytes(b->w13, (uint64_t)E * s13.data, err, errlen)) ||
+            (s = check_bytes(b->w2, (uint64_t)E * s2.data, err, errlen)) ||
+            (b->w13_s && (s = check_bytes(b->w13_s, (uint64_t)E * s13.scales, err, errlen))) ||
+            (b->w2_s && (s = check_bytes(b->w2_s, (uint64_t)E * s2.scales, err, errlen))))
+            return s;
+        eo->w13.data = view(ml, b->w13->data, (size_t)b->w13->nbytes, al);
+        eo->w2.data = view(ml, b->w2->data, (size_t)b->w2->nbytes, al);
+        if (b->w13_s) eo->w13.scales = view(ml, b->w13_s->data, (size_t)b->w13_s->nbytes, 4);
+        if (b->w2_s) eo->w2.scales = view(ml, b->w2_s->data, (size_t)b->w2_s->nbytes, 4);
+    } else if (b->layout == MOE__LAYOUT_TRANSPOSED) {
+        size_t es = moe__plain_size(b->format);
+        if (!es) return moe__errf(err, errlen, MOE_ERR_UNSUPPORTED, "transposed experts must be plain");
+        uint8_t *w13 = own(ml, (size_t)E * s13.data), *w2 = own(ml, (size_t)E * s2.data);
+        if (!w13 || !w2) return moe__errf(err, errlen, MOE_ERR_NOMEM, "out of memory");
+        /* gate_up (E, H, 2I) -> W13 (E, 2I, H); down (E, I, H) -> W2 (E, H, I) */
+        for (int32_t e = 0; e < E; e++) {
+            const uint8_t *src = b->w13->data + (size_t)e * s13.data;
+            uint8_t *dst = w13 + (size_t)e * s13.data;
+            for (int64_t h = 0; h < H; h++)
+                for (int64_t r = 0; r < 2 * I; r++)
+                    memcpy(dst + ((size_t)r * (size_t)H + (size_t)h) * es,
+                           src + ((size_t)h * (size_t)(2 * I) + (size_t)r) * es, es);
+            src = b->w2->data + (size_t)e * s2.data;
+            dst = w2 + (size_t)e * s2.data;
+            for (int64_t i = 0; i < I; i++)
+                for (int64_t h = 0; h < H; h++)
+                    memcpy(dst + ((size_t)h * (size_t)I + (size_t)i) * es,
+                           src + ((size_t)i * (size_t)H + (size_t)h) * es, es);
+        }
+        eo->w13.data = w13;
+        eo->w2.data = w2;
+    } else { /* SPLIT */
+        const size_t half = s13.data / 2, rowb = s13.data / (size_t)(2 * I);
+        uint8_t *w13 = own(ml, (size_t)E * s13.data);
+        if (!w13) return moe__errf(err, errlen, MOE_ERR_NOMEM, "out of memory");
+        if (b->stacked) {
+            if ((s = check_bytes(b->gate[0], (uint64_t)E * half, err, errlen)) ||
+                (s = check_bytes(b->up[0], (uint64_t)E * half, err, errlen)) ||
+                (s = check_bytes(b->down[0], (uint64_t)E * s2.data, err, errlen)))
+                return s;
+        } else {
+            for (int32_t e = 0; e < E; e++)
+                if ((s = check_bytes(b->gate[e], half, err, errlen)) ||
+                    (s = check_bytes(b->up[e], half, err, errlen)) ||
+                    (s = check_bytes(b->down[e], s2.data, err, errlen)))
+                    return s;
+        }
+        for (int32_t e = 0; e < E; e++) {
+            const uint8_t *g = mat(b->gate, b->stacked, e, half), *u = mat(b->up, b->stacked, e, half);
+            uint8_t *dst = w13 + (size_t)e * s13.data;
+            if (b->interleave) {
+                for (int64_t i = 0; i < I; i++) {
+                    memcpy(dst + (size_t)(2 * i) * rowb, g + (size_t)i * rowb, rowb);
+                    memcpy(dst + (size_t)(2 * i + 1) * rowb, u + (size_t)i * rowb, rowb);
+                }
+            } else {
+                memcpy(dst, g, half);
+                memcpy(dst + half, u, half);
+            }
+        }
+        eo->w13.data = w13;
+        if (b->stacked) {
+            eo->w2.data = view(ml, b->down[0]->data, (size_t)b->down[0]->nbytes, al);
+        } else {
+            uint8_t *w2 = own(ml, (size_t)E * s2.data);
+            if (!w2) return moe__errf(err, errlen, MOE_ERR_NOMEM, "out of memory");
+            for (int32_t e = 0; e < E; e++) memcpy(w2 + (size_t)e * s2.data, b->down[e]->data, s2.data);
+            eo->w2.data = w2;
+        }
+        if (b->gate_s) { /* FP8 block: scale tables of gate then up (I % 128 == 0) */
+            uint8_t *sc13 = own(ml, (size_t)E * s13.scales), *sc2 = own(ml, (size_t)E * s2.scales);
+            if (!sc13 || !sc2) return moe__errf(err, errlen, MOE_ERR_NOMEM, "out of memory");
+            for (int32_t e = 0; e < E; e++) {
+                if ((s = check_bytes(b->gate_s[e], s13.scales / 2, err, errlen)) ||
+                    (s = check_bytes(b->up_s[e], s13.scales / 2, err, errlen)) ||
+                    (s = check_bytes(b->down_s[e], s2.scales, err, errlen)))
+                    return s;
+                memcpy(sc13 + (size_t)e * s13.scales, b->gate_s[e]->data, s13.scales / 2);
+                memcpy(sc13 + (size_t)e * s13.scales + s13.scales / 2, b->up_s[e]->data, s13.scales / 2);
+                memcpy(sc2 + (size_t)e * s2.scales, b->down_s[e]->data, s2.scales);
+            }
+            eo->w13.scales = sc13;
+            eo->w2.scales = sc2;
+        }
+    }
+    if (!eo->w13.data || !eo->w2.data) return moe__errf(err, errlen, MOE_ERR_NOMEM, "out of memory");
+    /* expert biases, f32, in W13's row order */
+    if (b->b13) {
+        if (!(eo->w13.bias = to_f32(ml, b->b13, (int64_t)E * 2 * I)))
+            return moe__errf(err, errlen, MOE_ERR_NOMEM, "out of memory");
+    } else if (b->b_gate) {
+        float *bias = own(ml, (size_t)E * (size_t)(2 * I) * sizeof(float));
+        if (!bias) return moe__errf(err, errlen, MOE_ERR_NOMEM, "out of memory");
+        for (int32_t e = 0; e < E; e++)
+            for (int64_t i = 0; i < I; i++) {
+                float g = elem(b->b_gate->dtype, b->b_gate->data, (int64_t)e * I + i);
+                float u = elem(b->b_up->dtype, b->b_up->data, (int64_t)e * I + i);
+                float *row = bias + (size_t)e * (size_t)(2 * I);
+                if (b->interleave) { row[2 * i] = g; row[2 * i + 1] = u; }
+                else { row[i] = g; row[I + i] = u; }
+            }
+        eo->w13.bias = bias;
+    }
+    if (b->b2 && !(eo->w2.bias = to_f32(ml, b->b2, (int64_t)E * H)))
+        return moe__errf(err, errlen, MOE_ERR_NOMEM, "out of memory");
+    return MOE_OK;
+}
+
+static moe_status build_shared(moe_model_layer *ml, const moe_model *m, const moe__mlayer *b,
+                               moe_shared_options *so, char *err, size_t errlen) {
+    const moe__mcfg *c = &m->cfg;
+    const int64_t H = c->d_model, S = c->d_ff_shared;
+    moe__wsizes s13, s2;
+    moe_status s;
+    if (b->sh_format == MOE_FORMAT_COUNT)
+        return moe__errf(err, errlen, MOE_ERR_UNSUPPORTED, "shared expert tensors of type %s/%s/%s "
+                         "have no libmoe format", moe__dtype_get(b->sh_gate->dtype)->name,
+                         moe__dtype_get(b->sh_up->dtype)->name, moe__dtype_get(b->sh_down->dtype)->name);
+    if ((s = sizes(b->sh_format, 2 * S, H, &s13, err, errlen)) || (s = sizes(b->sh_format, H, S, &s2, err, errlen)))
+        return s;
+    if ((s = check_bytes(b->sh_gate, s13.data / 2, err, errlen)) ||
+        (s = check_bytes(b->sh_up, s13.data / 2, err, errlen)) ||
+        (s = check_bytes(b->sh_down, s2.data, err, errlen)))
+        return s;
+    uint8_t *w13 = own(ml, s13.data);
+    if (!w13) return moe__errf(err, errlen, MOE_ERR_NOMEM, "out of memory");
+    memcpy(w13, b->sh_gate->data, s13.data / 2);
+    memcpy(w13 + s13.data / 2, b->sh_up->data, s13.data / 2);
+    *so = (moe_shared_options){ .mlp = { .n_experts = 1, .d_model = H, .d_ff = S, .format = b->sh_format,
+                                         .activation = MOE_ACT_SILU, .flags = MOE_EXPERTS_BORROW } };
+    so->mlp.w13.data = w13;
+    so->mlp.w2.data = view(ml, b->sh_down->data, s2.data, data_align(b->sh_format));
+    if (b->sh_gate_s) {
+        if ((s = check_bytes(b->sh_gate_s, s13.scales / 2, err, errlen)) ||
+            (s = check_bytes(b->sh_up_s, s13.scales / 2, err, errlen)) ||
+            (s = check_bytes(b->sh_down_s, s2.scales, err, errlen)))
+            return s;
+        uint8_t *sc = own(ml, s13.scales);
+        if (!sc) return moe__errf(err, errlen, MOE_ERR_NOMEM, "out of memory");
+        memcpy(sc, b->sh_gate_s->data, s13.scales / 2);
+        memcpy(sc + s13.scales / 2, b->sh_up_s->data, s13.scales / 2);
+        so->mlp.w13.scales = sc;
+        so->mlp.w2.scales = view(ml, b->sh_down_s->data, s2.scales, 4);
+    }
+    if (b->sh_gate_w && !(so->gate = to_f32(ml, b->sh_gate_w, H)))
+        return moe__errf(err, errlen, MOE_ERR_NOMEM, "out of memory");
+    if (!so->mlp.w2.data || (b->sh_gate_s && !so->mlp.w2.scales))
+        return moe__errf(err, errlen, MOE_ERR_NOMEM, "out of memory");
+    return MOE_OK;
+}
+
+moe_status moe_model_layer_create(const moe_model *m, int32_t layer, const moe_layer_options *base,
+                                  moe_model_layer **out, char *err, size_t errlen) {
+    if (err && errlen) err[0] = '\0';
+    if (!m || !out) return moe__errf(err, errlen, MOE_ERR_INVALID_ARG, "NULL model or out");
+    *out = NULL;
+    const moe__mcfg *c = &m->cfg;
+    if (layer < 0 || layer >= c->n_layers)
+        return moe__errf(err, errlen, MOE_ERR_RANGE, "layer %d outside [0, %d)", layer, c->n_layers);
+    if (!c->is_moe[layer])
+        return moe__errf(err, errlen, MOE_ERR_INVALID_ARG, "layer %d is not a MoE layer", layer);
+    moe__mlayer b;
+    moe_status s = moe__model_bind(m, layer, &b, err, errlen);
+    if (s) return s;
+    moe_model_layer *ml = moe__calloc(1, sizeof *ml);
+    if (!ml) {
+        moe__mlayer_free(&b);
+        return moe__errf(err, errlen, MOE_ERR_NOMEM, "out of memory");
+    }
+    if (b.format == MOE_FORMAT_COUNT) {
+        const moe__mtensor *t = b.w13 ? b.w13 : b.gate[0];
+        s = moe__errf(err, errlen, MOE_ERR_UNSUPPORTED, "layer %d: expert tensor %s of type %s (down: "
+                      "%s) has no libmoe format", layer, t->name, moe__dtype_get(t->dtype)->name,
+                      moe__dtype_get((b.w2 ? b.w2 : b.down[0])->dtype)->name);
+        goto fail;
+    }
+    const int32_t E = c->n_experts;
+    const int64_t H = c->d_model;
+    moe_router_options ro = {
+        .n_experts = E, .top_k = c->top_k, .scoring = c->scoring, .renormalize = c->renormalize,
+        .n_group = c->n_group, .topk_group = c->topk_group,
+        .routed_scaling_factor = c->routed_scaling_factor, .d_model = H,
+    };
+    if (!(ro.gate_weight = to_f32(ml, b.router_w, (int64_t)E * H)) ||
+        (b.router_b && !(ro.gate_bias = to_f32(ml, b.router_b, E))) ||
+        (b.corr_b && !(ro.correction_bias = to_f32(ml, b.corr_b, E)))) {
+        s = moe__errf(err, errlen, MOE_ERR_NOMEM, "out of memory");
+        goto fail;
+    }
+    if ((s = moe_router_create(&ro, &ml->router, err, errlen))) goto fail;
+    moe_experts_options eo;
+    if ((s = build_routed(ml, m, &b, &eo, err, errlen)) ||
+        (s = moe_routed_experts_create(&eo, &ml->experts, err, errlen)))
+        goto fail;
+    if (b.sh_gate) {
+        moe_shared_options so;
+        if ((s = build_shared(ml, m, &b, &so, err, errlen)) ||
+            (s = moe_shared_experts_create(&so, &ml->shared, err, errlen)))
+            goto fail;
+    }
+    moe_layer_options lo = base ? *base : (moe_layer_options){ .max_tokens = 256 };
+    lo.router = ml->router;
+    lo.experts = ml->experts;
+    lo.shared = ml->shared;
+    if ((s = moe_layer_create(&lo, &ml->layer, err, errlen))) goto fail;
+    moe__mlayer_free(&b);
+    *out = ml;
+    return MOE_OK;
+fail:
+    moe__mlayer_free(&b);
+    moe_model_layer_destroy(ml);
+    return s;
+}
+
+void moe_model_layer_destroy(moe_model_layer *ml) {
+    if (!ml) return;
+    moe_layer_destroy(ml->layer);
+    moe_shared_experts_destroy(ml->shared);
+    moe_routed_experts_destroy(ml->experts);
+    moe_router_destroy(ml->router);
+    for (int i = 0; i < ml->n_owned; i++) moe__free(ml->owned[i]);
+    moe__free(ml);
+}
+
+moe_layer *moe_model_layer_layer(const moe_model_layer *l) { return l ? l->layer : NULL; }
+moe_router *moe_model_layer_router(const moe_model_layer *l) { return l ? l->router : NULL; }
+moe_routed_experts *moe_model_layer_experts(const moe_model_layer *l) { return l ? l->experts : NULL; }
+moe_shared_experts *moe_model_layer_shared(const moe_model_layer *l) { return l ? l->shared : NULL; }
