@@ -6,6 +6,7 @@
 #   make test            build, prepare the Python reference env, run the unit tests
 #   make test-asan       the whole test suite under ASan + UBSan
 #   make demo            build and run `moe demo`
+#   make bench           build the benchmark programs bench/bench-*.c into $(BUILD)
 #   make fuzz            run each fuzz target for FUZZ_SECONDS under ASan + UBSan
 #   make install         PREFIX=/usr/local: lib, header, pkg-config file
 #   make help            this text
@@ -16,10 +17,14 @@
 PREFIX    ?= /usr/local
 BUILD     ?= build
 CC        ?= cc
-CFLAGS    ?= -O2 -march=native
-CFLAGS    += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -fPIC -pthread \
+# OPT: optimization (make OPT=-O0 -g); SAN: sanitizer flags (make test-asan sets
+# them). The flags the build needs are appended with `override`, so a CFLAGS
+# or LDLIBS given on the command line adds to them instead of dropping them.
+OPT       ?= -O2 -march=native
+SAN       ?=
+override CFLAGS += $(OPT) $(SAN) -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -fPIC -pthread \
              -Iinclude -Isrc/core -fno-strict-aliasing
-LDLIBS    += -lm -lpthread
+override LDLIBS += $(SAN) -lm -lpthread
 PYTHON    ?= python3
 VENV      ?= .venv
 FUZZ_SECONDS ?= 60
@@ -44,8 +49,8 @@ CUDA_SRC  := $(sort $(wildcard src/cuda/*.cu))
 CUDA_GENCODE ?= -gencode arch=compute_90a,code=sm_90a -gencode arch=compute_90,code=compute_90
 NVCCFLAGS ?= -O3 -std=c++17 $(CUDA_GENCODE) -Xcompiler -fPIC,-Wall,-Wextra,-Werror \
              -Iinclude -Isrc/core -Isrc/cuda --expt-relaxed-constexpr
-CFLAGS    += -DMOE_HAVE_CUDA -I$(CUDA_HOME)/include
-LDLIBS    += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcudart -lstdc++
+override CFLAGS += -DMOE_HAVE_CUDA -I$(CUDA_HOME)/include
+override LDLIBS += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcudart -lstdc++
 CUDA_OBJ  := $(CUDA_SRC:%.cu=$(BUILD)/%.o)
 endif
 
@@ -53,9 +58,6 @@ endif
 # mpi.h and build only when mpicc is found; src/ep/nccl-*.c need CUDA and
 # nccl.h. Each feature is one define, checked in src/ep/comm.c only.
 MPICC     ?= $(shell command -v mpicc 2>/dev/null)
-ifeq ($(origin LDLIBS),command line)
-NO_MPI    := 1   # LDLIBS from the command line (make test-asan) would drop -lmpi
-endif
 ifeq ($(NO_MPI),)
 ifneq ($(MPICC),)
 HAVE_MPI  := 1
@@ -63,9 +65,10 @@ endif
 endif
 ifeq ($(HAVE_MPI),1)
 MPI_CFLAGS := $(shell $(MPICC) --showme:compile)
-CFLAGS    += -DMOE_HAVE_MPI
-LDLIBS    += $(shell $(MPICC) --showme:link)
+override CFLAGS += -DMOE_HAVE_MPI
+override LDLIBS += $(shell $(MPICC) --showme:link)
 $(BUILD)/src/ep/mpi-%.o: CFLAGS += $(MPI_CFLAGS)
+$(BUILD)/tools/cmd-ep.o: CFLAGS += $(MPI_CFLAGS)
 else
 LIB_SRC   := $(filter-out src/ep/mpi-%.c,$(LIB_SRC))
 endif
@@ -75,8 +78,8 @@ HAVE_NCCL := 1
 endif
 endif
 ifeq ($(HAVE_NCCL),1)
-CFLAGS    += -DMOE_HAVE_NCCL
-LDLIBS    += -lnccl
+override CFLAGS += -DMOE_HAVE_NCCL
+override LDLIBS += -lnccl
 else
 LIB_SRC   := $(filter-out src/ep/nccl-%.c,$(LIB_SRC))
 endif
@@ -87,6 +90,14 @@ MPI_TESTS    := $(MPI_TEST_SRC:tests/mpi/%.c=$(BUILD)/tests/mpi/%)
 announce: announce-ep
 announce-ep:
 	@echo "libmoe parallel experts: $(if $(HAVE_MPI),MPI ✓ ($(MPICC)),MPI ✗)$(if $(HAVE_NCCL), NCCL ✓, NCCL ✗)"
+
+# The NCCL transport on two GPUs (tests/nccl/; not run by the CPU CI).
+NCCL_TESTS := $(patsubst tests/nccl/%.c,$(BUILD)/tests/nccl/%,$(wildcard tests/nccl/*.c))
+.PHONY: nccl-tests
+nccl-tests: $(if $(HAVE_NCCL),$(NCCL_TESTS))
+$(BUILD)/tests/nccl/%: tests/nccl/%.c $(BUILD)/libmoe.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -o $@ $< $(BUILD)/libmoe.a $(LDLIBS)
 
 # Multi-rank test programs, run by scripts/ep-test.sh under mpirun.
 mpi-tests: $(MPI_TESTS)
@@ -127,6 +138,13 @@ $(BUILD)/moe: $(TOOL_SRC:%.c=$(BUILD)/%.o) $(BUILD)/libmoe.a
 $(BUILD)/moe-test: $(TEST_OBJ) $(BUILD)/libmoe.a
 	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
 
+# ---- benchmarks: `make bench` builds one program per bench/bench-*.c.
+.PHONY: bench
+bench: $(patsubst bench/%.c,$(BUILD)/%,$(sort $(wildcard bench/bench-*.c)))
+
+$(BUILD)/bench-%: bench/bench-%.c $(BUILD)/libmoe.a
+	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
+
 # ---- Python reference environment: independent implementations (ml_dtypes,
 # gguf, safetensors, numpy) that the tests compare against. Installed into a
 # local virtual environment; nothing global.
@@ -153,8 +171,9 @@ test: all testdata
 
 # The whole suite again under AddressSanitizer and UndefinedBehaviorSanitizer.
 test-asan: testdata
-	$(MAKE) BUILD=build-asan CFLAGS="-O1 -g -march=native -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" \
-	    LDLIBS="-fsanitize=address,undefined" NO_CUDA=1 build-asan/moe-test
+	$(MAKE) BUILD=build-asan OPT="-O1 -g -march=native" NO_CUDA=1 \
+	    SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" \
+	    build-asan/moe-test
 	ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
 	    MOE_TEST_DATA=$(BUILD)/testdata build-asan/moe-test
 
@@ -216,16 +235,18 @@ fuzz-seeds: testdata
 	$(PYTHON) fuzz/make_seeds.py build-fuzz/seeds $(BUILD)/testdata tests/data/bad
 
 fuzz: fuzz-seeds $(FUZZ_TARGETS:%=build-fuzz/fuzz-%)
-	@mkdir -p build-fuzz/crashes
-	@for t in $(FUZZ_TARGETS); do \
+	@mkdir -p build-fuzz/crashes; pass=0; fail=0; \
+	for t in $(FUZZ_TARGETS); do \
 	    mkdir -p build-fuzz/corpus/$$t fuzz/corpus/$$t; \
 	    echo "  FUZZ $$t ($(FUZZ_SECONDS) s)"; \
 	    build-fuzz/fuzz-$$t $(FUZZ_OPTS) -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 \
 	        -artifact_prefix=build-fuzz/crashes/$$t- -dict=fuzz/moe.dict \
-	        build-fuzz/corpus/$$t fuzz/corpus/$$t build-fuzz/seeds/$$t 2>&1 | \
-	        grep -E "stat::number_of_executed_units|stat::peak_rss|ERROR|SUMMARY|Done" || true; \
-	    test -z "$$(ls build-fuzz/crashes/$$t-* 2>/dev/null)" || { echo "  FUZZ $$t: findings in build-fuzz/crashes"; exit 1; }; \
-	done
+	        build-fuzz/corpus/$$t fuzz/corpus/$$t build-fuzz/seeds/$$t > build-fuzz/$$t.log 2>&1; \
+	    rc=$$?; grep -E "stat::number_of_executed_units|stat::peak_rss_mb|ERROR|SUMMARY" build-fuzz/$$t.log; \
+	    if [ $$rc -eq 0 ] && [ -z "$$(ls build-fuzz/crashes/$$t-* 2>/dev/null)" ]; then pass=$$((pass + 1)); \
+	    else fail=$$((fail + 1)); echo "  FUZZ $$t: FINDING (exit $$rc), see build-fuzz/$$t.log and build-fuzz/crashes/"; fi; \
+	done; \
+	echo "fuzz: $$pass passed, $$fail failed"; [ $$fail -eq 0 ]
 
 fuzz-replay: fuzz-seeds $(FUZZ_TARGETS:%=build-fuzz/replay-%)
 	@for t in $(FUZZ_TARGETS); do \

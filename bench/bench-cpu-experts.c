@@ -3,8 +3,7 @@
  * no combine) on a model's expert shapes, in decode and prefill, against
  * the machine's measured read bandwidth.
  *
- *     cc -O2 -march=native -std=c11 -D_GNU_SOURCE -pthread -Iinclude -Isrc/core \
- *        bench/bench-cpu-experts.c build/libmoe.a -lm -lpthread -o build/bench-cpu-experts
+ *     make bench
  *     build/bench-cpu-experts [n_threads=2] [format=bf16] [tokens=1,8] [reps=30] [huge=0]
  *
  * Shapes: qwen3-30b-a3b (d_model 2048, d_ff 768, 128 experts, top_k 8).

@@ -510,6 +510,20 @@ moe_status moe_layer_forward_routed(moe_layer *l, int64_t n_tokens, const void *
                                     const moe_shared_experts *shared,
                                     void *out, void *workspace, size_t workspace_size);
 
+/* On MOE_BACKEND_CUDA (a build with CUDA, a device of compute capability 9.0
+ * or newer): weights BF16, F16 or FP8_BLOCK, d_model and d_ff multiples of
+ * 16; other formats (F32 included) fail at creation with MOE_ERR_UNSUPPORTED
+ * "unsupported on cuda: <format>". The routed experts' weights, the router's
+ * tables and moe_layer_options.shared are copied to the device at creation
+ * (the copies live with the experts objects). A forward allocates nothing and
+ * never waits for the host, so it can be captured in a CUDA graph; it runs on
+ * the context's stream, shared experts OVERLAPPED on a second stream joined
+ * by events. Shared experts given to a forward must be the layer's own
+ * (others: MOE_ERR_INVALID_ARG). topk_ids live on the device and are not
+ * range-checked (that would need a host sync): an id outside [0, n_experts)
+ * selects no expert. moe_routed_experts_set_expert_map() does not update a
+ * device copy already made. */
+
 /* The message of the last failed call on this layer ("" if none). Valid until
  * the next call on the layer. */
 const char *moe_layer_last_error(const moe_layer *l);
@@ -654,6 +668,11 @@ typedef struct moe_model_layer moe_model_layer;
  *     (gate_up_proj (n_experts, d_model, 2 d_ff)): both projections are
  *     transposed, a copy;
  *   - router gate weights, biases and scales are converted to f32.
+ * Expert parallel: with base->parallel in MOE_PARALLEL_EP mode, only this
+ * rank's experts (the map's local slots, each holding a logical expert of
+ * the model) are borrowed or converted, and the experts get the map's table
+ * as their expert_map; consecutive experts of a stacked tensor are borrowed
+ * as one slice. Tensor parallel gives MOE_ERR_UNSUPPORTED.
  * m must outlive the model layer. Errors: MOE_ERR_RANGE (layer out of range),
  * MOE_ERR_INVALID_ARG (not a MoE layer), MOE_ERR_UNSUPPORTED (a stored type
  * without a libmoe format, or no kernel for it), MOE_ERR_NOMEM, and those of
@@ -720,7 +739,9 @@ moe_status moe_npy_write(const char *path, moe_format format, int32_t n_dims, co
  *
  * Transports: MPI between processes (built when `mpicc` is found; the
  * communicator is passed as a pointer to an MPI_Comm so this header does not
- * need mpi.h) and NCCL between GPUs (built with CUDA and NCCL).
+ * need mpi.h). NCCL between GPUs: the communicator and its deadline-bound
+ * transport are built with CUDA and NCCL, but layers do not run over it yet
+ * (moe_layer_create answers MOE_ERR_UNSUPPORTED).
  *
  * Faults: every collective call of a communicator has a deadline. A peer that
  * died or stays silent makes the call return MOE_ERR_PEER_DEAD (death seen,
@@ -731,7 +752,22 @@ moe_status moe_npy_write(const char *path, moe_format format, int32_t n_dims, co
  * data as success. After a failure the communicator is broken for good:
  * every later call returns the same code; destroy it and build a new one.
  * Under Open MPI 4, start jobs with `mpirun --enable-recovery` so that the
- * death of one rank does not make mpirun kill the others.
+ * death of one rank does not make mpirun kill the others. A dead peer on the
+ * same host is seen by its pid within milliseconds; elsewhere, at the
+ * deadline. After a failure MPI may still write late messages into the
+ * layer's workspace until the communicator is destroyed: keep it until then.
+ *
+ * Collective forwards: every rank of the communicator must call
+ * moe_layer_forward the same number of times, in the same order of layers,
+ * with the same max_tokens; a rank with nothing to do passes n_tokens = 0
+ * (which, with a parallel layer, is not a no-op: it serves its experts; x
+ * and out must still be valid pointers). One forward at a time per
+ * communicator: layers sharing one run one after the other.
+ * In tensor-parallel mode all ranks pass the same tokens. The workspace of a
+ * parallel layer holds the rows every rank may send this one
+ * (ep_size * max_tokens * top_k): ask moe_layer_workspace_size. Activations
+ * travel as f32. Both modes are always deterministic (fixed reduction order),
+ * so there is no flag for it.
  *
  * Example (expert parallel over MPI, 4 ranks, 128 experts):
  *

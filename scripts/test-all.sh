@@ -5,6 +5,7 @@
 #          ml_dtypes/gguf, model files against safetensors/gguf writers
 #   asan   the same suite under AddressSanitizer + UndefinedBehaviorSanitizer
 #   fuzz   each fuzz target for FUZZ_SECONDS (default 60) under ASan + UBSan
+#   install  make install into a staging prefix, build and run examples/ with pkg-config
 #   ep     multi-rank tests under mpirun (CPU ranks)
 #
 # Each suite's log goes to build/logs/SUITE.log. The last line is
@@ -42,6 +43,7 @@ run_suite() {
 bash scripts/deps.sh || { echo "dependency installation failed"; echo "0 passed, 1 failed"; exit 1; }
 run_suite unit make -j2 test
 run_suite asan make -j2 test-asan
+run_suite install scripts/install-check.sh
 if grep -q '^fuzz:' Makefile; then run_suite fuzz make fuzz FUZZ_SECONDS="${FUZZ_SECONDS:-60}"; fi
 if [ -x scripts/ep-test.sh ]; then run_suite ep scripts/ep-test.sh; fi
 

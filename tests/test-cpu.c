@@ -3,7 +3,8 @@
  * dispatches, against an fp64 loop written here (independent of the
  * reference experts): every activation, biases on and off, F32/BF16/F16
  * weights, odd sizes, an expert with no rows, all rows on one expert, the
- * Llama-4 input scale, the shared experts' gate, two jobs at once; bitwise
+ * Llama-4 input scale, the shared experts' gate, two jobs at once, a
+ * padding row; the kernels alone with K across the prefill slices; bitwise
  * determinism across thread counts and runs; batch invariance; the
  * bandwidth probe.
  *
@@ -425,6 +426,36 @@ TEST(cpu_experts_batch_invariant) {
             problem_free(&p);
         }
     free(x); free(ids);
+    moe_context_destroy(c);
+}
+
+/* A padding row (row_slot -1, the contiguous layout's sentinel) is computed
+ * on zeros and never written back; the real rows around it are exact. */
+TEST(cpu_experts_padding_row) {
+    moe_context *c = ctx_make(2);
+    REQUIRE(c);
+    test_rng r = { 8 };
+    const int64_t T = 5, H = 48, I = 20;
+    float   x[5 * 48];
+    int32_t ids[5] = { 1, 0, 1, 1, 0 };
+    test_fill_normal(&r, x, (size_t)(T * H), 1.0f);
+    for (size_t fi = 0; fi < 3; fi++) {
+        problem p;
+        if (!problem_make(&p, &r, k_formats[fi], MOE_ACT_SILU, 2, H, I, true)) continue;
+        routing rt;
+        routing_make(&rt, x, T, 1, H, 2, ids, NULL);
+        /* Expert 1 holds rows 2..4 (slots 0, 2, 3): rebuild with a sentinel
+         * between slots 0 and 2, so expert 1 has rows 2..5. */
+        int32_t start[3] = { 0, 2, 6 }, rows[6] = { 1, 4, 0, -1, 2, 3 };
+        moe__dispatch d = rt.d;
+        d.expert_start  = start;
+        d.row_slot      = rows;
+        d.n_rows        = 6;
+        moe__experts_job job = { p.e, &d, NULL };
+        if (!run_jobs(c, &job, 1)) check_vs_oracle("padding row", &p, &rt, NULL);
+        routing_free(&rt);
+        problem_free(&p);
+    }
     moe_context_destroy(c);
 }
 

@@ -28,6 +28,11 @@ TEST(cuda_backend) { TEST_SKIP("built without CUDA"); }
 #define NMSE_HALF 5e-4
 #define FP8_TOL   0.035
 
+/* Short names for the case tables. */
+#define BF16 MOE_FORMAT_BF16
+#define F32  MOE_FORMAT_F32
+#define FP8  MOE_FORMAT_FP8_BLOCK
+
 static bool have_device(void) { return moe__cuda_device_count() > 0; }
 
 #define CU(call)                                                                          \
@@ -117,9 +122,9 @@ static void route_check(const route_case *rc, int64_t T, uint64_t seed) {
     int bad = 0;
     for (int64_t i = 0; i < T * k && bad < 5; i++) {
         if (id_gpu[i] != id_cpu[i]) {
-            test_fail(__FILE__, __LINE__, "E=%d k=%d scoring %d: ids[%lld] gpu %d cpu %d (row kind %d)",
-                      E, k, (int)rc->scoring, (long long)i, id_gpu[i], id_cpu[i],
-                      (int)((i / k) % 16));
+            test_fail(__FILE__, __LINE__,
+                      "E=%d k=%d scoring %d: ids[%lld] gpu %d cpu %d (row kind %d)", E, k,
+                      (int)rc->scoring, (long long)i, id_gpu[i], id_cpu[i], (int)((i / k) % 16));
             bad++;
         }
         float d = fabsf(w_gpu[i] - w_cpu[i]);
@@ -392,13 +397,14 @@ TEST(cuda_layer_bf16_shape_grid) {
         { 1, 256, 128, 8, 2, MOE_FORMAT_BF16, MOE_FORMAT_F32, MOE_ACT_SILU, 0, 0, 0, 0, 0, 0, 0 },
         { 5, 512, 256, 64, 8, MOE_FORMAT_BF16, MOE_FORMAT_BF16, MOE_ACT_SILU, 0, 0, 0, 0, 0, 0, 0 },
         { 64, 256, 192, 8, 2, MOE_FORMAT_BF16, MOE_FORMAT_F32, MOE_ACT_SILU, 0, 0, 0, 0, 0, 0, 0 },
-        { 300, 384, 160, 16, 4, MOE_FORMAT_BF16, MOE_FORMAT_F32, MOE_ACT_SILU, 0, 0, 0, 0, 0, 0, 0 },
+        { 300, 384, 160, 16, 4, BF16, F32, MOE_ACT_SILU, 0, 0, 0, 0, 0, 0, 0 },
         { 700, 256, 128, 4, 2, MOE_FORMAT_BF16, MOE_FORMAT_F16, MOE_ACT_SILU, 0, 0, 0, 0, 0, 0, 0 },
         { 33, 144, 48, 12, 3, MOE_FORMAT_F16, MOE_FORMAT_F32, MOE_ACT_SILU, 0, 0, 0, 0, 0, 0, 0 },
         { 200, 256, 128, 8, 2, MOE_FORMAT_F16, MOE_FORMAT_F16, MOE_ACT_GELU, 0, 0, 0, 0, 0, 0, 0 },
-        { 1100, 256, 128, 16, 4, MOE_FORMAT_BF16, MOE_FORMAT_F32, MOE_ACT_SILU, 0, 0, 1, 0, 0, 0, 0 },
+        { 1100, 256, 128, 16, 4, BF16, F32, MOE_ACT_SILU, 0, 0, 1, 0, 0, 0, 0 },
     };
-    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) layer_check(&cases[i], 100 + i, false);
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++)
+        layer_check(&cases[i], 100 + i, false);
 }
 
 TEST(cuda_layer_activations_biases_maps) {
@@ -441,15 +447,16 @@ TEST(cuda_layer_shared_experts_orders) {
 TEST(cuda_layer_fp8_block) {
     if (!have_device()) TEST_SKIP("no CUDA device");
     static const lcase cases[] = {
-        { 1, 256, 256, 8, 2, MOE_FORMAT_FP8_BLOCK, MOE_FORMAT_F32, MOE_ACT_SILU, 0, 0, 0, 0, 0, 0, 0 },
-        { 9, 512, 384, 32, 8, MOE_FORMAT_FP8_BLOCK, MOE_FORMAT_BF16, MOE_ACT_SILU, 0, 0, 0, 0, 0, 0, 0 },
-        { 300, 384, 256, 8, 2, MOE_FORMAT_FP8_BLOCK, MOE_FORMAT_F32, MOE_ACT_SILU, 0, 1, 0, 0, 0, 0, 0 },
-        { 100, 256, 208, 8, 3, MOE_FORMAT_FP8_BLOCK, MOE_FORMAT_F32, MOE_ACT_SWIGLU_OAI, 0, 0, 1, 0, 0, 0, 0 },
-        { 77, 320, 128, 6, 2, MOE_FORMAT_FP8_BLOCK, MOE_FORMAT_F32, MOE_ACT_RELU2, 0, 0, 0, 0, 0, 0, 0 },
-        { 64, 256, 128, 8, 2, MOE_FORMAT_FP8_BLOCK, MOE_FORMAT_F32, MOE_ACT_SILU, 0, 0, 0, 256, 1, 0,
+        { 1, 256, 256, 8, 2, FP8, F32, MOE_ACT_SILU, 0, 0, 0, 0, 0, 0, 0 },
+        { 9, 512, 384, 32, 8, FP8, BF16, MOE_ACT_SILU, 0, 0, 0, 0, 0, 0, 0 },
+        { 300, 384, 256, 8, 2, FP8, F32, MOE_ACT_SILU, 0, 1, 0, 0, 0, 0, 0 },
+        { 100, 256, 208, 8, 3, FP8, F32, MOE_ACT_SWIGLU_OAI, 0, 0, 1, 0, 0, 0, 0 },
+        { 77, 320, 128, 6, 2, FP8, F32, MOE_ACT_RELU2, 0, 0, 0, 0, 0, 0, 0 },
+        { 64, 256, 128, 8, 2, FP8, F32, MOE_ACT_SILU, 0, 0, 0, 256, 1, 0,
           MOE_SHARED_OVERLAPPED },
     };
-    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) layer_check(&cases[i], 500 + i, i == 5);
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++)
+        layer_check(&cases[i], 500 + i, i == 5);
 }
 
 TEST(cuda_graph_replay_bitwise) {
@@ -481,6 +488,39 @@ TEST(cuda_layer_rejects_formats) {
     moe_routed_experts_destroy(ex);
     moe_router_destroy(r);
     free(w13); free(w2);
+}
+
+/* Without a device, asking for the CUDA backend fails cleanly at creation. */
+TEST(cuda_layer_no_device_error) {
+    if (have_device()) TEST_SKIP("a CUDA device is present");
+    char err[256] = "";
+    const int64_t H = 32, I = 32;
+    uint16_t *w13 = calloc((size_t)(4 * 2 * I * H), 2), *w2 = calloc((size_t)(4 * H * I), 2);
+    moe_router_options ro = { .n_experts = 4, .top_k = 2 };
+    moe_experts_options eo = { .n_experts = 4, .d_model = H, .d_ff = I, .format = BF16,
+                               .w13 = { .data = w13 }, .w2 = { .data = w2 } };
+    moe_router *r = NULL;
+    moe_routed_experts *ex = NULL;
+    moe_layer *l = NULL;
+    REQUIRE(moe_router_create(&ro, &r, err, sizeof err) == MOE_OK, "%s", err);
+    REQUIRE(moe_routed_experts_create(&eo, &ex, err, sizeof err) == MOE_OK, "%s", err);
+    moe_layer_options lo = { .router = r, .experts = ex, .backend = MOE_BACKEND_CUDA };
+    CHECK_STATUS(moe_layer_create(&lo, &l, err, sizeof err), MOE_ERR_NO_DEVICE);
+    CHECK(l == NULL, "no layer on failure");
+    CHECK(strstr(err, "no CUDA device") != NULL, "message: %s", err);
+    moe_routed_experts_destroy(ex);
+    moe_router_destroy(r);
+    free(w13); free(w2);
+}
+
+/* The formats the CUDA kernels run, as moe_format_supported() reports them. */
+TEST(cuda_format_supported) {
+    CHECK(moe_format_supported(BF16, MOE_BACKEND_CUDA) == 1);
+    CHECK(moe_format_supported(MOE_FORMAT_F16, MOE_BACKEND_CUDA) == 1);
+    CHECK(moe_format_supported(FP8, MOE_BACKEND_CUDA) == 1);
+    CHECK(moe_format_supported(F32, MOE_BACKEND_CUDA) == 0);
+    CHECK(moe_format_supported(MOE_FORMAT_Q4_K, MOE_BACKEND_CUDA) == 0);
+    CHECK(moe_format_supported(MOE_FORMAT_FP8_TENSOR, MOE_BACKEND_CUDA) == 0);
 }
 
 #endif /* MOE_HAVE_CUDA */

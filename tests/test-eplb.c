@@ -2,9 +2,11 @@
  * test-eplb.c - the EPLB policy against the golden vector of DeepSeek's EPLB
  * (also vLLM's tests/distributed/test_eplb_algo.py::test_basic_rebalance),
  * documented tie-breaking, property tests on random skewed loads, the load
- * window, balancedness and the move count.
+ * window, balancedness, the move count and the migration plan.
  */
 #include "test.h"
+
+#include "../src/ep/ep.h"   /* moe__eplb_plan */
 
 #include <stdlib.h>
 #include <string.h>
@@ -47,7 +49,8 @@ TEST(eplb_ties_are_deterministic) {
     const int32_t want[6] = { 2, 0, 0, 3, 1, 1 };
     int32_t p2l[6], cnt[4];
     CHECK_STATUS(moe_eplb_rebalance(w, 1, 4, 6, 1, 1, 2, NULL, p2l, cnt, NULL, 0), MOE_OK);
-    for (int s = 0; s < 6; s++) CHECK(p2l[s] == want[s], "slot %d: %d, want %d", s, p2l[s], want[s]);
+    for (int s = 0; s < 6; s++)
+        CHECK(p2l[s] == want[s], "slot %d: %d, want %d", s, p2l[s], want[s]);
     CHECK(cnt[0] == 2 && cnt[1] == 2 && cnt[2] == 1 && cnt[3] == 1, "logcnt");
     /* And the same again: a pure function of its input. */
     int32_t again[6];
@@ -120,7 +123,8 @@ TEST(eplb_properties_random_skew) {
         const int32_t per = P / Ng;
         for (int32_t l = 0; l < L; l++)
             for (int32_t r = 0; r < Ng; r++) {
-                const int32_t *a = p2l + (size_t)l * P + r * per, *b = kept + (size_t)l * P + r * per;
+                const int32_t *a = p2l + (size_t)l * P + r * per;
+                const int32_t *b = kept + (size_t)l * P + r * per;
                 const int32_t *o = old + (size_t)l * P + r * per;
                 for (int32_t s = 0; s < per; s++) {
                     int32_t na = 0, nb = 0;
@@ -193,4 +197,46 @@ TEST(eplb_window_and_balancedness) {
           (long long)nr, (long long)nl);
     moe_eplb_count_moves(a, a, 4, 2, &nr, &nl);
     CHECK(nr == 0 && nl == 0, "nothing changes, nothing moves");
+}
+
+/* ===== The migration plan (src/ep/ep.h) ===== */
+
+TEST(eplb_plan_moves) {
+    /* 3 ranks x 2 slots: old [0 1 | 2 3 | 0 1] -> new [2 2 | 0 1 | 3 0]. */
+    const int32_t old[6] = { 0, 1, 2, 3, 0, 1 }, nw[6] = { 2, 2, 0, 1, 3, 0 };
+    const moe__move want[6] = {
+        { MOE__MOVE_REMOTE, 0, 0, 1, 2, 2 },   /* rank 0 gets 2 from rank 1's slot 2     */
+        { MOE__MOVE_DUP, 0, 1, 0, 0, 2 },      /* ... and copies it to its slot 1        */
+        { MOE__MOVE_REMOTE, 1, 2, 0, 0, 0 },   /* 0: first holder, rank 0                */
+        { MOE__MOVE_REMOTE, 1, 3, 0, 1, 1 },   /* 1: first holder, rank 0                */
+        { MOE__MOVE_REMOTE, 2, 4, 1, 3, 3 },   /* 3 lives on rank 1 only                 */
+        { MOE__MOVE_LOCAL, 2, 5, 2, 4, 0 },    /* rank 2 held 0 in slot 4: local copy    */
+    };
+    moe__move *mv = NULL;
+    int32_t    n  = 0;
+    char       err[256];
+    REQUIRE(moe__eplb_plan(old, nw, 6, 3, &mv, &n, err, sizeof err) == MOE_OK, "%s", err);
+    REQUIRE(n == 6, "%d moves", n);
+    for (int i = 0; i < 6; i++)
+        CHECK(mv[i].kind == want[i].kind && mv[i].dst_rank == want[i].dst_rank &&
+                  mv[i].dst_slot == want[i].dst_slot && mv[i].src_rank == want[i].src_rank &&
+                  mv[i].src_slot == want[i].src_slot && mv[i].logical == want[i].logical,
+              "move %d: kind %d dst %d/%d src %d/%d expert %d", i, (int)mv[i].kind,
+              mv[i].dst_rank, mv[i].dst_slot, mv[i].src_rank, mv[i].src_slot, mv[i].logical);
+    moe__free(mv);
+
+    /* Receivers of one expert take its holders round-robin, in rank order. */
+    const int32_t o2[4] = { 0, 0, 1, 1 }, n2[4] = { 1, 1, 0, 0 };
+    const int32_t src[4] = { 2, 3, 0, 1 };
+    REQUIRE(moe__eplb_plan(o2, n2, 4, 4, &mv, &n, err, sizeof err) == MOE_OK, "%s", err);
+    REQUIRE(n == 4, "%d moves", n);
+    for (int i = 0; i < 4; i++)
+        CHECK(mv[i].kind == MOE__MOVE_REMOTE && mv[i].src_rank == src[i],
+              "rank %d receives from %d, want %d", mv[i].dst_rank, mv[i].src_rank, src[i]);
+    moe__free(mv);
+
+    /* An expert nobody holds cannot be moved. */
+    const int32_t n3[4] = { 2, 0, 1, 1 };
+    CHECK_STATUS(moe__eplb_plan(o2, n3, 4, 4, &mv, &n, err, sizeof err), MOE_ERR_INVALID_ARG);
+    CHECK_STATUS(moe__eplb_plan(o2, n2, 4, 3, &mv, &n, err, sizeof err), MOE_ERR_INVALID_ARG);
 }

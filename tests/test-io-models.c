@@ -10,6 +10,8 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 typedef struct model_case {
     char    name[64], path[128], family[32];
@@ -147,4 +149,54 @@ TEST(io_models_tensor_listing) {
     CHECK_STATUS(moe_model_layer_create(m, 0, NULL, &ml, err, sizeof err), MOE_ERR_INVALID_ARG);
     CHECK_STATUS(moe_model_layer_create(m, 2, NULL, &ml, err, sizeof err), MOE_ERR_RANGE);
     moe_model_close(m);
+}
+
+/* The CLI on a real checkpoint: `moe info` and `moe forward` (the `moe`
+ * binary next to this test runner; skipped when it was not built). */
+TEST(io_cli_info_and_forward) {
+    char exe[1024], moe[1100], cmd[4096], path[1024], out[1024], err[256];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (n <= 0) TEST_SKIP("no /proc/self/exe");
+    exe[n] = '\0';
+    char *slash = strrchr(exe, '/');
+    if (!slash) TEST_SKIP("no directory");
+    *slash = '\0';
+    snprintf(moe, sizeof moe, "%s/moe", exe);
+    if (access(moe, X_OK) != 0) TEST_SKIP("%s not built", moe);
+    snprintf(path, sizeof path, "%s/models/deepseek_v3", test_data_dir());
+    if (access(path, R_OK) != 0) TEST_SKIP("no %s (make testdata)", path);
+    snprintf(cmd, sizeof cmd, "'%s' info '%s'", moe, path);
+    FILE *p = popen(cmd, "r");
+    REQUIRE(p != NULL);
+    char line[512];
+    int family = 0, routing = 0;
+    while (fgets(line, sizeof line, p)) {
+        if (strstr(line, "family") && strstr(line, "deepseek_v3")) family = 1;
+        if (strstr(line, "routing") && strstr(line, "sigmoid") && strstr(line, "groups 4 keep 2") &&
+            strstr(line, "scale 2.5") && strstr(line, "correction bias"))
+            routing = 1;
+    }
+    CHECK(pclose(p) == 0, "moe info failed");
+    CHECK(family && routing, "moe info output lacks the family or routing line");
+    snprintf(out, sizeof out, "/tmp/moe-test-cli-%d.npy", (int)getpid());
+    snprintf(cmd, sizeof cmd, "'%s' forward --model '%s' --layer 0 --input '%s/models/deepseek_v3.x.npy' "
+             "--output '%s' --backend ref 2>/dev/null", moe, path, test_data_dir(), out);
+    REQUIRE(system(cmd) == 0, "%s", cmd);
+    moe_npy y, ref;
+    REQUIRE(moe_npy_read(out, &y, err, sizeof err) == MOE_OK, "%s", err);
+    snprintf(path, sizeof path, "%s/models/deepseek_v3.ref.npy", test_data_dir());
+    REQUIRE(moe_npy_read(path, &ref, err, sizeof err) == MOE_OK, "%s", err);
+    CHECK(y.n_dims == 2 && y.shape[0] == ref.shape[0] && y.shape[1] == ref.shape[1] && y.format == MOE_FORMAT_F32);
+    if (y.nbytes == ref.nbytes) {
+        double e = test_nmse_f(y.data, ref.data, ref.nbytes / 4);
+        CHECK(e <= 1e-10, "moe forward NMSE %.3g", e);
+    }
+    moe_npy_free(&y);
+    moe_npy_free(&ref);
+    remove(out);
+    /* a bad layer index is a usage error with exit status 1, not a crash */
+    snprintf(cmd, sizeof cmd, "'%s' forward --model '%s/models/deepseek_v3' --layer 7 --input '%s/models/deepseek_v3.x.npy' "
+             "--output '%s' 2>/dev/null", moe, test_data_dir(), test_data_dir(), out);
+    int rc = system(cmd);
+    CHECK(rc != -1 && WIFEXITED(rc) && WEXITSTATUS(rc) == 1, "exit %d", rc);
 }

@@ -271,6 +271,7 @@ TEST(io_model_open_allocation_failures) {
         if (s == MOE_OK && g_calls <= n) break; /* all allocations passed */
     }
     CHECK(nomem > 10, "only %d allocation failures exercised", nomem);
+    if (getenv("MOE_TEST_VERBOSE")) fprintf(stderr, "    %d opens failed with MOE_ERR_NOMEM, none leaked\n", nomem);
     /* limits: a header over max_header_bytes */
     moe_model_options o = { .max_header_bytes = 100 };
     CHECK_STATUS(moe_model_open(path, &o, &m, err, sizeof err), MOE_ERR_LIMIT);
@@ -308,7 +309,8 @@ TEST(io_npy_round_trip) {
 }
 
 /* Peak heap while parsing a safetensors header is linear in the header
- * bytes (JSON nodes + strings + the tensor table): measured on 5000 tensors. */
+ * bytes (JSON nodes + strings + the tensor table) and within the P4 budget of
+ * reliability-and-formats.md: measured on 5000 tensors. */
 TEST(io_safetensors_peak_memory_linear) {
     enum { N = 5000 };
     size_t cap = (size_t)N * 96 + 64;
@@ -334,7 +336,10 @@ TEST(io_safetensors_peak_memory_linear) {
     count_end();
     CHECK(s == MOE_OK, "%s", err);
     CHECK(f.n_tensors == 0); /* freed */
-    CHECK(peak <= 24 * o, "peak %zu bytes for a %zu-byte header (%.1fx)", peak, o, (double)peak / (double)o);
+    /* the budget of reliability goal P4: 2 x header + 256 B per tensor + 1 MiB */
+    size_t budget = 2 * o + 256 * (size_t)N + (1u << 20);
+    CHECK(peak <= budget, "peak %zu bytes for a %zu-byte header (%.1fx), budget %zu", peak, o,
+          (double)peak / (double)o, budget);
     if (getenv("MOE_TEST_VERBOSE")) fprintf(stderr, "    header %zu B, peak heap %zu B (%.1fx)\n", o, peak, (double)peak / (double)o);
     free(hdr);
     free(buf);

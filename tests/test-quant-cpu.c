@@ -42,7 +42,8 @@ static void check_kernel(const kcase *c) {
     int32_t *g_idx = NULL;
     moe__wmat w = { .format = c->f, .rows = R, .cols = K, .group_size = c->group,
                     .scale_format = c->sf, .data = data, .scales = s.scales ? sc : NULL,
-                    .zeros = s.zeros ? zp : NULL, .scale2 = c->f == MOE_FORMAT_NVFP4 ? 0.01f : 1.0f };
+                    .zeros = s.zeros ? zp : NULL,
+                    .scale2 = c->f == MOE_FORMAT_NVFP4 ? 0.01f : 1.0f };
     REQUIRE(t->quantize_ref(src, &w) == MOE_OK, "%s: quantize", name);
     if (c->f == MOE_FORMAT_INT4_GPTQ) { /* act-order lookups, after quantizing */
         g_idx = malloc(sizeof(int32_t) * (size_t)K);
@@ -51,7 +52,8 @@ static void check_kernel(const kcase *c) {
     }
 
     /* Inputs: kernel form (xq) and reference emulation (xf). */
-    float *x = malloc(sizeof(float) * (size_t)(NX * K)), *xf = malloc(sizeof(float) * (size_t)(NX * K));
+    float *x  = malloc(sizeof(float) * (size_t)(NX * K));
+    float *xf = malloc(sizeof(float) * (size_t)(NX * K));
     test_fill_normal(&rng, x, (size_t)(NX * K), 1.0f);
     for (int64_t k = 0; k < K; k++) x[5 * K + k] *= 1e-6f; /* a tiny row */
     memcpy(xf, x, sizeof(float) * (size_t)(NX * K));
@@ -66,7 +68,8 @@ static void check_kernel(const kcase *c) {
     }
 
     /* Reference. */
-    double *ref = malloc(sizeof(double) * (size_t)(NX * R)), *mag = malloc(sizeof(double) * (size_t)(NX * R));
+    double *ref = malloc(sizeof(double) * (size_t)(NX * R));
+    double *mag = malloc(sizeof(double) * (size_t)(NX * R));
     float *wrow = malloc(sizeof(float) * (size_t)K);
     for (int64_t r = 0; r < R; r++) {
         t->dequant_row_ref(&w, r, wrow);
@@ -82,7 +85,8 @@ static void check_kernel(const kcase *c) {
     }
 
     /* Full call, then ranges and chunk sizes. */
-    float *full = malloc(sizeof(float) * (size_t)(NX * R)), *part = malloc(sizeof(float) * (size_t)(NX * R));
+    float *full = malloc(sizeof(float) * (size_t)(NX * R));
+    float *part = malloc(sizeof(float) * (size_t)(NX * R));
     cf->gemm(&w, 0, R, xq, xs, NX, full, R);
     long bad = 0;
     for (int64_t i = 0; i < NX; i++)
@@ -135,4 +139,140 @@ TEST(quant_cpu_kernels_vs_reference) {
         { MOE_FORMAT_NVFP4, 0, 0, 20, 4096 + 512 },
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) check_kernel(&cases[i]);
+}
+
+/* The FP8 kernels' activation rows against the reference emulation, bit
+ * for bit: decoding the stored row (layout documented in gemv-fp8.c: bf16
+ * values, each 64 stored as elements 16L + j then 16L + 8 + j, then one f32
+ * scale per 128) and multiplying by the group scale must give exactly
+ * act_fake_quant_ref's values. Rows hold every e4m3 rounding midpoint,
+ * subnormal midpoints, the saturation edges and non-finite values. */
+static int fp8_stored_pos(int64_t k) {
+    const int e = (int)(k % 64), L = e / 16, j = e % 16;
+    return (int)(k / 64 * 64) + (j < 8 ? 8 * L + j : 32 + 8 * L + (j - 8));
+}
+
+TEST(quant_cpu_fp8_activation_bitwise) {
+    const moe_format fmts[] = { MOE_FORMAT_FP8_BLOCK, MOE_FORMAT_FP8_CHANNEL,
+                                MOE_FORMAT_FP8_TENSOR };
+    const int64_t K = 1000;
+    float *x = malloc(sizeof(float) * K), *want = malloc(sizeof(float) * K);
+    test_rng rng = { 23 };
+    for (int variant = 0; variant < 4; variant++) {
+        for (int64_t k = 0; k < K; k++) {
+            /* midpoints between neighbouring e4m3 values (scale 1: a 448 in
+             * every group), subnormal ties, random values */
+            const uint8_t c = (uint8_t)(k % 126);
+            const float lo = moe__e4m3_to_f32(c), hi = moe__e4m3_to_f32((uint8_t)(c + 1));
+            x[k] = k % 3 == 0 ? (lo + hi) / 2 : k % 3 == 1 ? test_rng_normal(&rng) * 50 : lo;
+            if (k % 7 == 0) x[k] = -x[k];
+        }
+        for (int64_t k = 0; k < K; k += 128) x[k] = 448.0f;
+        x[1] = 464.0f; x[2] = -449.0f; x[4] = 0x1p-10f; x[5] = 0x3p-10f; x[7] = 1e-45f;
+        if (variant >= 1) x[300] = NAN;
+        if (variant >= 2) x[700] = INFINITY;
+        if (variant == 3) /* scales near the clamp */
+            for (int64_t k = 0; k < K; k++) x[k] *= 1e-30f;
+        for (size_t fi = 0; fi < sizeof fmts / sizeof fmts[0]; fi++) {
+            const moe__cpu_format *cf = moe__cpu_format_get(fmts[fi]);
+            float one = 1.0f;
+            moe__wmat w = { .format = fmts[fi], .rows = 1, .cols = K, .scales = &one,
+                            .input_scale = fmts[fi] == MOE_FORMAT_FP8_TENSOR && variant == 0
+                                               ? 2.0f : 0 };
+            memcpy(want, x, sizeof(float) * K);
+            moe__format(fmts[fi])->act_fake_quant_ref(&w, want, K);
+            char *xq = aligned_alloc(64, (cf->act_row_bytes(K) + 63) / 64 * 64);
+            cf->act_quantize(&w, x, K, xq);
+            const uint16_t *xb = (const uint16_t *)xq;
+            const float    *sx = (const float *)(xb + (K + 127) / 128 * 128);
+            long bad = 0;
+            for (int64_t k = 0; k < K; k++) {
+                uint32_t u = (uint32_t)xb[fp8_stored_pos(k)] << 16;
+                float v;
+                memcpy(&v, &u, 4);
+                v *= sx[k / 128];
+                if (!(isnan(v) && isnan(want[k])) && memcmp(&v, &want[k], 4) && bad++ < 3)
+                    test_fail(__FILE__, __LINE__, "%s variant %d: x[%lld] = %a -> %a, reference %a",
+                              moe_format_name(fmts[fi]), variant, (long long)k, (double)x[k],
+                              (double)v, (double)want[k]);
+            }
+            CHECK(bad == 0, "%s variant %d: %ld values differ", moe_format_name(fmts[fi]), variant,
+                  bad);
+            free(xq);
+        }
+    }
+    free(x);
+    free(want);
+}
+
+/* The GGUF kernels' activation rows against quant.h's reference
+ * quantizers, byte for byte (layouts documented in gemv-q8_0.c and
+ * gemv-q4k.c). Rows with exact rounding ties (amax 127, so that d = 1),
+ * a zero block, a NaN block and a largest magnitude held by both signs. */
+static void fill_act_row(float *x, int64_t K, int variant, test_rng *rng) {
+    for (int64_t k = 0; k < K; k++) {
+        x[k] = variant == 0 ? (float)(k % 255) - 127.0f + (k % 2 ? 0.5f : 0.0f)
+                            : test_rng_normal(rng) * (variant == 1 ? 1.0f : 1e-20f);
+        if (variant == 0 && k % 32 == 0) x[k] = 127.0f;
+    }
+    for (int64_t k = 256; k < 512 && k < K; k++) x[k] = 0;          /* zero blocks     */
+    if (K > 600) x[600] = NAN;                                       /* a NaN block     */
+    if (K > 800) { x[770] = -1000.0f; x[790] = 1000.0f; }            /* tie of signs    */
+}
+
+TEST(quant_cpu_gguf_activation_bytes) {
+    const int64_t K = 1024;
+    float *x = malloc(sizeof(float) * K);
+    test_rng rng = { 29 };
+    for (int variant = 0; variant < 3; variant++) {
+        fill_act_row(x, K, variant, &rng);
+        /* q8_0: qa (K), ns (K/4), dl (K/4) for K a multiple of 64 */
+        const moe__cpu_format *cf = moe__cpu_format_get(MOE_FORMAT_Q8_0);
+        moe__wmat w = { .format = MOE_FORMAT_Q8_0, .rows = 1, .cols = K };
+        char *xq = aligned_alloc(64, (cf->act_row_bytes(K) + 63) / 64 * 64);
+        cf->act_quantize(&w, x, K, xq);
+        const int8_t  *qa = (const int8_t *)xq;
+        const int32_t *ns = (const int32_t *)(qa + K);
+        const float   *dl = (const float *)(ns + K / 4);
+        long bad = 0;
+        for (int64_t b = 0; b < K / 32; b++) {
+            moe_block_q8_0 ref;
+            moe__quantize_row_q8_0(x + 32 * b, &ref, 32);
+            const float d = moe__f16_to_f32(ref.d);
+            if (memcmp(qa + 32 * b, ref.qs, 32) ||
+                !(dl[8 * b] == d || (isnan(d) && isnan(dl[8 * b]))))
+                bad++;
+            for (int j = 0; j < 8; j++)
+                if (ns[8 * b + j] != -(ref.qs[4 * j] + ref.qs[4 * j + 1] + ref.qs[4 * j + 2] +
+                                       ref.qs[4 * j + 3]))
+                    bad++;
+        }
+        CHECK(bad == 0, "q8_0 activations, variant %d: %ld mismatches", variant, bad);
+        free(xq);
+
+        /* q4_k: qa (K, each 128 stored as 0..31, 64..95, 32..63, 96..127),
+         * dx (K/256), bs (K/32) */
+        cf = moe__cpu_format_get(MOE_FORMAT_Q4_K);
+        w.format = MOE_FORMAT_Q4_K;
+        xq = aligned_alloc(64, (cf->act_row_bytes(K) + 63) / 64 * 64);
+        cf->act_quantize(&w, x, K, xq);
+        qa = (const int8_t *)xq;
+        const float   *dx = (const float *)(qa + K);
+        const int32_t *bs = (const int32_t *)(dx + K / 256);
+        bad = 0;
+        for (int64_t b = 0; b < K / 256; b++) {
+            moe_block_q8_k ref;
+            moe__quantize_row_q8_k(x + 256 * b, &ref, 256);
+            if (!(dx[b] == ref.d || (isnan(ref.d) && isnan(dx[b])))) bad++;
+            for (int e = 0; e < 256; e++) {
+                const int h = e % 128, pos = h < 32 ? h : h < 64 ? h + 32 : h < 96 ? h - 32 : h;
+                if (qa[256 * b + e / 128 * 128 + pos] != ref.qs[e]) bad++;
+            }
+            for (int s = 0; s < 8; s++)
+                if (bs[8 * b + s] != ref.bsums[2 * s] + ref.bsums[2 * s + 1]) bad++;
+        }
+        CHECK(bad == 0, "q4_k activations, variant %d: %ld mismatches", variant, bad);
+        free(xq);
+    }
+    free(x);
 }

@@ -69,7 +69,8 @@ static bool qlayer_build(const qcase *c, int32_t E, int64_t H, int64_t I, int32_
             int64_t rows = m ? H : 2 * I, cols = m ? I : H;
             test_fill_normal(&rng, src, (size_t)(rows * cols), 0.05f);
             char *b[3];
-            for (int t = 0; t < 3; t++) b[t] = (char *)q->bufs[3 * m + t] + (size_t)e * sz[3 * m + t];
+            for (int t = 0; t < 3; t++)
+                b[t] = (char *)q->bufs[3 * m + t] + (size_t)e * sz[3 * m + t];
             if (moe_quantize(c->f, rows, cols, c->group, c->scale_format, src, b[0],
                              sz[3 * m + 1] ? b[1] : NULL, sz[3 * m + 2] ? b[2] : NULL, err,
                              sizeof err)) {
@@ -101,7 +102,8 @@ static bool qlayer_build(const qcase *c, int32_t E, int64_t H, int64_t I, int32_
         q->g_idx = malloc(sizeof(int32_t) * (size_t)(E * H));
         int64_t ng = H / c->group;
         for (int32_t e = 0; e < E; e++)
-            for (int64_t k = 0; k < H; k++) q->g_idx[e * H + k] = (int32_t)((ng - 1) - k / c->group);
+            for (int64_t k = 0; k < H; k++)
+                q->g_idx[e * H + k] = (int32_t)((ng - 1) - k / c->group);
         o.w13.g_idx = q->g_idx;
     }
     if (moe_routed_experts_create(&o, &q->experts, err, sizeof err)) {
@@ -142,10 +144,12 @@ static void check_shape(const qcase *c, int32_t E, int32_t top_k, int64_t H, int
     for (size_t ni = 0; ni < sizeof ns / sizeof ns[0]; ni++) {
         const int64_t n = ns[ni];
         test_rng rng = { 5 + (uint64_t)n };
-        float *x = malloc(sizeof(float) * (size_t)(n * H)), *logits = malloc(sizeof(float) * (size_t)(n * E));
+        float *x      = malloc(sizeof(float) * (size_t)(n * H));
+        float *logits = malloc(sizeof(float) * (size_t)(n * E));
         float *w = malloc(sizeof(float) * (size_t)(n * top_k));
         int32_t *ids = malloc(sizeof(int32_t) * (size_t)(n * top_k));
-        float *o_ref = malloc(sizeof(float) * (size_t)(n * H)), *o_cpu = malloc(sizeof(float) * (size_t)(n * H));
+        float *o_ref  = malloc(sizeof(float) * (size_t)(n * H));
+        float *o_cpu  = malloc(sizeof(float) * (size_t)(n * H));
         test_fill_normal(&rng, x, (size_t)(n * H), c->x_sigma);
         test_fill_normal(&rng, logits, (size_t)(n * E), 1.0f);
         moe_router_route(q.router, n, logits, ids, w);

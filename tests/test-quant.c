@@ -279,11 +279,12 @@ TEST(quant_fp8_merge_w13) {
     CHECK(s == 2.0f, "merged scale %g", s);
     for (int i = 0; i < 12; i++) {
         float got = moe__e4m3_to_f32(w[i]) * s;
-        CHECK(fabsf(got - v[i]) <= 0.0625f * fabsf(v[i]) + 2.0f * 0x1p-10f, "w[%d] %g vs %g", i, got,
-              v[i]);
+        CHECK(fabsf(got - v[i]) <= 0.0625f * fabsf(v[i]) + 2.0f * 0x1p-10f, "w[%d] %g vs %g", i,
+              got, v[i]);
     }
     CHECK_STATUS(moe__fp8_merge_w13_scales(w, 2, 3, NAN, 2.0f, &s, err, sizeof err), MOE_ERR_SCALE);
-    CHECK_STATUS(moe__fp8_merge_w13_scales(w, 2, 3, 1.0f, 0.0f, &s, err, sizeof err), MOE_ERR_SCALE);
+    CHECK_STATUS(moe__fp8_merge_w13_scales(w, 2, 3, 1.0f, 0.0f, &s, err, sizeof err),
+                 MOE_ERR_SCALE);
 }
 
 /* ===== Formats under test: how to build a valid one-expert weight set ===== */
@@ -636,7 +637,8 @@ TEST(quant_gptq_g_idx) {
             float want = (float)v * moe__f16_to_f32(sc[g_idx[k] * rows + r]);
             CHECK(out[k] == want, "r %lld k %lld: %g vs %g", (long long)r, (long long)k, out[k],
                   want);
-            CHECK(fabsf(out[k] - src[r * cols + k]) <= 0.5f * moe__f16_to_f32(sc[g_idx[k] * rows + r]) * 1.01f,
+            const float s = moe__f16_to_f32(sc[g_idx[k] * rows + r]);
+            CHECK(fabsf(out[k] - src[r * cols + k]) <= 0.5f * s * 1.01f,
                   "r %lld k %lld round trip", (long long)r, (long long)k);
         }
     }
@@ -666,9 +668,10 @@ TEST(quant_awq_packing) {
  * format, the CPU has a kernel for every format, nothing for bad values. */
 TEST(quant_format_supported) {
     for (int f = 0; f < MOE_FORMAT_COUNT; f++) {
-        CHECK(moe_format_supported((moe_format)f, MOE_BACKEND_REF) == 1, "ref %s", moe_format_name((moe_format)f));
-        CHECK(moe_format_supported((moe_format)f, MOE_BACKEND_CPU) == 1, "cpu %s", moe_format_name((moe_format)f));
-        CHECK(moe_format_supported((moe_format)f, MOE_BACKEND_AUTO) == 1, "auto %s", moe_format_name((moe_format)f));
+        const char *name = moe_format_name((moe_format)f);
+        CHECK(moe_format_supported((moe_format)f, MOE_BACKEND_REF) == 1, "ref %s", name);
+        CHECK(moe_format_supported((moe_format)f, MOE_BACKEND_CPU) == 1, "cpu %s", name);
+        CHECK(moe_format_supported((moe_format)f, MOE_BACKEND_AUTO) == 1, "auto %s", name);
     }
     CHECK(moe_format_supported(MOE_FORMAT_COUNT, MOE_BACKEND_CPU) == 0, "out of range");
     CHECK(moe_format_supported((moe_format)-1, MOE_BACKEND_REF) == 0, "negative");

@@ -189,14 +189,16 @@ static int bench_model(const moe_preset *p, moe_format fmt, const long *tokens, 
     CK(cudaMalloc((void **)&d_logits, (size_t)MAX_R * (size_t)(Tmax * E) * 4));
     xh = malloc((size_t)(Tmax * H) * 2);
     fill_bf16(xh, (size_t)(Tmax * H), &seed);
-    for (size_t i = 0; i < (size_t)(Tmax * H); i++) xh[i] = (uint16_t)(xh[i] + (7u << 7)); /* ~0.1..1 */
+    /* exponent + 7: activations of magnitude ~0.1 .. 1 */
+    for (size_t i = 0; i < (size_t)(Tmax * H); i++) xh[i] = (uint16_t)(xh[i] + (7u << 7));
     CK(cudaMemcpy(d_x, xh, (size_t)(Tmax * H) * 2, cudaMemcpyHostToDevice));
     logits = malloc((size_t)MAX_R * (size_t)(Tmax * E) * 4);
     ids = malloc((size_t)(Tmax * k) * 4);
     wts = malloc((size_t)(Tmax * k) * 4);
     seen = malloc((size_t)E);
     fill_f32(logits, (size_t)MAX_R * (size_t)(Tmax * E), -3.0f, 3.0f, &seed);
-    CK(cudaMemcpy(d_logits, logits, (size_t)MAX_R * (size_t)(Tmax * E) * 4, cudaMemcpyHostToDevice));
+    CK(cudaMemcpy(d_logits, logits, (size_t)MAX_R * (size_t)(Tmax * E) * 4,
+                  cudaMemcpyHostToDevice));
     CK(cudaDeviceSynchronize()); /* the layer's stream does not wait for the legacy stream */
 
     const double expert_bytes = fp8 ? (double)(r13 * H + H * I) +
@@ -249,7 +251,8 @@ static int bench_model(const moe_preset *p, moe_format fmt, const long *tokens, 
         const double peak = fp8 ? cl->fp8_tf : cl->bf16_tf;
         const double floor_us = touched / (cl->bw_gbs * 1e3) > flops / (peak * 1e6)
                                     ? touched / (cl->bw_gbs * 1e3) : flops / (peak * 1e6);
-        printf("| %-14s | %-9s | %6lld | %9.1f | %8.1f | %7.1f | %5.1f%% | %5.1f%% | %9.1f | %5.1f%% |\n",
+        printf("| %-14s | %-9s | %6lld | %9.1f | %8.1f | %7.1f | %5.1f%% | %5.1f%% | %9.1f "
+               "| %5.1f%% |\n",
                p->name, moe_format_name(fmt), (long long)T, us, touched / (us * 1e3),
                flops / (us * 1e6), 100.0 * touched / (us * 1e3) / cl->bw_gbs,
                100.0 * flops / (us * 1e6) / peak, floor_us, 100.0 * floor_us / us);
@@ -335,7 +338,8 @@ CLI_COMMAND_NAMED(bench_cuda, "bench-cuda", "time the CUDA layer (moe bench --ba
     printf("device %d: %s, %d SMs; ceilings: read %.0f GB/s (%s), bf16 %.0f TFLOP/s, fp8 %.0f "
            "TFLOP/s\n", device, prop.name, prop.multiProcessorCount, cl.bw_gbs, bw_src,
            cl.bf16_tf, cl.fp8_tf);
-    printf("| model          | weights   |      T |  µs/layer | GB/s eff | TFLOP/s | %%BW    | %%peak  |  floor µs | %%floor |\n");
+    printf("| model          | weights   |      T |  µs/layer | GB/s eff | TFLOP/s | %%BW    "
+           "| %%peak  |  floor µs | %%floor |\n");
     printf("|---|---|---|---|---|---|---|---|---|---|\n");
     int rc = 0;
     if (pn) {

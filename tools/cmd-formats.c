@@ -31,8 +31,8 @@ CLI_COMMAND(formats, "moe formats [--json]: weight formats, bits per weight, bac
         int c = moe_format_supported((moe_format)f, MOE_BACKEND_CPU);
         int g = moe_format_supported((moe_format)f, MOE_BACKEND_CUDA);
         if (json)
-            printf("{\"format\":\"%s\",\"block_elems\":%d,\"block_bytes\":%d,\"bits_per_weight\":%.4f,"
-                   "\"quantized\":%s,\"ref\":%d,\"cpu\":%d,\"cuda\":%d}\n",
+            printf("{\"format\":\"%s\",\"block_elems\":%d,\"block_bytes\":%d,"
+                   "\"bits_per_weight\":%.4f,\"quantized\":%s,\"ref\":%d,\"cpu\":%d,\"cuda\":%d}\n",
                    in.name, in.block_elems, in.block_bytes, in.bits_per_weight,
                    in.is_quantized ? "true" : "false", r, c, g);
         else

@@ -11,20 +11,23 @@
  *
  * Work is split into parallel phases, each one moe__pool_run over tasks:
  *
- *   0. gather: rows of x (scaled, or quantized for formats with activation
- *      quantization) into the workspace; the shared gate per row.
+ *   0. gather: rows of x (scaled by in_scale, then through the format's
+ *      act_quantize if it has one) into the workspace; the shared gate per
+ *      row.
  *   1. W13: task = (expert, block of bf activation columns). The task reads
  *      the bf gate rows and bf up rows of W13 (2 bf interleaved rows for
  *      SWIGLU_OAI, bf rows for RELU2) and applies them to ALL rows of the
- *      expert, chunk by chunk, then bias and activation into a.
- *   1b. (formats that quantize activations) a rows quantized for W2.
+ *      expert, chunk by chunk, then bias and the activation into a. The
+ *      activation is the scalar moe__activate_row run on the tile itself
+ *      (d_ff = bf over the tile's h), so its formulas are the reference's.
+ *   1b. (formats with act_quantize) a rows through it for W2.
  *   2. W2: task = (expert, block of bm output rows of W2) over all rows of
  *      the expert; bias, gate and the scatter into d->y.
  *
  * Decode (an expert has one or a few rows) thus streams every touched
  * weight byte exactly once, split evenly over the threads; prefill re-reads
  * a weight tile (about TILE_BYTES, sized to stay in L2) from cache for each
- * chunk of rows. With two jobs (routed and shared, OVERLAPPED) both jobs'
+ * chunk of NX_CHUNK rows. With two jobs (routed and shared, OVERLAPPED) both jobs'
  * tasks run in the same phases: that is the overlap.
  *
  * Determinism: tiles only split the output dimensions (weight rows, input
@@ -117,7 +120,6 @@ typedef struct job_state {
     char                     *ws;       /* this job's workspace                   */
     int32_t                  *active;   /* (n_active) local experts with rows     */
     int32_t                   n_active;
-    int64_t                   w13_rows; /* per expert                             */
     int64_t                   bf, nb1;  /* phase 1: columns per task, tasks/expert */
     int64_t                   bm, nb2;  /* phase 2: rows per task, tasks/expert   */
     int64_t                   n_tasks[4]; /* per phase                            */
@@ -367,7 +369,6 @@ static void job_plan(job_state *j, int n_threads) {
         j->active[k] = i;
     }
 
-    j->w13_rows = moe__w13_rows(o);
     const double rows_per_col = o->activation == MOE_ACT_RELU2 ? 1.0 : 2.0;
     j->bf  = tile_clamp(TILE_BYTES / (rows_per_col * (double)o->d_model * wb), BF_MAX, o->d_ff);
     j->bm  = tile_clamp(TILE_BYTES / ((double)o->d_ff * wb), BM_MAX, o->d_model);

@@ -53,8 +53,8 @@ static inline void fp_gemm(const moe__wmat *w, int64_t r0, int64_t r1, const voi
                 unpack(w, r, k0, kc, wf);
                 for (int64_t k = kc; k < kcp; k++) wf[k] = 0;
                 for (int64_t i = 0; i < nx; i++) {
-                    const float *x = (const float *)((const char *)xq + (size_t)(i0 + i) * xq_stride)
-                                     + k0; // (kc)
+                    const float *x = (const float *)((const char *)xq +
+                                                     (size_t)(i0 + i) * xq_stride) + k0; // (kc)
 #if FP_AVX512
                     __m512 a = acc[i];
                     int64_t k = 0;
@@ -62,7 +62,8 @@ static inline void fp_gemm(const moe__wmat *w, int64_t r0, int64_t r1, const voi
                         a = _mm512_fmadd_ps(_mm512_load_ps(wf + k), _mm512_loadu_ps(x + k), a);
                     if (k < kc) {
                         __mmask16 m = (__mmask16)((1u << (kc - k)) - 1);
-                        a = _mm512_fmadd_ps(_mm512_load_ps(wf + k), _mm512_maskz_loadu_ps(m, x + k), a);
+                        a = _mm512_fmadd_ps(_mm512_load_ps(wf + k),
+                                            _mm512_maskz_loadu_ps(m, x + k), a);
                     }
                     acc[i] = a;
 #else

@@ -51,11 +51,79 @@ static inline int perm64(int e) {
  * fp8_act_store). */
 static float *act_scales(void *xq, int64_t cols) { return (float *)((uint16_t *)xq + kp128(cols)); }
 
+#if FP8_AVX512
+/* e4m3(v) as an f32 value, 16 lanes, with exactly the rounding, saturation
+ * and NaN rule of moe__f32_to_e4m3 followed by moe__e4m3_to_f32. */
+static inline __m512 e4m3_round(__m512 v) {
+    const __m512i u    = _mm512_castps_si512(v);
+    const __m512i sign = _mm512_and_si512(u, _mm512_set1_epi32((int)0x80000000u));
+    const __m512i a    = _mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff));
+    /* normal range: keep 3 mantissa bits, round to nearest even */
+    __m512i r = _mm512_add_epi32(a, _mm512_add_epi32(_mm512_set1_epi32(0x7ffff),
+            _mm512_and_si512(_mm512_srli_epi32(a, 20), _mm512_set1_epi32(1))));
+    r = _mm512_and_si512(r, _mm512_set1_epi32((int)0xfff00000u));
+    /* subnormal range (below 2^-6): multiples of 2^-9, ties to even */
+    const __m512 av  = _mm512_castsi512_ps(a);
+    const __m512 sub = _mm512_mul_ps(
+        _mm512_cvtepi32_ps(_mm512_cvtps_epi32(_mm512_mul_ps(av, _mm512_set1_ps(512.0f)))),
+        _mm512_set1_ps(1.0f / 512.0f));
+    const __mmask16 is_sub = _mm512_cmplt_epi32_mask(a, _mm512_set1_epi32(0x3c800000));
+    const __mmask16 is_sat = _mm512_cmpge_epi32_mask(a, _mm512_set1_epi32(0x43e00000));
+    const __mmask16 is_nan = _mm512_cmpgt_epi32_mask(a, _mm512_set1_epi32(0x7f800000));
+    r = _mm512_mask_mov_epi32(r, is_sub, _mm512_castps_si512(sub));
+    r = _mm512_mask_mov_epi32(r, is_sat, _mm512_set1_epi32(0x43e00000));
+    r = _mm512_mask_mov_epi32(r, is_nan, _mm512_set1_epi32(0x7fc00000));
+    return _mm512_castsi512_ps(_mm512_or_si512(r, sign));
+}
+
+/* max(m, |x[i]|) over n values, NaN ignored (vmaxps returns its second
+ * operand when the first is NaN), as the scalar a > m ? a : m. */
+static inline float absmax_v(const float *x, int64_t n) {
+    __m512 m = _mm512_setzero_ps();
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) m = _mm512_max_ps(_mm512_abs_ps(_mm512_loadu_ps(x + i)), m);
+    if (i < n)
+        m = _mm512_max_ps(_mm512_abs_ps(_mm512_maskz_loadu_ps((__mmask16)((1u << (n - i)) - 1),
+                                                              x + i)), m);
+    return _mm512_reduce_max_ps(m);
+}
+#else
+static inline float absmax_v(const float *x, int64_t n) {
+    float m = 0;
+    for (int64_t i = 0; i < n; i++) m = fabsf(x[i]) > m ? fabsf(x[i]) : m;
+    return m;
+}
+#endif
+
 /* Writes the bf16 values of the activation row whose group scales are set. */
 static void fp8_act_store(const float *x, int64_t cols, void *xq) {
     const int64_t kp = kp128(cols);
     const float  *sx = act_scales(xq, cols);
     uint16_t     *xb = xq;
+#if FP8_AVX512
+    /* Natural order -> stored order of each 64: A = elements 16L + j,
+     * B = 16L + 8 + j (L < 4, j < 8), picked from the two halves. */
+    _Alignas(64) uint16_t ia[32], ib[32];
+    for (int m = 0; m < 32; m++) {
+        ia[m] = (uint16_t)(16 * (m / 8) + m % 8);
+        ib[m] = (uint16_t)(16 * (m / 8) + 8 + m % 8);
+    }
+    const __m512i pa = _mm512_load_si512(ia), pb = _mm512_load_si512(ib);
+    for (int64_t k0 = 0; k0 < kp; k0 += 64) {
+        __m256i h[4];
+        for (int q = 0; q < 4; q++) {
+            const int64_t k = k0 + 16 * q, n = cols - k;
+            const __mmask16 m = n >= 16 ? 0xffff : n <= 0 ? 0 : (__mmask16)((1u << n) - 1);
+            const __m512 v = _mm512_div_ps(_mm512_maskz_loadu_ps(m, x + (n > 0 ? k : 0)),
+                                           _mm512_set1_ps(sx[k / FP8_G]));
+            h[q] = _mm512_cvtepi32_epi16(_mm512_srli_epi32(_mm512_castps_si512(e4m3_round(v)), 16));
+        }
+        const __m512i n0 = _mm512_inserti64x4(_mm512_castsi256_si512(h[0]), h[1], 1);
+        const __m512i n1 = _mm512_inserti64x4(_mm512_castsi256_si512(h[2]), h[3], 1);
+        _mm512_storeu_si512(xb + k0, _mm512_permutex2var_epi16(n0, pa, n1));
+        _mm512_storeu_si512(xb + k0 + 32, _mm512_permutex2var_epi16(n0, pb, n1));
+    }
+#else
     for (int64_t k0 = 0; k0 < kp; k0 += 64) {
         for (int e = 0; e < 64; e++) {
             int64_t k = k0 + e;
@@ -66,13 +134,12 @@ static void fp8_act_store(const float *x, int64_t cols, void *xq) {
             xb[k0 + perm64(e)] = (uint16_t)(u >> 16); /* exact: e4m3 values are bf16 values */
         }
     }
+#endif
 }
 
 /* The scales of quant.h's emulation, computed the same way. */
 static float token_scale(const float *x, int64_t n) {
-    float m = 0;
-    for (int64_t i = 0; i < n; i++) m = fabsf(x[i]) > m ? fabsf(x[i]) : m;
-    float s = m / MOE_FP8_MAX;
+    float s = absmax_v(x, n) / MOE_FP8_MAX;
     const float smin = 1.0f / (MOE_FP8_MAX * 512.0f);
     return s > smin ? s : smin;
 }
@@ -97,8 +164,7 @@ static void act_block(const moe__wmat *w, const float *x, int64_t cols, void *xq
     float *sx = act_scales(xq, cols);
     for (int64_t g = 0; g < kp128(cols) / FP8_G; g++) {
         int64_t n = cols - g * FP8_G < FP8_G ? cols - g * FP8_G : FP8_G;
-        float m = 0;
-        for (int64_t i = 0; i < n; i++) m = fabsf(x[g * FP8_G + i]) > m ? fabsf(x[g * FP8_G + i]) : m;
+        const float m = absmax_v(x + g * FP8_G, n);
         sx[g] = (m > 1e-10f ? m : 1e-10f) / MOE_FP8_MAX;
     }
     fp8_act_store(x, cols, xq);

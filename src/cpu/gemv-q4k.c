@@ -24,6 +24,7 @@
 #include "cpu-formats.h"
 #include "../quant/quant.h"
 
+#include <math.h>
 #include <string.h>
 
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__) && defined(__F16C__)
@@ -46,11 +47,59 @@ static void act_q4k(const moe__wmat *w, const float *x, int64_t cols, void *xq) 
     float   *dx = (float *)(qa + cols);
     int32_t *bs = (int32_t *)(dx + cols / 256);
     for (int64_t b = 0; b < cols / MOE_QK_K; b++) {
+#if Q4K_AVX512
+        /* moe__quantize_row_q8_k's arithmetic, 16 lanes at a time: the
+         * signed value of largest magnitude (the first one on ties), the
+         * same iscale, products and round-to-nearest-even conversion. */
+        const float *xb = x + b * MOE_QK_K;
+        const __m512 inf = _mm512_set1_ps(INFINITY);
+        __m512 am = _mm512_setzero_ps();
+        bool   bad = false;
+        for (int c = 0; c < 16; c++) {
+            const __m512 a = _mm512_abs_ps(_mm512_loadu_ps(xb + 16 * c));
+            bad |= _mm512_cmp_ps_mask(a, inf, _CMP_NLT_UQ) != 0;
+            am = _mm512_max_ps(a, am);
+        }
+        int8_t *qb = qa + b * 256;
+        if (bad || _mm512_reduce_max_ps(am) == 0) {
+            memset(qb, 0, 256);
+            memset(bs + 8 * b, 0, 8 * sizeof(int32_t));
+            dx[b] = bad ? NAN : 0.0f;
+            continue;
+        }
+        const float amax = _mm512_reduce_max_ps(am);
+        float max = 0;
+        for (int c = 0; c < 16; c++) {
+            const __mmask16 hit = _mm512_cmp_ps_mask(_mm512_abs_ps(_mm512_loadu_ps(xb + 16 * c)),
+                                                     _mm512_set1_ps(amax), _CMP_EQ_OQ);
+            if (hit) {
+                max = xb[16 * c + __builtin_ctz(hit)];
+                break;
+            }
+        }
+        const float iscale = -127.0f / max;
+        const __m512 iv = _mm512_set1_ps(iscale);
+        for (int c = 0; c < 16; c += 2) {
+            __m512i q0 = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(xb + 16 * c), iv));
+            __m512i q1 = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(xb + 16 * c + 16), iv));
+            q0 = _mm512_min_epi32(q0, _mm512_set1_epi32(127));
+            q1 = _mm512_min_epi32(q1, _mm512_set1_epi32(127));
+            const int e = 16 * c; /* sub-block c / 2, at its stored place */
+            _mm_storeu_si128((__m128i *)(qb + e / 128 * 128 + q4k_perm(e % 128)),
+                             _mm512_cvtepi32_epi8(q0));
+            _mm_storeu_si128((__m128i *)(qb + e / 128 * 128 + q4k_perm(e % 128) + 16),
+                             _mm512_cvtepi32_epi8(q1));
+            bs[8 * b + c / 2] = _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
+        }
+        dx[b] = 1.0f / iscale;
+#else
         moe_block_q8_k blk;
         moe__quantize_row_q8_k(x + b * MOE_QK_K, &blk, MOE_QK_K);
         dx[b] = blk.d;
-        for (int e = 0; e < MOE_QK_K; e++) qa[b * 256 + e / 128 * 128 + q4k_perm(e % 128)] = blk.qs[e];
+        for (int e = 0; e < MOE_QK_K; e++)
+            qa[b * 256 + e / 128 * 128 + q4k_perm(e % 128)] = blk.qs[e];
         for (int s = 0; s < 8; s++) bs[b * 8 + s] = blk.bsums[2 * s] + blk.bsums[2 * s + 1];
+#endif
     }
 }
 
@@ -75,6 +124,14 @@ static inline void q4k_scales(const uint8_t *s, uint8_t sc[8], uint8_t m[8]) {
     }
 }
 
+#if Q4K_AVX512
+/* sum(q * qa) of 64 nibbles and 64 activation bytes, per 4 (16 lanes). */
+static inline __m512 q4k_dot(__m512i w, const int8_t *a) {
+    return _mm512_cvtepi32_ps(
+        _mm512_dpbusd_epi32(_mm512_setzero_si512(), w, _mm512_loadu_si512(a)));
+}
+#endif
+
 static void gemm_q4k(const moe__wmat *w, int64_t r0, int64_t r1, const void *xq, size_t xq_stride,
                      int64_t n_x, float *y, int64_t y_stride) {
     const int64_t K = w->cols, nb = K / MOE_QK_K;
@@ -88,7 +145,8 @@ static void gemm_q4k(const moe__wmat *w, int64_t r0, int64_t r1, const void *xq,
     const __m512i i57 = _mm512_add_epi32(i02, _mm512_set1_epi32(5));
 #endif
     for (int64_t r = r0; r < r1; r++) {
-        const moe_block_q4_k *blk = (const moe_block_q4_k *)((const char *)w->data + (size_t)r * row_bytes);
+        const moe_block_q4_k *blk =
+            (const moe_block_q4_k *)((const char *)w->data + (size_t)r * row_bytes); // (nb)
         if (r + Q4K_PF_ROWS < w->rows) {
             const char *p = (const char *)w->data + (size_t)(r + Q4K_PF_ROWS) * row_bytes;
             for (size_t o = 0; o < row_bytes; o += 64) __builtin_prefetch(p + o, 0, 3);
@@ -118,38 +176,44 @@ static void gemm_q4k(const moe__wmat *w, int64_t r0, int64_t r1, const void *xq,
                 const __m256 mn = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(
                                                     _mm_srli_si128(v, 8))),
                                                 _mm256_set1_ps(_cvtsh_ss(q->dmin)));
-                const __m512 s0 = _mm512_permutexvar_ps(i02, sc), s1 = _mm512_permutexvar_ps(i13, sc);
-                const __m512 s2 = _mm512_permutexvar_ps(i46, sc), s3 = _mm512_permutexvar_ps(i57, sc);
+                const __m512 s0 = _mm512_permutexvar_ps(i02, sc);
+                const __m512 s1 = _mm512_permutexvar_ps(i13, sc);
+                const __m512 s2 = _mm512_permutexvar_ps(i46, sc);
+                const __m512 s3 = _mm512_permutexvar_ps(i57, sc);
                 const __m512i v0 = _mm512_loadu_si512(q->qs), v1 = _mm512_loadu_si512(q->qs + 64);
                 const __m512i w0 = _mm512_and_si512(v0, m4);
                 const __m512i w1 = _mm512_and_si512(_mm512_srli_epi16(v0, 4), m4);
                 const __m512i w2 = _mm512_and_si512(v1, m4);
                 const __m512i w3 = _mm512_and_si512(_mm512_srli_epi16(v1, 4), m4);
                 for (int64_t i = 0; i < nx; i++) {
-                    const int8_t  *qa = (const int8_t *)((const char *)xq + (size_t)(i0 + i) * xq_stride);
+                    const int8_t  *qa = (const int8_t *)((const char *)xq +
+                                                         (size_t)(i0 + i) * xq_stride);
                     const float   *dx = (const float *)(qa + K);
                     const int32_t *bs = (const int32_t *)(dx + nb);
                     const int8_t  *a  = qa + b * 256;
-                    const __m512i z = _mm512_setzero_si512();
-                    __m512 t = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(z, w0, _mm512_loadu_si512(a))), s0);
-                    t = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(z, w1, _mm512_loadu_si512(a + 64))), s1, t);
-                    t = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(z, w2, _mm512_loadu_si512(a + 128))), s2, t);
-                    t = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(z, w3, _mm512_loadu_si512(a + 192))), s3, t);
+                    __m512 t = _mm512_mul_ps(q4k_dot(w0, a), s0);
+                    t = _mm512_fmadd_ps(q4k_dot(w1, a + 64), s1, t);
+                    t = _mm512_fmadd_ps(q4k_dot(w2, a + 128), s2, t);
+                    t = _mm512_fmadd_ps(q4k_dot(w3, a + 192), s3, t);
                     const __m512 d = _mm512_set1_ps(dx[b]);
                     acc[i] = _mm512_fmadd_ps(t, d, acc[i]);
-                    const __m256 bsv = _mm256_cvtepi32_ps(_mm256_loadu_si256((const __m256i *)(bs + 8 * b)));
-                    macc[i] = _mm256_fmadd_ps(_mm256_mul_ps(mn, bsv), _mm512_castps512_ps256(d), macc[i]);
+                    const __m256 bsv =
+                        _mm256_cvtepi32_ps(_mm256_loadu_si256((const __m256i *)(bs + 8 * b)));
+                    macc[i] = _mm256_fmadd_ps(_mm256_mul_ps(mn, bsv), _mm512_castps512_ps256(d),
+                                              macc[i]);
                 }
             }
             for (int64_t i = 0; i < nx; i++) {
-                __m128 h = _mm_add_ps(_mm256_castps256_ps128(macc[i]), _mm256_extractf128_ps(macc[i], 1));
+                __m128 h = _mm_add_ps(_mm256_castps256_ps128(macc[i]),
+                                      _mm256_extractf128_ps(macc[i], 1));
                 h = _mm_add_ps(h, _mm_movehl_ps(h, h));
                 h = _mm_add_ss(h, _mm_movehdup_ps(h));
                 y[(i0 + i) * y_stride + (r - r0)] = _mm512_reduce_add_ps(acc[i]) - _mm_cvtss_f32(h);
             }
 #else
             for (int64_t i = 0; i < nx; i++) {
-                const int8_t  *qa = (const int8_t *)((const char *)xq + (size_t)(i0 + i) * xq_stride);
+                const int8_t  *qa = (const int8_t *)((const char *)xq +
+                                                     (size_t)(i0 + i) * xq_stride);
                 const float   *dx = (const float *)(qa + K);
                 const int32_t *bs = (const int32_t *)(dx + nb);
                 float acc = 0, macc = 0;

@@ -24,7 +24,8 @@
  * The u * qa sums are exact int32; the fp32 order is fixed by K alone:
  * four 16-lane accumulators take the four 64-value quarters of every 256
  * values in increasing k, the correction is a fifth, and all are reduced
- * with one fixed tree at the end of the row. So a result depends on its weight row and input row only.
+ * with one fixed tree at the end of the row. So a result depends on its
+ * weight row and input row only.
  */
 #ifndef MOE_GEMV_Q8_H
 #define MOE_GEMV_Q8_H
@@ -68,7 +69,8 @@ typedef struct q8_act {
 static inline q8_act q8_act_view(const void *xq, int64_t cols) {
     int64_t kp = q8_kp(cols);
     const char *p = xq;
-    return (q8_act){ (const int8_t *)p, (const float *)(p + kp), (const int32_t *)(p + kp + kp / 4) };
+    return (q8_act){ (const int8_t *)p, (const float *)(p + kp),
+                     (const int32_t *)(p + kp + kp / 4) };
 }
 
 /* Fills the group sums and clears the padding of an activation row whose
@@ -126,7 +128,8 @@ static inline void q8_dot_chunk(const uint8_t *wu, const float *wd, const float 
 }
 
 static inline float q8_acc_value(const q8_acc *acc) {
-    __m512 s = _mm512_add_ps(_mm512_add_ps(acc->a[0], acc->a[1]), _mm512_add_ps(acc->a[2], acc->a[3]));
+    __m512 s = _mm512_add_ps(_mm512_add_ps(acc->a[0], acc->a[1]),
+                             _mm512_add_ps(acc->a[2], acc->a[3]));
     return _mm512_reduce_add_ps(s) - _mm512_reduce_add_ps(acc->c);
 }
 #else
@@ -181,7 +184,8 @@ static inline void q8_gemm(const moe__wmat *w, int64_t r0, int64_t r1, const voi
 #if Q8_AVX512
             q8_acc acc[Q8_XG];
             for (int64_t i = 0; i < nx; i++)
-                acc[i].a[0] = acc[i].a[1] = acc[i].a[2] = acc[i].a[3] = acc[i].c = _mm512_setzero_ps();
+                acc[i].a[0] = acc[i].a[1] = acc[i].a[2] = acc[i].a[3] = acc[i].c =
+                    _mm512_setzero_ps();
 #else
             float acc[Q8_XG][16], corr[Q8_XG][16];
             memset(acc, 0, sizeof acc);
@@ -195,7 +199,8 @@ static inline void q8_gemm(const moe__wmat *w, int64_t r0, int64_t r1, const voi
                 for (int64_t i = 0; i < nx; i++) {
                     q8_act a = q8_act_view((const char *)xq + (size_t)(i0 + i) * xq_stride, K);
 #if Q8_AVX512
-                    q8_dot_chunk(wu, wd, wc, a.qa + k0, a.ad + k0 / 16, a.as + k0 / 16, kcp, &acc[i]);
+                    q8_dot_chunk(wu, wd, wc, a.qa + k0, a.ad + k0 / 16, a.as + k0 / 16, kcp,
+                                 &acc[i]);
 #else
                     q8_dot_chunk(wu, wd, wc, a.qa + k0, a.ad + k0 / 16, a.as + k0 / 16, kcp, acc[i],
                                  corr[i]);

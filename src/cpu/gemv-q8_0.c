@@ -25,6 +25,7 @@
 #include "cpu-formats.h"
 #include "../quant/quant.h"
 
+#include <math.h>
 #include <string.h>
 
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__) && defined(__F16C__)
@@ -46,15 +47,45 @@ static void act_q80(const moe__wmat *w, const float *x, int64_t cols, void *xq) 
     float   *dl = (float *)(ns + kp / 4);
     memset(qa, 0, (size_t)kp);
     for (int64_t b = 0; b < cols / MOE_QK8_0; b++) {
+#if Q80_AVX512
+        /* moe__quantize_row_q8_0's arithmetic, 16 lanes at a time: the same
+         * absmax (exact), d and 1/d, products, and round-to-nearest-even
+         * conversion (vcvtps2dq in the default rounding mode). */
+        const __m512 x0 = _mm512_loadu_ps(x + 32 * b), x1 = _mm512_loadu_ps(x + 32 * b + 16);
+        const __m512 a0 = _mm512_abs_ps(x0), a1 = _mm512_abs_ps(x1);
+        const __m512 inf = _mm512_set1_ps(INFINITY);
+        const bool bad = _mm512_cmp_ps_mask(a0, inf, _CMP_NLT_UQ) |
+                         _mm512_cmp_ps_mask(a1, inf, _CMP_NLT_UQ);
+        if (bad) {
+            for (int j = 0; j < 8; j++) dl[b * 8 + j] = moe__f16_to_f32(0x7e00); /* NaN */
+            continue;
+        }
+        const float amax = _mm512_reduce_max_ps(_mm512_max_ps(a0, a1));
+        const float d = amax / 127.0f, id = d ? 1.0f / d : 0.0f;
+        const __m512 iv = _mm512_set1_ps(id);
+        _mm_storeu_si128((__m128i *)(qa + 32 * b),
+                         _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(_mm512_mul_ps(x0, iv))));
+        _mm_storeu_si128((__m128i *)(qa + 32 * b + 16),
+                         _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(_mm512_mul_ps(x1, iv))));
+        _mm256_storeu_ps(dl + 8 * b, _mm256_set1_ps(_cvtsh_ss(moe__f32_to_f16(d))));
+#else
         moe_block_q8_0 blk;
         moe__quantize_row_q8_0(x + b * MOE_QK8_0, &blk, MOE_QK8_0);
         memcpy(qa + b * MOE_QK8_0, blk.qs, MOE_QK8_0);
         const float d = moe__f16_to_f32(blk.d);
         for (int j = 0; j < 8; j++) dl[b * 8 + j] = d;
+#endif
     }
     for (int64_t j = cols / 4; j < kp / 4; j++) dl[j] = 0;
+#if Q80_AVX512
+    for (int64_t j = 0; j < kp / 4; j += 16)
+        _mm512_storeu_si512(ns + j, _mm512_sub_epi32(_mm512_setzero_si512(),
+                                _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_set1_epi8(1),
+                                                    _mm512_loadu_si512(qa + 4 * j))));
+#else
     for (int64_t j = 0; j < kp / 4; j++)
         ns[j] = -(qa[4 * j] + qa[4 * j + 1] + qa[4 * j + 2] + qa[4 * j + 3]);
+#endif
 }
 
 static inline float f16(uint16_t h) {
@@ -123,6 +154,35 @@ static inline __m256i block_u8(moe_format f, const void *row, int64_t i, float *
 }
 #endif
 
+#if Q80_AVX512
+/* NP activation rows (at xr, xq_stride apart) against one weight row:
+ * writes y[i * y_stride] for i < NP. */
+static inline __attribute__((always_inline)) void q80_rows(
+    moe_format f, const char *row, int64_t nb, int64_t kp, int shift, const char *xr,
+    size_t xq_stride, float *y, int64_t y_stride, int NP) {
+    __m512 acc[4][2];
+    for (int i = 0; i < NP; i++) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
+    for (int64_t p = 0; p < (nb + 1) / 2; p++) {
+        float   da = 0, db = 0;
+        __m256i ua = block_u8(f, row, 2 * p, &da), ub = _mm256_setzero_si256();
+        if (2 * p + 1 < nb) ub = block_u8(f, row, 2 * p + 1, &db);
+        const __m512i wv = _mm512_inserti64x4(_mm512_castsi256_si512(ua), ub, 1);
+        const __m512  dw = _mm512_mask_blend_ps(0xff00, _mm512_set1_ps(da), _mm512_set1_ps(db));
+        for (int i = 0; i < NP; i++) {
+            const int8_t  *qa = (const int8_t *)(xr + (size_t)i * xq_stride);
+            const int32_t *ns = (const int32_t *)(qa + kp);
+            const float   *dl = (const float *)(ns + kp / 4);
+            __m512i init = _mm512_slli_epi32(_mm512_loadu_si512(ns + 16 * p), (unsigned)shift);
+            __m512i sum  = _mm512_dpbusd_epi32(init, wv, _mm512_loadu_si512(qa + 64 * p));
+            __m512  t    = _mm512_mul_ps(_mm512_cvtepi32_ps(sum), dw);
+            acc[i][p & 1] = _mm512_fmadd_ps(t, _mm512_loadu_ps(dl + 16 * p), acc[i][p & 1]);
+        }
+    }
+    for (int i = 0; i < NP; i++)
+        y[i * y_stride] = _mm512_reduce_add_ps(_mm512_add_ps(acc[i][0], acc[i][1]));
+}
+#endif
+
 static void gemm_q80(const moe__wmat *w, int64_t r0, int64_t r1, const void *xq, size_t xq_stride,
                      int64_t n_x, float *y, int64_t y_stride) {
     const moe_format f = w->format;
@@ -140,32 +200,25 @@ static void gemm_q80(const moe__wmat *w, int64_t r0, int64_t r1, const void *xq,
         for (int64_t i0 = 0; i0 < n_x; i0 += Q80_XG) {
             const int64_t nx = n_x - i0 < Q80_XG ? n_x - i0 : Q80_XG;
 #if Q80_AVX512
-            /* One activation row at a time with register accumulators: the
-             * decode of a pair (a few instructions) is cheaper to repeat
-             * from L1 than accumulators kept in memory. */
-            for (int64_t i = 0; i < nx; i++) {
-                const int8_t  *qa = (const int8_t *)((const char *)xq + (size_t)(i0 + i) * xq_stride);
-                const int32_t *ns = (const int32_t *)(qa + kp);
-                const float   *dl = (const float *)(ns + kp / 4);
-                __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
-                for (int64_t p = 0; p < (nb + 1) / 2; p++) {
-                    float da = 0, db = 0;
-                    __m256i ua = block_u8(f, row, 2 * p, &da), ub = _mm256_setzero_si256();
-                    if (2 * p + 1 < nb) ub = block_u8(f, row, 2 * p + 1, &db);
-                    const __m512i wv = _mm512_inserti64x4(_mm512_castsi256_si512(ua), ub, 1);
-                    const __m512  dw = _mm512_mask_blend_ps(0xff00, _mm512_set1_ps(da), _mm512_set1_ps(db));
-                    __m512i init = _mm512_slli_epi32(_mm512_loadu_si512(ns + 16 * p), (unsigned)shift);
-                    __m512i sum  = _mm512_dpbusd_epi32(init, wv, _mm512_loadu_si512(qa + 64 * p));
-                    __m512  t    = _mm512_mul_ps(_mm512_cvtepi32_ps(sum), dw);
-                    if (p & 1) acc1 = _mm512_fmadd_ps(t, _mm512_loadu_ps(dl + 16 * p), acc1);
-                    else       acc0 = _mm512_fmadd_ps(t, _mm512_loadu_ps(dl + 16 * p), acc0);
-                }
-                y[(i0 + i) * y_stride + (r - r0)] = _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
+            /* Up to 4 activation rows per pass, all accumulators in
+             * registers; each pair of weight blocks is decoded once per
+             * pass. Per output the operations are the same in every pass
+             * size, so results do not depend on it. */
+            for (int64_t i = 0; i < nx;) {
+                const int64_t left = nx - i;
+                const int     np   = left >= 4 ? 4 : left >= 2 ? 2 : 1;
+                const char   *xr   = (const char *)xq + (size_t)(i0 + i) * xq_stride;
+                float        *yr   = y + (i0 + i) * y_stride + (r - r0);
+                if (np == 4)      q80_rows(f, row, nb, kp, shift, xr, xq_stride, yr, y_stride, 4);
+                else if (np == 2) q80_rows(f, row, nb, kp, shift, xr, xq_stride, yr, y_stride, 2);
+                else              q80_rows(f, row, nb, kp, shift, xr, xq_stride, yr, y_stride, 1);
+                i += np;
             }
 #else
             (void)kp;
             for (int64_t i = 0; i < nx; i++) {
-                const int8_t *qa = (const int8_t *)((const char *)xq + (size_t)(i0 + i) * xq_stride);
+                const int8_t *qa = (const int8_t *)((const char *)xq +
+                                                    (size_t)(i0 + i) * xq_stride);
                 const float  *dl = (const float *)((const int32_t *)(qa + kp) + kp / 4);
                 float acc = 0;
                 for (int64_t b = 0; b < nb; b++) {

@@ -114,7 +114,8 @@ static inline __m512 gptq_val(__m512i words, int j, int bits) {
 static inline __m512 awq_vals(const uint32_t *t, int64_t wpr, int64_t row_k, int64_t r,
                               __mmask16 m) {
     /* rows r..r+15 (r % 8 == 0 here): words r/8 and r/8 + 1 of table row row_k */
-    const __m512i shifts = _mm512_set_epi32(28, 12, 24, 8, 20, 4, 16, 0, 28, 12, 24, 8, 20, 4, 16, 0);
+    const __m512i shifts =
+        _mm512_set_epi32(28, 12, 24, 8, 20, 4, 16, 0, 28, 12, 24, 8, 20, 4, 16, 0);
     const __m512i which  = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
     const uint32_t *p = t + row_k * wpr + r / 8;
     /* The second word only when lanes 8..15 are live: past the last 8 rows
@@ -126,73 +127,99 @@ static inline __m512 awq_vals(const uint32_t *t, int64_t wpr, int64_t row_k, int
     return _mm512_maskz_cvtepi32_ps(m, v);
 }
 
-/* Rows of a tile processed together: each packed word-row of the tile is
- * then read as one contiguous run (16 rows = one 64-byte line for GPTQ)
- * instead of one line per page. */
-enum { WV_ROWS = 512 };
+/* Rows of a tile processed together, and the order: for each step of 8
+ * values along K, all 16-row vectors of the tile in turn. The packed
+ * words of one step for the whole tile are then one contiguous run (GPTQ:
+ * a word per row; AWQ: a word per 8 rows), read once, instead of one
+ * 64-byte line per page when each vector walked K alone. */
+enum { WV_ROWS = 512, WV_NV = WV_ROWS / 16 + 1, WV_PF = 4 };
 
-/* One group of 16 rows for NX activation rows (a compile-time count, so
- * that the partial sums stay in registers): ga[i] += (q - zero) * x_i. */
-static inline __attribute__((always_inline)) void wv_group(
-    const moe__wmat *w, const uint32_t *q, const uint32_t *z, int64_t g0, int64_t rb,
-    __mmask16 m, const float *const *xs, __m512 *ga, int bits, bool awq, int NX) {
-    const int64_t G = w->group_size, wpr = w->rows / 8;
-    if (awq) {
-        const __m512 zv = awq_vals(z, wpr, g0 / G, rb, m);
-        for (int64_t k = g0; k < g0 + G; k++) {
-            const __m512 val = _mm512_sub_ps(awq_vals(q, wpr, k, rb, m), zv);
-            for (int i = 0; i < NX; i++) ga[i] = _mm512_fmadd_ps(val, _mm512_set1_ps(xs[i][k]), ga[i]);
+/* 8 values along K (from k) of 16 rows for NX activation rows (a
+ * compile-time count): ga[i] += sum_j (q - zero)[k + j] * x_i[k + j]
+ * (times the act-order scale of each k when g_idx is set). */
+static inline __attribute__((always_inline)) void wv_step(
+    const moe__wmat *w, const uint32_t *q, int64_t k, int64_t rb, __mmask16 m, __m512 zv,
+    const float *const *xs, float (*ga)[16], int bits, bool awq, int NX) {
+    const int64_t wpr = w->rows / 8;
+    __m512 acc[4];
+    for (int i = 0; i < NX; i++) acc[i] = _mm512_load_ps(ga[i]);
+    const int     per   = 32 / bits;
+    __m512i       words = _mm512_setzero_si512();
+    for (int j = 0; j < 8; j++) {
+        __m512 val;
+        if (awq) {
+            val = _mm512_sub_ps(awq_vals(q, wpr, k + j, rb, m), zv);
+        } else {
+            if (j % per == 0) words = gptq_words(q, w, (k + j) / per, rb, m);
+            val = gptq_val(words, j % per, bits);
         }
-        return;
+        if (w->g_idx) val = _mm512_mul_ps(val, scales16(w, w->g_idx[k + j], rb, m));
+        for (int i = 0; i < NX; i++)
+            acc[i] = _mm512_fmadd_ps(val, _mm512_set1_ps(xs[i][k + j]), acc[i]);
     }
-    const int per = 32 / bits;
-    for (int64_t k = g0; k < g0 + G; k += per) {
-        const __m512i words = gptq_words(q, w, k / per, rb, m);
-        for (int j = 0; j < per; j++) {
-            __m512 val = gptq_val(words, j, bits);
-            if (w->g_idx) val = _mm512_mul_ps(val, scales16(w, w->g_idx[k + j], rb, m));
-            for (int i = 0; i < NX; i++)
-                ga[i] = _mm512_fmadd_ps(val, _mm512_set1_ps(xs[i][k + j]), ga[i]);
-        }
-    }
+    for (int i = 0; i < NX; i++) _mm512_store_ps(ga[i], acc[i]);
 }
 
 static inline __attribute__((always_inline)) void gemm_wv(
     const moe__wmat *w, int64_t r0, int64_t r1, const void *xq, size_t xq_stride, int64_t n_x,
     float *y, int64_t y_stride, int bits, bool awq) {
-    const int64_t K = w->cols, G = w->group_size;
+    const int64_t   K = w->cols, G = w->group_size, wpr = w->rows / 8;
     const uint32_t *q = w->data, *z = w->zeros;
-    _Alignas(64) float accbuf[WV_ROWS / 16 + 1][WV_XG][16];
+    _Alignas(64) float acc[WV_NV][WV_XG][16], ga[WV_NV][WV_XG][16];
+    __mmask16          mk[WV_NV];
     /* AWQ words hold 8 rows: vectors start on a multiple of 8 and mask. */
     const int64_t rs = awq ? r0 / 8 * 8 : r0;
     for (int64_t c0 = rs; c0 < r1; c0 += WV_ROWS) {
         const int64_t c1 = c0 + WV_ROWS < r1 ? c0 + WV_ROWS : r1, nv = (c1 - c0 + 15) / 16;
+        for (int64_t v = 0; v < nv; v++) {
+            const int64_t rb = c0 + 16 * v, n = c1 - rb < 16 ? c1 - rb : 16;
+            const int64_t skip = rb < r0 ? r0 - rb : 0;
+            mk[v] = (__mmask16)(((1u << n) - 1) & ~((1u << skip) - 1));
+        }
+        /* Bytes of one step's words for the tile, and their distance. */
+        const char  *pf0  = awq ? (const char *)(q + c0 / 8) : (const char *)(q + c0);
+        const size_t span = awq ? (size_t)(c1 - c0 + 7) / 8 * 4 : (size_t)(c1 - c0) * 4;
+        const size_t step = awq ? (size_t)wpr * 4 * 8
+                                : (size_t)w->rows * 4 * 8 / (size_t)(32 / bits);
         for (int64_t i0 = 0; i0 < n_x; i0 += WV_XG) {
             const int64_t nx = n_x - i0 < WV_XG ? n_x - i0 : WV_XG;
-            const float *xs[WV_XG];
+            const float  *xs[WV_XG];
             for (int64_t i = 0; i < WV_XG; i++)
-                xs[i] = (const float *)((const char *)xq + (size_t)(i0 + (i < nx ? i : 0)) * xq_stride);
-            memset(accbuf, 0, sizeof accbuf);
+                xs[i] = (const float *)((const char *)xq +
+                                        (size_t)(i0 + (i < nx ? i : 0)) * xq_stride);
+            memset(acc, 0, sizeof acc);
             for (int64_t g0 = 0; g0 < K; g0 += G) {
+                __m512 zv[WV_NV];
                 for (int64_t v = 0; v < nv; v++) {
-                    const int64_t rb = c0 + 16 * v, n = c1 - rb < 16 ? c1 - rb : 16;
-                    const int64_t skip = rb < r0 ? r0 - rb : 0;
-                    const __mmask16 m = (__mmask16)(((1u << n) - 1) & ~((1u << skip) - 1));
-                    __m512 ga[WV_XG];
-                    for (int i = 0; i < WV_XG; i++) ga[i] = _mm512_setzero_ps();
-                    if (nx == 1) wv_group(w, q, z, g0, rb, m, xs, ga, bits, awq, 1);
-                    else         wv_group(w, q, z, g0, rb, m, xs, ga, bits, awq, WV_XG);
-                    const __m512 sv = w->g_idx ? _mm512_set1_ps(1.0f) : scales16(w, g0 / G, rb, m);
+                    zv[v] = awq ? awq_vals(z, wpr, g0 / G, c0 + 16 * v, mk[v])
+                                : _mm512_setzero_ps();
+                    memset(ga[v], 0, sizeof ga[v]);
+                }
+                for (int64_t k = g0; k < g0 + G; k += 8) {
+                    if (k + 8 * WV_PF < K) {
+                        const char *p = pf0 + (size_t)((k + 8 * WV_PF) / 8) * step;
+                        for (size_t o = 0; o < span; o += 64) __builtin_prefetch(p + o, 0, 3);
+                    }
+                    for (int64_t v = 0; v < nv; v++) {
+                        if (nx == 1)
+                            wv_step(w, q, k, c0 + 16 * v, mk[v], zv[v], xs, ga[v], bits, awq, 1);
+                        else
+                            wv_step(w, q, k, c0 + 16 * v, mk[v], zv[v], xs, ga[v], bits, awq, 4);
+                    }
+                }
+                for (int64_t v = 0; v < nv; v++) {
+                    const __m512 sv = w->g_idx ? _mm512_set1_ps(1.0f)
+                                               : scales16(w, g0 / G, c0 + 16 * v, mk[v]);
                     for (int64_t i = 0; i < nx; i++)
-                        _mm512_store_ps(accbuf[v][i], _mm512_fmadd_ps(ga[i], sv,
-                                                                      _mm512_load_ps(accbuf[v][i])));
+                        _mm512_store_ps(acc[v][i], _mm512_fmadd_ps(_mm512_load_ps(ga[v][i]), sv,
+                                                                   _mm512_load_ps(acc[v][i])));
                 }
             }
             for (int64_t v = 0; v < nv; v++) {
                 const int64_t rb = c0 + 16 * v, n = c1 - rb < 16 ? c1 - rb : 16;
                 for (int64_t i = 0; i < nx; i++)
                     for (int64_t l = 0; l < n; l++)
-                        if (rb + l >= r0) y[(i0 + i) * y_stride + (rb + l - r0)] = accbuf[v][i][l];
+                        if (rb + l >= r0) y[(i0 + i) * y_stride + (rb + l - r0)] = acc[v][i][l];
             }
         }
     }

@@ -21,6 +21,7 @@ static __device__ int block_exclusive_scan(int *v, int n, int *warp_tot) {
     const int per = (n + ALIGN_THREADS - 1) / ALIGN_THREADS;
     const int b = tid * per, e = min(n, b + per);
     int s = 0;
+#pragma unroll 1
     for (int i = b; i < e; i++) s += v[i];
     int inc = s; // inclusive warp scan of the per-thread sums
     for (int o = 1; o < 32; o <<= 1) {
@@ -40,6 +41,7 @@ static __device__ int block_exclusive_scan(int *v, int n, int *warp_tot) {
     }
     __syncthreads();
     int run = warp_tot[wid] + inc - s;
+#pragma unroll 1
     for (int i = b; i < e; i++) {
         int c = v[i];
         v[i] = run;
@@ -61,9 +63,11 @@ static __device__ __forceinline__ int local_of(int32_t id, const int32_t *map, i
  * starts ts, by the whole block. */
 static __device__ void write_tiles(const int *st, const int *ts, int n_local, int n_rows,
                                    int n_tiles, int BM, int64_t max_tiles, moe__align_out o) {
+#pragma unroll 1
     for (int e = threadIdx.x; e < n_local; e += blockDim.x) {
         o.expert_start[e] = st[e];
         int rows = (e + 1 < n_local ? st[e + 1] : n_rows) - st[e];
+#pragma unroll 1
         for (int i = 0; i * BM < rows; i++) {
             int ti = ts[e] + i;
             if (ti < max_tiles) {
@@ -92,20 +96,25 @@ static __device__ void align_one_block(const int32_t *ids, int64_t n_slots, cons
     int *tcnt = cnt + n_local;      // (n_local) tiles, then tile starts
     int *cur  = tcnt + n_local;     // (n_local) placement cursors
     int *wtot = cur + n_local;      // (33) scan scratch
+#pragma unroll 1
     for (int e = threadIdx.x; e < n_local; e += ALIGN_THREADS) cnt[e] = 0;
     __syncthreads();
+#pragma unroll 1
     for (int64_t s = threadIdx.x; s < n_slots; s += ALIGN_THREADS) {
         int loc = local_of(ids[s], map, n_global, n_local);
         if (loc >= 0) atomicAdd(&cnt[loc], 1);
     }
     __syncthreads();
+#pragma unroll 1
     for (int e = threadIdx.x; e < n_local; e += ALIGN_THREADS) tcnt[e] = (cnt[e] + BM - 1) / BM;
     __syncthreads();
     int n_rows  = block_exclusive_scan(cnt, n_local, wtot);
     int n_tiles = block_exclusive_scan(tcnt, n_local, wtot);
+#pragma unroll 1
     for (int e = threadIdx.x; e < n_local; e += ALIGN_THREADS) cur[e] = cnt[e];
     write_tiles(cnt, tcnt, n_local, n_rows, n_tiles, BM, max_tiles, o);
     __syncthreads();
+#pragma unroll 1
     for (int64_t s = threadIdx.x; s < n_slots; s += ALIGN_THREADS) {
         int loc = local_of(ids[s], map, n_global, n_local);
         int row = -1;

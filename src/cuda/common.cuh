@@ -101,12 +101,6 @@ static __device__ __forceinline__ void ldmatrix_x4(uint32_t addr, uint32_t &r0, 
                  : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
                  : "r"(addr));
 }
-static __device__ __forceinline__ void ldmatrix_x2(uint32_t addr, uint32_t &r0, uint32_t &r1) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];\n"
-                 : "=r"(r0), "=r"(r1)
-                 : "r"(addr));
-}
-
 /* D += A . B for one 16x8 tile; the k extent is 32 bytes of operands: 16
  * bf16/f16 or 32 e4m3. The operand registers have the same byte layout for
  * the three types, so one set of ldmatrix loads serves all. */

@@ -2,17 +2,23 @@
  * cuda.cu - the CUDA backend: context streams, weight upload, workspace
  * layout and the forward that strings the ops together.
  *
- * Forward on the context's main stream (every step one launch):
- *   1. router logits from the gate (only when no logits are given)
- *   2. routing -> topk_ids, topk_w            (unless given)       route.cu
- *   3. group slots by expert, tile table                           align.cu
- *   4. x -> compute type (+ fp8 group scales, + shared gate)       finalize.cu
- *   5. W13 grouped GEMM + activation (+ fp8 quant of its output)   grouped-gemm-*.cu
- *   6. W2 grouped GEMM, bias, routing weight, f32 rows by slot     grouped-gemm-*.cu
- *   7. sum of each token's slots + shared output -> out            finalize.cu
- * Shared experts (5-6 on one expert whose rows are all tokens) run on the
- * main stream before 5, or with MOE_SHARED_OVERLAPPED / IN_COMBINE on the
- * aux stream between a fork event (after 4) and a join event (before 7).
+ * Forward on the context's main stream:
+ *   1. router logits from the gate (only when no logits are given)  route.cu
+ *   2. x -> compute type (+ fp8 group scales) and the shared gate   finalize.cu
+ *      (skipped when x already has the weights' type and no gate)
+ *   3. routing -> topk_ids, topk_w (unless given), then slots        route.cu, align.cu
+ *      grouped by expert + tile table; up to 64 tokens both in one  (decode-prologue.cu)
+ *      launch
+ *   4. W13 grouped GEMM + activation (+ fp8 quant of its output;    grouped-gemm-*.cu
+ *      fp8 decode: f32 rows, then a quantizing launch)
+ *   5. W2 grouped GEMM, bias, routing weight, f32 rows by slot      grouped-gemm-*.cu
+ *   6. sum of each token's slots + shared output -> out             finalize.cu
+ * 4, 5 and 6 are launched as programmatic dependents (PDL): each may start
+ * while its predecessor drains; W2 streams its first weight stages before it
+ * waits (grouped-gemm.cuh). Shared experts (4-5 on one expert whose rows are
+ * all tokens) run on the main stream before the routed ones, or with
+ * MOE_SHARED_OVERLAPPED / IN_COMBINE on the aux stream between a fork event
+ * (after 3) and a join event (before 6).
  *
  * The regime is chosen from n_tokens alone: BM = 16 rows per tile (decode:
  * each touched weight row streamed once) when an expert gets about 16 rows or
@@ -59,8 +65,10 @@ typedef struct cuda_layer {
     size_t prologue_smem;         /* decode prologue's shared memory, 0 = not usable   */
 } cuda_layer;
 
-/* Batches up to this many tokens take the one-launch decode prologue. */
+/* Batches up to this many tokens (and slots: align's one-block bound) take
+ * the one-launch decode prologue. */
 #define DECODE_PROLOGUE_TOKENS 64
+#define DECODE_PROLOGUE_SLOTS  4096
 
 static void cuda_ctx_free(void *p) {
     cuda_ctx *c = (cuda_ctx *)p;
@@ -153,7 +161,8 @@ static moe_status upload_experts(moe_routed_experts *e, const float *gate, char 
     const size_t bgate = gate ? (size_t)x->H * 4 : 0;
     if (x->dtype == MOE_CUDA_FP8 && (!bs13 || !bs2)) {
         moe__free(x);
-        return moe__errf(err, errlen, MOE_ERR_INVALID_ARG, "cuda: fp8-block weights without scales");
+        return moe__errf(err, errlen, MOE_ERR_INVALID_ARG,
+                         "cuda: fp8-block weights without scales");
     }
     size_t total = 0;
     const size_t sizes[8] = { b13, b2, bs13, bs2, bb13, bb2, bmap, bgate };
@@ -161,8 +170,9 @@ static moe_status upload_experts(moe_routed_experts *e, const float *gate, char 
     cudaError_t ce = cudaMalloc(&x->block, total ? total : 1);
     if (ce != cudaSuccess) {
         moe__free(x);
-        return moe__errf(err, errlen, MOE_ERR_CUDA, "cuda: cannot allocate %zu bytes of weights: %s",
-                         total, cudaGetErrorString(ce));
+        return moe__errf(err, errlen, MOE_ERR_CUDA,
+                         "cuda: cannot allocate %zu bytes of weights: %s", total,
+                         cudaGetErrorString(ce));
     }
     char *blk = (char *)x->block;
     size_t off = 0;
@@ -230,11 +240,13 @@ static moe_status upload_router(moe_layer *l, char *err, size_t errlen) {
     size_t off = 0;
     if (nb) {
         x->bias = (float *)place(blk, &off, nb);
-        MOE_CUDA_TRY(cudaMemcpy(x->bias, r->correction_bias, nb, cudaMemcpyHostToDevice), err, errlen);
+        MOE_CUDA_TRY(cudaMemcpy(x->bias, r->correction_bias, nb, cudaMemcpyHostToDevice), err,
+                     errlen);
     }
     if (ng) {
         x->gate_w = (float *)place(blk, &off, ng);
-        MOE_CUDA_TRY(cudaMemcpy(x->gate_w, r->gate_weight, ng, cudaMemcpyHostToDevice), err, errlen);
+        MOE_CUDA_TRY(cudaMemcpy(x->gate_w, r->gate_weight, ng, cudaMemcpyHostToDevice), err,
+                     errlen);
     }
     if (ngb) {
         x->gate_b = (float *)place(blk, &off, ngb);
@@ -322,6 +334,8 @@ size_t moe__cuda_workspace_size(const moe_layer *l, int64_t n_tokens) {
 
 // ---- entry points
 
+int moe__cuda_format_supported(moe_format f) { return dtype_of(f) >= 0; }
+
 int moe__cuda_device_count(void) {
     int n = 0;
     if (cudaGetDeviceCount(&n) != cudaSuccess) {
@@ -374,7 +388,8 @@ void moe__cuda_layer_destroy(moe_layer *l) {
 moe_status moe__cuda_route(moe_layer *l, int64_t T, const float *logits, int32_t *ids, float *w) {
     cuda_ctx *c = (cuda_ctx *)l->ctx->cuda;
     const cuda_layer *cl = (const cuda_layer *)l->cuda;
-    if (!c || !cl) return moe__errf(l->err, sizeof l->err, MOE_ERR_INTERNAL, "cuda: layer not set up");
+    if (!c || !cl)
+        return moe__errf(l->err, sizeof l->err, MOE_ERR_INTERNAL, "cuda: layer not set up");
     MOE_CUDA_TRY(moe__route_cuda(&l->opts.router->opts, cl->bias, logits, T, ids, w, c->main),
                  l->err, sizeof l->err);
     return MOE_OK;
@@ -523,14 +538,15 @@ moe_status moe__cuda_layer_forward(moe_layer *l, int64_t T, const void *x, const
     }
     /* x is the A operand as it is when it already has the weights' type;
      * else it is converted (fp8: quantized) into xq */
-    const bool conv = !same_type(io, ex->dtype);
+    const bool x16 = (uintptr_t)x % 16 == 0; // the GEMM copies 16-byte chunks of A rows
+    const bool conv = !x16 || !same_type(io, ex->dtype);
     const void *xa = conv ? (const void *)xq : x;
     char *xq_sh = two_types ? xq + (size_t)(T * H) * 2 : xq;
-    const void *xa_sh = sx && !same_type(io, sx->dtype) ? (const void *)xq_sh : x;
+    const void *xa_sh = sx && (!x16 || !same_type(io, sx->dtype)) ? (const void *)xq_sh : x;
     if (conv || (sx && sx->gate))
         MOE_CUDA_TRY(moe__prepare_x_cuda(x, io, T, H, ex->dtype, conv ? xq : NULL, xs,
                                          sx ? sx->gate : NULL, sg, st), err, errlen);
-    if (T <= DECODE_PROLOGUE_TOKENS && S <= 4096 && cl->prologue_smem) {
+    if (T <= DECODE_PROLOGUE_TOKENS && S <= DECODE_PROLOGUE_SLOTS && cl->prologue_smem) {
         // routing and grouping of a small batch in one launch
         moe__prologue_args pa;
         memset(&pa, 0, sizeof pa);
@@ -577,16 +593,17 @@ moe_status moe__cuda_layer_forward(moe_layer *l, int64_t T, const void *x, const
             MOE_CUDA_TRY(cudaStreamWaitEvent(c->aux, c->fork, 0), err, errlen);
         }
         int sbm = pick_bm(sx->dtype, T, 1);
-        if ((s = run_experts(l, sx, &sh->mlp->opts, T, sbm, xa_sh, xs, NULL, 1, NULL, NULL, NULL, cdiv(T, sbm),
-                             NULL, sx->gate ? sg : NULL, sh_h1, sh_h1q, sh_h1s, sh_y, 0, ss)))
+        if ((s = run_experts(l, sx, &sh->mlp->opts, T, sbm, xa_sh, xs, NULL, 1, NULL, NULL, NULL,
+                             cdiv(T, sbm), NULL, sx->gate ? sg : NULL, sh_h1, sh_h1q, sh_h1s, sh_y,
+                             0, ss)))
             return s;
         if (overlap) MOE_CUDA_TRY(cudaEventRecord(c->join, c->aux), err, errlen);
     }
     // 5-6. routed experts
     const bool llama4 = ro->scoring == MOE_SCORING_LLAMA4;
-    if ((s = run_experts(l, ex, &l->opts.experts->opts, S, bm, xa, xs, ao.row_slot, k, ao.expert_start, ao.tiles,
-                         ao.n_tiles, mt, llama4 ? w_in : NULL, llama4 ? NULL : w_in, h1, h1q, h1s,
-                         y, 1, st)))
+    if ((s = run_experts(l, ex, &l->opts.experts->opts, S, bm, xa, xs, ao.row_slot, k,
+                         ao.expert_start, ao.tiles, ao.n_tiles, mt, llama4 ? w_in : NULL,
+                         llama4 ? NULL : w_in, h1, h1q, h1s, y, 1, st)))
         return s;
     if (overlap) MOE_CUDA_TRY(cudaStreamWaitEvent(st, c->join, 0), err, errlen);
     // 7. combine

@@ -39,6 +39,9 @@ moe_status moe__cuda_route(moe_layer *l, int64_t n_tokens, const float *logits, 
                            float *topk_w);
 /* CUDA devices visible (0 when none or no driver). */
 int        moe__cuda_device_count(void);
+/* 1 when the CUDA backend has kernels for weights in format f, else 0
+ * (moe_format_supported(), src/quant/support.c). */
+int        moe__cuda_format_supported(moe_format f);
 
 #ifdef __cplusplus
 }

@@ -26,6 +26,7 @@ static __global__ void __launch_bounds__(PRO_THREADS)
     if (a.route) {
         const size_t F = route_warp_floats(&a.o);
         float *key = psm + (size_t)warp * F;
+#pragma unroll 1
         for (int64_t t = warp; t < a.T; t += PRO_THREADS / 32)
             route_token_warp(a.o, a.bias, a.logits + t * E, key, key + E, key + 2 * E,
                              a.ids + t * k, a.w + t * k);

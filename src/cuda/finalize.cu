@@ -50,7 +50,8 @@ static __global__ void __launch_bounds__(PREP_THREADS)
     if (gate) {
         __shared__ float part[PREP_THREADS / 32];
         float s = 0.0f;
-        for (int64_t c = tid; c < H; c += PREP_THREADS) s += load_io(xr, t * H + c, io_fmt) * gate[c];
+        for (int64_t c = tid; c < H; c += PREP_THREADS)
+            s += load_io(xr, t * H + c, io_fmt) * gate[c];
         s = warp_sum(s);
         if (lane == 0) part[wid] = s;
         __syncthreads();
@@ -135,9 +136,9 @@ cudaError_t moe__finalize_cuda(const float *y, const int32_t *slot_row, const fl
         cfg.attrs = attr;
         cfg.numAttrs = 1;
     }
-    cudaError_t e = v4 ? cudaLaunchKernelEx(&cfg, finalize_kernel<4>, y, slot_row, shared_y, T, k, H,
-                                            out, io_fmt)
-                       : cudaLaunchKernelEx(&cfg, finalize_kernel<1>, y, slot_row, shared_y, T, k, H,
-                                            out, io_fmt);
+    cudaError_t e = v4 ? cudaLaunchKernelEx(&cfg, finalize_kernel<4>, y, slot_row, shared_y, T, k,
+                                            H, out, io_fmt)
+                       : cudaLaunchKernelEx(&cfg, finalize_kernel<1>, y, slot_row, shared_y, T, k,
+                                            H, out, io_fmt);
     return e != cudaSuccess ? e : cudaGetLastError();
 }

@@ -11,7 +11,8 @@
  * experts at full bandwidth), so there W13 stores f32 rows and one small
  * prepare launch quantizes them (cuda.cu), with the same numerics.
  *
- *   BM = 16 decode:  BN = 32, 2 warps (1 x 2), 8 stages, W13 output f32
+ *   BM = 16 decode:  BN = 32, 2 warps (1 x 2), 8 stages, W13 output f32 (BN = 64 with 4
+ *                    warps was measured 4-7% slower at T = 64: dev/cuda/NOTES.md v5)
  *   BM = 64 prefill: W13 BN = 256 / 128, W2 BN = 128; 8 warps (2 x 4)
  */
 #include "grouped-gemm.cuh"

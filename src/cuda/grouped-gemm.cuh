@@ -30,18 +30,6 @@
 
 // ---- device helpers
 
-template <int DT> struct gemm_out_t;
-template <> struct gemm_out_t<MOE_CUDA_BF16> {
-    static __device__ __forceinline__ void put(void *p, int64_t i, float v) {
-        ((__nv_bfloat16 *)p)[i] = __float2bfloat16_rn(v);
-    }
-};
-template <> struct gemm_out_t<MOE_CUDA_F16> {
-    static __device__ __forceinline__ void put(void *p, int64_t i, float v) {
-        ((__half *)p)[i] = __float2half_rn(v);
-    }
-};
-
 static __device__ __forceinline__ bool act_is_gated(int act) {
     return act == MOE_ACT_SILU || act == MOE_ACT_GELU || act == MOE_ACT_GELU_TANH;
 }
@@ -195,9 +183,8 @@ static __global__ void __launch_bounds__(WM *WN * 32)
         if (DT == MOE_CUDA_FP8) {
             for (int i = threadIdx.x; i < BN; i += NTHR) {
                 const int src = b_src[i];
-                const float *p = g.w_scale + (src >= 0 ? ((int64_t)e * nblk + src / MOE_CUDA_QBLOCK) *
-                                                             kblocks + kt
-                                                       : 0);
+                const int64_t o = ((int64_t)e * nblk + src / MOE_CUDA_QBLOCK) * kblocks + kt;
+                const float  *p = g.w_scale + (src >= 0 ? o : 0);
                 cp_async4(smem_u32(sAs + st * (BM + BN) + BM + i), p, src >= 0 ? 4 : 0);
             }
         }
@@ -255,7 +242,9 @@ static __global__ void __launch_bounds__(WM *WN * 32)
         const int st = kt % STAGES;
         const uint32_t a_base = smem_u32(sA + (size_t)st * BM * 128);
         const uint32_t b_base = smem_u32(sB + (size_t)st * BN * 128);
-        float tmp[DT == MOE_CUDA_FP8 ? MT : 1][DT == MOE_CUDA_FP8 ? NTL : 1][4];
+        // fp8: each 128-wide K block accumulates here, then is scaled into acc
+        constexpr int TMT = DT == MOE_CUDA_FP8 ? MT : 1, TNT = DT == MOE_CUDA_FP8 ? NTL : 1;
+        float tmp[TMT][TNT][4];
         if (DT == MOE_CUDA_FP8) {
 #pragma unroll
             for (int i = 0; i < MT; i++)
@@ -285,9 +274,8 @@ static __global__ void __launch_bounds__(WM *WN * 32)
             for (int mt = 0; mt < MT; mt++)
 #pragma unroll
                 for (int nt = 0; nt < NTL; nt++) {
-                    if (DT == MOE_CUDA_FP8)
-                        mma_16x8<DT>(tmp[DT == MOE_CUDA_FP8 ? mt : 0][DT == MOE_CUDA_FP8 ? nt : 0],
-                                     af[mt], bfr[nt]);
+                    if constexpr (DT == MOE_CUDA_FP8)
+                        mma_16x8<DT>(tmp[mt % TMT][nt % TNT], af[mt], bfr[nt]);
                     else
                         mma_16x8<DT>(acc[mt][nt], af[mt], bfr[nt]);
                 }
@@ -302,15 +290,16 @@ static __global__ void __launch_bounds__(WM *WN * 32)
 #pragma unroll
             for (int nt = 0; nt < NTL; nt++)
 #pragma unroll
-                for (int h = 0; h < 2; h++) sw[nt][h] = ss[BM + wn * TN + nt * 8 + (lane & 3) * 2 + h];
+                for (int h = 0; h < 2; h++)
+                    sw[nt][h] = ss[BM + wn * TN + nt * 8 + (lane & 3) * 2 + h];
 #pragma unroll
             for (int mt = 0; mt < MT; mt++)
 #pragma unroll
                 for (int nt = 0; nt < NTL; nt++)
 #pragma unroll
                     for (int q = 0; q < 4; q++)
-                        acc[mt][nt][q] += tmp[DT == MOE_CUDA_FP8 ? mt : 0][DT == MOE_CUDA_FP8 ? nt : 0][q] *
-                                          sa[mt][q >> 1] * sw[nt][q & 1];
+                        acc[mt][nt][q] += tmp[mt % TMT][nt % TNT][q] * sa[mt][q >> 1] *
+                                          sw[nt][q & 1];
         }
     }
     cp_async_wait<0>();
@@ -388,7 +377,8 @@ static __global__ void __launch_bounds__(WM *WN * 32)
                 *(__nv_bfloat162 *)((__nv_bfloat16 *)g.out + o) =
                     __floats2bfloat162_rn(act_at(r, j), act_at(r, j + 1));
             } else {
-                *(__half2 *)((__half *)g.out + o) = __floats2half2_rn(act_at(r, j), act_at(r, j + 1));
+                *(__half2 *)((__half *)g.out + o) =
+                    __floats2half2_rn(act_at(r, j), act_at(r, j + 1));
             }
         }
     } else {
@@ -412,7 +402,8 @@ static __global__ void __launch_bounds__(WM *WN * 32)
                 uint32_t packed = 0;
 #pragma unroll
                 for (int q = 0; q < 4; q++) {
-                    __nv_fp8_storage_t b = __nv_cvt_float_to_fp8(v[q] / scale, __NV_SATFINITE, __NV_E4M3);
+                    __nv_fp8_storage_t b =
+                        __nv_cvt_float_to_fp8(v[q] / scale, __NV_SATFINITE, __NV_E4M3);
                     packed |= (uint32_t)b << (8 * q);
                 }
                 *(uint32_t *)((uint8_t *)g.out + (int64_t)(r0 + r) * g.N_out + n0 + j0) = packed;
@@ -453,7 +444,8 @@ static cudaError_t gemm_launch(const moe__gemm_args *g, cudaStream_t st) {
         cfg.attrs = attr;
         cfg.numAttrs = 1;
     }
-    cudaError_t e = cudaLaunchKernelEx(&cfg, grouped_gemm_kernel<DT, BM, BN, WM, WN, STAGES, W13>, a);
+    cudaError_t e =
+        cudaLaunchKernelEx(&cfg, grouped_gemm_kernel<DT, BM, BN, WM, WN, STAGES, W13>, a);
     return e != cudaSuccess ? e : cudaGetLastError();
 }
 

@@ -24,6 +24,7 @@ static __device__ __forceinline__ bool pair_better(float ka, int ia, float kb, i
 static __device__ __forceinline__ int warp_argmax(const float *key, int n, float *best_key) {
     float bk = -INFINITY;
     int   bi = INT32_MAX;
+#pragma unroll 1
     for (int e = threadIdx.x & 31; e < n; e += 32) {
         float v = key[e];
         if (v != v) continue; // taken
@@ -36,6 +37,21 @@ static __device__ __forceinline__ int warp_argmax(const float *key, int n, float
     }
     *best_key = bk;
     return bi;
+}
+
+/* This lane's best entry among key[lane], key[lane + 32], ... skipping
+ * taken (NaN) entries: larger key, then lower index (the scan ascends). */
+static __device__ __forceinline__ void lane_best(const float *key, int n, float *bk, int *bi) {
+    float k = -INFINITY;
+    int   i = INT32_MAX;
+#pragma unroll 1
+    for (int e = threadIdx.x & 31; e < n; e += 32) {
+        float v = key[e];
+        if (v != v) continue; // taken
+        if (i == INT32_MAX || v > k) { k = v; i = e; }
+    }
+    *bk = k;
+    *bi = i;
 }
 
 static __device__ __forceinline__ float sigmoid_f(float x) { return 1.0f / (1.0f + expf(-x)); }
@@ -52,6 +68,8 @@ static __device__ void route_token_warp(const moe_router_options &o, const float
 
     if (o.scoring == MOE_SCORING_SOFTMAX) {
         float m = -INFINITY, n_inf = 0.0f;
+        // the one cold read of the logits: unrolled so that its loads overlap
+#pragma unroll 4
         for (int e = lane; e < E; e += 32) {
             float v = l[e];
             if (v == INFINITY) n_inf += 1.0f;
@@ -60,6 +78,7 @@ static __device__ void route_token_warp(const moe_router_options &o, const float
         m = warp_max(m);
         n_inf = warp_sum(n_inf);
         float sum = 0.0f;
+#pragma unroll 1
         for (int e = lane; e < E; e += 32) {
             float v = l[e], p;
             if (n_inf > 0.0f) p = v == INFINITY ? 1.0f / n_inf : 0.0f;
@@ -70,14 +89,17 @@ static __device__ void route_token_warp(const moe_router_options &o, const float
         }
         sum = warp_sum(sum);
         if (n_inf == 0.0f && m != -INFINITY)
+#pragma unroll 1
             for (int e = lane; e < E; e += 32) score[e] /= sum;
     } else if (o.scoring == MOE_SCORING_SIGMOID) {
+#pragma unroll 4
         for (int e = lane; e < E; e += 32) {
             float v = l[e];
             score[e] = v != v ? 0.0f : sigmoid_f(v);
         }
     }
     __syncwarp();
+#pragma unroll 4
     for (int e = lane; e < E; e += 32) {
         float v = l[e];
         if (v != v || v == -INFINITY) key[e] = -INFINITY;
@@ -89,9 +111,11 @@ static __device__ void route_token_warp(const moe_router_options &o, const float
     if (ng) {
         // group scores as grouped.c: best, or best + second with a bias
         const int m = E / ng;
+#pragma unroll 1
         for (int gi = lane; gi < ng; gi += 32) {
             const float *kk = key + gi * m;
             float best = kk[0], second = -INFINITY;
+#pragma unroll 1
             for (int i = 1; i < m; i++) {
                 if (kk[i] > best) { second = best; best = kk[i]; }
                 else if (kk[i] > second) second = kk[i];
@@ -100,6 +124,7 @@ static __device__ void route_token_warp(const moe_router_options &o, const float
         }
         __syncwarp();
         // keep topk_group groups (taken groups marked NaN in gsc: kept)
+#pragma unroll 1
         for (int r = 0; r < o.topk_group; r++) {
             float bk;
             int g = warp_argmax(gsc, ng, &bk);
@@ -108,6 +133,7 @@ static __device__ void route_token_warp(const moe_router_options &o, const float
             __syncwarp();
         }
         // exclude experts of groups not kept
+#pragma unroll 1
         for (int e = lane; e < E; e += 32) {
             float gs = gsc[e / m];
             if (gs == gs) key[e] = NAN;
@@ -120,17 +146,32 @@ static __device__ void route_token_warp(const moe_router_options &o, const float
      * serial weight math then never waits on global memory. */
     int32_t *sid = (int32_t *)(gsc + ng);
     float   *swt = (float *)(sid + k);
+    /* k rounds of a warp argmax over each lane's best remaining entry; lane
+     * l owns entries e = l (mod 32), so only the round's winner touches
+     * shared memory (marks its entry taken, rescans its own entries): one
+     * butterfly per round instead of a scan of all E keys. */
+    float lk;
+    int   li;
+    lane_best(key, E, &lk, &li);
+#pragma unroll 1
     for (int j = 0; j < k; j++) {
-        float bk;
-        int sel = warp_argmax(key, E, &bk);
-        __syncwarp();
-        if (lane == 0) {
-            sid[j] = sel;
-            swt[j] = bk; // selected key, replaced by the weight below
-            key[sel] = NAN;
+        float bk = lk;
+        int   bi = li;
+        for (int o = 16; o > 0; o >>= 1) {
+            float ok = __shfl_xor_sync(0xffffffffu, bk, o);
+            int   oi = __shfl_xor_sync(0xffffffffu, bi, o);
+            if (pair_better(ok, oi, bk, bi)) { bk = ok; bi = oi; }
         }
-        __syncwarp();
+        if (lane == 0) {
+            sid[j] = bi;
+            swt[j] = bk; // selected key, replaced by the weight below
+        }
+        if (bi == li && bi != INT32_MAX) { // this lane's entry won
+            key[bi] = NAN;
+            lane_best(key, E, &lk, &li);
+        }
     }
+    __syncwarp();
     if (lane == 0) {
         float *w = swt;
         const bool masked_row = w[0] == -INFINITY;
@@ -141,34 +182,45 @@ static __device__ void route_token_warp(const moe_router_options &o, const float
                 const float m = w[0];
                 if (m == INFINITY) {
                     float n_inf = 0.0f;
+#pragma unroll 1
                     for (int j = 0; j < k; j++) n_inf += w[j] == INFINITY ? 1.0f : 0.0f;
+#pragma unroll 1
                     for (int j = 0; j < k; j++) w[j] = w[j] == INFINITY ? 1.0f / n_inf : 0.0f;
                 } else {
                     float sum = 0.0f;
+#pragma unroll 1
                     for (int j = 0; j < k; j++) { w[j] = expf(w[j] - m); sum += w[j]; }
+#pragma unroll 1
                     for (int j = 0; j < k; j++) w[j] /= sum;
                 }
             }
         } else if (o.scoring == MOE_SCORING_LLAMA4) {
             normalized = false;
+#pragma unroll 1
             for (int j = 0; j < k; j++) w[j] = sigmoid_f(w[j]);
         } else {
             normalized = o.renormalize != 0;
+#pragma unroll 1
             for (int j = 0; j < k; j++) w[j] = score[sid[j]];
             if (normalized && !masked_row) {
                 float sum = 0.0f;
+#pragma unroll 1
                 for (int j = 0; j < k; j++) sum += w[j];
                 if (sum == 0.0f) sum = 1.0f;
+#pragma unroll 1
                 for (int j = 0; j < k; j++) w[j] /= sum;
             }
         }
         if (masked_row)
+#pragma unroll 1
             for (int j = 0; j < k; j++) w[j] = normalized ? 1.0f / (float)k : 0.0f;
         const float f = o.routed_scaling_factor == 0.0f ? 1.0f : o.routed_scaling_factor;
         if (f != 1.0f)
+#pragma unroll 1
             for (int j = 0; j < k; j++) w[j] *= f;
     }
     __syncwarp();
+#pragma unroll 1
     for (int j = lane; j < k; j += 32) {
         id[j] = sid[j];
         wt[j] = swt[j];

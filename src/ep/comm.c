@@ -139,6 +139,13 @@ moe_status moe__ep_select_pf(const moe_layer_options *o, const moe__prepare_fina
     if (o->backend == MOE_BACKEND_CUDA)
         return moe__errf(err, errlen, MOE_ERR_UNSUPPORTED,
                          "an MPI communicator carries host memory; backend cuda needs NCCL");
+    /* Row counts and offsets are int32: every rank may send max_tokens * top_k rows. */
+    int64_t rows = (int64_t)p->comm->size * (o->max_tokens > 0 ? o->max_tokens : 1) *
+                   o->router->opts.top_k;
+    if (rows > INT32_MAX)
+        return moe__errf(err, errlen, MOE_ERR_LIMIT,
+                         "%d ranks x max_tokens %lld x top_k %d rows exceed 2^31",
+                         p->comm->size, (long long)o->max_tokens, o->router->opts.top_k);
     moe_status st;
     switch (p->mode) {
     case MOE_PARALLEL_EP:

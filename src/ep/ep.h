@@ -43,7 +43,11 @@ typedef struct moe__msg {
     size_t  bytes;
 } moe__msg;
 
-typedef enum moe__phase { MOE__PHASE_DISPATCH = 0, MOE__PHASE_COMBINE, MOE__PHASE_OTHER } moe__phase;
+typedef enum moe__phase {
+    MOE__PHASE_DISPATCH = 0,
+    MOE__PHASE_COMBINE,
+    MOE__PHASE_OTHER,
+} moe__phase;
 
 typedef struct moe__comm_ops {
     /* Posts sends and receives, waits for all until the deadline. */
@@ -61,6 +65,8 @@ struct moe_comm {
     moe_status           broken;       /* sticky failure, MOE_OK while healthy            */
     moe__phase           phase;        /* what the current exchange is, for the stats     */
     moe_comm_stats       stats;
+    double               call_end;     /* deadline of the EP call in progress (monotonic
+                                          seconds), 0 = each exchange gets deadline_ms    */
     void                *pending;      /* the EP forward in flight between prepare and
                                           finalize (its state lives in the workspace)     */
     void                *impl;         /* transport state                                 */
@@ -69,7 +75,9 @@ struct moe_comm {
 
 /* Runs one exchange: refuses on a broken communicator, records stats, and
  * makes a failure sticky. Sends and receives to this rank itself are not
- * allowed (callers copy locally). */
+ * allowed (callers copy locally). Every rank must make the same sequence of
+ * exchanges, also with nothing to send or receive: the tags carry the
+ * exchange's sequence number. */
 moe_status moe__comm_exchange(moe_comm *c, moe__phase phase, const moe__msg *sends, int n_sends,
                               const moe__msg *recvs, int n_recvs);
 /* Sets c->err and returns s (does not break the communicator). */

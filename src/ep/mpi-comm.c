@@ -106,8 +106,10 @@ static moe_status mpi_exchange(moe_comm *c, const moe__msg *sends, int n_sends,
                                const moe__msg *recvs, int n_recvs) {
     mpi_state *m = c->impl;
     const int  n = n_sends + n_recvs;
+    if (n == 0) return MOE_OK;
     if (grow(m, n)) return moe__comm_errf(c, MOE_ERR_NOMEM, "out of memory for MPI requests");
-    const double t0 = moe__now_s(), deadline = t0 + c->deadline_ms * 1e-3;
+    const double t0 = moe__now_s();
+    const double deadline = c->call_end ? c->call_end : t0 + c->deadline_ms * 1e-3;
     const int    seq_tag = (int)(c->seq % 1024) * 16;
     char         why[MPI_MAX_ERROR_STRING + 64];
     int          posted = 0, rc;

@@ -57,7 +57,7 @@ static moe_status settle(moe_comm *c, double deadline, const char *what) {
 static moe_status nccl_exchange(moe_comm *c, const moe__msg *sends, int n_sends,
                                 const moe__msg *recvs, int n_recvs) {
     nccl_state  *s = c->impl;
-    const double deadline = moe__now_s() + c->deadline_ms * 1e-3;
+    const double deadline = c->call_end ? c->call_end : moe__now_s() + c->deadline_ms * 1e-3;
     ncclResult_t r = ncclGroupStart();
     for (int i = 0; i < n_recvs && (r == ncclSuccess || r == ncclInProgress); i++)
         r = ncclRecv(recvs[i].buf, recvs[i].bytes, ncclUint8, recvs[i].peer, s->comm, s->stream);

@@ -17,8 +17,13 @@
  *                (pf-local.c), so with batch-invariant experts the output is
  *                bitwise the single-rank output for any number of ranks.
  * Every rank exchanges with every peer in both phases, also with zero rows:
- * a dead or silent peer is then seen by everyone. Activations travel as f32
- * (no activation quantization before sending yet).
+ * a dead or silent peer is then seen by everyone. Each call (prepare,
+ * finalize) has one deadline, deadline_ms from its start, shared by its
+ * exchanges. Activations travel as bf16 when the experts' format rounds its
+ * activations to bf16 anyway (MXFP4, NVFP4: rounding twice is rounding once,
+ * so the output stays bitwise the same; not with Llama-4's input weight,
+ * applied before that rounding), and as f32 otherwise: formats with int8 or
+ * fp8 activations quantize on arrival, as they would on one rank.
  *
  * Tensor parallel: the local prepare/finalize on this rank's d_ff slice, then
  * the partial outputs are all-gathered and summed in rank order (the same
@@ -29,6 +34,8 @@
  * time).
  */
 #include "ep.h"
+
+#include "../quant/quant.h"   /* moe__bf16_act_fake_quant_ref */
 
 #include <math.h>
 #include <signal.h>
@@ -83,6 +90,13 @@ static int64_t cap_rows(const moe_layer *l) {
     return (int64_t)par(l)->comm->size * l->opts.max_tokens * l->opts.router->opts.top_k;
 }
 
+/* Activations on the wire as bf16 (see the top of the file). */
+static bool wire_bf16(const moe_layer *l) {
+    const moe__format_traits *ft = moe__format(l->opts.experts->opts.format);
+    return ft && ft->act_fake_quant_ref == moe__bf16_act_fake_quant_ref &&
+           l->opts.router->opts.scoring != MOE_SCORING_LLAMA4;
+}
+
 static int64_t ep_max_rows(const moe_layer *l, int64_t n_tokens) {
     (void)n_tokens;
     return cap_rows(l);
@@ -91,7 +105,7 @@ static int64_t ep_max_rows(const moe_layer *l, int64_t n_tokens) {
 /* Carving sizes, in order. */
 typedef struct ep_sizes {
     size_t call, counts, hdr, msgs, phys, send_slot, pos, send_meta, send_x;
-    size_t recv_meta, recv_x, recv_ids, recv_scale, rows, start, y;
+    size_t recv_meta, recv_x, recv_h, recv_ids, recv_scale, rows, start, y;
 } ep_sizes;
 
 static ep_sizes ep_sizes_for(const moe_layer *l, int64_t n) {
@@ -104,6 +118,7 @@ static ep_sizes ep_sizes_for(const moe_layer *l, int64_t n) {
         .phys = S * sizeof(int32_t), .send_slot = S * sizeof(int32_t), .pos = S * sizeof(int32_t),
         .send_meta = S * sizeof(ep_meta), .send_x = S * H * sizeof(float),
         .recv_meta = C * sizeof(ep_meta), .recv_x = C * H * sizeof(float),
+        .recv_h = wire_bf16(l) ? C * H * sizeof(uint16_t) : 0,
         .recv_ids = C * sizeof(int32_t), .recv_scale = C * sizeof(float),
         .rows = C * sizeof(int32_t),
         .start = ((size_t)l->opts.experts->opts.n_experts + 1) * sizeof(int32_t),
@@ -113,7 +128,7 @@ static ep_sizes ep_sizes_for(const moe_layer *l, int64_t n) {
 
 static size_t ep_workspace_size(const moe_layer *l, int64_t n) {
     ep_sizes s = ep_sizes_for(l, n);
-    const size_t *f = &s.call;
+    const size_t *f = &s.call;   /* every field of ep_sizes is a size_t */
     size_t total = 0;
     for (size_t i = 0; i < sizeof s / sizeof(size_t); i++) total += moe__align_up(f[i], 64) + 64;
     return total;
@@ -125,7 +140,8 @@ static moe_status fail(moe_layer *l, moe_status st, const char *what) {
 }
 
 /* A protocol violation found by us: breaks the communicator like a transport failure. */
-static moe_status protocol(moe_layer *l, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static moe_status protocol(moe_layer *l, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
 static moe_status protocol(moe_layer *l, const char *fmt, ...) {
     moe_comm *c = par(l)->comm;
     va_list ap;
@@ -136,13 +152,26 @@ static moe_status protocol(moe_layer *l, const char *fmt, ...) {
     return fail(l, MOE_ERR_PROTOCOL, "expert-parallel dispatch");
 }
 
+static moe_status ep_prepare_call(moe_layer *l, moe__dispatch *d, void *ws, size_t ws_size);
+
+/* One deadline for the whole call, however many exchanges it makes. */
 static moe_status ep_prepare(moe_layer *l, moe__dispatch *d, void *ws, size_t ws_size) {
+    moe_comm *c = par(l)->comm;
+    c->call_end = moe__now_s() + c->deadline_ms * 1e-3;
+    moe_status st = ep_prepare_call(l, d, ws, ws_size);
+    c->call_end = 0;
+    return st;
+}
+
+static moe_status ep_prepare_call(moe_layer *l, moe__dispatch *d, void *ws, size_t ws_size) {
     const moe_parallel   *p = par(l);
     moe_comm             *c = p->comm;
     const moe_expert_map *m = p->map;
     const int32_t P = c->size, me = c->rank, K = d->top_k;
     const int64_t H = d->d_model, S = d->n_tokens * K, C = cap_rows(l);
     const int64_t max_rows_peer = l->opts.max_tokens * K;
+    const bool    bf16 = wire_bf16(l);
+    const size_t  xb   = (size_t)H * (bf16 ? sizeof(uint16_t) : sizeof(float));  /* row bytes */
     if (c->broken) return fail(l, c->broken, "expert-parallel dispatch");
 
     ep_sizes sz = ep_sizes_for(l, d->n_tokens);
@@ -158,13 +187,15 @@ static moe_status ep_prepare(moe_layer *l, moe__dispatch *d, void *ws, size_t ws
     float   *send_x    = moe__ws_take(&cur, end, sz.send_x);
     ep_meta *recv_meta = moe__ws_take(&cur, end, sz.recv_meta);
     float   *recv_x    = moe__ws_take(&cur, end, sz.recv_x);
+    uint16_t *recv_h   = moe__ws_take(&cur, end, sz.recv_h);
     int32_t *recv_ids  = moe__ws_take(&cur, end, sz.recv_ids);
     float   *recv_sc   = moe__ws_take(&cur, end, sz.recv_scale);
     int32_t *rows      = moe__ws_take(&cur, end, sz.rows);
     int32_t *start     = moe__ws_take(&cur, end, sz.start);
     float   *y         = moe__ws_take(&cur, end, sz.y);
     if (!call || !counts || !hdr || !msgs || !phys || !send_slot || !pos || !send_meta ||
-        !send_x || !recv_meta || !recv_x || !recv_ids || !recv_sc || !rows || !start || !y)
+        !send_x || !recv_meta || !recv_x || !recv_h || !recv_ids || !recv_sc || !rows || !start ||
+        !y)
         return moe__errf(l->err, sizeof l->err, MOE_ERR_WORKSPACE, "mpi prepare: workspace");
     int32_t *send_cnt = counts, *send_off = counts + (P + 1), *recv_cnt = counts + 2 * (P + 1),
             *recv_off = counts + 3 * (P + 1);
@@ -185,7 +216,13 @@ static moe_status ep_prepare(moe_layer *l, moe__dispatch *d, void *ws, size_t ws
         send_slot[i] = (int32_t)s;
         pos[s]       = i;
         send_meta[i] = (ep_meta){ (int32_t)s, phys[s], d->in_scale ? d->in_scale[s] : 1.0f, me };
-        memcpy(send_x + (size_t)i * H, d->x + (s / K) * H, (size_t)H * sizeof(float));
+        const float *xr = d->x + (s / K) * H;
+        if (bf16) {
+            uint16_t *o = (uint16_t *)(void *)send_x + (size_t)i * H;
+            for (int64_t k = 0; k < H; k++) o[k] = moe__f32_to_bf16(xr[k]);
+        } else {
+            memcpy(send_x + (size_t)i * H, xr, (size_t)H * sizeof(float));
+        }
     }
 
     /* 3. Counts first: a header to and from every peer. */
@@ -201,7 +238,8 @@ static moe_status ep_prepare(moe_layer *l, moe__dispatch *d, void *ws, size_t ws
     for (int32_t r = 0; r < P && moe__ep_fault_point; r++) {
         if (r == me) continue;
         if (moe__ep_fault_point == MOE__FAULT_BAD_MAGIC) hdr_out[r].magic ^= 0x100;
-        if (moe__ep_fault_point == MOE__FAULT_BIG_COUNT) hdr_out[r].n_rows = (int32_t)max_rows_peer + 1;
+        if (moe__ep_fault_point == MOE__FAULT_BIG_COUNT)
+            hdr_out[r].n_rows = (int32_t)max_rows_peer + 1;
     }
     if ((st = moe__comm_exchange(c, MOE__PHASE_DISPATCH, sends, ns, recvs, nr)))
         return fail(l, st, "expert-parallel dispatch (counts)");
@@ -233,20 +271,21 @@ static moe_status ep_prepare(moe_layer *l, moe__dispatch *d, void *ws, size_t ws
         if (send_cnt[r]) {
             sends[ns++] = (moe__msg){ r, 1, send_meta + send_off[r],
                                       (size_t)send_cnt[r] * sizeof(ep_meta) };
-            sends[ns++] = (moe__msg){ r, 2, send_x + (size_t)send_off[r] * H,
-                                      (size_t)send_cnt[r] * (size_t)H * sizeof(float) };
+            sends[ns++] = (moe__msg){ r, 2, (char *)send_x + (size_t)send_off[r] * xb,
+                                      (size_t)send_cnt[r] * xb };
         }
         if (recv_cnt[r]) {
             recvs[nr++] = (moe__msg){ r, 1, recv_meta + recv_off[r],
                                       (size_t)recv_cnt[r] * sizeof(ep_meta) };
-            recvs[nr++] = (moe__msg){ r, 2, recv_x + (size_t)recv_off[r] * H,
-                                      (size_t)recv_cnt[r] * (size_t)H * sizeof(float) };
+            recvs[nr++] = (moe__msg){ r, 2, (bf16 ? (char *)recv_h : (char *)recv_x) +
+                                             (size_t)recv_off[r] * xb,
+                                      (size_t)recv_cnt[r] * xb };
         }
     }
     memcpy(recv_meta + recv_off[me], send_meta + send_off[me],
            (size_t)send_cnt[me] * sizeof(ep_meta));
-    memcpy(recv_x + (size_t)recv_off[me] * H, send_x + (size_t)send_off[me] * H,
-           (size_t)send_cnt[me] * (size_t)H * sizeof(float));
+    memcpy((bf16 ? (char *)recv_h : (char *)recv_x) + (size_t)recv_off[me] * xb,
+           (char *)send_x + (size_t)send_off[me] * xb, (size_t)send_cnt[me] * xb);
     fault(c, MOE__FAULT_MID_DISPATCH, MOE__PHASE_DISPATCH, sends, ns);
     for (int i = 0; i < ns && moe__ep_fault_point; i++) {
         ep_meta *mt = sends[i].sub == 1 ? sends[i].buf : NULL;
@@ -254,8 +293,10 @@ static moe_status ep_prepare(moe_layer *l, moe__dispatch *d, void *ws, size_t ws
         if (mt && moe__ep_fault_point == MOE__FAULT_BAD_SLOT) mt->slot = -1;
         if (sends[i].sub == 2 && moe__ep_fault_point == MOE__FAULT_LONG_ROWS) sends[i].bytes += 4;
     }
-    if ((ns || nr) && (st = moe__comm_exchange(c, MOE__PHASE_DISPATCH, sends, ns, recvs, nr)))
+    if ((st = moe__comm_exchange(c, MOE__PHASE_DISPATCH, sends, ns, recvs, nr)))
         return fail(l, st, "expert-parallel dispatch (rows)");
+    if (bf16)
+        for (int64_t i = 0; i < R * H; i++) recv_x[i] = moe__bf16_to_f32(recv_h[i]);
 
     /* 5. Validate, then group by local expert (stable: rows in arrival order). */
     const int32_t n_local = l->opts.experts->opts.n_experts;
@@ -430,8 +471,20 @@ static moe_status tp_prepare(moe_layer *l, moe__dispatch *d, void *ws, size_t ws
     return moe__pf_local.prepare(l, d, local, lws);
 }
 
+static moe_status tp_finalize_call(moe_layer *l, const moe__dispatch *d, const float *shared_y,
+                                   float *out);
+
 static moe_status tp_finalize(moe_layer *l, const moe__dispatch *d, const float *shared_y,
                               float *out) {
+    moe_comm *c = par(l)->comm;
+    c->call_end = moe__now_s() + c->deadline_ms * 1e-3;
+    moe_status st = tp_finalize_call(l, d, shared_y, out);
+    c->call_end = 0;
+    return st;
+}
+
+static moe_status tp_finalize_call(moe_layer *l, const moe__dispatch *d, const float *shared_y,
+                                   float *out) {
     moe_comm *c    = par(l)->comm;
     tp_call  *call = c->pending;
     c->pending     = NULL;
@@ -477,7 +530,7 @@ static moe_status tp_finalize(moe_layer *l, const moe__dispatch *d, const float 
         sends[ns++] = (moe__msg){ r, 1, mine, part_bytes };
         recvs[nr++] = (moe__msg){ r, 1, call->parts + (size_t)r * (size_t)(n * H), part_bytes };
     }
-    if ((ns || nr) && (st = moe__comm_exchange(c, MOE__PHASE_COMBINE, sends, ns, recvs, nr)))
+    if ((st = moe__comm_exchange(c, MOE__PHASE_COMBINE, sends, ns, recvs, nr)))
         return fail(l, st, "tensor-parallel all-reduce");
     /* Sum in rank order, then the shared experts: the same on every rank. */
     for (int64_t i = 0; i < n * H; i++) {

@@ -104,7 +104,11 @@ static moe_status skip_value(cursor *c, uint32_t type, const moe__io_limits *lim
     /* smallest encoding of one element: its fixed size, 8 for a string
      * (length), 12 for an array (type + length) */
     uint64_t min = et == MOE__GGUF_STRING ? 8 : et == MOE__GGUF_ARRAY ? 12 : scalar_size[et];
-    if (n > left(c) / min) return need(c, UINT64_MAX, "array elements");
+    if (n > left(c) / min)
+        return moe__errf(c->err, c->errlen, MOE_ERR_TRUNCATED,
+                         "GGUF: array of %llu elements (>= %llu bytes each) at offset %llu, %llu bytes left",
+                         (unsigned long long)n, (unsigned long long)min, (unsigned long long)c->pos,
+                         (unsigned long long)left(c));
     if (et != MOE__GGUF_STRING && et != MOE__GGUF_ARRAY && et != MOE__GGUF_BOOL) {
         c->pos += n * min;
         return MOE_OK;

@@ -196,7 +196,9 @@ static moe_status parse_number(parser *p, moe__json_node *nd) {
         while (p->pos < p->n && s[p->pos] >= '0' && s[p->pos] <= '9') p->pos++;
     }
     /* strtod needs a terminated copy; numbers longer than 64 bytes are
-     * refused rather than copied (no real config has them). */
+     * refused rather than copied (no real config has them). The grammar was
+     * checked above, so a process locale whose decimal point is not '.'
+     * makes strtod stop early and the number is refused (never misread). */
     size_t len = p->pos - b;
     char buf[72];
     if (len > 64) { p->pos = b; return fail(p, MOE_ERR_JSON, "number longer than 64 bytes"); }
@@ -344,6 +346,25 @@ static moe_status parse_value(parser *p, uint32_t *out) {
     }
 }
 
+/* An upper bound on the values in a valid document, from one pass: each
+ * value but the first of its container follows a ',', the first follows a
+ * '[' or '{', and the root is one more (commas and brackets inside strings do
+ * not count). Sizing the node array once avoids regrowing it (copies and 2x
+ * slack); for invalid input the bound may be low, and the array then grows. */
+static size_t count_values(const char *s, size_t n) {
+    size_t count = 1;
+    for (size_t i = 0; i < n; i++) {
+        char c = s[i];
+        if (c == '"') {
+            for (i++; i < n && s[i] != '"'; i++)
+                if (s[i] == '\\') i++;
+        } else if (c == ',' || c == '[' || c == '{') {
+            count++;
+        }
+    }
+    return count;
+}
+
 moe_status moe__json_parse(const char *text, size_t len, const moe__json_limits *lim,
                            moe__json *out, char *err, size_t errlen) {
     memset(out, 0, sizeof *out);
@@ -354,8 +375,19 @@ moe_status moe__json_parse(const char *text, size_t len, const moe__json_limits 
         return moe__errf(err, errlen, MOE_ERR_LIMIT, "JSON: %zu bytes exceed the limit %zu",
                          len, max_bytes);
     parser p = { .s = text, .n = len, .max_depth = max_depth, .err = err, .errlen = errlen };
+    /* a valid document has at most (len + 1) / 2 values: that caps what
+     * garbage (",,,,") can make us reserve */
+    size_t cap = count_values(text, len);
+    if (cap > len / 2 + 1) cap = len / 2 + 1;
+    if (cap > UINT32_MAX / 2) cap = UINT32_MAX / 2;
     p.arena = moe__malloc(len + 1);
-    if (!p.arena) return moe__errf(err, errlen, MOE_ERR_NOMEM, "JSON: out of memory");
+    p.nodes = moe__calloc(cap, sizeof *p.nodes);
+    if (!p.arena || !p.nodes) {
+        moe__free(p.arena);
+        moe__free(p.nodes);
+        return moe__errf(err, errlen, MOE_ERR_NOMEM, "JSON: out of memory");
+    }
+    p.cap_nodes = (uint32_t)cap;
     uint32_t root;
     moe_status s = parse_value(&p, &root);
     if (!s) {

@@ -20,9 +20,10 @@
  * C strings must reject.
  *
  * Memory: the arena is at most the input length + 1 bytes and the node array
- * at most one node per 2 input bytes + 1 (every value but the last takes a
- * byte plus a separator), so peak memory is linear in the input, never in a
- * count the input declares.
+ * (56 bytes a node) is sized once by a pre-count of the values, at most one
+ * per 2 input bytes + 1 (every value but the last takes a byte plus a
+ * separator), so peak memory is linear in the input, never in a count the
+ * input declares.
  *
  * Errors: MOE_ERR_JSON (syntax, bad UTF-8, bad escape, bad number),
  * MOE_ERR_DUPLICATE (a key twice in one object), MOE_ERR_LIMIT (depth or
@@ -60,8 +61,10 @@ typedef struct moe__json_node {
     const char *str;           /* strings: decoded, NUL-terminated                   */
     size_t      len;           /* strings: decoded length                            */
     double      num;           /* numbers: nearest double                            */
-    uint64_t    u;             /* numbers with MOE__JSON_U64                         */
-    int64_t     i;             /* numbers with MOE__JSON_I64                         */
+    union {                    /* the same bits where both flags are set (0..2^63-1) */
+        uint64_t u;            /* numbers with MOE__JSON_U64                         */
+        int64_t  i;            /* numbers with MOE__JSON_I64                         */
+    };
 } moe__json_node;
 
 typedef struct moe__json {

@@ -91,11 +91,33 @@ static const uint8_t *mat(const moe__mtensor *const *arr, int stacked, int32_t e
     return stacked ? arr[0]->data + (size_t)e * bytes : arr[e]->data;
 }
 
-/* Builds w13 / w2 weights (and biases) of the routed experts into eo. */
+/* The first expert of sel when sel is the run sel[0], sel[0] + 1, ...
+ * (the slice of a stacked tensor can then be borrowed), else -1. */
+static int32_t run_start(const int32_t *sel, int32_t n) {
+    for (int32_t i = 1; i < n; i++)
+        if (sel[i] != sel[0] + i) return -1;
+    return sel[0];
+}
+
+/* Stacked tensor t (E, ...) of `bytes` per expert, restricted to experts
+ * sel[0, n): a borrowed slice when they are consecutive, else a copy. */
+static const void *pick(moe_model_layer *ml, const uint8_t *t, size_t bytes, const int32_t *sel, int32_t n,
+                        size_t align) {
+    int32_t r = run_start(sel, n);
+    if (r >= 0) return view(ml, t + (size_t)r * bytes, (size_t)n * bytes, align);
+    uint8_t *o = own(ml, (size_t)n * bytes);
+    if (o)
+        for (int32_t i = 0; i < n; i++) memcpy(o + (size_t)i * bytes, t + (size_t)sel[i] * bytes, bytes);
+    return o;
+}
+
+/* Builds w13 / w2 weights (and biases) of the routed experts into eo: the
+ * n_local experts held here, local expert i being the model's sel[i]. */
 static moe_status build_routed(moe_model_layer *ml, const moe_model *m, const moe__mlayer *b,
-                               moe_experts_options *eo, char *err, size_t errlen) {
+                               const int32_t *sel, int32_t n_local, moe_experts_options *eo, char *err,
+                               size_t errlen) {
     const moe__mcfg *c = &m->cfg;
-    const int32_t E = c->n_experts;
+    const int32_t E = n_local, E_all = c->n_experts;
     const int64_t H = c->d_model, I = c->d_ff;
     moe__wsizes s13, s2;
     moe_status s;
@@ -106,15 +128,17 @@ static moe_status build_routed(moe_model_layer *ml, const moe_model *m, const mo
                                  .activation = c->activation, .swiglu_alpha = c->swiglu_alpha,
                                  .swiglu_limit = c->swiglu_limit, .flags = MOE_EXPERTS_BORROW };
     if (b->layout == MOE__LAYOUT_FUSED) {
-        if ((s = check_bytes(b->w13, (uint64_t)E * s13.data, err, errlen)) ||
-            (s = check_bytes(b->w2, (uint64_t)E * s2.data, err, errlen)) ||
-            (b->w13_s && (s = check_bytes(b->w13_s, (uint64_t)E * s13.scales, err, errlen))) ||
-            (b->w2_s && (s = check_bytes(b->w2_s, (uint64_t)E * s2.scales, err, errlen))))
+        if ((s = check_bytes(b->w13, (uint64_t)E_all * s13.data, err, errlen)) ||
+            (s = check_bytes(b->w2, (uint64_t)E_all * s2.data, err, errlen)) ||
+            (b->w13_s && (s = check_bytes(b->w13_s, (uint64_t)E_all * s13.scales, err, errlen))) ||
+            (b->w2_s && (s = check_bytes(b->w2_s, (uint64_t)E_all * s2.scales, err, errlen))))
             return s;
-        eo->w13.data = view(ml, b->w13->data, (size_t)b->w13->nbytes, al);
-        eo->w2.data = view(ml, b->w2->data, (size_t)b->w2->nbytes, al);
-        if (b->w13_s) eo->w13.scales = view(ml, b->w13_s->data, (size_t)b->w13_s->nbytes, 4);
-        if (b->w2_s) eo->w2.scales = view(ml, b->w2_s->data, (size_t)b->w2_s->nbytes, 4);
+        eo->w13.data = pick(ml, b->w13->data, s13.data, sel, E, al);
+        eo->w2.data = pick(ml, b->w2->data, s2.data, sel, E, al);
+        if (b->w13_s && !(eo->w13.scales = pick(ml, b->w13_s->data, s13.scales, sel, E, 4)))
+            return moe__errf(err, errlen, MOE_ERR_NOMEM, "out of memory");
+        if (b->w2_s && !(eo->w2.scales = pick(ml, b->w2_s->data, s2.scales, sel, E, 4)))
+            return moe__errf(err, errlen, MOE_ERR_NOMEM, "out of memory");
     } else if (b->layout == MOE__LAYOUT_TRANSPOSED) {
         size_t es = moe__plain_size(b->format);
         if (!es) return moe__errf(err, errlen, MOE_ERR_UNSUPPORTED, "transposed experts must be plain");
@@ -122,13 +146,13 @@ static moe_status build_routed(moe_model_layer *ml, const moe_model *m, const mo
         if (!w13 || !w2) return moe__errf(err, errlen, MOE_ERR_NOMEM, "out of memory");
         /* gate_up (E, H, 2I) -> W13 (E, 2I, H); down (E, I, H) -> W2 (E, H, I) */
         for (int32_t e = 0; e < E; e++) {
-            const uint8_t *src = b->w13->data + (size_t)e * s13.data;
+            const uint8_t *src = b->w13->data + (size_t)sel[e] * s13.data;
             uint8_t *dst = w13 + (size_t)e * s13.data;
             for (int64_t h = 0; h < H; h++)
                 for (int64_t r = 0; r < 2 * I; r++)
                     memcpy(dst + ((size_t)r * (size_t)H + (size_t)h) * es,
                            src + ((size_t)h * (size_t)(2 * I) + (size_t)r) * es, es);
-            src = b->w2->data + (size_t)e * s2.data;
+            src = b->w2->data + (size_t)sel[e] * s2.data;
             dst = w2 + (size_t)e * s2.data;
             for (int64_t i = 0; i < I; i++)
                 for (int64_t h = 0; h < H; h++)
@@ -142,19 +166,19 @@ static moe_status build_routed(moe_model_layer *ml, const moe_model *m, const mo
         uint8_t *w13 = own(ml, (size_t)E * s13.data);
         if (!w13) return moe__errf(err, errlen, MOE_ERR_NOMEM, "out of memory");
         if (b->stacked) {
-            if ((s = check_bytes(b->gate[0], (uint64_t)E * half, err, errlen)) ||
-                (s = check_bytes(b->up[0], (uint64_t)E * half, err, errlen)) ||
-                (s = check_bytes(b->down[0], (uint64_t)E * s2.data, err, errlen)))
+            if ((s = check_bytes(b->gate[0], (uint64_t)E_all * half, err, errlen)) ||
+                (s = check_bytes(b->up[0], (uint64_t)E_all * half, err, errlen)) ||
+                (s = check_bytes(b->down[0], (uint64_t)E_all * s2.data, err, errlen)))
                 return s;
         } else {
-            for (int32_t e = 0; e < E; e++)
+            for (int32_t e = 0; e < E_all; e++)
                 if ((s = check_bytes(b->gate[e], half, err, errlen)) ||
                     (s = check_bytes(b->up[e], half, err, errlen)) ||
                     (s = check_bytes(b->down[e], s2.data, err, errlen)))
                     return s;
         }
         for (int32_t e = 0; e < E; e++) {
-            const uint8_t *g = mat(b->gate, b->stacked, e, half), *u = mat(b->up, b->stacked, e, half);
+            const uint8_t *g = mat(b->gate, b->stacked, sel[e], half), *u = mat(b->up, b->stacked, sel[e], half);
             uint8_t *dst = w13 + (size_t)e * s13.data;
             if (b->interleave) {
                 for (int64_t i = 0; i < I; i++) {
@@ -168,24 +192,25 @@ static moe_status build_routed(moe_model_layer *ml, const moe_model *m, const mo
         }
         eo->w13.data = w13;
         if (b->stacked) {
-            eo->w2.data = view(ml, b->down[0]->data, (size_t)b->down[0]->nbytes, al);
+            eo->w2.data = pick(ml, b->down[0]->data, s2.data, sel, E, al);
         } else {
             uint8_t *w2 = own(ml, (size_t)E * s2.data);
             if (!w2) return moe__errf(err, errlen, MOE_ERR_NOMEM, "out of memory");
-            for (int32_t e = 0; e < E; e++) memcpy(w2 + (size_t)e * s2.data, b->down[e]->data, s2.data);
+            for (int32_t e = 0; e < E; e++) memcpy(w2 + (size_t)e * s2.data, b->down[sel[e]]->data, s2.data);
             eo->w2.data = w2;
         }
         if (b->gate_s) { /* FP8 block: scale tables of gate then up (I % 128 == 0) */
             uint8_t *sc13 = own(ml, (size_t)E * s13.scales), *sc2 = own(ml, (size_t)E * s2.scales);
             if (!sc13 || !sc2) return moe__errf(err, errlen, MOE_ERR_NOMEM, "out of memory");
             for (int32_t e = 0; e < E; e++) {
-                if ((s = check_bytes(b->gate_s[e], s13.scales / 2, err, errlen)) ||
-                    (s = check_bytes(b->up_s[e], s13.scales / 2, err, errlen)) ||
-                    (s = check_bytes(b->down_s[e], s2.scales, err, errlen)))
+                const int32_t x = sel[e];
+                if ((s = check_bytes(b->gate_s[x], s13.scales / 2, err, errlen)) ||
+                    (s = check_bytes(b->up_s[x], s13.scales / 2, err, errlen)) ||
+                    (s = check_bytes(b->down_s[x], s2.scales, err, errlen)))
                     return s;
-                memcpy(sc13 + (size_t)e * s13.scales, b->gate_s[e]->data, s13.scales / 2);
-                memcpy(sc13 + (size_t)e * s13.scales + s13.scales / 2, b->up_s[e]->data, s13.scales / 2);
-                memcpy(sc2 + (size_t)e * s2.scales, b->down_s[e]->data, s2.scales);
+                memcpy(sc13 + (size_t)e * s13.scales, b->gate_s[x]->data, s13.scales / 2);
+                memcpy(sc13 + (size_t)e * s13.scales + s13.scales / 2, b->up_s[x]->data, s13.scales / 2);
+                memcpy(sc2 + (size_t)e * s2.scales, b->down_s[x]->data, s2.scales);
             }
             eo->w13.scales = sc13;
             eo->w2.scales = sc2;
@@ -193,24 +218,33 @@ static moe_status build_routed(moe_model_layer *ml, const moe_model *m, const mo
     }
     if (!eo->w13.data || !eo->w2.data) return moe__errf(err, errlen, MOE_ERR_NOMEM, "out of memory");
     /* expert biases, f32, in W13's row order */
-    if (b->b13) {
-        if (!(eo->w13.bias = to_f32(ml, b->b13, (int64_t)E * 2 * I)))
-            return moe__errf(err, errlen, MOE_ERR_NOMEM, "out of memory");
-    } else if (b->b_gate) {
+    if (b->b13 || b->b_gate) {
         float *bias = own(ml, (size_t)E * (size_t)(2 * I) * sizeof(float));
         if (!bias) return moe__errf(err, errlen, MOE_ERR_NOMEM, "out of memory");
-        for (int32_t e = 0; e < E; e++)
+        for (int32_t e = 0; e < E; e++) {
+            float *row = bias + (size_t)e * (size_t)(2 * I);
+            const int64_t x = sel[e];
+            if (b->b13) {
+                for (int64_t r = 0; r < 2 * I; r++) row[r] = elem(b->b13->dtype, b->b13->data, x * 2 * I + r);
+                continue;
+            }
             for (int64_t i = 0; i < I; i++) {
-                float g = elem(b->b_gate->dtype, b->b_gate->data, (int64_t)e * I + i);
-                float u = elem(b->b_up->dtype, b->b_up->data, (int64_t)e * I + i);
-                float *row = bias + (size_t)e * (size_t)(2 * I);
+                float g = elem(b->b_gate->dtype, b->b_gate->data, x * I + i);
+                float u = elem(b->b_up->dtype, b->b_up->data, x * I + i);
                 if (b->interleave) { row[2 * i] = g; row[2 * i + 1] = u; }
                 else { row[i] = g; row[I + i] = u; }
             }
+        }
         eo->w13.bias = bias;
     }
-    if (b->b2 && !(eo->w2.bias = to_f32(ml, b->b2, (int64_t)E * H)))
-        return moe__errf(err, errlen, MOE_ERR_NOMEM, "out of memory");
+    if (b->b2) {
+        float *bias = own(ml, (size_t)E * (size_t)H * sizeof(float));
+        if (!bias) return moe__errf(err, errlen, MOE_ERR_NOMEM, "out of memory");
+        for (int32_t e = 0; e < E; e++)
+            for (int64_t h = 0; h < H; h++)
+                bias[(size_t)e * (size_t)H + (size_t)h] = elem(b->b2->dtype, b->b2->data, (int64_t)sel[e] * H + h);
+        eo->w2.bias = bias;
+    }
     return MOE_OK;
 }
 
@@ -296,10 +330,35 @@ moe_status moe_model_layer_create(const moe_model *m, int32_t layer, const moe_l
         goto fail;
     }
     if ((s = moe_router_create(&ro, &ml->router, err, errlen))) goto fail;
-    moe_experts_options eo;
-    if ((s = build_routed(ml, m, &b, &eo, err, errlen)) ||
-        (s = moe_routed_experts_create(&eo, &ml->experts, err, errlen)))
+    /* Expert parallel: only this rank's experts, local i = the logical
+     * expert in physical slot to_global(i) of the map. */
+    const moe_parallel *par = base ? base->parallel : NULL;
+    int32_t n_local = E;
+    if (par && par->mode != MOE_PARALLEL_EP) {
+        s = moe__errf(err, errlen, MOE_ERR_UNSUPPORTED, "model layers: tensor parallel is not supported "
+                      "(expert parallel is)");
         goto fail;
+    }
+    if (par && (!par->map || moe_expert_map_n_logical(par->map) != E)) {
+        s = moe__errf(err, errlen, MOE_ERR_INVALID_ARG, "model layer %d: the expert map must have the "
+                      "model's %d experts", layer, E);
+        goto fail;
+    }
+    if (par) n_local = moe_expert_map_n_local(par->map);
+    int32_t *sel = own(ml, (size_t)(n_local > 0 ? n_local : 1) * sizeof *sel);
+    if (!sel) {
+        s = moe__errf(err, errlen, MOE_ERR_NOMEM, "out of memory");
+        goto fail;
+    }
+    for (int32_t i = 0; i < n_local; i++)
+        sel[i] = par ? moe_expert_map_logical(par->map, moe_expert_map_to_global(par->map, i)) : i;
+    moe_experts_options eo;
+    if ((s = build_routed(ml, m, &b, sel, n_local, &eo, err, errlen))) goto fail;
+    if (par) {
+        eo.n_experts_global = moe_expert_map_n_physical(par->map);
+        eo.expert_map = moe_expert_map_table(par->map);
+    }
+    if ((s = moe_routed_experts_create(&eo, &ml->experts, err, errlen))) goto fail;
     if (b.sh_gate) {
         moe_shared_options so;
         if ((s = build_shared(ml, m, &b, &so, err, errlen)) ||

@@ -86,8 +86,9 @@ moe_status moe__mxfp4_validate(const moe__wmat *w, char *err, size_t errlen) {
     int64_t nb = w->cols / MOE_QK_MXFP4;
     for (int64_t i = 0; i < w->rows * nb; i++)
         if (e[i] == 0xff)
-            return moe__errf(err, errlen, MOE_ERR_SCALE, "mxfp4: e8m0 scale 0xFF (NaN) at row %lld, "
-                             "block %lld", (long long)(i / nb), (long long)(i % nb));
+            return moe__errf(err, errlen, MOE_ERR_SCALE,
+                             "mxfp4: e8m0 scale 0xFF (NaN) at row %lld, block %lld",
+                             (long long)(i / nb), (long long)(i % nb));
     return MOE_OK;
 }
 

@@ -67,7 +67,8 @@ static bool scale_ok(float s) { return isfinite(s) && s > 0; }
 static moe_status check_f32_scales(const float *s, int64_t n, int64_t per_row, const char *what,
                                    char *err, size_t errlen) {
     for (int64_t i = 0; i < n; i++)
-        if (!scale_ok(s[i])) return moe__scale_errf(err, errlen, what, i / per_row, i % per_row, s[i]);
+        if (!scale_ok(s[i]))
+            return moe__scale_errf(err, errlen, what, i / per_row, i % per_row, s[i]);
     return MOE_OK;
 }
 
@@ -119,7 +120,8 @@ static float token_scale(const float *x, int64_t n) {
 /* ===== FP8_TENSOR ===== */
 
 moe_status moe__fp8_tensor_sizes(int64_t rows, int64_t cols, int32_t group_size,
-                                 moe_format scale_format, moe__wsizes *s, char *err, size_t errlen) {
+                                 moe_format scale_format, moe__wsizes *s, char *err,
+                                 size_t errlen) {
     (void)group_size; (void)scale_format;
     return fp8_sizes(rows, cols, 1, s, err, errlen);
 }
@@ -172,7 +174,8 @@ moe_status moe__fp8_merge_w13_scales(uint8_t *w13, int64_t d_ff, int64_t cols, f
 /* ===== FP8_CHANNEL ===== */
 
 moe_status moe__fp8_channel_sizes(int64_t rows, int64_t cols, int32_t group_size,
-                                  moe_format scale_format, moe__wsizes *s, char *err, size_t errlen) {
+                                  moe_format scale_format, moe__wsizes *s, char *err,
+                                  size_t errlen) {
     (void)group_size; (void)scale_format;
     return fp8_sizes(rows, cols, (size_t)rows, s, err, errlen);
 }
@@ -225,7 +228,8 @@ moe_status moe__fp8_block_validate(const moe__wmat *w, char *err, size_t errlen)
 
 void moe__fp8_block_dequant_row_ref(const moe__wmat *w, int64_t r, float *out) {
     const uint8_t *q = (const uint8_t *)w->data + r * w->cols;                    // (cols)
-    const float   *s = (const float *)w->scales + (r / MOE_FP8_BLOCK) * cdiv(w->cols, MOE_FP8_BLOCK);
+    const float   *s = (const float *)w->scales +
+                       (r / MOE_FP8_BLOCK) * cdiv(w->cols, MOE_FP8_BLOCK); // (ceil(cols/128))
     for (int64_t k = 0; k < w->cols; k++) out[k] = moe__e4m3_to_f32(q[k]) * s[k / MOE_FP8_BLOCK];
 }
 

@@ -177,7 +177,8 @@ moe_status moe__q4_0_quantize_ref(const float *src, moe__wmat *w) {
 static const int8_t kvalues_mxfp4[16] = { 0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12 };
 
 moe_status moe__mxfp4_gguf_sizes(int64_t rows, int64_t cols, int32_t group_size,
-                                 moe_format scale_format, moe__wsizes *s, char *err, size_t errlen) {
+                                 moe_format scale_format, moe__wsizes *s, char *err,
+                                 size_t errlen) {
     (void)group_size; (void)scale_format;
     return block_sizes("gguf-mxfp4", rows, cols, MOE_QK8_0, sizeof(moe_block_mxfp4_gguf), s, err,
                        errlen);
@@ -378,7 +379,10 @@ moe_status moe__q6_k_quantize_ref(const float *src, moe__wmat *w) {
         for (int s = 0; s < 16; s++) {
             float amax = 0, max = 0;
             for (int l = 0; l < 16; l++)
-                if (fabsf(x[16 * s + l]) > amax) { amax = fabsf(x[16 * s + l]); max = x[16 * s + l]; }
+                if (fabsf(x[16 * s + l]) > amax) {
+                    amax = fabsf(x[16 * s + l]);
+                    max  = x[16 * s + l];
+                }
             scale[s] = max / -32.0f;
             amax_s = fabsf(scale[s]) > amax_s ? fabsf(scale[s]) : amax_s;
         }

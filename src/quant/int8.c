@@ -22,7 +22,8 @@ moe_status moe__int8_w8a8_sizes(int64_t rows, int64_t cols, int32_t group_size,
 moe_status moe__int8_w8a8_validate(const moe__wmat *w, char *err, size_t errlen) {
     const float *s = w->scales; // (rows)
     for (int64_t r = 0; r < w->rows; r++)
-        if (!(isfinite(s[r]) && s[r] > 0)) return moe__scale_errf(err, errlen, "int8-w8a8", r, 0, s[r]);
+        if (!(isfinite(s[r]) && s[r] > 0))
+            return moe__scale_errf(err, errlen, "int8-w8a8", r, 0, s[r]);
     return MOE_OK;
 }
 

@@ -34,7 +34,7 @@
  * INT4_AWQ     data   i32 (cols, rows/8): the checkpoint's qweight, packed along the
  *                     OUTPUT dimension in AWQ's interleaved order: word [k][r/8]
  *                     holds rows r/8*8 .. +7 of element k, row 8j+i in nibble
- *                     MOE_AWQ_NIBBLE[i] (nibble p = bits 4p..4p+3; the packer
+ *                     MOE_AWQ_NIBBLE_INIT[i] (nibble p = bits 4p..4p+3; the packer
  *                     wrote rows 0,2,4,6,1,3,5,7 into nibbles 0..7).
  *              zeros  i32 (cols/g, rows/8), same packing as data
  *              scales f16/bf16 (cols/g, rows) w = (q - z[k/g][r]) * s[k/g][r]

@@ -25,8 +25,8 @@ int moe_format_supported(moe_format f, moe_backend backend) {
 #endif
     case MOE_BACKEND_AUTO: {
         int c = moe_format_supported(f, MOE_BACKEND_CUDA);
-        return moe_format_supported(f, MOE_BACKEND_CPU) || moe_format_supported(f, MOE_BACKEND_REF) ||
-               c == 1;
+        return moe_format_supported(f, MOE_BACKEND_CPU) ||
+               moe_format_supported(f, MOE_BACKEND_REF) || c == 1;
     }
     }
     return 0;

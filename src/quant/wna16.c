@@ -59,8 +59,9 @@ static moe_status wna16_validate(const char *name, const moe__wmat *w, char *err
     if (w->g_idx) {
         for (int64_t k = 0; k < w->cols; k++)
             if (w->g_idx[k] < 0 || w->g_idx[k] >= ng)
-                return moe__errf(err, errlen, MOE_ERR_RANGE, "%s: g_idx[%lld] = %d outside [0, %lld)",
-                                 name, (long long)k, (int)w->g_idx[k], (long long)ng);
+                return moe__errf(err, errlen, MOE_ERR_RANGE,
+                                 "%s: g_idx[%lld] = %d outside [0, %lld)", name, (long long)k,
+                                 (int)w->g_idx[k], (long long)ng);
     }
     return MOE_OK;
 }
@@ -100,6 +101,7 @@ static moe_status gptq_quantize(const float *src, moe__wmat *w, int bits) {
     for (int64_t i = 0; i < ng * w->rows; i++) {
         float a = (-lo[i] > hi[i] ? -lo[i] : hi[i]) / (float)(zero - 1);
         sc[i] = scale_store(w->scale_format, a > 0 ? a : 1.0f);
+        if (!(scale_at(w, i) > 0)) sc[i] = scale_store(w->scale_format, 1.0f); /* underflow */
     }
     uint32_t *q = (uint32_t *)w->data; // (cols / (32/bits), rows)
     int per = 32 / bits;
@@ -200,6 +202,7 @@ moe_status moe__int4_awq_quantize_ref(const float *src, moe__wmat *w) {
     for (int64_t i = 0; i < ng * w->rows; i++) {
         float s = (hi[i] - lo[i]) / 15.0f;
         sc[i] = scale_store(w->scale_format, s > 0 ? s : 1.0f);
+        if (!(scale_at(w, i) > 0)) sc[i] = scale_store(w->scale_format, 1.0f); /* underflow */
         int zp = clampi(moe__rne(-lo[i] / scale_at(w, i)), 0, 15);
         int64_t g = i / w->rows, r = i % w->rows;
         z[g * wpr + r / 8] |= (uint32_t)zp << (4 * awq_nibble[r % 8]);
@@ -208,7 +211,8 @@ moe_status moe__int4_awq_quantize_ref(const float *src, moe__wmat *w) {
         for (int64_t k = 0; k < w->cols; k++) {
             int64_t g = k / w->group_size;
             int zp = awq_get(z + g * wpr, r);
-            int v = clampi(moe__rne(src[r * w->cols + k] / scale_at(w, g * w->rows + r)) + zp, 0, 15);
+            const float s = scale_at(w, g * w->rows + r);
+            int v = clampi(moe__rne(src[r * w->cols + k] / s) + zp, 0, 15);
             q[k * wpr + r / 8] |= (uint32_t)v << (4 * awq_nibble[r % 8]);
         }
     }

@@ -29,6 +29,7 @@ typedef struct ep_case {
     moe_backend    backend;
     int            skew;        /* 1: every token picks experts 0..K-1 (rank 0's)      */
     int            empty_rank;  /* 1: rank 1 gets no tokens                            */
+    moe_format     format;      /* routed experts' weights (F32 by default)            */
 } ep_case;
 
 static const ep_case g_cases[] = {
@@ -53,6 +54,12 @@ static const ep_case g_cases[] = {
       .scoring = MOE_SCORING_SOFTMAX, .renorm = 1, .act = MOE_ACT_RELU2 },
     { .name = "eplb_replicas", .E = 8, .K = 2, .T = 45, .H = 32, .I = 16,
       .scoring = MOE_SCORING_SOFTMAX, .renorm = 1, .eplb = 1, .skew = 1 },
+    { .name = "bf16_weights_shared", .E = 16, .K = 4, .T = 50, .H = 64, .I = 32,
+      .scoring = MOE_SCORING_SOFTMAX, .renorm = 1, .shared_I = 32, .format = MOE_FORMAT_BF16 },
+    /* MXFP4 experts round their activations to bf16: they travel as bf16. */
+    { .name = "mxfp4_bf16_on_the_wire", .E = 8, .K = 2, .T = 41, .H = 64, .I = 32,
+      .scoring = MOE_SCORING_SOFTMAX_TOPK, .act = MOE_ACT_SWIGLU_OAI, .biases = 1,
+      .format = MOE_FORMAT_MXFP4 },
 };
 
 static moe_comm *g_comm;
@@ -63,7 +70,8 @@ static int run_case(const ep_case *c, char *why) {
     mt_model m;
     mt_model_init(&m, 1000 + (uint64_t)c->E * 7 + (uint64_t)c->T, c->E, c->K, c->H, c->I,
                   c->biases, c->shared_I);
-    m.act = c->act;
+    m.act    = c->act;
+    m.format = c->format;
     const int64_t H = c->H, T = c->T;
     int fail = 0;
 
@@ -77,8 +85,10 @@ static int run_case(const ep_case *c, char *why) {
         .correction_bias = c->corr_bias ? bias : NULL, .routed_scaling_factor = c->scaling,
     };
     moe_router *router = NULL;
-    float *x = malloc(sizeof(float) * (size_t)(T * H)), *lg = malloc(sizeof(float) * (size_t)(T * c->E));
-    float *ref = malloc(sizeof(float) * (size_t)(T * H)), *out = malloc(sizeof(float) * (size_t)(T * H + 1));
+    float *x   = malloc(sizeof(float) * (size_t)(T * H));
+    float *lg  = malloc(sizeof(float) * (size_t)(T * c->E));
+    float *ref = malloc(sizeof(float) * (size_t)(T * H));
+    float *out = malloc(sizeof(float) * (size_t)(T * H + 1));
     mt_fill(&r, x, (size_t)(T * H), 1.0f);
     mt_fill(&r, lg, (size_t)(T * c->E), 2.0f);
     if (c->skew)
@@ -178,7 +188,10 @@ static int run_case(const ep_case *c, char *why) {
         }
     }
     const int64_t n = hi_t - lo_t;
-    moe_parallel par = { .mode = MOE_PARALLEL_EP, .comm = g_comm, .map = map };
+    /* With EPLB, the forward records per-slot load: compare with the map's
+     * own routing of this rank's tokens. */
+    int32_t *load = c->eplb ? calloc((size_t)moe_expert_map_n_physical(map), sizeof *load) : NULL;
+    moe_parallel par = { .mode = MOE_PARALLEL_EP, .comm = g_comm, .map = map, .load = load };
     moe_layer_options el = { .router = router, .experts = mine, .context = ctx,
                              .backend = c->backend, .max_tokens = T, .shared = sh,
                              .parallel = &par };
@@ -192,6 +205,8 @@ static int run_case(const ep_case *c, char *why) {
     }
     ws_size = moe_layer_workspace_size(ep_layer, n);
     ws = aligned_alloc(64, (ws_size + 63) / 64 * 64);
+    moe_comm_stats s0, s1;
+    moe_comm_get_stats(g_comm, &s0);
     for (int rep = 0; rep < 2 && !fail; rep++) {
         memset(out, 0xff, sizeof(float) * (size_t)(n * H + 1));
         st = moe_layer_forward(ep_layer, n, x + lo_t * H, lg + lo_t * c->E, sh, out, ws, ws_size);
@@ -211,6 +226,40 @@ static int run_case(const ep_case *c, char *why) {
         memcpy(&canary, out + n * H, 4);
         if (!fail && canary != 0xffffffffu) fail = mt_fail(why, "wrote past the output");
     }
+    /* Dispatch bytes: per forward a 32-byte header to each peer, then per row
+     * sent away a 16-byte record and the activation row (bf16 for MXFP4). */
+    moe_comm_get_stats(g_comm, &s1);
+    if (!fail) {
+        int32_t *lid = malloc(sizeof(int32_t) * (size_t)(n * c->K + 1));
+        int32_t *pid = malloc(sizeof(int32_t) * (size_t)(n * c->K + 1));
+        float   *lw  = malloc(sizeof(float) * (size_t)(n * c->K + 1));
+        moe_router_route(router, n, lg + lo_t * c->E, lid, lw);
+        moe_expert_map_route(map, n, c->K, lid, pid, NULL);
+        int64_t away = 0;
+        for (int64_t i = 0; i < n * c->K; i++) away += moe_expert_map_owner(map, pid[i]) != mt_rank;
+        const int64_t elt = c->format == MOE_FORMAT_MXFP4 ? 2 : 4;
+        const int64_t want = 2 * ((mt_size - 1) * 32 + away * (16 + elt * H));
+        const int64_t got  = s1.bytes_sent_dispatch - s0.bytes_sent_dispatch;
+        if (got != want)
+            fail = mt_fail(why, "dispatch sent %lld bytes, want %lld", (long long)got,
+                           (long long)want);
+        free(lid), free(pid), free(lw);
+    }
+    if (load && !fail) {
+        const int32_t P = moe_expert_map_n_physical(map);
+        int32_t *want    = calloc((size_t)P, sizeof *want);
+        int32_t *loc_ids = malloc(sizeof(int32_t) * (size_t)(n * c->K + 1));
+        int32_t *phys = malloc(sizeof(int32_t) * (size_t)(n * c->K + 1));
+        float   *lw   = malloc(sizeof(float) * (size_t)(n * c->K + 1));
+        moe_router_route(router, n, lg + lo_t * c->E, loc_ids, lw);
+        moe_expert_map_route(map, n, c->K, loc_ids, phys, want);
+        for (int32_t s = 0; s < P && !fail; s++)
+            if (load[s] != 2 * want[s])
+                fail = mt_fail(why, "load[%d] = %d after 2 forwards, want %d", s, load[s],
+                               2 * want[s]);
+        free(want), free(loc_ids), free(phys), free(lw);
+    }
+    free(load);
 
 done:
     free(ws);

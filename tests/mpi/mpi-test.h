@@ -12,6 +12,8 @@
 
 #include "moe.h"
 
+#include "internal.h"   /* the format table's reference quantizers (MXFP4 experts) */
+
 #include <mpi.h>
 
 #include <math.h>
@@ -21,9 +23,12 @@
 #include <string.h>
 #include <time.h>
 
+/* Helpers a program may leave unused. */
+#define MT_FN __attribute__((unused)) static
+
 static int mt_rank, mt_size;
 
-__attribute__((unused)) static double mt_now(void) {
+MT_FN double mt_now(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
@@ -42,18 +47,24 @@ static void mt_fill(mt_rng *r, float *x, size_t n, float scale) {
     for (size_t i = 0; i < n; i++) x[i] = scale * (2.0f * mt_uniform(r) - 1.0f);
 }
 
+MT_FN uint16_t mt_bf16(float f) {
+    union { float f; uint32_t u; } v = { f };
+    return (uint16_t)((v.u + 0x7fffu + ((v.u >> 16) & 1u)) >> 16);
+}
+
 /* The full model every rank can rebuild. */
 typedef struct mt_model {
     int32_t        E, K;
     int64_t        H, I;
     moe_activation act;
+    moe_format     format;                  /* routed experts: F32 (0), BF16 or MXFP4  */
     float         *w13, *w2, *b13, *b2;     /* (E, 2I, H), (E, H, I), (E, 2I), (E, H)  */
     float         *sw13, *sw2, *sgate;      /* shared: (2 Is, H), (H, Is), (H)         */
     int64_t        Is;
 } mt_model;
 
-__attribute__((unused)) static void mt_model_init(mt_model *m, uint64_t seed, int32_t E, int32_t K, int64_t H, int64_t I,
-                          int biases, int64_t shared_I) {
+MT_FN void mt_model_init(mt_model *m, uint64_t seed, int32_t E, int32_t K, int64_t H, int64_t I,
+                   int biases, int64_t shared_I) {
     mt_rng r = { seed };
     memset(m, 0, sizeof *m);
     m->E = E, m->K = K, m->H = H, m->I = I, m->Is = shared_I;
@@ -77,20 +88,21 @@ __attribute__((unused)) static void mt_model_init(mt_model *m, uint64_t seed, in
     }
 }
 
-__attribute__((unused)) static void mt_model_free(mt_model *m) {
+MT_FN void mt_model_free(mt_model *m) {
     free(m->w13), free(m->w2), free(m->b13), free(m->b2);
     free(m->sw13), free(m->sw2), free(m->sgate);
 }
 
 /* Routed experts holding, in local order, the logical experts `which` (n),
  * with the expert map table (n_global) or NULL. */
-__attribute__((unused)) static moe_status mt_experts(const mt_model *m, const int32_t *which, int32_t n,
-                             int32_t n_global, const int32_t *table, moe_routed_experts **out,
-                             char *err, size_t errlen) {
+MT_FN moe_status mt_experts(const mt_model *m, const int32_t *which, int32_t n,
+                            int32_t n_global, const int32_t *table, moe_routed_experts **out,
+                            char *err, size_t errlen) {
     /* RELU2 has no gate: W13 holds d_ff rows, not 2 d_ff. */
     const int64_t rows13 = m->act == MOE_ACT_RELU2 ? m->I : 2 * m->I;
     const size_t s13 = (size_t)(rows13 * m->H), s2 = (size_t)(m->H * m->I);
-    float *w13 = malloc(sizeof(float) * s13 * (size_t)n), *w2 = malloc(sizeof(float) * s2 * (size_t)n);
+    float *w13 = malloc(sizeof(float) * s13 * (size_t)n);
+    float *w2  = malloc(sizeof(float) * s2 * (size_t)n);
     float *b13 = m->b13 ? malloc(sizeof(float) * (size_t)rows13 * (size_t)n) : NULL;
     float *b2  = m->b2 ? malloc(sizeof(float) * (size_t)m->H * (size_t)n) : NULL;
     for (int32_t i = 0; i < n; i++) {
@@ -100,18 +112,49 @@ __attribute__((unused)) static moe_status mt_experts(const mt_model *m, const in
         if (b13) memcpy(b13 + i * rows13, m->b13 + e * rows13, sizeof(float) * (size_t)rows13);
         if (b2) memcpy(b2 + i * m->H, m->b2 + e * m->H, sizeof(float) * (size_t)m->H);
     }
+    if (m->format == MOE_FORMAT_BF16) {
+        /* Round to bf16 in place (round to nearest even); the buffers are ours. */
+        uint16_t *h = (uint16_t *)(void *)w13;
+        for (size_t i = 0; i < s13 * (size_t)n; i++) h[i] = mt_bf16(w13[i]);
+        h = (uint16_t *)(void *)w2;
+        for (size_t i = 0; i < s2 * (size_t)n; i++) h[i] = mt_bf16(w2[i]);
+    }
     moe_experts_options o = {
-        .n_experts = n, .d_model = m->H, .d_ff = m->I, .format = MOE_FORMAT_F32,
+        .n_experts = n, .d_model = m->H, .d_ff = m->I, .format = m->format,
         .activation = m->act, .w13 = { .data = w13, .bias = b13 }, .w2 = { .data = w2, .bias = b2 },
         .n_experts_global = table ? n_global : 0, .expert_map = table,
     };
+    void *q[4] = { NULL, NULL, NULL, NULL };   /* MXFP4: data and scales of w13, w2 */
+    if (m->format == MOE_FORMAT_MXFP4) {
+        /* Quantize each expert with the format's reference quantizer. */
+        const moe__format_traits *ft = moe__format(MOE_FORMAT_MXFP4);
+        moe__wsizes sz[2];
+        const int64_t rows[2] = { rows13, m->H }, cols[2] = { m->H, m->I };
+        const float  *src[2]  = { w13, w2 };
+        moe_weights  *dst[2]  = { &o.w13, &o.w2 };
+        for (int t = 0; t < 2; t++) {
+            moe_status st = ft->sizes(rows[t], cols[t], 0, MOE_FORMAT_F32, &sz[t], err, errlen);
+            if (st) return st;
+            q[2 * t]     = calloc((size_t)n, sz[t].data);
+            q[2 * t + 1] = calloc((size_t)n, sz[t].scales);
+            for (int32_t i = 0; i < n; i++) {
+                moe__wmat w = { .format = MOE_FORMAT_MXFP4, .rows = rows[t], .cols = cols[t],
+                                .data = (char *)q[2 * t] + (size_t)i * sz[t].data,
+                                .scales = (char *)q[2 * t + 1] + (size_t)i * sz[t].scales };
+                ft->quantize_ref(src[t] + (size_t)i * (size_t)(rows[t] * cols[t]), &w);
+            }
+            dst[t]->data   = q[2 * t];
+            dst[t]->scales = q[2 * t + 1];
+        }
+    }
     moe_status st = moe_routed_experts_create(&o, out, err, errlen);
     free(w13), free(w2), free(b13), free(b2);
+    for (int i = 0; i < 4; i++) free(q[i]);
     return st;
 }
 
-__attribute__((unused)) static moe_status mt_shared(const mt_model *m, int gate, moe_shared_experts **out, char *err,
-                            size_t errlen) {
+MT_FN moe_status mt_shared(const mt_model *m, int gate, moe_shared_experts **out, char *err,
+                           size_t errlen) {
     moe_shared_options so = {
         .mlp = { .n_experts = 1, .d_model = m->H, .d_ff = m->Is, .format = MOE_FORMAT_F32,
                  .activation = MOE_ACT_SILU, .w13 = { .data = m->sw13 }, .w2 = { .data = m->sw2 } },
@@ -122,7 +165,7 @@ __attribute__((unused)) static moe_status mt_shared(const mt_model *m, int gate,
 
 /* Rank 0 reports a case: failed on any rank -> FAIL with rank 0's (or the
  * first failing rank's) reason. Returns 1 when ok everywhere. */
-__attribute__((unused)) static int mt_report(const char *name, int local_fail, const char *why) {
+MT_FN int mt_report(const char *name, int local_fail, const char *why) {
     int any = 0;
     MPI_Allreduce(&local_fail, &any, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
     if (local_fail) fprintf(stderr, "  rank %d: %s: %s\n", mt_rank, name, why);
@@ -136,8 +179,8 @@ __attribute__((unused)) static int mt_report(const char *name, int local_fail, c
 }
 
 /* A failure message into why[256]. */
-static int mt_fail(char *why, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-__attribute__((unused)) static int mt_fail(char *why, const char *fmt, ...) {
+MT_FN int mt_fail(char *why, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+MT_FN int mt_fail(char *why, const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(why, 256, fmt, ap);

@@ -29,8 +29,10 @@ static int run_case(const tp_case *c, char *why) {
     const int64_t T = c->T, H = c->H;
     int fail = 0;
     mt_rng r = { 9 };
-    float *x = malloc(sizeof(float) * (size_t)(T * H)), *lg = malloc(sizeof(float) * (size_t)(T * c->E));
-    float *ref = malloc(sizeof(float) * (size_t)(T * H)), *out = malloc(sizeof(float) * (size_t)(T * H));
+    float *x   = malloc(sizeof(float) * (size_t)(T * H));
+    float *lg  = malloc(sizeof(float) * (size_t)(T * c->E));
+    float *ref = malloc(sizeof(float) * (size_t)(T * H));
+    float *out = malloc(sizeof(float) * (size_t)(T * H));
     float *out0 = malloc(sizeof(float) * (size_t)(T * H));
     mt_fill(&r, x, (size_t)(T * H), 1.0f);
     mt_fill(&r, lg, (size_t)(T * c->E), 2.0f);

@@ -205,8 +205,10 @@ def gguf(kvs=(), tensors=(), data=b"", version=3, n_t=None, n_kv=None, align=32,
     return h + data
 
 
-def moe_gguf(arch="qwen3moe", E=2, k=1, H=32, I=32, extra_kv=(), drop=(), shapes=None, n_used=None):
-    """A small valid one-layer MoE GGUF (F32), with optional changes."""
+def moe_gguf(arch="qwen3moe", E=2, k=1, H=32, I=32, extra_kv=(), drop=(), shapes=None, n_used=None,
+             extra_tensors=(), types=None):
+    """A small valid one-layer MoE GGUF (F32), with optional changes: extra
+    tensors (name, ne) and ggml types per tensor name (Q8_0 = 8)."""
     kvs = [kv_str("general.architecture", arch), kv_u32(arch + ".block_count", 1),
            kv_u32(arch + ".embedding_length", H), kv_u32(arch + ".expert_count", E),
            kv_u32(arch + ".expert_used_count", k if n_used is None else n_used),
@@ -215,14 +217,15 @@ def moe_gguf(arch="qwen3moe", E=2, k=1, H=32, I=32, extra_kv=(), drop=(), shapes
           ("blk.0.ffn_up_exps.weight", [H, I, E]), ("blk.0.ffn_down_exps.weight", [I, H, E])]
     if shapes:
         ts = [(n, shapes.get(n, ne)) for n, ne in ts]
-    ts = [x for x in ts if x[0] not in drop]
+    ts = [x for x in ts if x[0] not in drop] + list(extra_tensors)
     infos, data, off = [], b"", 0
     for name, ne in ts:
         n = 1
         for d in ne:
             n *= d
-        infos.append(tinfo(name, ne, 0, off))
-        b = b"\0" * (4 * n)
+        typ = (types or {}).get(name, 0)
+        infos.append(tinfo(name, ne, typ, off))
+        b = b"\0" * (4 * n if typ == 0 else n // 32 * 34)
         b += b"\0" * ((32 - len(b) % 32) % 32)
         data += b
         off += len(b)
@@ -245,7 +248,7 @@ def gguf_cases():
     add("gg_tensors_exceed_bytes.gguf", "MOE_ERR_TRUNCATED", "1,000,000 tensors in 64 bytes",
         gguf(n_t=1000000) + b"\0" * 32)
     add("gg_key_len_huge.gguf", "MOE_ERR_TRUNCATED", "key length 2^63",
-        gguf([struct.pack("<Q", 2**63) + b"ab"], pad=False))
+        gguf([struct.pack("<Q", 2**63) + b"ab" + bytes(16)], pad=False))
     add("gg_key_empty.gguf", "MOE_ERR_NAME", "empty key", gguf([kv_u32("", 1)]))
     add("gg_key_control.gguf", "MOE_ERR_NAME", "key with a 0x07 byte", gguf([kv_u32("a\x07b", 1)]))
     add("gg_key_bad_utf8.gguf", "MOE_ERR_NAME", "key with byte 0xFF", gguf([kv(b"ab\xff", U32, b"\1\0\0\0")]))
@@ -317,6 +320,24 @@ def gguf_cases():
     add("gg_used_gt_count.gguf", "MOE_ERR_CONFIG", "expert_used_count 3 > expert_count 2", moe_gguf(n_used=3))
     add("gg_gating_func_3.gguf", "MOE_ERR_CONFIG", "deepseek2 expert_gating_func 3",
         moe_gguf(arch="deepseek2", extra_kv=[kv_u32("deepseek2.expert_gating_func", 3)]))
+    add("gg_legacy_missing_down.gguf", "MOE_ERR_MISSING", "per-expert (legacy) layout without expert 1's down",
+        moe_gguf(arch="llama", drop=("blk.0.ffn_gate_exps.weight", "blk.0.ffn_up_exps.weight",
+                                     "blk.0.ffn_down_exps.weight"),
+                 extra_tensors=[("blk.0.ffn_gate.0.weight", [32, 32]), ("blk.0.ffn_up.0.weight", [32, 32]),
+                                ("blk.0.ffn_down.0.weight", [32, 32]), ("blk.0.ffn_gate.1.weight", [32, 32]),
+                                ("blk.0.ffn_up.1.weight", [32, 32])]))
+    add("gg_gptoss_fused_gate_up.gguf", "MOE_ERR_UNSUPPORTED", "gpt-oss with ffn_gate_up_exps (half order unknown)",
+        moe_gguf(arch="gpt-oss", drop=("blk.0.ffn_gate_exps.weight", "blk.0.ffn_up_exps.weight"),
+                 extra_tensors=[("blk.0.ffn_gate_up_exps.weight", [32, 64, 2])]))
+    add("gg_gptoss_no_biases.gguf", "MOE_ERR_MISSING", "gpt-oss without expert biases", moe_gguf(arch="gpt-oss"))
+    add("gg_probs_b_shape.gguf", "MOE_ERR_SHAPE", "exp_probs_b.bias of 3 values for 2 experts",
+        moe_gguf(arch="deepseek2", extra_tensors=[("blk.0.exp_probs_b.bias", [3])]))
+    add("gg_router_q8_0.gguf", "MOE_ERR_DTYPE", "router ffn_gate_inp stored as Q8_0",
+        moe_gguf(types={"blk.0.ffn_gate_inp.weight": 8}))
+    add("gg_shexp_size_mismatch.gguf", "MOE_ERR_SHAPE", "qwen2moe shexp of 16 rows, metadata says 48",
+        moe_gguf(arch="qwen2moe", extra_kv=[kv_u32("qwen2moe.expert_shared_feed_forward_length", 48)],
+                 extra_tensors=[("blk.0.ffn_gate_shexp.weight", [32, 16]), ("blk.0.ffn_up_shexp.weight", [32, 16]),
+                                ("blk.0.ffn_down_shexp.weight", [16, 32]), ("blk.0.ffn_gate_inp_shexp.weight", [32])]))
     add("gg_count_wrong_type.gguf", "MOE_ERR_CONFIG", "expert_count stored as FLOAT32",
         moe_gguf(extra_kv=[]).replace(b"qwen3moe.expert_count\x04\x00\x00\x00\x02\x00\x00\x00",
                                       b"qwen3moe.expert_count\x06\x00\x00\x00\x00\x00\x00\x40"))
@@ -406,6 +427,20 @@ def hf_cases():
             (p + "experts.gate_up_proj_bias", "F32", (2, 64)), (p + "experts.down_proj_bias", "F32", (2, 32))]
     add("hf_gptoss_scales_shape.d", "MOE_ERR_SHAPE", "down_proj_blocks say 2 blocks per row, H/32 is 1",
         files={"config.json": json.dumps(go).encode(), "model.safetensors": st_file([(n, d, s, t(d, s)) for n, d, s in go_t])})
+    add("hf_corr_bias_shape.d", "MOE_ERR_SHAPE", "e_score_correction_bias of 3 values for 2 experts",
+        files={"config.json": json.dumps(ds).encode(), "model.safetensors": st_file(
+            ds_t + [("model.layers.0.mlp.gate.e_score_correction_bias", "F32", (3,), t("F32", (3,)))])})
+    add("hf_gptoss_no_router_bias.d", "MOE_ERR_MISSING", "gpt-oss router without its bias",
+        files={"config.json": json.dumps(go).encode(), "model.safetensors": st_file(
+            [(n, d, s, t(d, s)) for n, d, s in go_t if not n.endswith("router.bias")])})
+    l4 = {"model_type": "llama4", "text_config": {"num_hidden_layers": 1, "hidden_size": 8, "intermediate_size": 4,
+                                                  "num_local_experts": 2, "num_experts_per_tok": 1}}
+    p4 = "language_model.model.layers.0.feed_forward."
+    l4_t = [(p4 + "router.weight", "F32", (2, 8)), (p4 + "experts.gate_up_proj", "F32", (2, 4, 8)),
+            (p4 + "experts.down_proj", "F32", (2, 4, 8)), (p4 + "shared_expert.gate_proj.weight", "F32", (4, 8)),
+            (p4 + "shared_expert.up_proj.weight", "F32", (4, 8)), (p4 + "shared_expert.down_proj.weight", "F32", (8, 4))]
+    add("hf_llama4_gate_up_untransposed.d", "MOE_ERR_SHAPE", "llama4 gate_up_proj stored (E, 2I, H), expected (E, H, 2I)",
+        files={"config.json": json.dumps(l4).encode(), "model.safetensors": st_file([(n, d, s, t(d, s)) for n, d, s in l4_t])})
     # sharded checkpoints
     ts = mixtral_tensors()
     half = len(ts) // 2
