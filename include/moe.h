@@ -385,6 +385,13 @@ typedef struct moe_experts_options {
     int32_t        n_experts_global;
     const int32_t *expert_map;       /* (n_experts_global)                                   */
     unsigned       flags;            /* MOE_EXPERTS_*                                        */
+    /* Format of w2 when it differs from w13's; NULL = `format` for both. Real
+     * files mix them: a llama.cpp Q4_K_M GGUF stores gate/up in Q4_K and
+     * down in Q6_K, so
+     *     moe_format q6k = MOE_FORMAT_Q6_K;
+     *     eo.format = MOE_FORMAT_Q4_K; eo.w2_format = &q6k;
+     * group_size and scale_format apply to both. Read at create, not kept. */
+    const moe_format *w2_format;
 } moe_experts_options;
 
 typedef struct moe_routed_experts moe_routed_experts;
@@ -624,7 +631,8 @@ typedef struct moe_model_desc {
     int            router_bias;       /* 1: router linear has a bias (gpt-oss)       */
     int            expert_bias;       /* 1: expert projections have biases           */
     moe_activation activation;
-    /* Format of the first MoE layer's routed expert weights; MOE_FORMAT_COUNT
+    /* Format of the first MoE layer's routed expert weights (of W13, gate and
+     * up; W2 may differ: moe_experts_options.w2_format); MOE_FORMAT_COUNT
      * when the stored type has no moe_format (layer creation then fails with
      * MOE_ERR_UNSUPPORTED). */
     moe_format     expert_format;

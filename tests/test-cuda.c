@@ -484,6 +484,16 @@ TEST(cuda_layer_rejects_formats) {
     moe_layer_options lo = { .router = r, .experts = ex, .backend = MOE_BACKEND_CUDA };
     CHECK_STATUS(moe_layer_create(&lo, &l, err, sizeof err), MOE_ERR_UNSUPPORTED);
     CHECK(strstr(err, "unsupported on cuda: f32") != NULL, "message: %s", err);
+    /* W2 in another format than W13 (as in GGUF Q4_K_M files): refused by name. */
+    moe_routed_experts_destroy(ex);
+    ex = NULL;
+    const moe_format f16 = MOE_FORMAT_F16;
+    eo.format    = MOE_FORMAT_BF16;
+    eo.w2_format = &f16;
+    REQUIRE(moe_routed_experts_create(&eo, &ex, err, sizeof err) == MOE_OK, "%s", err);
+    lo.experts = ex;
+    CHECK_STATUS(moe_layer_create(&lo, &l, err, sizeof err), MOE_ERR_UNSUPPORTED);
+    CHECK(strstr(err, "unsupported on cuda: mixed formats") != NULL, "message: %s", err);
     moe_layer_destroy(l);
     moe_routed_experts_destroy(ex);
     moe_router_destroy(r);

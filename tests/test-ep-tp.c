@@ -36,7 +36,8 @@ static moe_status run_layer(moe_router *r, moe_routed_experts *e, int64_t T, con
     return st;
 }
 
-static void check_tp(moe_activation act, moe_format f, int biases, int32_t tp) {
+/* W13 in format f, W2 in f2 (f32 or bf16 each). */
+static void check_tp(moe_activation act, moe_format f, moe_format f2, int biases, int32_t tp) {
     enum { E = 5, K = 2, T = 13 };
     const int64_t H = 24, I = 36, rows13 = act == MOE_ACT_RELU2 ? I : 2 * I;
     test_rng rng = { 7 + (uint64_t)act * 3 + (uint64_t)tp };
@@ -58,8 +59,9 @@ static void check_tp(moe_activation act, moe_format f, int biases, int32_t tp) {
         .n_experts = E, .d_model = H, .d_ff = I, .format = f, .activation = act,
         .w13 = { .data = f == MOE_FORMAT_BF16 ? (void *)h13 : (void *)w13,
                  .bias = biases ? b13 : NULL },
-        .w2 = { .data = f == MOE_FORMAT_BF16 ? (void *)h2 : (void *)w2,
+        .w2 = { .data = f2 == MOE_FORMAT_BF16 ? (void *)h2 : (void *)w2,
                 .bias = biases ? b2 : NULL },
+        .w2_format = &f2,
     };
     moe_router_options ro = { .n_experts = E, .top_k = K, .renormalize = 1 };
     moe_router *r = NULL;
@@ -78,8 +80,8 @@ static void check_tp(moe_activation act, moe_format f, int biases, int32_t tp) {
         moe_routed_experts_destroy(s);
     }
     double nmse = test_nmse_f(sum, ref, (size_t)(T * H));
-    CHECK(nmse < 1e-11, "act %d format %s tp %d: nmse %.3g of the tp sum", (int)act,
-          moe_format_name(f), tp, nmse);
+    CHECK(nmse < 1e-11, "act %d format %s/%s tp %d: nmse %.3g of the tp sum", (int)act,
+          moe_format_name(f), moe_format_name(f2), tp, nmse);
     moe_routed_experts_destroy(all);
     moe_router_destroy(r);
     free(w13), free(w2), free(b13), free(b2), free(x), free(lg), free(ref), free(part), free(sum);
@@ -89,10 +91,11 @@ static void check_tp(moe_activation act, moe_format f, int biases, int32_t tp) {
 TEST(ep_tp_slices_sum_to_full) {
     for (int32_t tp = 1; tp <= 4; tp++) {
         if (36 % tp) continue;
-        check_tp(MOE_ACT_SILU, MOE_FORMAT_F32, 0, tp);
-        check_tp(MOE_ACT_SWIGLU_OAI, MOE_FORMAT_F32, 1, tp);
-        check_tp(MOE_ACT_RELU2, MOE_FORMAT_F32, 1, tp);
-        check_tp(MOE_ACT_GELU, MOE_FORMAT_BF16, 1, tp);
+        check_tp(MOE_ACT_SILU, MOE_FORMAT_F32, MOE_FORMAT_F32, 0, tp);
+        check_tp(MOE_ACT_SWIGLU_OAI, MOE_FORMAT_F32, MOE_FORMAT_F32, 1, tp);
+        check_tp(MOE_ACT_RELU2, MOE_FORMAT_F32, MOE_FORMAT_F32, 1, tp);
+        check_tp(MOE_ACT_GELU, MOE_FORMAT_BF16, MOE_FORMAT_BF16, 1, tp);
+        check_tp(MOE_ACT_SILU, MOE_FORMAT_BF16, MOE_FORMAT_F32, 1, tp); /* mixed W13/W2 */
     }
 }
 

@@ -7,7 +7,11 @@
  * int4 formats; FP8 block elementwise atol = rtol = 0.035 on inputs ~
  * randn/10; fp4 cosine >= 0.999 (and NMSE <= 2e-3) against the same-path
  * emulation. Each case also checks that no output is NaN and that the
- * result is the same for a token alone as inside the batch.
+ * result is the same for a token alone as inside the batch. Mixed cases give
+ * W2 its own format (moe_experts_options.w2_format), as GGUF Q4_K_M files do;
+ * since both backends read the same per-matrix views, those cases also check
+ * the ref output against f32 experts holding the unquantized weights (a
+ * matrix read in the wrong format is far off, quantization error is not).
  */
 #include "test.h"
 
@@ -24,19 +28,26 @@ typedef struct qcase {
     int        g_idx;        /* GPTQ act-order                          */
     float      input_scale;  /* FP8_TENSOR static activation scale, 0 = dynamic */
     float      x_sigma;
+    int        mixed;        /* W2 in format f2 instead of f            */
+    moe_format f2;
 } qcase;
 
 typedef struct qlayer {
     moe_router         *router;
     moe_routed_experts *experts;
+    moe_routed_experts *plain;      /* mixed cases: the f32 weights before quantization */
     void               *bufs[6];
+    float              *w32[2];     /* (E, 2 I, H), (E, H, I)                           */
     int32_t            *g_idx;
     float              *scale2, *in_scale;
 } qlayer;
 
 static void qlayer_free(qlayer *q) {
     moe_routed_experts_destroy(q->experts);
+    moe_routed_experts_destroy(q->plain);
     moe_router_destroy(q->router);
+    free(q->w32[0]);
+    free(q->w32[1]);
     for (int i = 0; i < 6; i++) free(q->bufs[i]);
     free(q->g_idx);
     free(q->scale2);
@@ -54,27 +65,33 @@ static bool qlayer_build(const qcase *c, int32_t E, int64_t H, int64_t I, int32_
         test_fail(__FILE__, __LINE__, "router: %s", err);
         return false;
     }
+    const moe_format fm[2] = { c->f, c->mixed ? c->f2 : c->f }; /* W13's, W2's */
     moe_quant_sizes s13, s2;
-    if (moe_quant_sizes_get(c->f, 2 * I, H, c->group, c->scale_format, &s13, err, sizeof err) ||
-        moe_quant_sizes_get(c->f, H, I, c->group, c->scale_format, &s2, err, sizeof err)) {
+    if (moe_quant_sizes_get(fm[0], 2 * I, H, c->group, c->scale_format, &s13, err, sizeof err) ||
+        moe_quant_sizes_get(fm[1], H, I, c->group, c->scale_format, &s2, err, sizeof err)) {
         test_fail(__FILE__, __LINE__, "%s sizes: %s", moe_format_name(c->f), err);
         return false;
     }
     size_t sz[6] = { s13.data, s13.scales, s13.zeros, s2.data, s2.scales, s2.zeros };
     for (int i = 0; i < 6; i++) q->bufs[i] = calloc((size_t)E, sz[i] + 1);
+    if (c->mixed)
+        for (int m = 0; m < 2; m++) q->w32[m] = malloc(sizeof(float) * (size_t)(E * 2 * I * H));
     test_rng rng = { 99 + (uint64_t)c->f };
     float *src = malloc(sizeof(float) * (size_t)(2 * I * H));
     for (int32_t e = 0; e < E; e++) {
         for (int m = 0; m < 2; m++) {
             int64_t rows = m ? H : 2 * I, cols = m ? I : H;
             test_fill_normal(&rng, src, (size_t)(rows * cols), 0.05f);
+            if (c->mixed)
+                memcpy(q->w32[m] + (size_t)(e * rows * cols), src,
+                       sizeof(float) * (size_t)(rows * cols));
             char *b[3];
             for (int t = 0; t < 3; t++)
                 b[t] = (char *)q->bufs[3 * m + t] + (size_t)e * sz[3 * m + t];
-            if (moe_quantize(c->f, rows, cols, c->group, c->scale_format, src, b[0],
+            if (moe_quantize(fm[m], rows, cols, c->group, c->scale_format, src, b[0],
                              sz[3 * m + 1] ? b[1] : NULL, sz[3 * m + 2] ? b[2] : NULL, err,
                              sizeof err)) {
-                test_fail(__FILE__, __LINE__, "%s quantize: %s", moe_format_name(c->f), err);
+                test_fail(__FILE__, __LINE__, "%s quantize: %s", moe_format_name(fm[m]), err);
                 free(src);
                 return false;
             }
@@ -88,6 +105,7 @@ static bool qlayer_build(const qcase *c, int32_t E, int64_t H, int64_t I, int32_
                  .zeros = s13.zeros ? q->bufs[2] : NULL },
         .w2 = { .data = q->bufs[3], .scales = s2.scales ? q->bufs[4] : NULL,
                 .zeros = s2.zeros ? q->bufs[5] : NULL },
+        .w2_format = c->mixed ? &c->f2 : NULL,
     };
     if (c->input_scale > 0) {
         q->in_scale = malloc(sizeof(float) * (size_t)E);
@@ -110,15 +128,23 @@ static bool qlayer_build(const qcase *c, int32_t E, int64_t H, int64_t I, int32_
         test_fail(__FILE__, __LINE__, "%s experts: %s", moe_format_name(c->f), err);
         return false;
     }
+    moe_experts_options po = { .n_experts = E, .d_model = H, .d_ff = I,
+                               .format = MOE_FORMAT_F32, .activation = MOE_ACT_SILU,
+                               .w13 = { .data = q->w32[0] }, .w2 = { .data = q->w32[1] } };
+    if (c->mixed && moe_routed_experts_create(&po, &q->plain, err, sizeof err)) {
+        test_fail(__FILE__, __LINE__, "f32 experts: %s", err);
+        return false;
+    }
     return true;
 }
 
-/* out (n, H) of a layer on `backend` for routing (ids, w). */
-static bool run(const qlayer *q, moe_backend backend, int64_t n, int64_t H, const float *x,
-                const int32_t *ids, const float *w, float *out, const char **impl) {
+/* out (n, H) of a layer of experts ex on `backend` for routing (ids, w). */
+static bool run(const qlayer *q, moe_routed_experts *ex, moe_backend backend, int64_t n,
+                int64_t H, const float *x, const int32_t *ids, const float *w, float *out,
+                const char **impl) {
     char err[256];
     moe_layer *l = NULL;
-    moe_layer_options lo = { .router = q->router, .experts = q->experts, .backend = backend,
+    moe_layer_options lo = { .router = q->router, .experts = ex, .backend = backend,
                              .max_tokens = n };
     if (moe_layer_create(&lo, &l, err, sizeof err)) {
         test_fail(__FILE__, __LINE__, "layer (%d): %s", (int)backend, err);
@@ -154,8 +180,8 @@ static void check_shape(const qcase *c, int32_t E, int32_t top_k, int64_t H, int
         test_fill_normal(&rng, logits, (size_t)(n * E), 1.0f);
         moe_router_route(q.router, n, logits, ids, w);
         const char *impl_ref = "", *impl_cpu = "";
-        if (run(&q, MOE_BACKEND_REF, n, H, x, ids, w, o_ref, &impl_ref) &&
-            run(&q, MOE_BACKEND_CPU, n, H, x, ids, w, o_cpu, &impl_cpu)) {
+        if (run(&q, q.experts, MOE_BACKEND_REF, n, H, x, ids, w, o_ref, &impl_ref) &&
+            run(&q, q.experts, MOE_BACKEND_CPU, n, H, x, ids, w, o_cpu, &impl_cpu)) {
             CHECK(!strcmp(impl_cpu, "cpu"), "%s: CPU layer runs '%s'", name, impl_cpu);
             long bad = test_find_nan(o_cpu, (size_t)(n * H));
             CHECK(bad < 0, "%s n=%lld: NaN at %ld", name, (long long)n, bad);
@@ -188,11 +214,20 @@ static void check_shape(const qcase *c, int32_t E, int32_t top_k, int64_t H, int
             if (n > 1) {
                 float *o1 = malloc(sizeof(float) * (size_t)H);
                 const char *i1;
-                if (run(&q, MOE_BACKEND_CPU, 1, H, x, ids, w, o1, &i1))
+                if (run(&q, q.experts, MOE_BACKEND_CPU, 1, H, x, ids, w, o1, &i1))
                     CHECK(!memcmp(o1, o_cpu, sizeof(float) * (size_t)H),
                           "%s: token 0 differs alone vs in a batch of %lld", name, (long long)n);
                 free(o1);
             }
+            /* Mixed formats: close to the unquantized layer. */
+            float *o32 = c->mixed ? malloc(sizeof(float) * (size_t)(n * H)) : NULL;
+            const char *i32;
+            if (o32 && run(&q, q.plain, MOE_BACKEND_REF, n, H, x, ids, w, o32, &i32)) {
+                double e32 = test_nmse_f(o_ref, o32, (size_t)(n * H));
+                CHECK(e32 <= 0.02, "%s+%s n=%lld: NMSE %.3g vs f32 weights", name,
+                      moe_format_name(c->f2), (long long)n, e32);
+            }
+            free(o32);
         }
         free(x); free(logits); free(w); free(ids); free(o_ref); free(o_cpu);
     }
@@ -228,6 +263,14 @@ QTEST(fp8_channel, .f = MOE_FORMAT_FP8_CHANNEL, .metric = METRIC_NMSE)
 QTEST(fp8_block, .f = MOE_FORMAT_FP8_BLOCK, .metric = METRIC_ATOL, .x_sigma = 0.1f)
 QTEST(mxfp4, .f = MOE_FORMAT_MXFP4, .metric = METRIC_COS)
 QTEST(nvfp4, .f = MOE_FORMAT_NVFP4, .metric = METRIC_COS)
+/* Mixed W13/W2 formats: both projections quantize activations (Q4_K_M's
+ * mix), only W13 does, only W2 does. */
+QTEST(mixed_q4_k_q6_k, .f = MOE_FORMAT_Q4_K, .mixed = 1, .f2 = MOE_FORMAT_Q6_K,
+      .metric = METRIC_NMSE)
+QTEST(mixed_q8_0_bf16, .f = MOE_FORMAT_Q8_0, .mixed = 1, .f2 = MOE_FORMAT_BF16,
+      .metric = METRIC_NMSE)
+QTEST(mixed_f32_q8_0, .f = MOE_FORMAT_F32, .mixed = 1, .f2 = MOE_FORMAT_Q8_0,
+      .metric = METRIC_NMSE)
 
 /* Awkward shapes: K not a multiple of the kernels' units (odd block counts,
  * partial fp8 groups and fp4 units),

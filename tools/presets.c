@@ -88,9 +88,15 @@ moe_status synth_create(const moe_preset *preset, moe_format format, int32_t n_e
     if (n_experts_max > 0 && s->p.n_experts > n_experts_max) {
         s->p.n_experts = n_experts_max;
         if (s->p.top_k > s->p.n_experts) s->p.top_k = s->p.n_experts;
-        /* Keep groups dividing E. */
-        while (s->p.n_group > 1 && s->p.n_experts % s->p.n_group) s->p.n_group--;
+        /* Keep groups valid: dividing E, and top_k within the kept groups. */
+        for (;;) {
+            int32_t g = s->p.n_group, tg = s->p.topk_group < g ? s->p.topk_group : g;
+            if (g <= 1 || (s->p.n_experts % g == 0 && s->p.top_k <= tg * (s->p.n_experts / g)))
+                break;
+            s->p.n_group--;
+        }
         if (s->p.topk_group > s->p.n_group) s->p.topk_group = s->p.n_group;
+        if (s->p.n_group <= 1) s->p.n_group = s->p.topk_group = 0;
     }
     const moe_preset *p = &s->p;
     int64_t rows13 = p->activation == MOE_ACT_RELU2 ? p->d_ff : 2 * p->d_ff;

@@ -13,6 +13,10 @@ int64_t moe__w13_rows(const moe_experts_options *o) {
     return o->activation == MOE_ACT_RELU2 ? o->d_ff : 2 * o->d_ff;
 }
 
+moe_format moe__w2_format(const moe_experts_options *o) {
+    return o->w2_format ? *o->w2_format : o->format;
+}
+
 /* The tables of one projection, in the order they are copied. */
 enum { T_DATA, T_SCALES, T_ZEROS, T_GIDX, T_SCALE2, T_INSCALE, T_BIAS, T_COUNT };
 
@@ -39,11 +43,11 @@ static const void **table_ptr(moe_weights *w, int t) {
     }
 }
 
-static moe__wmat make_view(const moe_routed_experts *e, const moe_weights *w, const moe__wsizes *s,
-                           int64_t rows, int64_t cols, int32_t i) {
+static moe__wmat make_view(const moe_routed_experts *e, moe_format f, const moe_weights *w,
+                           const moe__wsizes *s, int64_t rows, int64_t cols, int32_t i) {
     const moe_experts_options *o = &e->opts;
     return (moe__wmat){
-        .format       = o->format,
+        .format       = f,
         .rows         = rows,
         .cols         = cols,
         .group_size   = o->group_size,
@@ -60,11 +64,12 @@ static moe__wmat make_view(const moe_routed_experts *e, const moe_weights *w, co
 }
 
 moe__wmat moe__experts_w13(const moe_routed_experts *e, int32_t i) {
-    return make_view(e, &e->opts.w13, &e->s13, moe__w13_rows(&e->opts), e->opts.d_model, i);
+    return make_view(e, e->fmt13, &e->opts.w13, &e->s13, moe__w13_rows(&e->opts), e->opts.d_model,
+                     i);
 }
 
 moe__wmat moe__experts_w2(const moe_routed_experts *e, int32_t i) {
-    return make_view(e, &e->opts.w2, &e->s2, e->opts.d_model, e->opts.d_ff, i);
+    return make_view(e, e->fmt2, &e->opts.w2, &e->s2, e->opts.d_model, e->opts.d_ff, i);
 }
 
 static moe_status check_map(const int32_t *map, int32_t n_global, int32_t n_local, char *err,
@@ -92,9 +97,9 @@ static moe_status check_options(const moe_experts_options *o, char *err, size_t 
         return moe__errf(err, errlen, MOE_ERR_INVALID_ARG,
                          "experts need n_experts, d_model, d_ff >= 1 (got %d, %lld, %lld)",
                          o->n_experts, (long long)o->d_model, (long long)o->d_ff);
-    if (!moe__format(o->format))
+    if (!moe__format(o->format) || !moe__format(moe__w2_format(o)))
         return moe__errf(err, errlen, MOE_ERR_UNSUPPORTED, "weight format %d is not available",
-                         (int)o->format);
+                         (int)(moe__format(o->format) ? moe__w2_format(o) : o->format));
     if ((unsigned)o->activation > MOE_ACT_RELU2)
         return moe__errf(err, errlen, MOE_ERR_INVALID_ARG, "unknown activation %d",
                          (int)o->activation);
@@ -121,20 +126,23 @@ moe_status moe_routed_experts_create(const moe_experts_options *opts, moe_routed
     *out = NULL;
     moe_status st = check_options(opts, err, errlen);
     if (st) return st;
-    const moe__format_traits *ft = moe__format(opts->format);
-
     moe_routed_experts *e = moe__calloc(1, sizeof *e);
     if (!e) return moe__errf(err, errlen, MOE_ERR_NOMEM, "out of memory");
-    e->opts      = *opts;
+    e->opts           = *opts;
+    e->fmt13          = opts->format;
+    e->fmt2           = moe__w2_format(opts);
+    e->opts.w2_format = &e->fmt2;  /* the caller's pointer need not outlive create */
+    const moe__format_traits *ft13 = moe__format(e->fmt13), *ft2 = moe__format(e->fmt2);
     int64_t rows13 = moe__w13_rows(opts);
-    if ((st = ft->sizes(rows13, opts->d_model, opts->group_size, opts->scale_format, &e->s13, err,
-                        errlen)) ||
-        (st = ft->sizes(opts->d_model, opts->d_ff, opts->group_size, opts->scale_format, &e->s2,
-                        err, errlen)))
+    if ((st = ft13->sizes(rows13, opts->d_model, opts->group_size, opts->scale_format, &e->s13,
+                          err, errlen)) ||
+        (st = ft2->sizes(opts->d_model, opts->d_ff, opts->group_size, opts->scale_format, &e->s2,
+                         err, errlen)))
         goto fail;
     if ((e->s13.scales && !opts->w13.scales) || (e->s2.scales && !opts->w2.scales)) {
-        st = moe__errf(err, errlen, MOE_ERR_INVALID_ARG, "format %s needs w13.scales and w2.scales",
-                       ft->info.name);
+        const bool w13 = e->s13.scales && !opts->w13.scales;
+        st = moe__errf(err, errlen, MOE_ERR_INVALID_ARG, "format %s needs %s.scales",
+                       (w13 ? ft13 : ft2)->info.name, w13 ? "w13" : "w2");
         goto fail;
     }
 
@@ -174,20 +182,18 @@ moe_status moe_routed_experts_create(const moe_experts_options *opts, moe_routed
     e->opts.n_experts_global = e->n_experts_global;
 
     /* Scales and tables read from outside are checked once, here. */
-    if (ft->validate) {
-        for (int32_t i = 0; i < opts->n_experts; i++) {
-            moe__wmat   w13 = moe__experts_w13(e, i), w2 = moe__experts_w2(e, i);
-            const char *which = "w13";
-            st = ft->validate(&w13, err, errlen);
-            if (!st) {
-                which = "w2";
-                st    = ft->validate(&w2, err, errlen);
-            }
-            if (st) {
-                size_t n = err ? strlen(err) : 0;
-                if (err && n + 1 < errlen) snprintf(err + n, errlen - n, " (expert %d, %s)", i, which);
-                goto fail;
-            }
+    for (int32_t i = 0; i < opts->n_experts && (ft13->validate || ft2->validate); i++) {
+        moe__wmat   w13 = moe__experts_w13(e, i), w2 = moe__experts_w2(e, i);
+        const char *which = "w13";
+        st = ft13->validate ? ft13->validate(&w13, err, errlen) : MOE_OK;
+        if (!st && ft2->validate) {
+            which = "w2";
+            st    = ft2->validate(&w2, err, errlen);
+        }
+        if (st) {
+            size_t n = err ? strlen(err) : 0;
+            if (err && n + 1 < errlen) snprintf(err + n, errlen - n, " (expert %d, %s)", i, which);
+            goto fail;
         }
     }
     *out = e;

@@ -159,6 +159,7 @@ struct moe_router {
 struct moe_routed_experts {
     moe_experts_options opts;     /* weight pointers point at owned copies unless borrowed */
     moe__wsizes         s13, s2;  /* per-expert table sizes                               */
+    moe_format          fmt13, fmt2;  /* each matrix's format; opts.w2_format points at fmt2 */
     int32_t             n_experts_global;
     int32_t            *expert_map;   /* (n_experts_global) global -> local, -1 = remote  */
     void               *owned;        /* one block holding copied tables, or NULL         */
@@ -173,6 +174,8 @@ moe__wmat moe__experts_w13(const moe_routed_experts *e, int32_t expert);
 moe__wmat moe__experts_w2(const moe_routed_experts *e, int32_t expert);
 /* Rows of W13 per expert: 2 d_ff for gated activations, d_ff for RELU2. */
 int64_t   moe__w13_rows(const moe_experts_options *o);
+/* W2's format: *o->w2_format, or o->format when that is NULL. */
+moe_format moe__w2_format(const moe_experts_options *o);
 
 struct moe_shared_experts {
     moe_routed_experts *mlp;      /* one expert                                     */

@@ -17,7 +17,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#if defined(MOE_HAVE_CUDA) && __has_include("../cuda/cuda.h")
+#ifdef MOE_HAVE_CUDA
 #include "../cuda/cuda.h"
 #define LAYER_CUDA 1
 #endif
@@ -192,7 +192,8 @@ static moe_status check_shared(moe_layer *l, const moe_shared_experts *sh) {
                          "shared experts given, but the layer was created without shared experts "
                          "(moe_layer_options.shared sizes the workspace)");
     const moe_experts_options *a = &sh->mlp->opts, *b = &want->mlp->opts;
-    if (a->d_model != b->d_model || a->d_ff != b->d_ff || a->format != b->format)
+    if (a->d_model != b->d_model || a->d_ff != b->d_ff || a->format != b->format ||
+        sh->mlp->fmt2 != want->mlp->fmt2)
         return layer_err(l, MOE_ERR_SHAPE,
                          "shared experts (d_model %lld, d_ff %lld, %s) differ from the layer's "
                          "(d_model %lld, d_ff %lld, %s)",

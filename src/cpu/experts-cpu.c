@@ -83,15 +83,16 @@ typedef struct job_layout {
     size_t off_active, off_xs, off_a, off_aq, off_gate, off_scratch, total;
 } job_layout;
 
-static void job_layout_make(const moe_routed_experts *e, const moe__cpu_format *cf,
-                            int64_t n_rows, int n_threads, job_layout *L) {
+static void job_layout_make(const moe_routed_experts *e, const moe__cpu_format *cf13,
+                            const moe__cpu_format *cf2, int64_t n_rows, int n_threads,
+                            job_layout *L) {
     const moe_experts_options *o = &e->opts;
     const size_t n = (size_t)(n_rows > 0 ? n_rows : 0);
     memset(L, 0, sizeof *L);
-    L->xs_stride = align64(cf->act_quantize ? cf->act_row_bytes(o->d_model)
-                                            : (size_t)o->d_model * sizeof(float));
+    L->xs_stride = align64(cf13->act_quantize ? cf13->act_row_bytes(o->d_model)
+                                              : (size_t)o->d_model * sizeof(float));
     L->a_stride  = align64((size_t)o->d_ff * sizeof(float));
-    L->aq_stride = cf->act_quantize ? align64(cf->act_row_bytes(o->d_ff)) : 0;
+    L->aq_stride = cf2->act_quantize ? align64(cf2->act_row_bytes(o->d_ff)) : 0;
     /* Scratch: the h tile of phase 1, the y tile of phase 2, a scaled input
      * row before quantization (phase 0). */
     size_t s = (size_t)NX_CHUNK * 2 * BF_MAX;
@@ -115,7 +116,7 @@ typedef struct job_state {
     const moe_routed_experts *e;
     const moe__dispatch      *d;
     const float              *gate;     /* (d_model) or NULL                      */
-    const moe__cpu_format    *cf;
+    const moe__cpu_format    *cf13, *cf2; /* W13's and W2's kernels            */
     job_layout                L;
     char                     *ws;       /* this job's workspace                   */
     int32_t                  *active;   /* (n_active) local experts with rows     */
@@ -177,13 +178,13 @@ static void task_gather(const job_state *j, int64_t task, int thread) {
         const float *src = x;
         if (d->in_scale) {
             float  sc  = d->in_scale[s];
-            float *dst = j->cf->act_quantize ? tmp : (float *)xr;
+            float *dst = j->cf13->act_quantize ? tmp : (float *)xr;
             for (int64_t k = 0; k < H; k++) dst[k] = x[k] * sc;
             src = dst;
         }
-        if (j->cf->act_quantize) {
+        if (j->cf13->act_quantize) {
             moe__wmat w = moe__experts_w13(j->e, expert_of_row(d, r));
-            j->cf->act_quantize(&w, src, H, xr);
+            j->cf13->act_quantize(&w, src, H, xr);
         } else if (src == x) {
             memcpy(xr, x, (size_t)H * sizeof(float));
         }
@@ -220,14 +221,14 @@ static void task_w13(const job_state *j, int64_t task, int thread) {
         const void   *xq = xs_row(j, c0);
         switch (o->activation) {
         case MOE_ACT_SWIGLU_OAI:
-            j->cf->gemm(&w, 2 * i0, 2 * i1, xq, j->L.xs_stride, nx, h, hs);
+            j->cf13->gemm(&w, 2 * i0, 2 * i1, xq, j->L.xs_stride, nx, h, hs);
             break;
         case MOE_ACT_RELU2:
-            j->cf->gemm(&w, i0, i1, xq, j->L.xs_stride, nx, h, hs);
+            j->cf13->gemm(&w, i0, i1, xq, j->L.xs_stride, nx, h, hs);
             break;
         default:
-            j->cf->gemm(&w, i0, i1, xq, j->L.xs_stride, nx, h, hs);
-            j->cf->gemm(&w, o->d_ff + i0, o->d_ff + i1, xq, j->L.xs_stride, nx, h + nb, hs);
+            j->cf13->gemm(&w, i0, i1, xq, j->L.xs_stride, nx, h, hs);
+            j->cf13->gemm(&w, o->d_ff + i0, o->d_ff + i1, xq, j->L.xs_stride, nx, h + nb, hs);
             break;
         }
         for (int64_t i = 0; i < nx; i++) {
@@ -254,7 +255,7 @@ static void task_quant_a(const job_state *j, int64_t task) {
     const int64_t        r1 = r0 + GATHER_ROWS < d->n_rows ? r0 + GATHER_ROWS : d->n_rows;
     for (int64_t r = r0; r < r1; r++) {
         moe__wmat w = moe__experts_w2(j->e, expert_of_row(d, r));
-        j->cf->act_quantize(&w, a_row(j, r), j->e->opts.d_ff, aq_row(j, r));
+        j->cf2->act_quantize(&w, a_row(j, r), j->e->opts.d_ff, aq_row(j, r));
     }
 }
 
@@ -269,14 +270,14 @@ static void task_w2(const job_state *j, int64_t task, int thread) {
     const int64_t        nm   = m1 - m0;
     const int64_t        row0 = d->expert_start[ex], row1 = d->expert_start[ex + 1];
     const moe__wmat      w    = moe__experts_w2(j->e, ex);
-    const bool           q    = j->cf->act_quantize != NULL;
+    const bool           q    = j->cf2->act_quantize != NULL;
     const size_t         xs   = q ? j->L.aq_stride : j->L.a_stride;
     float               *yt   = thread_scratch(j, thread); /* (NX_CHUNK, nm) */
 
     for (int64_t c0 = row0; c0 < row1; c0 += NX_CHUNK) {
         const int64_t nx = row1 - c0 < NX_CHUNK ? row1 - c0 : NX_CHUNK;
         const void   *xq = q ? (const void *)aq_row(j, c0) : (const void *)a_row(j, c0);
-        j->cf->gemm(&w, m0, m1, xq, xs, nx, yt, nm);
+        j->cf2->gemm(&w, m0, m1, xq, xs, nx, yt, nm);
         for (int64_t i = 0; i < nx; i++) {
             const int32_t s = d->row_slot[c0 + i];
             if (s < 0) continue;
@@ -333,18 +334,21 @@ static const char *g_no_kernel[MOE_FORMAT_COUNT] = {
 };
 
 static const char *cpu_rejects(const moe_routed_experts *e) {
-    const moe_format f = e->opts.format;
-    if ((unsigned)f >= MOE_FORMAT_COUNT) return "unknown weight format";
-    if (!moe__cpu_format_get(f)) return g_no_kernel[f];
+    const moe_format f[2] = { e->fmt13, e->fmt2 };
+    for (int k = 0; k < 2; k++) {
+        if ((unsigned)f[k] >= MOE_FORMAT_COUNT) return "unknown weight format";
+        if (!moe__cpu_format_get(f[k])) return g_no_kernel[f[k]];
+    }
     if ((unsigned)e->opts.activation > MOE_ACT_RELU2) return "unknown activation";
     return NULL;
 }
 
 static size_t cpu_workspace_size(const moe_routed_experts *e, int64_t n_rows, int n_threads) {
-    const moe__cpu_format *cf = moe__cpu_format_get(e->opts.format);
-    if (!cf) return 0;
+    const moe__cpu_format *cf13 = moe__cpu_format_get(e->fmt13);
+    const moe__cpu_format *cf2  = moe__cpu_format_get(e->fmt2);
+    if (!cf13 || !cf2) return 0;
     job_layout L;
-    job_layout_make(e, cf, n_rows, n_threads, &L);
+    job_layout_make(e, cf13, cf2, n_rows, n_threads, &L);
     return L.total;
 }
 
@@ -354,7 +358,7 @@ static size_t cpu_workspace_size(const moe_routed_experts *e, int64_t n_rows, in
 static void job_plan(job_state *j, int n_threads) {
     const moe_experts_options *o = &j->e->opts;
     const moe__dispatch       *d = j->d;
-    const double               wb = weight_bytes(o->format);
+    const double               wb13 = weight_bytes(j->e->fmt13), wb2 = weight_bytes(j->e->fmt2);
 
     j->n_active = 0;
     for (int32_t i = 0; i < d->n_local; i++) {
@@ -370,8 +374,8 @@ static void job_plan(job_state *j, int n_threads) {
     }
 
     const double rows_per_col = o->activation == MOE_ACT_RELU2 ? 1.0 : 2.0;
-    j->bf  = tile_clamp(TILE_BYTES / (rows_per_col * (double)o->d_model * wb), BF_MAX, o->d_ff);
-    j->bm  = tile_clamp(TILE_BYTES / ((double)o->d_ff * wb), BM_MAX, o->d_model);
+    j->bf  = tile_clamp(TILE_BYTES / (rows_per_col * (double)o->d_model * wb13), BF_MAX, o->d_ff);
+    j->bm  = tile_clamp(TILE_BYTES / ((double)o->d_ff * wb2), BM_MAX, o->d_model);
     /* Few experts touched (decode with a small top_k, shared experts alone):
      * smaller tiles so that every thread gets several. */
     while (j->bf > 8 && j->n_active * ((o->d_ff + j->bf - 1) / j->bf) < 4 * n_threads)
@@ -384,7 +388,7 @@ static void job_plan(job_state *j, int n_threads) {
     const int64_t n_gather     = (d->n_rows + GATHER_ROWS - 1) / GATHER_ROWS;
     j->n_tasks[PHASE_GATHER]   = n_gather;
     j->n_tasks[PHASE_W13]      = (int64_t)j->n_active * j->nb1;
-    j->n_tasks[PHASE_QUANT_A]  = j->cf->act_quantize ? n_gather : 0;
+    j->n_tasks[PHASE_QUANT_A]  = j->cf2->act_quantize ? n_gather : 0;
     j->n_tasks[PHASE_W2]       = (int64_t)j->n_active * j->nb2;
 }
 
@@ -411,14 +415,15 @@ static moe_status cpu_run(const moe__experts_job *jobs, int n_jobs, moe__exec *e
         j->e    = e;
         j->d    = jobs[k].d;
         j->gate = jobs[k].gate;
-        j->cf   = moe__cpu_format_get(e->opts.format);
+        j->cf13 = moe__cpu_format_get(e->fmt13);
+        j->cf2  = moe__cpu_format_get(e->fmt2);
         if (j->d->d_model != e->opts.d_model || j->d->n_local > e->opts.n_experts)
             return moe__errf(ex->err, ex->errlen, MOE_ERR_SHAPE,
                              "cpu experts: dispatch (d_model %lld, %d local experts) does not "
                              "match the experts (d_model %lld, %d experts)",
                              (long long)j->d->d_model, j->d->n_local,
                              (long long)e->opts.d_model, e->opts.n_experts);
-        job_layout_make(e, j->cf, j->d->n_rows, n_threads, &j->L);
+        job_layout_make(e, j->cf13, j->cf2, j->d->n_rows, n_threads, &j->L);
         if (off + j->L.total > workspace_size || !workspace)
             return moe__errf(ex->err, ex->errlen, MOE_ERR_WORKSPACE,
                              "cpu experts: workspace of %zu bytes, %zu needed", workspace_size,

@@ -116,6 +116,10 @@ static moe_status check_experts(const moe_routed_experts *e, const char *what, c
         return moe__errf(err, errlen, MOE_ERR_UNSUPPORTED,
                          "unsupported on cuda: %s (%s; cuda runs bf16, f16 and fp8-block weights)",
                          moe_format_name(o->format), what);
+    if (e->fmt2 != e->fmt13)
+        return moe__errf(err, errlen, MOE_ERR_UNSUPPORTED,
+                         "unsupported on cuda: mixed formats (%s w13 %s, w2 %s)", what,
+                         moe_format_name(e->fmt13), moe_format_name(e->fmt2));
     if (o->d_model % 16 || o->d_ff % 16)
         return moe__errf(err, errlen, MOE_ERR_UNSUPPORTED,
                          "unsupported on cuda: %s d_model %lld and d_ff %lld must be multiples "

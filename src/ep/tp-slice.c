@@ -29,11 +29,14 @@ moe_status moe_routed_experts_create_tp(const moe_experts_options *full, int32_t
     *out = NULL;
     if (tp_size < 1 || tp_rank < 0 || tp_rank >= tp_size)
         return moe__errf(err, errlen, MOE_ERR_INVALID_ARG, "tp rank %d of %d", tp_rank, tp_size);
-    const size_t esz = moe__plain_size(full->format);
-    if (!esz)
+    const moe_format f2 = moe__w2_format(full);
+    const size_t     esz = moe__plain_size(full->format), esz2 = moe__plain_size(f2);
+    if (!esz || !esz2) {
+        const char *name = moe_format_name(esz ? f2 : full->format);
         return moe__errf(err, errlen, MOE_ERR_UNSUPPORTED,
                          "tensor-parallel slicing supports f32, bf16 and f16 weights, not %s",
-                         moe_format_name(full->format) ? moe_format_name(full->format) : "?");
+                         name ? name : "?");
+    }
     if (full->n_experts < 1 || full->d_model < 1 || full->d_ff < 1 || !full->w13.data ||
         !full->w2.data)
         return moe__errf(err, errlen, MOE_ERR_INVALID_ARG, "experts need sizes and weights");
@@ -46,7 +49,7 @@ moe_status moe_routed_experts_create_tp(const moe_experts_options *full, int32_t
     const int64_t rows13 = moe__w13_rows(full), rows13s = rows13 / tp_size;
 
     size_t n13 = (size_t)(E * rows13s * H), n2 = (size_t)(E * H * Is);
-    char  *w13 = moe__malloc(n13 * esz), *w2 = moe__malloc(n2 * esz);
+    char  *w13 = moe__malloc(n13 * esz), *w2 = moe__malloc(n2 * esz2);
     float *b13 = full->w13.bias ? moe__malloc((size_t)(E * rows13s) * sizeof(float)) : NULL;
     if (!w13 || !w2 || (full->w13.bias && !b13)) {
         moe__free(w13), moe__free(w2), moe__free(b13);
@@ -61,8 +64,8 @@ moe_status moe_routed_experts_create_tp(const moe_experts_options *full, int32_t
             if (b13) b13[e * rows13s + i] = full->w13.bias[e * rows13 + r];
         }
         for (int64_t h = 0; h < H; h++)
-            memcpy(w2 + (size_t)((e * H + h) * Is) * esz,
-                   src2 + (size_t)((e * H + h) * I + off) * esz, (size_t)Is * esz);
+            memcpy(w2 + (size_t)((e * H + h) * Is) * esz2,
+                   src2 + (size_t)((e * H + h) * I + off) * esz2, (size_t)Is * esz2);
     }
     moe_experts_options o = *full;
     o.d_ff       = Is;

@@ -245,15 +245,15 @@ moe_status moe__gguf_bind(const moe_model *m, int32_t L, moe__mlayer *b, char *e
             if (b->down[e]->dtype != b->down[0]->dtype)
                 return moe__errf(err, errlen, MOE_ERR_DTYPE, "blk.%d: expert %d down type differs", L, e);
         }
-        dt = b->gate[0]->dtype;
-        b->format = dt == b->down[0]->dtype ? moe__format_of(dt, 0, 0) : MOE_FORMAT_COUNT;
+        b->format  = moe__format_of(b->gate[0]->dtype, 0, 0);
+        b->format2 = moe__format_of(b->down[0]->dtype, 0, 0);
     } else {
         b->w2 = need(m, L, "ffn_down_exps.weight", &s, err, errlen);
         if (s || (s = MOE__SHAPE(b->w2, E, H, I))) return s;
         if ((s = bind_merged(m, L, b, &dt, err, errlen))) return s;
-        /* one format for W13 and W2 (K-quant mixes with another type for down
-         * are common: they are refused here, by type) */
-        b->format = dt == b->w2->dtype ? moe__format_of(dt, 0, 0) : MOE_FORMAT_COUNT;
+        /* down may have its own type (Q4_K_M: gate/up Q4_K, down Q6_K) */
+        b->format  = moe__format_of(dt, 0, 0);
+        b->format2 = moe__format_of(b->w2->dtype, 0, 0);
     }
     b->corr_b = blk(m, L, "exp_probs_b.bias");
     if (b->corr_b && ((s = MOE__SHAPE(b->corr_b, E)) || (s = check_plain(b->corr_b, err, errlen)))) return s;
@@ -277,8 +277,9 @@ moe_status moe__gguf_bind(const moe_model *m, int32_t L, moe__mlayer *b, char *e
         if (s || (s = MOE__SHAPE(b->sh_gate, S, H)) || (s = MOE__SHAPE(b->sh_up, S, H)) ||
             (s = MOE__SHAPE(b->sh_down, H, S)))
             return s;
-        b->sh_format = b->sh_gate->dtype == b->sh_up->dtype && b->sh_gate->dtype == b->sh_down->dtype
-                           ? moe__format_of(b->sh_gate->dtype, 0, 0) : MOE_FORMAT_COUNT;
+        b->sh_format  = b->sh_gate->dtype == b->sh_up->dtype
+                            ? moe__format_of(b->sh_gate->dtype, 0, 0) : MOE_FORMAT_COUNT;
+        b->sh_format2 = moe__format_of(b->sh_down->dtype, 0, 0);
         if (c->shared_gate) {
             b->sh_gate_w = need(m, L, "ffn_gate_inp_shexp.weight", &s, err, errlen);
             if (s || (s = MOE__SHAPE(b->sh_gate_w, H)) || (s = check_plain(b->sh_gate_w, err, errlen)))

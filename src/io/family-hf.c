@@ -470,5 +470,8 @@ moe_status moe__hf_bind(const moe_model *m, int32_t L, moe__mlayer *b, char *err
     default: return moe__errf(err, errlen, MOE_ERR_INTERNAL, "family %d", (int)c->family);
     }
     if ((s = MOE__SHAPE(b->router_w, E, H)) || (s = check_plain(b->router_w, err, errlen))) return s;
+    /* HF checkpoints keep one type per MLP (checked above). */
+    b->format2    = b->format;
+    b->sh_format2 = b->sh_format;
     return MOE_OK;
 }

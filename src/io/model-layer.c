@@ -121,10 +121,11 @@ static moe_status build_routed(moe_model_layer *ml, const moe_model *m, const mo
     const int64_t H = c->d_model, I = c->d_ff;
     moe__wsizes s13, s2;
     moe_status s;
-    if ((s = sizes(b->format, 2 * I, H, &s13, err, errlen)) || (s = sizes(b->format, H, I, &s2, err, errlen)))
+    if ((s = sizes(b->format, 2 * I, H, &s13, err, errlen)) || (s = sizes(b->format2, H, I, &s2, err, errlen)))
         return s;
-    const size_t al = data_align(b->format);
+    const size_t al = data_align(b->format), al2 = data_align(b->format2);
     *eo = (moe_experts_options){ .n_experts = E, .d_model = H, .d_ff = I, .format = b->format,
+                                 .w2_format = &b->format2,
                                  .activation = c->activation, .swiglu_alpha = c->swiglu_alpha,
                                  .swiglu_limit = c->swiglu_limit, .flags = MOE_EXPERTS_BORROW };
     if (b->layout == MOE__LAYOUT_FUSED) {
@@ -134,7 +135,7 @@ static moe_status build_routed(moe_model_layer *ml, const moe_model *m, const mo
             (b->w2_s && (s = check_bytes(b->w2_s, (uint64_t)E_all * s2.scales, err, errlen))))
             return s;
         eo->w13.data = pick(ml, b->w13->data, s13.data, sel, E, al);
-        eo->w2.data = pick(ml, b->w2->data, s2.data, sel, E, al);
+        eo->w2.data = pick(ml, b->w2->data, s2.data, sel, E, al2);
         if (b->w13_s && !(eo->w13.scales = pick(ml, b->w13_s->data, s13.scales, sel, E, 4)))
             return moe__errf(err, errlen, MOE_ERR_NOMEM, "out of memory");
         if (b->w2_s && !(eo->w2.scales = pick(ml, b->w2_s->data, s2.scales, sel, E, 4)))
@@ -192,7 +193,7 @@ static moe_status build_routed(moe_model_layer *ml, const moe_model *m, const mo
         }
         eo->w13.data = w13;
         if (b->stacked) {
-            eo->w2.data = pick(ml, b->down[0]->data, s2.data, sel, E, al);
+            eo->w2.data = pick(ml, b->down[0]->data, s2.data, sel, E, al2);
         } else {
             uint8_t *w2 = own(ml, (size_t)E * s2.data);
             if (!w2) return moe__errf(err, errlen, MOE_ERR_NOMEM, "out of memory");
@@ -254,11 +255,11 @@ static moe_status build_shared(moe_model_layer *ml, const moe_model *m, const mo
     const int64_t H = c->d_model, S = c->d_ff_shared;
     moe__wsizes s13, s2;
     moe_status s;
-    if (b->sh_format == MOE_FORMAT_COUNT)
+    if (b->sh_format == MOE_FORMAT_COUNT || b->sh_format2 == MOE_FORMAT_COUNT)
         return moe__errf(err, errlen, MOE_ERR_UNSUPPORTED, "shared expert tensors of type %s/%s/%s "
                          "have no libmoe format", moe__dtype_get(b->sh_gate->dtype)->name,
                          moe__dtype_get(b->sh_up->dtype)->name, moe__dtype_get(b->sh_down->dtype)->name);
-    if ((s = sizes(b->sh_format, 2 * S, H, &s13, err, errlen)) || (s = sizes(b->sh_format, H, S, &s2, err, errlen)))
+    if ((s = sizes(b->sh_format, 2 * S, H, &s13, err, errlen)) || (s = sizes(b->sh_format2, H, S, &s2, err, errlen)))
         return s;
     if ((s = check_bytes(b->sh_gate, s13.data / 2, err, errlen)) ||
         (s = check_bytes(b->sh_up, s13.data / 2, err, errlen)) ||
@@ -269,9 +270,10 @@ static moe_status build_shared(moe_model_layer *ml, const moe_model *m, const mo
     memcpy(w13, b->sh_gate->data, s13.data / 2);
     memcpy(w13 + s13.data / 2, b->sh_up->data, s13.data / 2);
     *so = (moe_shared_options){ .mlp = { .n_experts = 1, .d_model = H, .d_ff = S, .format = b->sh_format,
+                                         .w2_format = &b->sh_format2,
                                          .activation = MOE_ACT_SILU, .flags = MOE_EXPERTS_BORROW } };
     so->mlp.w13.data = w13;
-    so->mlp.w2.data = view(ml, b->sh_down->data, s2.data, data_align(b->sh_format));
+    so->mlp.w2.data = view(ml, b->sh_down->data, s2.data, data_align(b->sh_format2));
     if (b->sh_gate_s) {
         if ((s = check_bytes(b->sh_gate_s, s13.scales / 2, err, errlen)) ||
             (s = check_bytes(b->sh_up_s, s13.scales / 2, err, errlen)) ||
@@ -309,7 +311,7 @@ moe_status moe_model_layer_create(const moe_model *m, int32_t layer, const moe_l
         moe__mlayer_free(&b);
         return moe__errf(err, errlen, MOE_ERR_NOMEM, "out of memory");
     }
-    if (b.format == MOE_FORMAT_COUNT) {
+    if (b.format == MOE_FORMAT_COUNT || b.format2 == MOE_FORMAT_COUNT) {
         const moe__mtensor *t = b.w13 ? b.w13 : b.gate[0];
         s = moe__errf(err, errlen, MOE_ERR_UNSUPPORTED, "layer %d: expert tensor %s of type %s (down: "
                       "%s) has no libmoe format", layer, t->name, moe__dtype_get(t->dtype)->name,

@@ -80,7 +80,8 @@ typedef struct moe__mlayer {
     const moe__mtensor *sh_gate_s, *sh_up_s, *sh_down_s;
     const moe__mtensor *sh_gate_w;                           /* shared sigmoid gate     */
     moe_format          format;      /* routed experts; MOE_FORMAT_COUNT = none fits     */
-    moe_format          sh_format;
+    moe_format          format2;     /* their W2 (down): GGUF K-quant mixes differ       */
+    moe_format          sh_format, sh_format2; /* shared MLP: W13 and W2                 */
 } moe__mlayer;
 
 struct moe_model {

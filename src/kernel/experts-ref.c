@@ -15,8 +15,9 @@
 #include <string.h>
 
 static const char *ref_rejects(const moe_routed_experts *e) {
-    const moe__format_traits *ft = moe__format(e->opts.format);
-    if (!ft || !ft->dequant_row_ref) return "the format has no reference dequantization";
+    const moe__format_traits *f13 = moe__format(e->fmt13), *f2 = moe__format(e->fmt2);
+    if (!f13 || !f13->dequant_row_ref || !f2 || !f2->dequant_row_ref)
+        return "the format has no reference dequantization";
     return NULL;
 }
 
@@ -34,10 +35,11 @@ static size_t ref_workspace_size(const moe_routed_experts *e, int64_t n_rows, in
 }
 
 /* h (m, rows) = W . in (m, cols) + bias, in double, with activations
- * fake-quantized into q first when the format quantizes them. */
-static void ref_project(const moe__wmat *w, const moe__format_traits *ft, const float *in, int64_t m,
-                        float *wrow, float *q, double *h) {
-    const float *xin = in;
+ * fake-quantized into q first when W's format quantizes them. */
+static void ref_project(const moe__wmat *w, const float *in, int64_t m, float *wrow, float *q,
+                        double *h) {
+    const moe__format_traits *ft  = moe__format(w->format);
+    const float              *xin = in;
     if (ft->act_fake_quant_ref) {
         memcpy(q, in, (size_t)m * (size_t)w->cols * sizeof(float));
         for (int64_t i = 0; i < m; i++) ft->act_fake_quant_ref(w, q + i * w->cols, w->cols);
@@ -58,7 +60,6 @@ static moe_status ref_run_job(const moe__experts_job *job, char *ws, char *ws_en
     const moe_routed_experts  *e  = job->experts;
     const moe_experts_options *o  = &e->opts;
     const moe__dispatch       *d  = job->d;
-    const moe__format_traits  *ft = moe__format(o->format);
     const int64_t H = o->d_model, I = o->d_ff, R13 = moe__w13_rows(o);
     const int64_t m_max = d->n_rows, kmax = H > I ? H : I;
 
@@ -81,11 +82,11 @@ static moe_status ref_run_job(const moe__experts_job *job, char *ws, char *ws_en
             for (int64_t k = 0; k < H; k++) xin[i * H + k] = d->in_scale ? x[k] * scale : x[k];
         }
         moe__wmat w13 = moe__experts_w13(e, ex), w2 = moe__experts_w2(e, ex);
-        ref_project(&w13, ft, xin, m, wrow, q, h);
+        ref_project(&w13, xin, m, wrow, q, h);
         for (int64_t i = 0; i < m; i++) moe__activate_row_f64(o, h + i * R13, a + i * I);
         /* W2's input is the f32 activation the fast kernels see. */
         for (int64_t i = 0; i < m * I; i++) a32[i] = (float)a[i];
-        ref_project(&w2, ft, a32, m, wrow, q, y);
+        ref_project(&w2, a32, m, wrow, q, y);
         for (int64_t i = 0; i < m; i++) {
             int32_t s = d->row_slot[r0 + i];
             double  g = 1.0;

@@ -105,6 +105,7 @@ int main(int argc, char **argv) {
         { "gpt_oss_mxfp4", "gpt_oss_mxfp4", 0, 1e-6 },
         { "qwen2moe_gguf", "qwen2moe_gguf.gguf", 0, 1e-10 },
         { "mixtral_q8_0_gguf", "mixtral_q8_0_gguf.gguf", 0, 1e-6 },
+        { "qwen2moe_mixed_gguf", "qwen2moe_mixed_gguf.gguf", 0, 1e-6 }, /* Q4_K/Q6_K, shared mixed */
         { "llama4", "llama4", 1, 1e-10 },
     };
     int ok = 1;

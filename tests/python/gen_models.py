@@ -119,6 +119,9 @@ def aquant(v, kind):
 
 
 def expert(x, Wg, Wu, Wd, act="silu", bg=None, bu=None, bd=None, limit=7.0, aq=None):
+    """aq: the activation rounding of both projections, or a pair (W13's, W2's) when the
+    down projection is stored in another type."""
+    aq, aq2 = aq if isinstance(aq, tuple) else (aq, aq)
     x = aquant(x, aq)
     g, u = Wg @ x, Wu @ x
     if bg is not None:
@@ -129,7 +132,7 @@ def expert(x, Wg, Wu, Wd, act="silu", bg=None, bu=None, bd=None, limit=7.0, aq=N
         g = np.minimum(g, limit)
         u = np.clip(u, -limit, limit)
         h = (u + 1.0) * g * sigmoid(1.702 * g)
-    y = Wd @ aquant(h, aq)
+    y = Wd @ aquant(h, aq2)
     return y + bd if bd is not None else y
 
 
@@ -463,7 +466,10 @@ def random_kquant(shape, q):
 
 
 def gguf_model(name, arch, family, W, r, E, k, H, I, layers=1, moe_layer=0, kv=None, qtype=None, S=0,
-               fused=False, tol=1e-10, extra=None, legacy=False):
+               fused=False, tol=1e-10, extra=None, legacy=False, qdown="same", sh_q=(None, None)):
+    """qdown: the type of ffn_down_exps when it differs from qtype (Q4_K_M stores down in
+    Q6_K); sh_q: the types of the shared expert's gate/up and down (None = F32)."""
+    qdown = qtype if qdown == "same" else qdown
     path = os.path.join(OUT, name + ".gguf")
     w = gguf.GGUFWriter(path, arch)
     w.add_uint32(arch + ".block_count", layers)
@@ -500,11 +506,11 @@ def gguf_model(name, arch, family, W, r, E, k, H, I, layers=1, moe_layer=0, kv=N
         W["w_gate"] = add(b + "ffn_gate_exps.weight", W["w_gate"], qtype)
         W["w_up"] = add(b + "ffn_up_exps.weight", W["w_up"], qtype)
     if not legacy:
-        W["w_down"] = add(b + "ffn_down_exps.weight", W["w_down"], qtype)
+        W["w_down"] = add(b + "ffn_down_exps.weight", W["w_down"], qdown)
     if S:
-        W["sh_gate"] = add(b + "ffn_gate_shexp.weight", W["sh_gate"])
-        W["sh_up"] = add(b + "ffn_up_shexp.weight", W["sh_up"])
-        W["sh_down"] = add(b + "ffn_down_shexp.weight", W["sh_down"])
+        W["sh_gate"] = add(b + "ffn_gate_shexp.weight", W["sh_gate"], sh_q[0])
+        W["sh_up"] = add(b + "ffn_up_shexp.weight", W["sh_up"], sh_q[0])
+        W["sh_down"] = add(b + "ffn_down_shexp.weight", W["sh_down"], sh_q[1])
     if W.get("sh_gw") is not None:
         W["sh_gw"] = add(b + "ffn_gate_inp_shexp.weight", W["sh_gw"])
     if W.get("corr") is not None:
@@ -576,6 +582,18 @@ def gen_gguf():
     W = make_weights(E, H, I, S=I)
     gguf_model("llama4_gguf", "llama4", "llama4", W, {"k": 1, "scoring": "llama4"}, E, 1, H, I, S=I,
                kv={"expert_shared_count": ("uint32", 1)})
+    # Mixed types in one layer, as llama.cpp's Q4_K_M writes them: gate/up Q4_K, down Q6_K;
+    # then with a shared expert whose gate/up (Q8_0) and down (F32) differ as well.
+    W = make_weights(E, 256, 256)
+    gguf_model("qwen3moe_q4_k_m_gguf", "qwen3moe", "qwen3_moe", W,
+               {"k": k, "scoring": "softmax", "renorm": True, "aq": "q8_k"}, E, k, 256, 256, qtype=QT.Q4_K,
+               qdown=QT.Q6_K, tol=1e-6)
+    W = make_weights(E, 256, 256, S=64)
+    W["sh_gw"] = rng.standard_normal(256) / np.sqrt(256)
+    gguf_model("qwen2moe_mixed_gguf", "qwen2moe", "qwen2_moe", W,
+               {"k": k, "scoring": "softmax", "renorm": False, "aq": "q8_k", "aq_sh": ("q8_0", None)},
+               E, k, 256, 256, qtype=QT.Q4_K, qdown=QT.Q6_K, S=64, sh_q=(QT.Q8_0, None), tol=1e-6,
+               kv={"expert_shared_feed_forward_length": ("uint32", 64)})
 
 
 def main():
