@@ -8,7 +8,7 @@
 set -u
 moe=${1:-build/moe}
 max_gb=${2:-6}
-formats=$("$moe" formats --json 2>/dev/null | sed -n 's/.*"name": *"\([^"]*\)".*/\1/p')
+formats=$("$moe" formats --json 2>/dev/null | sed -n 's/.*"format": *"\([^"]*\)".*/\1/p')
 [ -n "$formats" ] || formats="f32 bf16 f16 fp8-tensor fp8-channel fp8-block int8-w8a8 int4-gptq int4-awq int8-gptq mxfp4 nvfp4 q8_0 q4_0 q4_k q6_k gguf-mxfp4"
 echo "| preset | format | 1 token µs | 1 token %bw | 8 tokens µs | 8 tokens %bw |"
 echo "|---|---|---|---|---|---|"

@@ -277,6 +277,25 @@ moe_status moe__ep_select_pf(const moe_layer_options *o, const moe__prepare_fina
 void moe__activate_row(const moe_experts_options *o, const float *h, float *a);
 void moe__activate_row_f64(const moe_experts_options *o, const double *h, double *a);
 
+/* The combine every prepare/finalize ends with (src/kernel/combine.c):
+ * out[t] = sum over slots j in order of w[t, j] * y[row(t, j)], + shared_y[t],
+ * in fp32. One function, so that every transport gives the same bits. */
+typedef struct moe__combine {
+    int64_t        n_tokens;
+    int32_t        top_k;
+    int64_t        d_model;
+    const float   *topk_w;     /* (n_tokens * top_k)                                   */
+    bool           weight_one; /* weights were applied on the input (Llama-4)          */
+    const float   *y;          /* expert outputs, rows of d_model                      */
+    const int32_t *row;        /* (n_tokens * top_k) row of y per slot; NULL = slot s  */
+    /* With map: slot s contributes only when map[topk_ids[s]] >= 0. */
+    const int32_t *topk_ids;   /* (n_tokens * top_k) or NULL                           */
+    const int32_t *map;        /* global -> local expert map, or NULL                  */
+    const float   *shared_y;   /* (n_tokens, d_model) or NULL                          */
+    float         *out;        /* (n_tokens, d_model)                                  */
+} moe__combine;
+void moe__combine_run(const moe__combine *c, moe__pool *pool);
+
 /* Registered implementations (src/kernel/, src/cpu/, src/cuda/). */
 extern const moe__experts_impl          moe__experts_ref;
 extern const moe__experts_impl          moe__experts_cpu;

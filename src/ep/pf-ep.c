@@ -350,38 +350,6 @@ static moe_status ep_prepare_call(moe_layer *l, moe__dispatch *d, void *ws, size
     return MOE_OK;
 }
 
-typedef struct sum_args {
-    const ep_call *call;
-    const float   *shared_y;
-    float         *out;
-    int64_t        tokens_per_task;
-} sum_args;
-
-/* The local finalize's arithmetic (pf-local.c finalize_task), reading each
- * slot's output from the returned rows. */
-static void sum_task(void *varg, int64_t task, int thread) {
-    (void)thread;
-    const sum_args *a = varg;
-    const ep_call  *c = a->call;
-    const int64_t   H = c->H;
-    int64_t t0 = task * a->tokens_per_task, t1 = t0 + a->tokens_per_task;
-    if (t1 > c->n_tokens) t1 = c->n_tokens;
-    for (int64_t t = t0; t < t1; t++) {
-        float *o = a->out + t * H;
-        for (int64_t k = 0; k < H; k++) o[k] = 0.0f;
-        for (int32_t j = 0; j < c->top_k; j++) {
-            int64_t      s = t * c->top_k + j;
-            const float  w = c->in_scale ? 1.0f : c->topk_w[s];
-            const float *y = c->back + (int64_t)c->pos[s] * H;
-            for (int64_t k = 0; k < H; k++) o[k] += w * y[k];
-        }
-        if (a->shared_y) {
-            const float *sy = a->shared_y + t * H;
-            for (int64_t k = 0; k < H; k++) o[k] += sy[k];
-        }
-    }
-}
-
 static moe_status ep_finalize(moe_layer *l, const moe__dispatch *d, const float *shared_y,
                               float *out) {
     moe_comm *c    = par(l)->comm;
@@ -419,8 +387,12 @@ static moe_status ep_finalize(moe_layer *l, const moe__dispatch *d, const float 
     if (st) return fail(l, st, "expert-parallel combine");
 
     /* 7. Weighted sum in slot order. */
-    sum_args a = { call, shared_y, out, 4 };
-    moe__pool_run(l->ctx->pool, (call->n_tokens + 3) / 4, sum_task, &a);
+    moe__combine sum = {
+        .n_tokens = call->n_tokens, .top_k = call->top_k, .d_model = call->H,
+        .topk_w = call->topk_w, .weight_one = call->in_scale != NULL, .y = call->back,
+        .row = call->pos, .shared_y = shared_y, .out = out,
+    };
+    moe__combine_run(&sum, l->ctx->pool);
     return MOE_OK;
 }
 

@@ -3,6 +3,7 @@
  * storage data type table, read-only mappings and the name hash set.
  */
 #include "io.h"
+#include "json.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -200,24 +201,6 @@ int64_t moe__nameset_find(const moe__nameset *s, const char *name, size_t len,
     return -1;
 }
 
-/* Length of a valid UTF-8 sequence at s (lead byte >= 0x80), 0 if invalid. */
-static size_t utf8_len(const unsigned char *s, size_t n) {
-    unsigned c = s[0];
-    size_t len;
-    uint32_t cp, min;
-    if (c >= 0xC2 && c <= 0xDF) { len = 2; cp = c & 0x1F; min = 0x80; }
-    else if (c >= 0xE0 && c <= 0xEF) { len = 3; cp = c & 0x0F; min = 0x800; }
-    else if (c >= 0xF0 && c <= 0xF4) { len = 4; cp = c & 0x07; min = 0x10000; }
-    else return 0;
-    if (n < len) return 0;
-    for (size_t i = 1; i < len; i++) {
-        if ((s[i] & 0xC0) != 0x80) return 0;
-        cp = (cp << 6) | (s[i] & 0x3F);
-    }
-    if (cp < min || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return 0;
-    return len;
-}
-
 moe_status moe__check_name(const char *what, const char *name, size_t len, uint64_t max,
                            char *err, size_t errlen) {
     if (len == 0) return moe__errf(err, errlen, MOE_ERR_NAME, "empty %s", what);
@@ -230,7 +213,7 @@ moe_status moe__check_name(const char *what, const char *name, size_t len, uint6
             return moe__errf(err, errlen, MOE_ERR_NAME, "%s has control byte 0x%02x at %zu",
                              what, s[i], i);
         if (s[i] < 0x80) { i++; continue; }
-        size_t l = utf8_len(s + i, len - i);
+        size_t l = moe__utf8_len(s + i, len - i);
         if (!l) return moe__errf(err, errlen, MOE_ERR_NAME, "%s is not valid UTF-8", what);
         i += l;
     }

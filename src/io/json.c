@@ -89,9 +89,7 @@ static size_t put_utf8(char *o, uint32_t cp) {
     return 4;
 }
 
-/* Length of the valid UTF-8 sequence at s[0, n) (>= 2 bytes, lead >= 0x80),
- * or 0 when invalid: overlong forms, surrogates and > U+10FFFF are invalid. */
-static size_t utf8_seq(const unsigned char *s, size_t n) {
+size_t moe__utf8_len(const unsigned char *s, size_t n) {
     unsigned c = s[0];
     size_t len;
     uint32_t cp, min;
@@ -152,7 +150,7 @@ static moe_status parse_string(parser *p, const char **out, size_t *out_len) {
             continue;
         }
         if (c < 0x80) { *o++ = (char)c; p->pos++; continue; }
-        size_t l = utf8_seq((const unsigned char *)p->s + p->pos, p->n - p->pos);
+        size_t l = moe__utf8_len((const unsigned char *)p->s + p->pos, p->n - p->pos);
         if (!l) return fail(p, MOE_ERR_JSON, "invalid UTF-8");
         memcpy(o, p->s + p->pos, l);
         o += l;

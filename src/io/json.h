@@ -104,4 +104,9 @@ moe_status moe__json_get_bool(const moe__json *j, uint32_t obj, const char *key,
 moe_status moe__json_get_str(const moe__json *j, uint32_t obj, const char *key, const char **v,
                              char *err, size_t errlen);
 
+/* Length of the valid UTF-8 sequence at s[0, n) (lead byte >= 0x80), or 0
+ * when invalid: overlong forms, surrogates and > U+10FFFF are invalid.
+ * Shared by the JSON parser and the tensor-name checks. */
+size_t moe__utf8_len(const unsigned char *s, size_t n);
+
 #endif /* MOE_IO_JSON_H */

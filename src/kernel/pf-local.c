@@ -54,43 +54,14 @@ static moe_status local_prepare(moe_layer *l, moe__dispatch *d, void *ws, size_t
     return MOE_OK;
 }
 
-typedef struct finalize_args {
-    const moe__dispatch *d;
-    const int32_t       *map;
-    const float         *shared_y;
-    float               *out;
-    int64_t              tokens_per_task;
-} finalize_args;
-
-static void finalize_task(void *varg, int64_t task, int thread) {
-    (void)thread;
-    const finalize_args *a = varg;
-    const moe__dispatch *d = a->d;
-    const int64_t        H = d->d_model;
-    int64_t t0 = task * a->tokens_per_task, t1 = t0 + a->tokens_per_task;
-    if (t1 > d->n_tokens) t1 = d->n_tokens;
-    for (int64_t t = t0; t < t1; t++) {
-        float *o = a->out + t * H;
-        for (int64_t k = 0; k < H; k++) o[k] = 0.0f;
-        for (int32_t j = 0; j < d->top_k; j++) {
-            int64_t s = t * d->top_k + j;
-            if (a->map[d->topk_ids[s]] < 0) continue; /* held by another rank */
-            const float  w = d->in_scale ? 1.0f : d->topk_w[s];
-            const float *y = d->y + s * H;
-            for (int64_t k = 0; k < H; k++) o[k] += w * y[k];
-        }
-        if (a->shared_y) {
-            const float *sy = a->shared_y + t * H;
-            for (int64_t k = 0; k < H; k++) o[k] += sy[k];
-        }
-    }
-}
-
 static moe_status local_finalize(moe_layer *l, const moe__dispatch *d, const float *shared_y,
                                  float *out) {
-    finalize_args a = { d, l->opts.experts->expert_map, shared_y, out, 4 };
-    int64_t n_tasks = (d->n_tokens + a.tokens_per_task - 1) / a.tokens_per_task;
-    moe__pool_run(l->ctx->pool, n_tasks, finalize_task, &a);
+    moe__combine c = {
+        .n_tokens = d->n_tokens, .top_k = d->top_k, .d_model = d->d_model, .topk_w = d->topk_w,
+        .weight_one = d->in_scale != NULL, .y = d->y, .topk_ids = d->topk_ids,
+        .map = l->opts.experts->expert_map, .shared_y = shared_y, .out = out,
+    };
+    moe__combine_run(&c, l->ctx->pool);
     return MOE_OK;
 }
 
