@@ -39,7 +39,7 @@
  *     moe_layer_options lo = { .router = router, .experts = experts, .max_tokens = 256 };
  *     if (moe_layer_create(&lo, &layer, err, sizeof err)) { puts(err); return 1; }
  *     size_t ws_size = moe_layer_workspace_size(layer, 256);
- *     void *ws = malloc(ws_size);
+ *     void *ws = aligned_alloc(64, (ws_size + 63) / 64 * 64);   (64-byte aligned)
  *     if (moe_layer_forward(layer, n_tokens, x, logits, NULL, out, ws, ws_size))
  *         puts(moe_layer_last_error(layer));
  *     free(ws); moe_layer_destroy(layer);
