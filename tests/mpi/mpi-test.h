@@ -34,6 +34,28 @@ MT_FN double mt_now(void) {
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
+/* A communicator over MPI_COMM_WORLD with the given deadline; the whole job
+ * aborts when it cannot be made. */
+MT_FN moe_comm *mt_comm(int32_t deadline_ms) {
+    MPI_Comm         world = MPI_COMM_WORLD;
+    moe_comm_options co    = { .deadline_ms = deadline_ms };
+    moe_comm        *comm  = NULL;
+    char             err[256];
+    if (moe_comm_create_mpi(&world, &co, &comm, err, sizeof err)) {
+        fprintf(stderr, "rank %d: %s\n", mt_rank, err);
+        MPI_Abort(MPI_COMM_WORLD, 1);
+    }
+    return comm;
+}
+
+/* MPI_Init, mt_rank and mt_size, and mt_comm(deadline_ms). */
+MT_FN moe_comm *mt_init(int *argc, char ***argv, int32_t deadline_ms) {
+    MPI_Init(argc, argv);
+    MPI_Comm_rank(MPI_COMM_WORLD, &mt_rank);
+    MPI_Comm_size(MPI_COMM_WORLD, &mt_size);
+    return mt_comm(deadline_ms);
+}
+
 /* splitmix64, as tests/util.c */
 typedef struct mt_rng { uint64_t s; } mt_rng;
 static uint64_t mt_u64(mt_rng *r) {

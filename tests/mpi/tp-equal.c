@@ -138,16 +138,8 @@ static int not_divisible(char *why) {
 }
 
 int main(int argc, char **argv) {
-    MPI_Init(&argc, &argv);
-    MPI_Comm_rank(MPI_COMM_WORLD, &mt_rank);
-    MPI_Comm_size(MPI_COMM_WORLD, &mt_size);
-    char err[256], why[256] = "";
-    MPI_Comm world = MPI_COMM_WORLD;
-    moe_comm_options co = { .deadline_ms = 30000 };
-    if (moe_comm_create_mpi(&world, &co, &g_comm, err, sizeof err)) {
-        fprintf(stderr, "rank %d: %s\n", mt_rank, err);
-        MPI_Abort(MPI_COMM_WORLD, 1);
-    }
+    g_comm = mt_init(&argc, &argv, 30000);
+    char why[256] = "";
     int n_fail = 0;
     for (size_t i = 0; i < sizeof g_cases / sizeof *g_cases; i++) {
         why[0] = '\0';
