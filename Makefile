@@ -14,6 +14,9 @@
 # Optional parts are detected and announced: CUDA (nvcc), MPI (mpicc), NCCL.
 # Opt out with NO_CUDA=1, NO_MPI=1, NO_NCCL=1.
 
+# `make` alone builds everything: sections below define other rules first.
+.DEFAULT_GOAL := all
+
 PREFIX    ?= /usr/local
 BUILD     ?= build
 CC        ?= cc

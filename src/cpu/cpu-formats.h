@@ -57,6 +57,20 @@
 
 #include "internal.h"
 
+#if defined(__F16C__)
+#include <immintrin.h>
+#endif
+
+/* f16 -> f32 for the kernels' block scales: one instruction where F16C
+ * exists, the exact scalar conversion otherwise (same value either way). */
+static inline float moe__cpu_half_to_f32(uint16_t h) {
+#if defined(__F16C__)
+    return _cvtsh_ss(h);
+#else
+    return moe__f16_to_f32(h);
+#endif
+}
+
 typedef struct moe__cpu_format {
     /* Bytes of one activation row of `cols` values after act_quantize
      * (including any per-row or per-block scales stored with it). Unused

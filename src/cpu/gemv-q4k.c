@@ -103,14 +103,6 @@ static void act_q4k(const moe__wmat *w, const float *x, int64_t cols, void *xq) 
     }
 }
 
-static inline float f16(uint16_t h) {
-#if defined(__F16C__)
-    return _cvtsh_ss(h);
-#else
-    return moe__f16_to_f32(h);
-#endif
-}
-
 /* The 6-bit scales (sc[0..7]) and mins (m[0..7]) of a block. */
 static inline void q4k_scales(const uint8_t *s, uint8_t sc[8], uint8_t m[8]) {
     for (int j = 0; j < 8; j++) {
@@ -221,7 +213,7 @@ static void gemm_q4k(const moe__wmat *w, int64_t r0, int64_t r1, const void *xq,
                     const moe_block_q4_k *q = &blk[b];
                     uint8_t sc[8], m[8];
                     q4k_scales(q->scales, sc, m);
-                    const float d = f16(q->d), dmin = f16(q->dmin);
+                    const float d = moe__cpu_half_to_f32(q->d), dmin = moe__cpu_half_to_f32(q->dmin);
                     float t = 0, mt = 0;
                     for (int s = 0; s < 8; s++) {
                         int32_t isum = 0;

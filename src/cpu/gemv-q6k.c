@@ -33,7 +33,7 @@ static void unpack_q6_k(const moe__wmat *w, int64_t r, int64_t k0, int64_t kc, u
                         float *wd, float *wc) {
     const moe_block_q6_k *b = (const moe_block_q6_k *)w->data + (r * w->cols + k0) / MOE_QK_K;
     for (int64_t i = 0; i < kc / MOE_QK_K; i++) {
-        const float d = q8_f16(b[i].d);
+        const float d = moe__cpu_half_to_f32(b[i].d);
 #if Q8_AVX512
         __m512 sd = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(
                                       _mm_loadu_si128((const __m128i *)b[i].scales))),

@@ -44,15 +44,6 @@
 
 enum { Q8_KC = 4096, Q8_XG = 16 };
 
-/* f16 -> f32 in one instruction where F16C exists (exact either way). */
-static inline float q8_f16(uint16_t h) {
-#if defined(__F16C__)
-    return _cvtsh_ss(h);
-#else
-    return moe__f16_to_f32(h);
-#endif
-}
-
 static inline int64_t q8_kp(int64_t cols) { return (cols + 255) / 256 * 256; }
 
 static inline size_t q8_act_row_bytes(int64_t cols) {

@@ -88,14 +88,6 @@ static void act_q80(const moe__wmat *w, const float *x, int64_t cols, void *xq) 
 #endif
 }
 
-static inline float f16(uint16_t h) {
-#if defined(__F16C__)
-    return _cvtsh_ss(h);
-#else
-    return moe__f16_to_f32(h);
-#endif
-}
-
 static const int8_t kvalues_mxfp4[16] = { 0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12 };
 
 /* Block i of row data: the 32 weight values (q, before any offset) and the
@@ -104,7 +96,7 @@ static float block_values(moe_format f, const void *row, int64_t i, int q[32]) {
     if (f == MOE_FORMAT_Q8_0) {
         const moe_block_q8_0 *b = (const moe_block_q8_0 *)row + i;
         for (int j = 0; j < 32; j++) q[j] = b->qs[j];
-        return f16(b->d);
+        return moe__cpu_half_to_f32(b->d);
     }
     if (f == MOE_FORMAT_Q4_0) {
         const moe_block_q4_0 *b = (const moe_block_q4_0 *)row + i;
@@ -112,7 +104,7 @@ static float block_values(moe_format f, const void *row, int64_t i, int q[32]) {
             q[j]      = (b->qs[j] & 15) - 8;
             q[j + 16] = (b->qs[j] >> 4) - 8;
         }
-        return f16(b->d);
+        return moe__cpu_half_to_f32(b->d);
     }
     const moe_block_mxfp4_gguf *b = (const moe_block_mxfp4_gguf *)row + i;
     for (int j = 0; j < 16; j++) {
