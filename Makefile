@@ -75,14 +75,25 @@ $(BUILD)/tools/cmd-ep.o: CFLAGS += $(MPI_CFLAGS)
 else
 LIB_SRC   := $(filter-out src/ep/mpi-%.c,$(LIB_SRC))
 endif
+# NCCL_HOME names an NCCL outside the system paths (e.g. the nvidia-nccl
+# wheel's directory); NCCL_LIB overrides the link flag (-l:libnccl.so.2 where
+# there is no libnccl.so).
+NCCL_HOME ?=
+NCCL_LIB  ?= -lnccl
 ifeq ($(NO_NCCL)$(HAVE_CUDA),1)
-ifneq ($(wildcard $(CUDA_HOME)/include/nccl.h),)
+NCCL_H    := $(firstword $(wildcard $(if $(NCCL_HOME),$(NCCL_HOME)/include/nccl.h) \
+               $(CUDA_HOME)/include/nccl.h /usr/include/nccl.h /usr/local/include/nccl.h))
+ifneq ($(NCCL_H),)
 HAVE_NCCL := 1
 endif
 endif
 ifeq ($(HAVE_NCCL),1)
 override CFLAGS += -DMOE_HAVE_NCCL
-override LDLIBS += -lnccl
+ifneq ($(NCCL_HOME),)
+override CFLAGS += -I$(NCCL_HOME)/include
+override LDLIBS += -L$(NCCL_HOME)/lib -Wl,-rpath,$(NCCL_HOME)/lib
+endif
+override LDLIBS += $(NCCL_LIB)
 else
 LIB_SRC   := $(filter-out src/ep/nccl-%.c,$(LIB_SRC))
 endif

@@ -267,9 +267,11 @@ cudaError_t moe__decode_prologue_setup_cuda(size_t smem);
 cudaError_t moe__decode_prologue_cuda(const moe__prologue_args *a, cudaStream_t st);
 
 /* finalize.cu: out[t] = sum_j y[t k + j] over held slots (slot_row >= 0), in
- * slot order, f32, + shared_y[t] when not NULL; stored in io_fmt. */
+ * slot order, f32, + shared_y[t] when not NULL; stored in io_fmt. With
+ * by_row the rows are y[slot_row[t k + j]] instead (expert parallel: outputs
+ * come back in send order). */
 cudaError_t moe__finalize_cuda(const float *y, const int32_t *slot_row, const float *shared_y,
                                int64_t T, int32_t k, int64_t H, void *out, int io_fmt, int pdl,
-                               cudaStream_t st);
+                               int by_row, cudaStream_t st);
 
 #endif /* MOE_CUDA_COMMON_CUH */

@@ -25,45 +25,12 @@
  * fewer on average, else 64 / 128 (prefill). Same n_tokens, same launches:
  * the forward is a fixed sequence a CUDA graph can capture.
  */
-#include "common.cuh"
+#include "backend.cuh"
 
 #include "cuda.h"
 
 #include <stdio.h>
 #include <string.h>
-
-/* Device buffers are carved at this alignment. */
-#define WS_ALIGN 256
-
-// ---- state
-
-typedef struct cuda_ctx {
-    int          device;
-    cudaStream_t main, aux;
-    int          own_main;
-    cudaEvent_t  fork, join;
-} cuda_ctx;
-
-/* One experts object on the device (routed experts, or the one expert of
- * shared experts plus their gate). Everything lives in one allocation. */
-typedef struct cuda_experts {
-    int      dtype;               /* MOE_CUDA_*                                        */
-    int32_t  n_local, n_global;
-    int64_t  H, I, n13;           /* d_model, d_ff, rows of W13                        */
-    void    *w13, *w2;            /* (n_local, n13, H), (n_local, H, I)                */
-    float   *s13, *s2;            /* fp8 block scales, or NULL                         */
-    float   *b13, *b2;            /* biases (n_local, n13), (n_local, H) or NULL       */
-    int32_t *map;                 /* (n_global) or NULL (identity)                     */
-    float   *gate;                /* shared experts' gate (H) or NULL                  */
-    void    *block;
-} cuda_experts;
-
-typedef struct cuda_layer {
-    float *bias;                  /* router correction bias (E) or NULL                */
-    float *gate_w, *gate_b;       /* router gate (E, H), (E) or NULL                   */
-    void  *block;
-    size_t prologue_smem;         /* decode prologue's shared memory, 0 = not usable   */
-} cuda_layer;
 
 /* Batches up to this many tokens (and slots: align's one-block bound) take
  * the one-launch decode prologue. */
@@ -87,7 +54,7 @@ static void cuda_experts_free(void *p) {
     moe__free(x);
 }
 
-static cuda_experts *experts_state(const moe_routed_experts *e) {
+cuda_experts *moe__cuda_experts_state(const moe_routed_experts *e) {
     for (int i = 0; i < 4; i++)
         if (e->impl_free[i] == cuda_experts_free) return (cuda_experts *)e->impl_state[i];
     return NULL;
@@ -98,14 +65,6 @@ static int dtype_of(moe_format f) {
          : f == MOE_FORMAT_FP8_BLOCK ? MOE_CUDA_FP8 : -1;
 }
 
-
-static int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
-/* x in io format io can feed the tensor cores of dtype as it is. */
-static bool same_type(int io, int dtype) {
-    return (io == MOE_FORMAT_BF16 && dtype == MOE_CUDA_BF16) ||
-           (io == MOE_FORMAT_F16 && dtype == MOE_CUDA_F16);
-}
 
 // ---- checks and upload
 
@@ -140,7 +99,7 @@ static void *place(char *block, size_t *off, size_t n) {
 
 static moe_status upload_experts(moe_routed_experts *e, const float *gate, char *err,
                                  size_t errlen) {
-    if (experts_state(e)) return MOE_OK; // uploaded by an earlier layer
+    if (moe__cuda_experts_state(e)) return MOE_OK; // uploaded by an earlier layer
     int slot = -1;
     for (int i = 0; i < 4 && slot < 0; i++)
         if (!e->impl_state[i]) slot = i;
@@ -261,39 +220,25 @@ static moe_status upload_router(moe_layer *l, char *err, size_t errlen) {
 
 // ---- workspace
 
-/* Rows per tile for m rows spread over n experts. */
-static int pick_bm(int dtype, int64_t rows, int32_t n_experts) {
+int moe__cuda_pick_bm(int dtype, int64_t rows, int32_t n_experts) {
     double avg = (double)rows / (double)(n_experts > 0 ? n_experts : 1);
     if (avg <= 16.0) return 16;
     if (dtype == MOE_CUDA_FP8 || avg <= 64.0) return 64;
     return 128;
 }
 
-/* The next buffer of n bytes (NULL when n = 0) from the workspace cursor. */
-static void *take(char **cur, size_t n) {
-    if (!n) return NULL;
-    void *p = *cur;
-    *cur += moe__align_up(n, WS_ALIGN);
-    return p;
-}
-
-static int64_t max_tiles(int64_t rows, int32_t n_experts, int bm) {
+int64_t moe__cuda_max_tiles(int64_t rows, int32_t n_experts, int bm) {
     return cdiv(rows, bm) + (rows < n_experts ? rows : n_experts);
 }
 
-typedef struct ws_plan {
-    size_t logits, ids, w, estart, row_slot, slot_row, tiles, ntiles, align, xq, xs, sg, h1, h1q,
-        h1s, y, sh_h1, sh_h1q, sh_h1s, sh_y;
-} ws_plan;
-
-static ws_plan plan(const moe_layer *l, int64_t T) {
+ws_plan moe__cuda_plan(const moe_layer *l, int64_t T, int64_t R) {
     const moe_router_options *ro = &l->opts.router->opts;
     const moe_routed_experts *e  = l->opts.experts;
     const int      dt   = dtype_of(e->opts.format);
     const int64_t  H    = e->opts.d_model, I = e->opts.d_ff, k = ro->top_k;
     const int64_t  S    = T * k;
     const int32_t  nl   = e->opts.n_experts;
-    const int      bm   = pick_bm(dt, S, nl);
+    const int      bm   = moe__cuda_pick_bm(dt, R, nl);
     const bool     fp8  = dt == MOE_CUDA_FP8;
     const moe_shared_experts *sh = l->opts.shared;
     const int64_t  Is   = sh ? sh->mlp->opts.d_ff : 0;
@@ -304,22 +249,22 @@ static ws_plan plan(const moe_layer *l, int64_t T) {
     p.ids      = (size_t)S * 4;
     p.w        = (size_t)S * 4;
     p.estart   = (size_t)(nl + 1) * 4;
-    p.row_slot = (size_t)S * 4;
-    p.slot_row = (size_t)S * 4;
-    p.tiles    = (size_t)max_tiles(S, nl, bm) * 8;
+    p.row_slot = (size_t)R * 4;
+    p.slot_row = (size_t)R * 4;
+    p.tiles    = (size_t)moe__cuda_max_tiles(R, nl, bm) * 8;
     p.ntiles   = 4;
     /* x in the compute type; the shared experts may use another type, so
      * room for both (bf16 is the larger). */
     p.xq       = (size_t)(T * H) * 2;
     p.xs       = (size_t)(T * cdiv(H, MOE_CUDA_QBLOCK)) * 4;
     p.sg       = sh && sh->gate ? (size_t)T * 4 : 0;
-    p.align    = moe__align_scratch_size(S, nl);
+    p.align    = moe__align_scratch_size(R, nl);
     /* h1 holds bf16 rows (f16 for f16 weights; f32 for fp8 decode); fp8
      * adds the quantized rows h1q and their group scales */
-    p.h1       = (size_t)(S * I) * (fp8 ? 4 : 2);
-    p.h1q      = fp8 ? (size_t)(S * I) : 0;
-    p.h1s      = fp8 ? (size_t)(S * cdiv(I, MOE_CUDA_QBLOCK)) * 4 : 0;
-    p.y        = (size_t)(S * H) * 4;
+    p.h1       = (size_t)(R * I) * (fp8 ? 4 : 2);
+    p.h1q      = fp8 ? (size_t)(R * I) : 0;
+    p.h1s      = fp8 ? (size_t)(R * cdiv(I, MOE_CUDA_QBLOCK)) * 4 : 0;
+    p.y        = (size_t)(R * H) * 4;
     p.sh_h1    = sh ? (size_t)(T * Is) * (sdt == MOE_CUDA_FP8 ? 4 : 2) : 0;
     p.sh_h1q   = sh && sdt == MOE_CUDA_FP8 ? (size_t)(T * Is) : 0;
     p.sh_h1s   = sh && sdt == MOE_CUDA_FP8 ? (size_t)(T * cdiv(Is, MOE_CUDA_QBLOCK)) * 4 : 0;
@@ -328,12 +273,42 @@ static ws_plan plan(const moe_layer *l, int64_t T) {
     return p;
 }
 
-size_t moe__cuda_workspace_size(const moe_layer *l, int64_t n_tokens) {
-    ws_plan p = plan(l, n_tokens);
-    const size_t *v = (const size_t *)&p;
+size_t moe__cuda_plan_bytes(const ws_plan *p) {
+    const size_t *v = (const size_t *)p;
     size_t total = 0;
-    for (size_t i = 0; i < sizeof p / sizeof(size_t); i++) total += moe__align_up(v[i], WS_ALIGN);
-    return total + WS_ALIGN;
+    for (size_t i = 0; i < sizeof *p / sizeof(size_t); i++) total += moe__align_up(v[i], WS_ALIGN);
+    return total;
+}
+
+ws_bufs moe__cuda_carve(const ws_plan *p, char **cur) {
+    ws_bufs b;
+    b.lg              = (float *)take(cur, p->logits);
+    b.ids             = (int32_t *)take(cur, p->ids);
+    b.w               = (float *)take(cur, p->w);
+    b.ao.expert_start = (int32_t *)take(cur, p->estart);
+    b.ao.row_slot     = (int32_t *)take(cur, p->row_slot);
+    b.ao.slot_row     = (int32_t *)take(cur, p->slot_row);
+    b.ao.tiles        = (int32_t *)take(cur, p->tiles);
+    b.ao.n_tiles      = (int32_t *)take(cur, p->ntiles);
+    b.ao.scratch      = (int32_t *)take(cur, p->align);
+    b.xq              = (char *)take(cur, p->xq);
+    b.xs              = (float *)take(cur, p->xs);
+    b.sg              = (float *)take(cur, p->sg);
+    b.h1              = take(cur, p->h1);
+    b.h1q             = take(cur, p->h1q);
+    b.h1s             = (float *)take(cur, p->h1s);
+    b.y               = (float *)take(cur, p->y);
+    b.sh_h1           = take(cur, p->sh_h1);
+    b.sh_h1q          = take(cur, p->sh_h1q);
+    b.sh_h1s          = (float *)take(cur, p->sh_h1s);
+    b.sh_y            = (float *)take(cur, p->sh_y);
+    return b;
+}
+
+size_t moe__cuda_workspace_size(const moe_layer *l, int64_t n_tokens) {
+    if (l->opts.parallel) return moe__cuda_ep_workspace_size(l, n_tokens);
+    ws_plan p = moe__cuda_plan(l, n_tokens, n_tokens * l->opts.router->opts.top_k);
+    return moe__cuda_plan_bytes(&p) + WS_ALIGN;
 }
 
 // ---- entry points
@@ -370,6 +345,7 @@ moe_status moe__cuda_layer_create(moe_layer *l, char *err, size_t errlen) {
     if ((st = upload_experts(l->opts.experts, NULL, err, errlen))) return st;
     if (sh && (st = upload_experts(sh->mlp, sh->gate, err, errlen))) return st;
     if ((st = upload_router(l, err, errlen))) return st;
+    if (l->opts.parallel && (st = moe__cuda_ep_create(l, err, errlen))) return st;
     cuda_layer *cl = (cuda_layer *)l->cuda;
     cl->prologue_smem = moe__decode_prologue_smem(&l->opts.router->opts,
                                                   l->opts.experts->opts.n_experts);
@@ -384,6 +360,7 @@ moe_status moe__cuda_layer_create(moe_layer *l, char *err, size_t errlen) {
 void moe__cuda_layer_destroy(moe_layer *l) {
     cuda_layer *x = (cuda_layer *)l->cuda;
     if (!x) return;
+    moe__cuda_ep_destroy(l);
     cudaFree(x->block);
     moe__free(x);
     l->cuda = NULL;
@@ -400,13 +377,12 @@ moe_status moe__cuda_route(moe_layer *l, int64_t T, const float *logits, int32_t
 }
 
 /* Both GEMMs of one experts object over a contiguous layout. */
-static moe_status run_experts(moe_layer *l, const cuda_experts *x, const moe_experts_options *xo,
-                              int64_t n_rows, int bm,
-                              const void *xq, const float *xs, const int32_t *row_slot,
-                              int32_t a_div, const int32_t *estart, const int32_t *tiles,
-                              const int32_t *n_tiles, int64_t mt, const float *in_scale,
-                              const float *rw, void *h1, void *h1q, float *h1s, float *y,
-                              int pdl, cudaStream_t st) {
+moe_status moe__cuda_run_experts(moe_layer *l, const cuda_experts *x, const moe_experts_options *xo,
+                                 int64_t n_rows, int bm, const void *xq, const float *xs,
+                                 const int32_t *row_slot, int32_t a_div, const int32_t *estart,
+                                 const int32_t *tiles, const int32_t *n_tiles, int64_t mt,
+                                 const float *in_scale, const float *rw, void *h1, void *h1q,
+                                 float *h1s, float *y, int pdl, cudaStream_t st) {
     const bool fp8 = x->dtype == MOE_CUDA_FP8, decode8 = fp8 && bm == 16;
     moe__gemm_args g;
     memset(&g, 0, sizeof g);
@@ -471,21 +447,72 @@ static moe_status run_experts(moe_layer *l, const cuda_experts *x, const moe_exp
     return MOE_OK;
 }
 
+moe_status moe__cuda_run_shared(moe_layer *l, const cuda_experts *sx,
+                                const moe_shared_experts *sh, int64_t T, const void *xa,
+                                const float *xs, const float *sg, const ws_bufs *b,
+                                cudaStream_t ss) {
+    int sbm = moe__cuda_pick_bm(sx->dtype, T, 1);
+    return moe__cuda_run_experts(l, sx, &sh->mlp->opts, T, sbm, xa, xs, NULL, 1, NULL, NULL,
+                                 NULL, cdiv(T, sbm), NULL, sx->gate ? sg : NULL, b->sh_h1,
+                                 b->sh_h1q, b->sh_h1s, b->sh_y, 0, ss);
+}
+
+moe_status moe__cuda_prepare_inputs(moe_layer *l, int64_t T, const void *x,
+                                    const float *logits, bool route, const cuda_experts *ex,
+                                    const cuda_experts *sx, const ws_bufs *b, cudaStream_t st,
+                                    moe__cuda_inputs *in) {
+    char *err = l->err;
+    const size_t errlen = sizeof l->err;
+    const cuda_layer *cl = (const cuda_layer *)l->cuda;
+    const int io = l->opts.io_format;
+    const int64_t H = ex->H;
+    const bool two_types = sx && sx->dtype != ex->dtype;
+    if (two_types && (ex->dtype == MOE_CUDA_FP8 || sx->dtype == MOE_CUDA_FP8))
+        return moe__errf(err, errlen, MOE_ERR_UNSUPPORTED,
+                         "cuda: fp8-block routed and shared experts must share the format");
+    if (route && !logits) {
+        if (!cl->gate_w)
+            return moe__errf(err, errlen, MOE_ERR_UNSUPPORTED,
+                             "no router logits given and the router has no gate weights");
+        const moe_router_options *ro = &l->opts.router->opts;
+        MOE_CUDA_TRY(moe__router_logits_cuda(x, io, cl->gate_w, cl->gate_b, b->lg, T,
+                                             ro->n_experts, H, st), err, errlen);
+        logits = b->lg;
+    }
+    in->logits = logits;
+    /* x is the A operand as it is when it already has the weights' type;
+     * else it is converted (fp8: quantized) into xq */
+    const bool x16 = (uintptr_t)x % 16 == 0; // the GEMM copies 16-byte chunks of A rows
+    const bool conv = !x16 || !same_type(io, ex->dtype);
+    in->xa = conv ? (const void *)b->xq : x;
+    char *xq_sh = two_types ? b->xq + (size_t)(T * H) * 2 : b->xq;
+    in->xa_sh = sx && (!x16 || !same_type(io, sx->dtype)) ? (const void *)xq_sh : x;
+    if (conv || (sx && sx->gate))
+        MOE_CUDA_TRY(moe__prepare_x_cuda(x, io, T, H, ex->dtype, conv ? b->xq : NULL, b->xs,
+                                         sx ? sx->gate : NULL, b->sg, st), err, errlen);
+    if (two_types && in->xa_sh != x)
+        MOE_CUDA_TRY(moe__prepare_x_cuda(x, io, T, H, sx->dtype, xq_sh, b->xs, NULL, NULL, st),
+                     err, errlen);
+    return MOE_OK;
+}
+
 moe_status moe__cuda_layer_forward(moe_layer *l, int64_t T, const void *x, const float *logits,
                                    const int32_t *ids_in, const float *w_in,
                                    const moe_shared_experts *sh, void *out, void *ws,
                                    size_t ws_size) {
+    if (l->opts.parallel) return moe__cuda_ep_forward(l, T, x, logits, ids_in, w_in, sh, out, ws,
+                                                     ws_size);
     char *err = l->err;
     const size_t errlen = sizeof l->err;
     cuda_ctx *c = (cuda_ctx *)l->ctx->cuda;
     const cuda_layer *cl = (const cuda_layer *)l->cuda;
     const moe_router *router = l->opts.router;
     const moe_router_options *ro = &router->opts;
-    const cuda_experts *ex = experts_state(l->opts.experts);
+    const cuda_experts *ex = moe__cuda_experts_state(l->opts.experts);
     if (!c || !cl || !ex) return moe__errf(err, errlen, MOE_ERR_INTERNAL, "cuda: layer not set up");
     const cuda_experts *sx = NULL;
     if (sh) {
-        sx = experts_state(sh->mlp);
+        sx = moe__cuda_experts_state(sh->mlp);
         if (!sx)
             return moe__errf(err, errlen, MOE_ERR_INVALID_ARG,
                              "cuda: these shared experts were not uploaded: give them in "
@@ -496,60 +523,23 @@ moe_status moe__cuda_layer_forward(moe_layer *l, int64_t T, const void *x, const
         return moe__errf(err, errlen, MOE_ERR_WORKSPACE,
                          "workspace of %zu bytes is too small for %lld tokens (need %zu)", ws_size,
                          (long long)T, need);
-    if (!ids_in && !logits && !cl->gate_w)
-        return moe__errf(err, errlen, MOE_ERR_UNSUPPORTED,
-                         "no router logits given and the router has no gate weights");
-
     const int      io  = l->opts.io_format;
     const int32_t  k   = ro->top_k, nl = ex->n_local;
     const int64_t  S   = T * k, H = ex->H;
-    const int      bm  = pick_bm(ex->dtype, S, nl);
-    const int64_t  mt  = max_tiles(S, nl, bm);
-    ws_plan p = plan(l, T);
+    const int      bm  = moe__cuda_pick_bm(ex->dtype, S, nl);
+    const int64_t  mt  = moe__cuda_max_tiles(S, nl, bm);
+    ws_plan p = moe__cuda_plan(l, T, S);
     char *cur = (char *)moe__align_up((uintptr_t)ws, WS_ALIGN);
-    float   *lg     = (float *)take(&cur, p.logits);
-    int32_t *ids    = (int32_t *)take(&cur, p.ids);
-    float   *w      = (float *)take(&cur, p.w);
-    moe__align_out ao;
-    ao.expert_start = (int32_t *)take(&cur, p.estart);
-    ao.row_slot     = (int32_t *)take(&cur, p.row_slot);
-    ao.slot_row     = (int32_t *)take(&cur, p.slot_row);
-    ao.tiles        = (int32_t *)take(&cur, p.tiles);
-    ao.n_tiles      = (int32_t *)take(&cur, p.ntiles);
-    ao.scratch      = (int32_t *)take(&cur, p.align);
-    char    *xq     = (char *)take(&cur, p.xq);
-    float   *xs     = (float *)take(&cur, p.xs);
-    float   *sg     = (float *)take(&cur, p.sg);
-    void    *h1     = take(&cur, p.h1);
-    void    *h1q    = take(&cur, p.h1q);
-    float   *h1s    = (float *)take(&cur, p.h1s);
-    float   *y      = (float *)take(&cur, p.y);
-    void    *sh_h1  = take(&cur, p.sh_h1);
-    void    *sh_h1q = take(&cur, p.sh_h1q);
-    float   *sh_h1s = (float *)take(&cur, p.sh_h1s);
-    float   *sh_y   = (float *)take(&cur, p.sh_y);
+    ws_bufs b = moe__cuda_carve(&p, &cur);
+    float   *w = b.w, *xs = b.xs, *sg = b.sg;
+    int32_t *ids = b.ids;
+    moe__align_out ao = b.ao;
     cudaStream_t st = c->main;
-    const bool two_types = sx && sx->dtype != ex->dtype;
-    if (two_types && (ex->dtype == MOE_CUDA_FP8 || sx->dtype == MOE_CUDA_FP8))
-        return moe__errf(err, errlen, MOE_ERR_UNSUPPORTED,
-                         "cuda: fp8-block routed and shared experts must share the format");
-
-    // 1-2. routing (logits from the gate first, when none are given)
-    if (!ids_in && !logits) {
-        MOE_CUDA_TRY(moe__router_logits_cuda(x, io, cl->gate_w, cl->gate_b, lg, T, ro->n_experts,
-                                             H, st), err, errlen);
-        logits = lg;
-    }
-    /* x is the A operand as it is when it already has the weights' type;
-     * else it is converted (fp8: quantized) into xq */
-    const bool x16 = (uintptr_t)x % 16 == 0; // the GEMM copies 16-byte chunks of A rows
-    const bool conv = !x16 || !same_type(io, ex->dtype);
-    const void *xa = conv ? (const void *)xq : x;
-    char *xq_sh = two_types ? xq + (size_t)(T * H) * 2 : xq;
-    const void *xa_sh = sx && (!x16 || !same_type(io, sx->dtype)) ? (const void *)xq_sh : x;
-    if (conv || (sx && sx->gate))
-        MOE_CUDA_TRY(moe__prepare_x_cuda(x, io, T, H, ex->dtype, conv ? xq : NULL, xs,
-                                         sx ? sx->gate : NULL, sg, st), err, errlen);
+    moe__cuda_inputs in;
+    moe_status s;
+    if ((s = moe__cuda_prepare_inputs(l, T, x, logits, !ids_in, ex, sx, &b, st, &in))) return s;
+    logits = in.logits;
+    const void *xa = in.xa, *xa_sh = in.xa_sh;
     if (T <= DECODE_PROLOGUE_TOKENS && S <= DECODE_PROLOGUE_SLOTS && cl->prologue_smem) {
         // routing and grouping of a small batch in one launch
         moe__prologue_args pa;
@@ -582,12 +572,8 @@ moe_status moe__cuda_layer_forward(moe_layer *l, int64_t T, const void *x, const
         MOE_CUDA_TRY(moe__align_cuda(ids_in, T, k, ex->map, ex->n_global, nl, bm, mt, &ao, st),
                      err, errlen);
     }
-    if (two_types && xa_sh != x)
-        MOE_CUDA_TRY(moe__prepare_x_cuda(x, io, T, H, sx->dtype, xq_sh, xs, NULL, NULL, st), err,
-                     errlen);
 
     // shared experts: before, or overlapped on the aux stream
-    moe_status s;
     const bool overlap = sx && (l->opts.shared_order == MOE_SHARED_OVERLAPPED ||
                                 l->opts.shared_order == MOE_SHARED_IN_COMBINE);
     if (sx) {
@@ -596,22 +582,19 @@ moe_status moe__cuda_layer_forward(moe_layer *l, int64_t T, const void *x, const
             MOE_CUDA_TRY(cudaEventRecord(c->fork, st), err, errlen);
             MOE_CUDA_TRY(cudaStreamWaitEvent(c->aux, c->fork, 0), err, errlen);
         }
-        int sbm = pick_bm(sx->dtype, T, 1);
-        if ((s = run_experts(l, sx, &sh->mlp->opts, T, sbm, xa_sh, xs, NULL, 1, NULL, NULL, NULL,
-                             cdiv(T, sbm), NULL, sx->gate ? sg : NULL, sh_h1, sh_h1q, sh_h1s, sh_y,
-                             0, ss)))
-            return s;
+        if ((s = moe__cuda_run_shared(l, sx, sh, T, xa_sh, xs, sg, &b, ss))) return s;
         if (overlap) MOE_CUDA_TRY(cudaEventRecord(c->join, c->aux), err, errlen);
     }
     // 5-6. routed experts
     const bool llama4 = ro->scoring == MOE_SCORING_LLAMA4;
-    if ((s = run_experts(l, ex, &l->opts.experts->opts, S, bm, xa, xs, ao.row_slot, k,
-                         ao.expert_start, ao.tiles, ao.n_tiles, mt, llama4 ? w_in : NULL,
-                         llama4 ? NULL : w_in, h1, h1q, h1s, y, 1, st)))
+    if ((s = moe__cuda_run_experts(l, ex, &l->opts.experts->opts, S, bm, xa, xs, ao.row_slot, k,
+                                   ao.expert_start, ao.tiles, ao.n_tiles, mt,
+                                   llama4 ? w_in : NULL, llama4 ? NULL : w_in, b.h1, b.h1q,
+                                   b.h1s, b.y, 1, st)))
         return s;
     if (overlap) MOE_CUDA_TRY(cudaStreamWaitEvent(st, c->join, 0), err, errlen);
     // 7. combine
-    MOE_CUDA_TRY(moe__finalize_cuda(y, ao.slot_row, sx ? sh_y : NULL, T, k, H, out, io, !overlap,
-                                    st), err, errlen);
+    MOE_CUDA_TRY(moe__finalize_cuda(b.y, ao.slot_row, sx ? b.sh_y : NULL, T, k, H, out, io,
+                                    !overlap, 0, st), err, errlen);
     return MOE_OK;
 }

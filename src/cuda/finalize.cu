@@ -67,7 +67,7 @@ static __global__ void __launch_bounds__(PREP_THREADS)
 template <int V>
 static __global__ void finalize_kernel(const float *y, const int32_t *slot_row,
                                        const float *shared_y, int64_t T, int32_t k, int64_t H,
-                                       void *out, int io_fmt) {
+                                       void *out, int io_fmt, int by_row) {
     pdl_wait(); // launched as a programmatic dependent of W2
     const int64_t cols = H / V;
     const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
@@ -85,14 +85,16 @@ static __global__ void finalize_kernel(const float *y, const int32_t *slot_row,
 #pragma unroll
         for (int q = 0; q < 8; q++) {
             const int64_t s = t * k + j0 + q;
-            held[q] = j0 + q < k && slot_row[s] >= 0;
+            const int64_t row = j0 + q < k ? slot_row[s] : -1;
+            held[q] = row >= 0;
+            const int64_t r = by_row ? (row >= 0 ? row : 0) : s;
             if (j0 + q < k) {
                 if (V == 4) {
-                    float4 f = *(const float4 *)(y + s * H + c);
+                    float4 f = *(const float4 *)(y + r * H + c);
                     v[q][0] = f.x; v[q][V > 1 ? 1 : 0] = f.y;
                     v[q][V > 2 ? 2 : 0] = f.z; v[q][V > 3 ? 3 : 0] = f.w;
                 } else {
-                    v[q][0] = y[s * H + c];
+                    v[q][0] = y[r * H + c];
                 }
             }
         }
@@ -121,7 +123,7 @@ cudaError_t moe__prepare_x_cuda(const void *x, int io_fmt, int64_t T, int64_t H,
 
 cudaError_t moe__finalize_cuda(const float *y, const int32_t *slot_row, const float *shared_y,
                                int64_t T, int32_t k, int64_t H, void *out, int io_fmt, int pdl,
-                               cudaStream_t st) {
+                               int by_row, cudaStream_t st) {
     if (T == 0) return cudaSuccess;
     const bool v4 = H % 4 == 0;
     const int64_t n = T * (v4 ? H / 4 : H);
@@ -137,8 +139,8 @@ cudaError_t moe__finalize_cuda(const float *y, const int32_t *slot_row, const fl
         cfg.numAttrs = 1;
     }
     cudaError_t e = v4 ? cudaLaunchKernelEx(&cfg, finalize_kernel<4>, y, slot_row, shared_y, T, k,
-                                            H, out, io_fmt)
+                                            H, out, io_fmt, by_row)
                        : cudaLaunchKernelEx(&cfg, finalize_kernel<1>, y, slot_row, shared_y, T, k,
-                                            H, out, io_fmt);
+                                            H, out, io_fmt, by_row);
     return e != cudaSuccess ? e : cudaGetLastError();
 }

@@ -26,28 +26,61 @@ moe_status moe__comm_errf(moe_comm *c, moe_status s, const char *fmt, ...) {
     return s;
 }
 
-moe_status moe__comm_exchange(moe_comm *c, moe__phase phase, const moe__msg *sends, int n_sends,
-                              const moe__msg *recvs, int n_recvs) {
-    if (c->broken) return c->broken;
+static void count_sends(moe_comm *c, moe__phase phase, const moe__msg *sends, int n_sends) {
+    int64_t bytes = 0;
+    for (int i = 0; i < n_sends; i++) bytes += (int64_t)sends[i].bytes;
+    if (phase == MOE__PHASE_COMBINE) c->stats.bytes_sent_combine += bytes;
+    else c->stats.bytes_sent_dispatch += bytes;
+}
+
+static void count_seconds(moe_comm *c, moe__phase phase, double dt) {
+    if (phase == MOE__PHASE_COMBINE) c->stats.seconds_combine += dt;
+    else c->stats.seconds_dispatch += dt;
+}
+
+static void check_msgs(const moe_comm *c, const moe__msg *sends, int n_sends,
+                       const moe__msg *recvs, int n_recvs) {
     for (int i = 0; i < n_sends + n_recvs; i++) {
         const moe__msg *m = i < n_sends ? &sends[i] : &recvs[i - n_sends];
         MOE_ASSERT(m->peer >= 0 && m->peer < c->size && m->peer != c->rank);
         MOE_ASSERT(m->sub >= 0 && m->sub < 16);
     }
+}
+
+moe_status moe__comm_exchange(moe_comm *c, moe__phase phase, const moe__msg *sends, int n_sends,
+                              const moe__msg *recvs, int n_recvs) {
+    if (c->broken) return c->broken;
+    check_msgs(c, sends, n_sends, recvs, n_recvs);
     c->phase    = phase;
     double t0   = moe__now_s();
     moe_status st = c->ops->exchange(c, sends, n_sends, recvs, n_recvs);
     c->seq++;
-    double dt = moe__now_s() - t0;
-    int64_t bytes = 0;
-    for (int i = 0; i < n_sends; i++) bytes += (int64_t)sends[i].bytes;
-    if (phase == MOE__PHASE_COMBINE) {
-        c->stats.seconds_combine += dt;
-        c->stats.bytes_sent_combine += bytes;
-    } else {
-        c->stats.seconds_dispatch += dt;
-        c->stats.bytes_sent_dispatch += bytes;
-    }
+    count_seconds(c, phase, moe__now_s() - t0);
+    count_sends(c, phase, sends, n_sends);
+    if (st) c->broken = st;
+    return st;
+}
+
+moe_status moe__comm_post(moe_comm *c, moe__phase phase, const moe__msg *sends, int n_sends,
+                          const moe__msg *recvs, int n_recvs) {
+    if (c->broken) return c->broken;
+    MOE_ASSERT(c->ops->post);
+    check_msgs(c, sends, n_sends, recvs, n_recvs);
+    c->phase = phase;
+    moe_status st = c->ops->post(c, sends, n_sends, recvs, n_recvs);
+    c->seq++;
+    count_sends(c, phase, sends, n_sends);
+    if (st) c->broken = st;
+    return st;
+}
+
+moe_status moe__comm_wait(moe_comm *c, moe__phase phase) {
+    if (c->broken) return c->broken;
+    MOE_ASSERT(c->ops->wait);
+    c->phase = phase;
+    double t0 = moe__now_s();
+    moe_status st = c->ops->wait(c);
+    count_seconds(c, phase, moe__now_s() - t0);
     if (st) c->broken = st;
     return st;
 }
@@ -98,6 +131,11 @@ void moe_comm_get_stats(const moe_comm *c, moe_comm_stats *s) {
 
 /* ===== Choosing the parallel prepare/finalize ===== */
 
+const moe__prepare_finalize_impl moe__pf_nccl_ep = {
+    .name       = "nccl",
+    .collective = true,
+};
+
 /* Expert parallel: the experts must be exactly this rank's slots of the map. */
 static moe_status check_ep(const moe_layer_options *o, const moe_parallel *p, char *err,
                            size_t errlen) {
@@ -132,11 +170,14 @@ moe_status moe__ep_select_pf(const moe_layer_options *o, const moe__prepare_fina
     if (p->comm->broken)
         return moe__errf(err, errlen, p->comm->broken, "the communicator is broken: %s",
                          p->comm->err);
-    if (p->comm->kind == MOE__COMM_NCCL)
+    const bool nccl = p->comm->kind == MOE__COMM_NCCL;
+    if (nccl && o->backend != MOE_BACKEND_CUDA)
         return moe__errf(err, errlen, MOE_ERR_UNSUPPORTED,
-                         "NCCL layers run with backend cuda, which has no NCCL prepare/finalize "
-                         "in this build");
-    if (o->backend == MOE_BACKEND_CUDA)
+                         "an NCCL communicator carries device memory: set backend cuda");
+    if (nccl && p->mode != MOE_PARALLEL_EP)
+        return moe__errf(err, errlen, MOE_ERR_UNSUPPORTED,
+                         "tensor-parallel experts run over MPI; over NCCL only expert parallel");
+    if (!nccl && o->backend == MOE_BACKEND_CUDA)
         return moe__errf(err, errlen, MOE_ERR_UNSUPPORTED,
                          "an MPI communicator carries host memory; backend cuda needs NCCL");
     /* Row counts and offsets are int32: every rank may send max_tokens * top_k rows. */
@@ -150,7 +191,7 @@ moe_status moe__ep_select_pf(const moe_layer_options *o, const moe__prepare_fina
     switch (p->mode) {
     case MOE_PARALLEL_EP:
         if ((st = check_ep(o, p, err, errlen))) return st;
-        *pf = &moe__pf_mpi_ep;
+        *pf = nccl ? &moe__pf_nccl_ep : &moe__pf_mpi_ep;
         return MOE_OK;
     case MOE_PARALLEL_TP:
         if (p->map && p->map->o.ep_size > 1)

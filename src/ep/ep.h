@@ -53,6 +53,12 @@ typedef struct moe__comm_ops {
     /* Posts sends and receives, waits for all until the deadline. */
     moe_status (*exchange)(moe_comm *c, const moe__msg *sends, int n_sends, const moe__msg *recvs,
                            int n_recvs);
+    /* Device transports (NCCL), optional: post enqueues the exchange on the
+     * communicator's stream and returns; wait blocks until everything
+     * enqueued on that stream has completed, or the deadline. */
+    moe_status (*post)(moe_comm *c, const moe__msg *sends, int n_sends, const moe__msg *recvs,
+                       int n_recvs);
+    moe_status (*wait)(moe_comm *c);
     void       (*destroy)(moe_comm *c);
 } moe__comm_ops;
 
@@ -70,6 +76,8 @@ struct moe_comm {
     void                *pending;      /* the EP forward in flight between prepare and
                                           finalize (its state lives in the workspace)     */
     void                *impl;         /* transport state                                 */
+    void                *stream;       /* device transports: the cudaStream_t exchanges are
+                                          ordered on; NULL for MPI                         */
     char                 err[256];
 };
 
@@ -80,6 +88,12 @@ struct moe_comm {
  * exchange's sequence number. */
 moe_status moe__comm_exchange(moe_comm *c, moe__phase phase, const moe__msg *sends, int n_sends,
                               const moe__msg *recvs, int n_recvs);
+/* The stream-ordered pair of device transports (ops->post, ops->wait), with
+ * the same bookkeeping; bytes are counted at post, seconds at wait (under
+ * MOE__PHASE_COMBINE: the time the host waited). */
+moe_status moe__comm_post(moe_comm *c, moe__phase phase, const moe__msg *sends, int n_sends,
+                          const moe__msg *recvs, int n_recvs);
+moe_status moe__comm_wait(moe_comm *c, moe__phase phase);
 /* Sets c->err and returns s (does not break the communicator). */
 moe_status moe__comm_errf(moe_comm *c, moe_status s, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
@@ -91,10 +105,13 @@ moe_status moe__comm_mpi_create(const void *mpi_comm, int32_t deadline_ms, moe_c
 moe_status moe__comm_nccl_create(void *nccl_comm, void *stream, int32_t deadline_ms,
                                  moe_comm **out, char *err, size_t errlen);
 
-/* ===== Prepare/finalize implementations (mpi-pf.c, nccl-pf.c) ===== */
+/* ===== Prepare/finalize implementations (pf-ep.c; src/cuda/ep.cu) ===== */
 
 extern const moe__prepare_finalize_impl moe__pf_mpi_ep;
 extern const moe__prepare_finalize_impl moe__pf_mpi_tp;
+/* Expert parallel over a device transport: the CUDA backend runs it inside
+ * its forward (src/cuda/ep.cu); this entry names it and sizes nothing. */
+extern const moe__prepare_finalize_impl moe__pf_nccl_ep;
 
 /* Fault injection for the multi-rank fault tests (tests/mpi/ep-fault.c,
  * which declares it itself): set to a MOE__FAULT_* point, the EP

@@ -54,22 +54,35 @@ static moe_status settle(moe_comm *c, double deadline, const char *what) {
     return MOE_OK;
 }
 
-static moe_status nccl_exchange(moe_comm *c, const moe__msg *sends, int n_sends,
-                                const moe__msg *recvs, int n_recvs) {
+static double deadline_of(const moe_comm *c) {
+    return c->call_end ? c->call_end : moe__now_s() + c->deadline_ms * 1e-3;
+}
+
+/* One NCCL group of every receive and send; 0-byte messages are left out
+ * (both sides know the size, so both leave them out). */
+static moe_status nccl_post(moe_comm *c, const moe__msg *sends, int n_sends,
+                            const moe__msg *recvs, int n_recvs) {
     nccl_state  *s = c->impl;
-    const double deadline = c->call_end ? c->call_end : moe__now_s() + c->deadline_ms * 1e-3;
     ncclResult_t r = ncclGroupStart();
     for (int i = 0; i < n_recvs && (r == ncclSuccess || r == ncclInProgress); i++)
-        r = ncclRecv(recvs[i].buf, recvs[i].bytes, ncclUint8, recvs[i].peer, s->comm, s->stream);
+        if (recvs[i].bytes)
+            r = ncclRecv(recvs[i].buf, recvs[i].bytes, ncclUint8, recvs[i].peer, s->comm,
+                         s->stream);
     for (int i = 0; i < n_sends && (r == ncclSuccess || r == ncclInProgress); i++)
-        r = ncclSend(sends[i].buf, sends[i].bytes, ncclUint8, sends[i].peer, s->comm, s->stream);
+        if (sends[i].bytes)
+            r = ncclSend(sends[i].buf, sends[i].bytes, ncclUint8, sends[i].peer, s->comm,
+                         s->stream);
     ncclResult_t r2 = ncclGroupEnd();
     if (r == ncclSuccess || r == ncclInProgress) r = r2;
     if (r != ncclSuccess && r != ncclInProgress)
         return nccl_abort(c, MOE_ERR_NCCL, "posting the exchange", r);
-    moe_status st = settle(c, deadline, "posting the exchange");
-    if (st) return st;
-    /* Wait for the stream, watching for asynchronous errors. */
+    return settle(c, deadline_of(c), "posting the exchange");
+}
+
+/* Waits for the stream, watching for asynchronous errors. */
+static moe_status nccl_wait(moe_comm *c) {
+    nccl_state  *s = c->impl;
+    const double deadline = deadline_of(c);
     for (;;) {
         cudaError_t ce = cudaStreamQuery(s->stream);
         if (ce == cudaSuccess) return MOE_OK;
@@ -86,9 +99,17 @@ static moe_status nccl_exchange(moe_comm *c, const moe__msg *sends, int n_sends,
     }
 }
 
+static moe_status nccl_exchange(moe_comm *c, const moe__msg *sends, int n_sends,
+                                const moe__msg *recvs, int n_recvs) {
+    moe_status st = nccl_post(c, sends, n_sends, recvs, n_recvs);
+    return st ? st : nccl_wait(c);
+}
+
 static void nccl_destroy(moe_comm *c) { moe__free(c->impl); }
 
-static const moe__comm_ops nccl_ops = { .exchange = nccl_exchange, .destroy = nccl_destroy };
+static const moe__comm_ops nccl_ops = {
+    .exchange = nccl_exchange, .post = nccl_post, .wait = nccl_wait, .destroy = nccl_destroy,
+};
 
 moe_status moe__comm_nccl_create(void *nccl_comm, void *stream, int32_t deadline_ms,
                                  moe_comm **out, char *err, size_t errlen) {
@@ -114,6 +135,7 @@ moe_status moe__comm_nccl_create(void *nccl_comm, void *stream, int32_t deadline
     c->rank        = rank;
     c->deadline_ms = deadline_ms;
     c->impl        = s;
+    c->stream      = stream;
     *out           = c;
     return MOE_OK;
 }

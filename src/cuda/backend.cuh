@@ -1,0 +1,129 @@
+/*
+ * backend.cuh - the CUDA backend's state objects and the pieces of the
+ * forward that the single-device forward (cuda.cu) and the expert-parallel
+ * forward (ep.cu) share: the experts GEMM pair, tile sizing and the
+ * workspace plan.
+ */
+#ifndef MOE_CUDA_BACKEND_CUH
+#define MOE_CUDA_BACKEND_CUH
+
+#include "common.cuh"
+
+/* Device buffers are carved at this alignment. */
+#define WS_ALIGN 256
+
+typedef struct cuda_ctx {
+    int          device;
+    cudaStream_t main, aux;
+    int          own_main;
+    cudaEvent_t  fork, join;
+} cuda_ctx;
+
+/* One experts object on the device (routed experts, or the one expert of
+ * shared experts plus their gate). Everything lives in one allocation. */
+typedef struct cuda_experts {
+    int      dtype;               /* MOE_CUDA_*                                        */
+    int32_t  n_local, n_global;
+    int64_t  H, I, n13;           /* d_model, d_ff, rows of W13                        */
+    void    *w13, *w2;            /* (n_local, n13, H), (n_local, H, I)                */
+    float   *s13, *s2;            /* fp8 block scales, or NULL                         */
+    float   *b13, *b2;            /* biases (n_local, n13), (n_local, H) or NULL       */
+    int32_t *map;                 /* (n_global) or NULL (identity)                     */
+    float   *gate;                /* shared experts' gate (H) or NULL                  */
+    void    *block;
+} cuda_experts;
+
+typedef struct cuda_layer {
+    float *bias;                  /* router correction bias (E) or NULL                */
+    float *gate_w, *gate_b;       /* router gate (E, H), (E) or NULL                   */
+    void  *block;
+    size_t prologue_smem;         /* decode prologue's shared memory, 0 = not usable   */
+    void  *ep_host;               /* expert parallel: pinned staging (ep.cu), or NULL  */
+} cuda_layer;
+
+static inline int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+/* The next buffer of n bytes (NULL when n = 0) from the workspace cursor. */
+static inline void *take(char **cur, size_t n) {
+    if (!n) return NULL;
+    void *p = *cur;
+    *cur += moe__align_up(n, WS_ALIGN);
+    return p;
+}
+
+/* x in io format io can feed the tensor cores of dtype as it is. */
+static inline bool same_type(int io, int dtype) {
+    return (io == MOE_FORMAT_BF16 && dtype == MOE_CUDA_BF16) ||
+           (io == MOE_FORMAT_F16 && dtype == MOE_CUDA_F16);
+}
+
+/* Bytes of one activation row of H values in the compute type. */
+static inline size_t row_bytes(int dtype, int64_t H) {
+    return (size_t)H * (dtype == MOE_CUDA_FP8 ? 1 : 2);
+}
+
+/* The uploaded state of e, or NULL. */
+cuda_experts *moe__cuda_experts_state(const moe_routed_experts *e);
+/* Rows per tile for m rows spread over n experts. */
+int           moe__cuda_pick_bm(int dtype, int64_t rows, int32_t n_experts);
+/* Tile-table entries for rows over n_experts with bm-row tiles. */
+int64_t       moe__cuda_max_tiles(int64_t rows, int32_t n_experts, int bm);
+
+/* Workspace of one forward: routing and shared buffers for T tokens, the
+ * routed experts' buffers for `rows` layout rows (T k on one device; every
+ * row other ranks may send, expert parallel). */
+typedef struct ws_plan {
+    size_t logits, ids, w, estart, row_slot, slot_row, tiles, ntiles, align, xq, xs, sg, h1, h1q,
+        h1s, y, sh_h1, sh_h1q, sh_h1s, sh_y;
+} ws_plan;
+ws_plan moe__cuda_plan(const moe_layer *l, int64_t T, int64_t rows);
+size_t  moe__cuda_plan_bytes(const ws_plan *p);
+
+/* Where a forward's plan buffers lie (moe__cuda_carve). */
+typedef struct ws_bufs {
+    float         *lg, *w, *xs, *sg, *h1s, *y, *sh_h1s, *sh_y;
+    int32_t       *ids;
+    moe__align_out ao;
+    char          *xq;
+    void          *h1, *h1q, *sh_h1, *sh_h1q;
+} ws_bufs;
+/* Carves p from *cur (advanced past it). */
+ws_bufs moe__cuda_carve(const ws_plan *p, char **cur);
+
+/* The start of every forward: router logits from the gate when route and
+ * no logits are given, x in the routed experts' compute type (xa) and the
+ * shared experts' (xa_sh), and the shared experts' gate, on stream st. */
+typedef struct moe__cuda_inputs {
+    const void  *xa, *xa_sh;
+    const float *logits;
+} moe__cuda_inputs;
+moe_status moe__cuda_prepare_inputs(moe_layer *l, int64_t T, const void *x,
+                                    const float *logits, bool route, const cuda_experts *ex,
+                                    const cuda_experts *sx, const ws_bufs *b, cudaStream_t st,
+                                    moe__cuda_inputs *in);
+
+/* Both GEMMs of one experts object over a contiguous layout (see cuda.cu). */
+moe_status moe__cuda_run_experts(moe_layer *l, const cuda_experts *x, const moe_experts_options *xo,
+                                 int64_t n_rows, int bm, const void *xq, const float *xs,
+                                 const int32_t *row_slot, int32_t a_div, const int32_t *estart,
+                                 const int32_t *tiles, const int32_t *n_tiles, int64_t mt,
+                                 const float *in_scale, const float *rw, void *h1, void *h1q,
+                                 float *h1s, float *y, int pdl, cudaStream_t st);
+
+/* The shared experts on stream ss: all T tokens through the one expert of
+ * sx, output sh_y (T, H) f32 (see cuda.cu). */
+moe_status moe__cuda_run_shared(moe_layer *l, const cuda_experts *sx,
+                                const moe_shared_experts *sh, int64_t T, const void *xa,
+                                const float *xs, const float *sg, const ws_bufs *b,
+                                cudaStream_t ss);
+
+/* ep.cu: expert parallel over a device transport (NCCL). */
+moe_status moe__cuda_ep_create(moe_layer *l, char *err, size_t errlen);
+void       moe__cuda_ep_destroy(moe_layer *l);
+size_t     moe__cuda_ep_workspace_size(const moe_layer *l, int64_t T);
+moe_status moe__cuda_ep_forward(moe_layer *l, int64_t T, const void *x, const float *logits,
+                                const int32_t *ids_in, const float *w_in,
+                                const moe_shared_experts *sh, void *out, void *ws,
+                                size_t ws_size);
+
+#endif /* MOE_CUDA_BACKEND_CUH */
