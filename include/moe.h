@@ -485,8 +485,10 @@ typedef struct moe_layer_options {
 
 typedef struct moe_layer moe_layer;
 
-/* IN_COMBINE needs an asynchronous expert-parallel combine; on a single rank
- * it runs as OVERLAPPED. Every order gives bitwise the same output. */
+/* IN_COMBINE: a CUDA layer over NCCL launches the shared experts on its
+ * second stream right after posting the combine exchange, so they run while
+ * it is in flight; elsewhere (one rank, MPI) it runs as OVERLAPPED. Every
+ * order gives bitwise the same output. */
 
 /* Picks the kernel (prepare/finalize x experts implementation) for the
  * request; when none is capable, fails with MOE_ERR_UNSUPPORTED and a message
@@ -747,9 +749,17 @@ moe_status moe_npy_write(const char *path, moe_format format, int32_t n_dims, co
  *
  * Transports: MPI between processes (built when `mpicc` is found; the
  * communicator is passed as a pointer to an MPI_Comm so this header does not
- * need mpi.h). NCCL between GPUs: the communicator and its deadline-bound
- * transport are built with CUDA and NCCL, but layers do not run over it yet
- * (moe_layer_create answers MOE_ERR_UNSUPPORTED).
+ * need mpi.h). NCCL between GPUs: expert parallel with backend cuda (built
+ * with CUDA and NCCL). Create the ncclComm_t non-blocking and give
+ * moe_comm_create_nccl the stream the layer's context runs on
+ * (moe_context_options.cuda_stream must be that stream). A forward reads the
+ * routing ids on the host (the send order comes from the expert map there),
+ * waits for the count exchange, posts the row and combine exchanges on the
+ * stream, and waits for the stream at its end (deadline-bound), so that a
+ * forward returning MOE_OK has its data: it cannot be captured in a CUDA
+ * graph. Rows travel in the experts' compute type (bf16, f16, or fp8 with
+ * their group scales), outputs as f32. Tensor-parallel layers run over MPI
+ * only.
  *
  * Faults: every collective call of a communicator has a deadline. A peer that
  * died or stays silent makes the call return MOE_ERR_PEER_DEAD (death seen,
@@ -774,8 +784,8 @@ moe_status moe_npy_write(const char *path, moe_format format, int32_t n_dims, co
  * In tensor-parallel mode all ranks pass the same tokens. The workspace of a
  * parallel layer holds the rows every rank may send this one
  * (ep_size * max_tokens * top_k): ask moe_layer_workspace_size. Activations
- * travel as f32. Both modes are always deterministic (fixed reduction order),
- * so there is no flag for it.
+ * travel as f32 over MPI. Both modes are always deterministic (fixed
+ * reduction order), so there is no flag for it.
  *
  * Example (expert parallel over MPI, 4 ranks, 128 experts):
  *
@@ -937,8 +947,13 @@ const char *moe_comm_last_error(const moe_comm *c);
  * (dispatch and combine separately), for benchmarks. */
 typedef struct moe_comm_stats {
     int64_t bytes_sent_dispatch, bytes_sent_combine;
-    double  seconds_dispatch, seconds_combine;
+    double  seconds_dispatch, seconds_combine;   /* host time in the transport          */
     int64_t calls;
+    /* CUDA layers over NCCL: device time of each phase of the forward (CUDA
+     * events on the layer's stream, summed over forwards): dispatch (routing
+     * ids to the host, send order, counts, rows), experts, combine (outputs
+     * back, weighted sum, shared experts joined). 0 over MPI. */
+    double  device_dispatch_s, device_experts_s, device_combine_s;
 } moe_comm_stats;
 void       moe_comm_get_stats(const moe_comm *c, moe_comm_stats *stats);
 
@@ -971,13 +986,16 @@ moe_status moe_routed_experts_create_tp(const moe_experts_options *full, int32_t
                                         int32_t tp_rank, moe_routed_experts **out, char *err,
                                         size_t errlen);
 
-/* Moves expert weights after a rebalance (EP over MPI): for every physical
+/* Moves expert weights after a rebalance (EP over MPI or NCCL): for every physical
  * slot of this rank whose logical expert changes from the map's current
  * assignment to new_phys_to_logical (n_physical), the new expert's bytes
  * (weights, scales, zeros, biases together) are copied from a rank that holds
  * it, or locally; then the map is committed (moe_expert_map_set_physical).
  * Collective over the communicator; only changed slots move. The experts
- * must own their weights (not MOE_EXPERTS_BORROW). *bytes_sent (may be NULL)
+ * must own their weights (not MOE_EXPERTS_BORROW). Over MPI, migrate before
+ * creating layers on the experts; over NCCL, after creating the CUDA layer:
+ * the device copy moves and the host tables are refreshed from it.
+ * *bytes_sent (may be NULL)
  * receives this rank's bytes sent. On failure the weights may be partly
  * moved and the map is left unchanged: treat both as lost. */
 moe_status moe_eplb_migrate(moe_comm *c, moe_routed_experts *experts, moe_expert_map *map,

@@ -1,11 +1,12 @@
 #!/bin/sh
 # gpu-check.sh - the CUDA backend's check on a machine with an NVIDIA GPU:
-#   1. build with CUDA (nvcc on PATH)
+#   1. build with CUDA (nvcc on PATH) and NCCL when found
 #   2. measure the card's ceilings (read bandwidth, dense bf16 and fp8 GEMM)
 #      with PyTorch when it is installed
 #   3. run the GPU tests (build/moe-test -o cuda)
 #   4. run a small subset under compute-sanitizer memcheck and racecheck
-#   5. run the benchmark grid of TARGETS.md (moe bench --backend cuda) and
+#   5. run build/bench-ep-nccl (expert parallel over NCCL on every GPU) and
+#      the benchmark grid of TARGETS.md (moe bench --backend cuda), and
 #      print the table
 # Everything is logged under $OUT (default build/gpu-check); the last table
 # is gpu-check.md there, to be copied to bench/results/ with the date and card.
@@ -28,7 +29,16 @@ JOBS=$(nproc 2>/dev/null || echo 4)
 status=0
 
 echo "== build" | tee "$OUT/build.log"
-if ! make -k -j"$JOBS" NO_MPI=1 NO_NCCL=1 build/moe-test build/moe >>"$OUT/build.log" 2>&1; then
+# NCCL: the system's, or the nvidia-nccl wheel next to PyTorch (no libnccl.so there)
+NCCL_ARGS=""
+NH=$(python3 -c "import nvidia.nccl as n; print(list(n.__path__)[0])" 2>/dev/null)
+if [ -n "$NH" ] && [ -e "$NH/include/nccl.h" ]; then
+    NCCL_ARGS="NCCL_HOME=$NH"
+    [ -e "$NH/lib/libnccl.so" ] || NCCL_ARGS="$NCCL_ARGS NCCL_LIB=-l:libnccl.so.2"
+fi
+export NCCL_NVLS_ENABLE=0
+# shellcheck disable=SC2086
+if ! make -k -j"$JOBS" NO_MPI=1 $NCCL_ARGS build/moe-test build/moe bench >>"$OUT/build.log" 2>&1; then
     echo "build failed (tail of $OUT/build.log):"; tail -30 "$OUT/build.log"
     [ -x build/moe-test ] || exit 1
     status=1
@@ -91,6 +101,12 @@ if [ $SAN = 1 ] && command -v compute-sanitizer >/dev/null; then
         grep -h "ERROR SUMMARY\|RACECHECK SUMMARY" "$OUT"/sanitizer/$tool-*.log
         [ $r1 = 0 ] && [ $r2 = 0 ] && [ $r3 = 0 ] || status=1
     done
+fi
+
+if [ $BENCH = 1 ] && [ -x build/bench-ep-nccl ]; then
+    echo "== expert parallel over NCCL, every GPU of this host"
+    build/bench-ep-nccl >"$OUT/bench-ep-nccl.txt" 2>&1 || status=1
+    tail -3 "$OUT/bench-ep-nccl.txt"
 fi
 
 if [ $BENCH = 1 ]; then

@@ -9,7 +9,10 @@
  * communicator runs. Each rank's output must be bitwise the output of one
  * device holding every expert on the same tokens, for 1-4 ranks, ranks with
  * no tokens, decode and prefill batches, bf16 and fp8-block, EPLB replicas,
- * every shared-experts order and Llama-4 scoring. A tampered header must give
+ * every shared-experts order and Llama-4 scoring, and again after an EPLB
+ * rebalance has migrated the device weights. Tensor parallel over the same
+ * transport: within f32 rounding of one device, the same bits on every
+ * rank. A tampered header must give
  * MOE_ERR_PROTOCOL on the receiver and MOE_ERR_TIMEOUT on the peers left
  * waiting, within the deadline; a tampered row MOE_ERR_PROTOCOL everywhere. With NCCL, a real one-rank communicator runs
  * the same forward. Creation-time refusals run without a GPU.
@@ -161,6 +164,8 @@ typedef struct ecase {
     moe_shared_order order;
     int64_t          T[MAX_RANKS];  /* tokens of each rank */
     tamper           tamper;
+    int              migrate;       /* rebalance + migrate, then forward again */
+    int              tp;            /* tensor parallel: d_ff slices, the same tokens */
 } ecase;
 
 /* Weights of E experts: per-expert blocks of data and scales. */
@@ -263,9 +268,37 @@ typedef struct rank_job {
     int         rank;
     moe_status  status;      /* of the forward                        */
     double      seconds;     /* the forward's wall time               */
-    float      *out;
+    float      *out, *out2;  /* out2: after migration                 */
+    int64_t     moved;       /* bytes this rank sent in the migration */
     char        err[512];
 } rank_job;
+
+/* A rebalance for a skewed load (the same on every rank), its migration,
+ * and a check that every local slot's host tables now hold the bytes of its
+ * new logical expert. */
+static moe_status migrate(rank_job *j, moe_routed_experts *ex, moe_expert_map *map,
+                          moe_comm *comm, char *err, size_t errlen) {
+    const ecase *c = j->m->c;
+    const int32_t E = c->E, Pp = moe_expert_map_n_physical(map);
+    double  *load = malloc((size_t)E * sizeof(double));
+    int32_t *p2l = malloc((size_t)Pp * sizeof(int32_t));
+    for (int32_t e = 0; e < E; e++) load[e] = e % 5 == 0 ? 100.0 + e : 1.0 + e;
+    moe_status s = moe_eplb_rebalance(load, 1, E, Pp, 1, 1, c->P, NULL, p2l, NULL, err, errlen);
+    if (!s) s = moe_eplb_migrate(comm, ex, map, p2l, &j->moved, err, errlen);
+    for (int32_t i = 0; !s && i < moe_expert_map_n_local(map); i++) {
+        const int32_t lg = moe_expert_map_logical(map, moe_expert_map_to_global(map, i));
+        const wset *f13 = &j->m->w13;
+        if (lg != p2l[moe_expert_map_to_global(map, i)] ||
+            memcmp((char *)ex->opts.w13.data + (size_t)i * f13->db,
+                   (char *)f13->data + (size_t)lg * f13->db, f13->db)) {
+            snprintf(err, errlen, "slot %d: host tables do not hold expert %d", i, lg);
+            s = MOE_ERR_INTERNAL;
+        }
+    }
+    free(load);
+    free(p2l);
+    return s;
+}
 
 static void *rank_main(void *arg) {
     rank_job *j = arg;
@@ -286,32 +319,42 @@ static void *rank_main(void *arg) {
     moe_context_options co = { .cuda_stream = st };
     moe_expert_map_options mo = { .n_experts = c->E, .n_redundant = c->n_redundant,
                                   .ep_size = c->P, .ep_rank = j->rank };
-    if (moe_context_create(&co, &ctx, err, sizeof err) ||
-        moe_expert_map_create(&mo, &map, err, sizeof err))
-        goto done;
-    const int32_t nl = moe_expert_map_n_local(map);
+    if (moe_context_create(&co, &ctx, err, sizeof err)) goto done;
+    comm = t_comm(j->b, j->rank, st);
+    moe_parallel par = { .mode = MOE_PARALLEL_TP, .comm = comm };
+    if (c->tp) {
+        moe_experts_options full = experts_opts(m, &m->w13, &m->w2, c->E);
+        if (moe_routed_experts_create_tp(&full, c->P, j->rank, &ex, err, sizeof err)) goto done;
+    } else {
+        if (moe_expert_map_create(&mo, &map, err, sizeof err)) goto done;
+        par = (moe_parallel){ .mode = MOE_PARALLEL_EP, .comm = comm, .map = map };
+    }
+    const int32_t nl = c->tp ? 0 : moe_expert_map_n_local(map);
     slots = malloc((size_t)nl * sizeof(int32_t));
     for (int32_t i = 0; i < nl; i++)
         slots[i] = moe_expert_map_logical(map, moe_expert_map_to_global(map, i));
-    w13 = pick_w(&m->w13, slots, nl);
-    w2 = pick_w(&m->w2, slots, nl);
-    moe_experts_options eo = experts_opts(m, &w13, &w2, nl);
-    eo.n_experts_global = moe_expert_map_n_physical(map);
-    eo.expert_map = moe_expert_map_table(map);
-    if (moe_routed_experts_create(&eo, &ex, err, sizeof err)) goto done;
-    comm = t_comm(j->b, j->rank, st);
-    moe_parallel par = { .mode = MOE_PARALLEL_EP, .comm = comm, .map = map };
+    if (!c->tp) {
+        w13 = pick_w(&m->w13, slots, nl);
+        w2 = pick_w(&m->w2, slots, nl);
+        moe_experts_options eo = experts_opts(m, &w13, &w2, nl);
+        eo.n_experts_global = moe_expert_map_n_physical(map);
+        eo.expert_map = moe_expert_map_table(map);
+        if (moe_routed_experts_create(&eo, &ex, err, sizeof err)) goto done;
+    }
     moe_layer_options lo = { .router = m->router, .experts = ex, .context = ctx,
                              .backend = MOE_BACKEND_CUDA, .max_tokens = max_t(c),
                              .shared = m->shared, .shared_order = c->order, .parallel = &par };
     if (moe_layer_create(&lo, &l, err, sizeof err)) goto done;
-    if (strcmp(moe_layer_prepare_finalize_impl(l), "nccl"))
+    if (strcmp(moe_layer_prepare_finalize_impl(l), c->tp ? "nccl-tp" : "nccl"))
         snprintf(err, sizeof err, "prepare/finalize %s", moe_layer_prepare_finalize_impl(l));
     double t0 = moe__now_s();
     j->status = run_layer(l, st, c->T[j->rank], c->H, c->E, m->x[j->rank], m->logits[j->rank],
                           m->shared, j->out);
     j->seconds = moe__now_s() - t0;
     if (j->status) snprintf(err, sizeof err, "%s", moe_layer_last_error(l));
+    if (!j->status && c->migrate && migrate(j, ex, map, comm, err, sizeof err) == MOE_OK)
+        j->status = run_layer(l, st, c->T[j->rank], c->H, c->E, m->x[j->rank],
+                              m->logits[j->rank], m->shared, j->out2);
 done:
     snprintf(j->err, sizeof j->err, "%s", err);
     moe_layer_destroy(l);
@@ -380,8 +423,13 @@ static void ep_check(const ecase *c, uint64_t seed) {
         m.logits[r] = malloc((size_t)(T + 1) * c->E * 4);
         m.ref[r] = malloc((size_t)(T + 1) * H * 4);
         jobs[r].out = malloc((size_t)(T + 1) * H * 4);
+        jobs[r].out2 = malloc((size_t)(T + 1) * H * 4);
         test_fill_normal(&rng, m.x[r], (size_t)(T * H), 1.0f);
         test_fill_normal(&rng, m.logits[r], (size_t)(T * c->E), 1.5f);
+        if (c->tp && r) { /* tensor parallel: every rank runs rank 0's tokens */
+            memcpy(m.x[r], m.x[0], (size_t)(T * H) * 4);
+            memcpy(m.logits[r], m.logits[0], (size_t)(T * c->E) * 4);
+        }
         if (T) {
             moe_status s = run_layer(one, st, T, H, c->E, m.x[r], m.logits[r], m.shared, m.ref[r]);
             CHECK(s == MOE_OK, "single device: %s", moe_layer_last_error(one));
@@ -394,7 +442,8 @@ static void ep_check(const ecase *c, uint64_t seed) {
     pthread_cond_init(&b.cv, &ca);
     pthread_t th[MAX_RANKS];
     for (int r = 0; r < c->P; r++) {
-        jobs[r] = (rank_job){ .m = &m, .b = &b, .rank = r, .out = jobs[r].out };
+        jobs[r] = (rank_job){ .m = &m, .b = &b, .rank = r, .out = jobs[r].out,
+                              .out2 = jobs[r].out2 };
         pthread_create(&th[r], NULL, rank_main, &jobs[r]);
     }
     for (int r = 0; r < c->P; r++) pthread_join(th[r], NULL);
@@ -415,11 +464,28 @@ static void ep_check(const ecase *c, uint64_t seed) {
               moe_status_name(j->status), j->err);
         if (j->status) continue;
         const size_t n = (size_t)c->T[r] * H;
+        if (c->tp) {
+            /* the d_ff halves are summed apart: f32 rounding, the same on every rank */
+            double e = test_nmse_f(j->out, m.ref[r], n);
+            CHECK(e <= 1e-6, "tensor parallel rank %d of %d: nmse %.3g", r, c->P, e);
+            CHECK(memcmp(j->out, jobs[0].out, n * 4) == 0, "rank %d differs from rank 0", r);
+            continue;
+        }
         size_t bad = 0;
         for (size_t i = 0; i < n; i++) bad += memcmp(&j->out[i], &m.ref[r][i], 4) != 0;
         CHECK(bad == 0, "rank %d of %d (%lld tokens): %zu of %zu values differ from one device",
               r, c->P, (long long)c->T[r], bad, n);
         CHECK(test_find_nan(j->out, n) < 0, "rank %d: NaN", r);
+        if (c->migrate) {
+            bad = 0;
+            for (size_t i = 0; i < n; i++) bad += memcmp(&j->out2[i], &m.ref[r][i], 4) != 0;
+            CHECK(bad == 0, "after migration, rank %d: %zu of %zu values differ", r, bad, n);
+        }
+    }
+    if (c->migrate) {
+        int64_t moved = 0;
+        for (int r = 0; r < c->P; r++) moved += jobs[r].moved;
+        CHECK(moved > 0, "the rebalance moved no expert across ranks");
     }
     pthread_cond_destroy(&b.cv);
     pthread_mutex_destroy(&b.mu);
@@ -429,6 +495,7 @@ done:
         free(m.logits[r]);
         free(m.ref[r]);
         free(jobs[r].out);
+        free(jobs[r].out2);
     }
     moe_layer_destroy(one);
     moe_context_destroy(ctx);
@@ -482,6 +549,25 @@ TEST(cuda_ep_bitwise_replicas_orders_llama4) {
     ecase l4 = { .P = 2, .E = 16, .k = 1, .H = 256, .I = 128, .Is = 128, .fmt = BF16,
                  .scoring = MOE_SCORING_LLAMA4, .order = MOE_SHARED_IN_COMBINE, .T = { 17, 4 } };
     ep_check(&l4, 30);
+}
+
+TEST(cuda_ep_eplb_migration) {
+    /* 3 ranks, 12 experts + 3 replicas, fp8 (scales travel too), biases off:
+     * after a rebalance and the migration of the device weights, the same
+     * tokens give the same bits */
+    ecase c = { .P = 3, .E = 12, .k = 4, .n_redundant = 3, .H = 256, .I = 256, .fmt = FP8,
+                .order = MOE_SHARED_NONE, .T = { 30, 1, 12 }, .migrate = 1 };
+    ep_check(&c, 60);
+}
+
+TEST(cuda_tp_nccl_2_and_3_ranks) {
+    /* tensor parallel over the device transport: d_ff sliced, partials summed
+     * in rank order + the shared expert */
+    for (int32_t P = 2; P <= 3; P++) {
+        ecase c = { .P = P, .E = 8, .k = 2, .H = 256, .I = 96 * P, .Is = 128, .fmt = BF16,
+                    .order = MOE_SHARED_BEFORE, .T = { 40, 40, 40 }, .tp = 1 };
+        ep_check(&c, 70 + (uint64_t)P);
+    }
 }
 
 TEST(cuda_ep_tampered_messages) {
@@ -579,7 +665,7 @@ TEST(cuda_ep_nccl_one_rank) {
 #endif /* MOE_HAVE_CUDA */
 
 /* Refusals at creation, with or without a device: an NCCL communicator
- * needs backend cuda and expert parallel mode. */
+ * needs backend cuda and the context's stream. */
 TEST(cuda_ep_create_refusals) {
 #ifndef MOE_HAVE_CUDA
     TEST_SKIP("built without CUDA");
@@ -605,10 +691,7 @@ TEST(cuda_ep_create_refusals) {
                              .parallel = &par };
     CHECK_STATUS(moe_layer_create(&lo, &l, err, sizeof err), MOE_ERR_UNSUPPORTED);
     CHECK(strstr(err, "backend cuda") != NULL, "%s", err);
-    par.mode = MOE_PARALLEL_TP;
     lo.backend = MOE_BACKEND_CUDA;
-    CHECK_STATUS(moe_layer_create(&lo, &l, err, sizeof err), MOE_ERR_UNSUPPORTED);
-    CHECK(strstr(err, "expert parallel") != NULL, "%s", err);
     if (moe__cuda_device_count() > 0) {
         /* the communicator's stream (NULL here) is not the context's */
         cudaStream_t st = NULL;

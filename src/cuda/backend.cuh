@@ -9,6 +9,10 @@
 
 #include "common.cuh"
 
+extern "C" {
+#include "../ep/ep.h"
+}
+
 /* Device buffers are carved at this alignment. */
 #define WS_ALIGN 256
 
@@ -33,12 +37,28 @@ typedef struct cuda_experts {
     void    *block;
 } cuda_experts;
 
+/* Pinned host staging of a layer over a device transport (ep.cu, tp.cu),
+ * made at layer creation for max_tokens. Headers are at most
+ * MOE_CUDA_HDR_BYTES. */
+#define MOE_CUDA_HDR_BYTES 32
+typedef struct cuda_ep_host {
+    int32_t *ids;        /* (S_max) routing ids from the device                    */
+    int32_t *phys;       /* (S_max) physical slot of each slot                     */
+    int32_t *cnt;        /* (3 (P + 1)) send counts, send offsets, receive offsets */
+    void    *hdr_in;     /* (P) headers from the peers                             */
+    char    *up;         /* upload block: P headers out, then send_slot, pos and
+                            send_phys (S each)                                     */
+    int32_t *flag;       /* (P) protocol flags of every rank, from the device       */
+    moe__msg *msgs;      /* (7 P) sends, then receives from 3 P on                  */
+    cudaEvent_t ev[4];   /* phase boundaries: dispatch, experts, combine, end      */
+} cuda_ep_host;
+
 typedef struct cuda_layer {
     float *bias;                  /* router correction bias (E) or NULL                */
     float *gate_w, *gate_b;       /* router gate (E, H), (E) or NULL                   */
     void  *block;
     size_t prologue_smem;         /* decode prologue's shared memory, 0 = not usable   */
-    void  *ep_host;               /* expert parallel: pinned staging (ep.cu), or NULL  */
+    struct cuda_ep_host *ep_host; /* over a device transport: staging, or NULL         */
 } cuda_layer;
 
 static inline int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
@@ -117,11 +137,23 @@ moe_status moe__cuda_run_shared(moe_layer *l, const cuda_experts *sx,
                                 const float *xs, const float *sg, const ws_bufs *b,
                                 cudaStream_t ss);
 
-/* ep.cu: expert parallel over a device transport (NCCL). */
+/* The forward on this device alone (cuda.cu), out stored in out_fmt. */
+moe_status moe__cuda_forward_one(moe_layer *l, int64_t T, const void *x, const float *logits,
+                                 const int32_t *ids_in, const float *w_in,
+                                 const moe_shared_experts *sh, void *out, int out_fmt, void *ws,
+                                 size_t ws_size);
+
+/* ep.cu: expert parallel over a device transport (NCCL); tp.cu: tensor
+ * parallel over it. */
 moe_status moe__cuda_ep_create(moe_layer *l, char *err, size_t errlen);
 void       moe__cuda_ep_destroy(moe_layer *l);
 size_t     moe__cuda_ep_workspace_size(const moe_layer *l, int64_t T);
 moe_status moe__cuda_ep_forward(moe_layer *l, int64_t T, const void *x, const float *logits,
+                                const int32_t *ids_in, const float *w_in,
+                                const moe_shared_experts *sh, void *out, void *ws,
+                                size_t ws_size);
+size_t     moe__cuda_tp_workspace_size(const moe_layer *l, int64_t T);
+moe_status moe__cuda_tp_forward(moe_layer *l, int64_t T, const void *x, const float *logits,
                                 const int32_t *ids_in, const float *w_in,
                                 const moe_shared_experts *sh, void *out, void *ws,
                                 size_t ws_size);

@@ -306,7 +306,9 @@ ws_bufs moe__cuda_carve(const ws_plan *p, char **cur) {
 }
 
 size_t moe__cuda_workspace_size(const moe_layer *l, int64_t n_tokens) {
-    if (l->opts.parallel) return moe__cuda_ep_workspace_size(l, n_tokens);
+    const moe_parallel *par = l->opts.parallel;
+    if (par && par->mode == MOE_PARALLEL_EP) return moe__cuda_ep_workspace_size(l, n_tokens);
+    if (par) return moe__cuda_tp_workspace_size(l, n_tokens);
     ws_plan p = moe__cuda_plan(l, n_tokens, n_tokens * l->opts.router->opts.top_k);
     return moe__cuda_plan_bytes(&p) + WS_ALIGN;
 }
@@ -496,12 +498,10 @@ moe_status moe__cuda_prepare_inputs(moe_layer *l, int64_t T, const void *x,
     return MOE_OK;
 }
 
-moe_status moe__cuda_layer_forward(moe_layer *l, int64_t T, const void *x, const float *logits,
-                                   const int32_t *ids_in, const float *w_in,
-                                   const moe_shared_experts *sh, void *out, void *ws,
-                                   size_t ws_size) {
-    if (l->opts.parallel) return moe__cuda_ep_forward(l, T, x, logits, ids_in, w_in, sh, out, ws,
-                                                     ws_size);
+moe_status moe__cuda_forward_one(moe_layer *l, int64_t T, const void *x, const float *logits,
+                                 const int32_t *ids_in, const float *w_in,
+                                 const moe_shared_experts *sh, void *out, int out_fmt, void *ws,
+                                 size_t ws_size) {
     char *err = l->err;
     const size_t errlen = sizeof l->err;
     cuda_ctx *c = (cuda_ctx *)l->ctx->cuda;
@@ -518,17 +518,16 @@ moe_status moe__cuda_layer_forward(moe_layer *l, int64_t T, const void *x, const
                              "cuda: these shared experts were not uploaded: give them in "
                              "moe_layer_options.shared");
     }
-    size_t need = moe__cuda_workspace_size(l, T);
-    if (ws_size < need)
-        return moe__errf(err, errlen, MOE_ERR_WORKSPACE,
-                         "workspace of %zu bytes is too small for %lld tokens (need %zu)", ws_size,
-                         (long long)T, need);
-    const int      io  = l->opts.io_format;
     const int32_t  k   = ro->top_k, nl = ex->n_local;
     const int64_t  S   = T * k, H = ex->H;
     const int      bm  = moe__cuda_pick_bm(ex->dtype, S, nl);
     const int64_t  mt  = moe__cuda_max_tiles(S, nl, bm);
     ws_plan p = moe__cuda_plan(l, T, S);
+    size_t need = moe__cuda_plan_bytes(&p) + WS_ALIGN;
+    if (ws_size < need)
+        return moe__errf(err, errlen, MOE_ERR_WORKSPACE,
+                         "workspace of %zu bytes is too small for %lld tokens (need %zu)", ws_size,
+                         (long long)T, need);
     char *cur = (char *)moe__align_up((uintptr_t)ws, WS_ALIGN);
     ws_bufs b = moe__cuda_carve(&p, &cur);
     float   *w = b.w, *xs = b.xs, *sg = b.sg;
@@ -594,7 +593,19 @@ moe_status moe__cuda_layer_forward(moe_layer *l, int64_t T, const void *x, const
         return s;
     if (overlap) MOE_CUDA_TRY(cudaStreamWaitEvent(st, c->join, 0), err, errlen);
     // 7. combine
-    MOE_CUDA_TRY(moe__finalize_cuda(b.y, ao.slot_row, sx ? b.sh_y : NULL, T, k, H, out, io,
+    MOE_CUDA_TRY(moe__finalize_cuda(b.y, ao.slot_row, sx ? b.sh_y : NULL, T, k, H, out, out_fmt,
                                     !overlap, 0, st), err, errlen);
     return MOE_OK;
+}
+
+moe_status moe__cuda_layer_forward(moe_layer *l, int64_t T, const void *x, const float *logits,
+                                   const int32_t *ids_in, const float *w_in,
+                                   const moe_shared_experts *sh, void *out, void *ws,
+                                   size_t ws_size) {
+    const moe_parallel *par = l->opts.parallel;
+    if (par && par->mode == MOE_PARALLEL_EP)
+        return moe__cuda_ep_forward(l, T, x, logits, ids_in, w_in, sh, out, ws, ws_size);
+    if (par) return moe__cuda_tp_forward(l, T, x, logits, ids_in, w_in, sh, out, ws, ws_size);
+    return moe__cuda_forward_one(l, T, x, logits, ids_in, w_in, sh, out, l->opts.io_format, ws,
+                                 ws_size);
 }

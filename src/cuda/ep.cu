@@ -36,9 +36,6 @@
  */
 #include "backend.cuh"
 
-extern "C" {
-#include "../ep/ep.h"
-}
 #include "cuda.h"
 
 #include <string.h>
@@ -53,21 +50,14 @@ typedef struct ep_hdr {
     int64_t  d_model;
 } ep_hdr;
 
+static_assert(sizeof(ep_hdr) <= MOE_CUDA_HDR_BYTES, "header staging");
+
 typedef struct ep_meta {
     int32_t expert;      /* physical expert id                                */
     float   weight;      /* routing weight (Llama-4: the input scale)         */
 } ep_meta;
 
-/* Pinned host staging, made at layer creation (sizes for max_tokens). */
-typedef struct ep_host {
-    int32_t *ids;        /* (S_max) routing ids from the device                    */
-    int32_t *phys;       /* (S_max) physical slot of each slot                     */
-    int32_t *cnt;        /* (3 (P + 1)) send counts, send offsets, receive offsets */
-    ep_hdr  *hdr_in;     /* (P)                                                    */
-    char    *up;         /* upload block: hdr_out (P), send_slot, pos, send_phys (S) */
-    int32_t *flag;       /* (P) protocol flags of every rank, from the device       */
-    moe__msg *msgs;      /* (7 P) sends, then receives from 3 P on                  */
-} ep_host;
+
 
 static const moe_parallel *par(const moe_layer *l) { return l->opts.parallel; }
 
@@ -79,7 +69,7 @@ static int64_t cap_rows(const moe_layer *l) { return par(l)->comm->size * max_ro
 
 /* Bytes of the upload block for S slots over P ranks. */
 static size_t up_bytes(int32_t P, int64_t S) {
-    return (size_t)P * sizeof(ep_hdr) + 3 * (size_t)S * sizeof(int32_t);
+    return (size_t)P * MOE_CUDA_HDR_BYTES + 3 * (size_t)S * sizeof(int32_t);
 }
 
 // ---- kernels
@@ -128,12 +118,12 @@ moe_status moe__cuda_ep_create(moe_layer *l, char *err, size_t errlen) {
     const int32_t P = c->size;
     const int64_t S = max_rows_peer(l);
     const size_t sizes[7] = {
-        (size_t)S * 4, (size_t)S * 4, 3 * (size_t)(P + 1) * 4, (size_t)P * sizeof(ep_hdr),
+        (size_t)S * 4, (size_t)S * 4, 3 * (size_t)(P + 1) * 4, (size_t)P * MOE_CUDA_HDR_BYTES,
         up_bytes(P, S), (size_t)P * 4, 7 * (size_t)P * sizeof(moe__msg),
     };
     size_t total = 0;
     for (int i = 0; i < 7; i++) total += moe__align_up(sizes[i], 64);
-    ep_host *h = (ep_host *)moe__calloc(1, sizeof *h);
+    cuda_ep_host *h = (cuda_ep_host *)moe__calloc(1, sizeof *h);
     if (!h) return moe__errf(err, errlen, MOE_ERR_NOMEM, "out of memory");
     char *p = NULL;
     cudaError_t ce = cudaMallocHost(&p, total);
@@ -152,13 +142,16 @@ moe_status moe__cuda_ep_create(moe_layer *l, char *err, size_t errlen) {
         p += moe__align_up(order[i], 64);
     }
     ((cuda_layer *)l->cuda)->ep_host = h;
+    for (int i = 0; i < 4; i++) MOE_CUDA_TRY(cudaEventCreate(&h->ev[i]), err, errlen);
     return MOE_OK;
 }
 
 void moe__cuda_ep_destroy(moe_layer *l) {
     cuda_layer *cl = (cuda_layer *)l->cuda;
-    ep_host *h = cl ? (ep_host *)cl->ep_host : NULL;
+    cuda_ep_host *h = cl ? (cuda_ep_host *)cl->ep_host : NULL;
     if (!h) return;
+    for (int i = 0; i < 4; i++)
+        if (h->ev[i]) cudaEventDestroy(h->ev[i]);
     cudaFreeHost(h->up);
     moe__free(h);
     cl->ep_host = NULL;
@@ -258,7 +251,7 @@ static moe_status wait_stream(moe_layer *l, moe__phase phase, const char *what) 
 /* 2. Send order on the host: h->cnt = send counts and offsets by rank; the
  * upload block gets send_slot (slots ascending within a rank), pos (slot ->
  * send row) and send_phys. */
-static moe_status plan_sends(moe_layer *l, ep_host *h, int64_t T) {
+static moe_status plan_sends(moe_layer *l, cuda_ep_host *h, int64_t T) {
     const moe_parallel   *p = par(l);
     const moe_expert_map *m = p->map;
     const int32_t P = p->comm->size, K = l->opts.router->opts.top_k;
@@ -269,7 +262,7 @@ static moe_status plan_sends(moe_layer *l, ep_host *h, int64_t T) {
                          "expert-parallel dispatch: a routed expert id is outside [0, %d)",
                          m->o.n_experts);
     int32_t *cnt = h->cnt, *off = h->cnt + (P + 1), *cur = h->cnt + 2 * (P + 1);
-    int32_t *send_slot = (int32_t *)(h->up + (size_t)P * sizeof(ep_hdr));
+    int32_t *send_slot = (int32_t *)(h->up + (size_t)P * MOE_CUDA_HDR_BYTES);
     int32_t *pos = send_slot + S, *send_phys = pos + S;
     memset(cnt, 0, (size_t)(P + 1) * sizeof(int32_t));
     for (int64_t s = 0; s < S; s++) cnt[moe__map_owner(&m->o, m->n_physical, h->phys[s])]++;
@@ -295,7 +288,7 @@ static moe_status ep_forward_call(moe_layer *l, int64_t T, const void *x, const 
     cuda_ctx *cx = (cuda_ctx *)l->ctx->cuda;
     const cuda_layer *cl = (const cuda_layer *)l->cuda;
     const cuda_experts *ex = moe__cuda_experts_state(l->opts.experts);
-    ep_host *h = cl ? (ep_host *)cl->ep_host : NULL;
+    cuda_ep_host *h = cl ? (cuda_ep_host *)cl->ep_host : NULL;
     if (!cx || !ex || !h) return moe__errf(err, errlen, MOE_ERR_INTERNAL, "cuda: layer not set up");
     if (c->broken) return fail(l, c->broken, "expert-parallel forward");
     const cuda_experts *sx = sh ? moe__cuda_experts_state(sh->mlp) : NULL;
@@ -345,6 +338,7 @@ static moe_status ep_forward_call(moe_layer *l, int64_t T, const void *x, const 
     }
 
     // 2. routing ids to the host, the send order
+    MOE_CUDA_TRY(cudaEventRecord(h->ev[0], st), err, errlen);
     if (S) {
         MOE_CUDA_TRY(cudaMemcpyAsync(h->ids, ids_in, (size_t)S * 4, cudaMemcpyDeviceToHost, st),
                      err, errlen);
@@ -355,6 +349,7 @@ static moe_status ep_forward_call(moe_layer *l, int64_t T, const void *x, const 
     int32_t *roff = h->cnt + 2 * (P + 1);
 
     // 3. counts first
+    ep_hdr *hin = (ep_hdr *)h->hdr_in;
     const uint32_t call_no = (uint32_t)c->stats.calls++;
     ep_hdr *hdr_out = (ep_hdr *)h->up;
     for (int32_t r = 0; r < P; r++) hdr_out[r] = ep_hdr{ EP_MAGIC, call_no, me, cnt[r], H };
@@ -372,10 +367,10 @@ static moe_status ep_forward_call(moe_layer *l, int64_t T, const void *x, const 
     MOE_CUDA_TRY(cudaMemcpyAsync(h->hdr_in, e.hdr_in, (size_t)P * sizeof(ep_hdr),
                                  cudaMemcpyDeviceToHost, st), err, errlen);
     if ((s = wait_stream(l, MOE__PHASE_DISPATCH, "expert-parallel dispatch (counts)"))) return s;
-    h->hdr_in[me] = hdr_out[me];
+    hin[me] = hdr_out[me];
     roff[0] = 0;
     for (int32_t r = 0; r < P; r++) {
-        const ep_hdr *hd = &h->hdr_in[r];
+        const ep_hdr *hd = &hin[r];
         if (hd->magic != EP_MAGIC || hd->src_rank != r)
             return protocol(l, "rank %d: bad header (magic %08x, rank %d)", r, hd->magic,
                             hd->src_rank);
@@ -393,7 +388,7 @@ static moe_status ep_forward_call(moe_layer *l, int64_t T, const void *x, const 
     MOE_ASSERT(R <= C);
 
     // 4. pack and send the rows; this rank's own rows are a device copy
-    const int32_t *d_send_slot = (const int32_t *)(e.up + (size_t)P * sizeof(ep_hdr));
+    const int32_t *d_send_slot = (const int32_t *)(e.up + (size_t)P * MOE_CUDA_HDR_BYTES);
     const int32_t *d_pos = d_send_slot + S, *d_send_phys = d_pos + S;
     MOE_CUDA_TRY(cudaMemsetAsync(e.flag, 0, (size_t)P * 4, st), err, errlen);
     if (S) {
@@ -405,7 +400,7 @@ static moe_status ep_forward_call(moe_layer *l, int64_t T, const void *x, const 
     }
     ns = nr = 0;
     for (int32_t r = 0; r < P; r++) {
-        const int32_t nin = h->hdr_in[r].n_rows;
+        const int32_t nin = hin[r].n_rows;
         if (r == me) {
             struct { void *d; const void *s; size_t n; } cp[3] = {
                 { e.recv_x + (size_t)roff[r] * rb, e.send_x + (size_t)off[r] * rb,
@@ -435,6 +430,7 @@ static moe_status ep_forward_call(moe_layer *l, int64_t T, const void *x, const 
         return fail(l, s, "expert-parallel dispatch (rows)");
 
     // 5-6. the received rows through the experts
+    MOE_CUDA_TRY(cudaEventRecord(h->ev[1], st), err, errlen);
     if (R) {
         unpack_kernel<<<(unsigned)cdiv(R, 256), 256, 0, st>>>(e.recv_meta, R, ex->map,
                                                               ex->n_global, e.recv_ids, e.recv_w,
@@ -453,9 +449,10 @@ static moe_status ep_forward_call(moe_layer *l, int64_t T, const void *x, const 
     }
 
     // 7. combine: outputs back in each sender's order
+    MOE_CUDA_TRY(cudaEventRecord(h->ev[2], st), err, errlen);
     ns = nr = 0;
     for (int32_t r = 0; r < P; r++) {
-        const size_t nin = (size_t)h->hdr_in[r].n_rows, hb = (size_t)H * 4;
+        const size_t nin = (size_t)hin[r].n_rows, hb = (size_t)H * 4;
         if (r == me) {
             if (cnt[r])
                 MOE_CUDA_TRY(cudaMemcpyAsync(e.back + (size_t)off[r] * H,
@@ -483,9 +480,15 @@ static moe_status ep_forward_call(moe_layer *l, int64_t T, const void *x, const 
                                     l->opts.io_format, 0, 1, st), err, errlen);
 
     // 8. complete within the deadline, then the protocol flags
+    MOE_CUDA_TRY(cudaEventRecord(h->ev[3], st), err, errlen);
     MOE_CUDA_TRY(cudaMemcpyAsync(h->flag, e.flag, (size_t)P * 4, cudaMemcpyDeviceToHost, st), err,
                  errlen);
     if ((s = wait_stream(l, MOE__PHASE_COMBINE, "expert-parallel combine"))) return s;
+    float ms[3] = { 0, 0, 0 };
+    for (int i = 0; i < 3; i++) cudaEventElapsedTime(&ms[i], h->ev[i], h->ev[i + 1]);
+    c->stats.device_dispatch_s += ms[0] * 1e-3;
+    c->stats.device_experts_s += ms[1] * 1e-3;
+    c->stats.device_combine_s += ms[2] * 1e-3;
     if (h->flag[me])
         return protocol(l, "received a row for an expert not held here, or a non-finite weight");
     for (int32_t r = 0; r < P; r++)

@@ -136,6 +136,11 @@ const moe__prepare_finalize_impl moe__pf_nccl_ep = {
     .collective = true,
 };
 
+const moe__prepare_finalize_impl moe__pf_nccl_tp = {
+    .name       = "nccl-tp",
+    .collective = true,
+};
+
 /* Expert parallel: the experts must be exactly this rank's slots of the map. */
 static moe_status check_ep(const moe_layer_options *o, const moe_parallel *p, char *err,
                            size_t errlen) {
@@ -174,9 +179,6 @@ moe_status moe__ep_select_pf(const moe_layer_options *o, const moe__prepare_fina
     if (nccl && o->backend != MOE_BACKEND_CUDA)
         return moe__errf(err, errlen, MOE_ERR_UNSUPPORTED,
                          "an NCCL communicator carries device memory: set backend cuda");
-    if (nccl && p->mode != MOE_PARALLEL_EP)
-        return moe__errf(err, errlen, MOE_ERR_UNSUPPORTED,
-                         "tensor-parallel experts run over MPI; over NCCL only expert parallel");
     if (!nccl && o->backend == MOE_BACKEND_CUDA)
         return moe__errf(err, errlen, MOE_ERR_UNSUPPORTED,
                          "an MPI communicator carries host memory; backend cuda needs NCCL");
@@ -202,7 +204,7 @@ moe_status moe__ep_select_pf(const moe_layer_options *o, const moe__prepare_fina
             return moe__errf(err, errlen, MOE_ERR_SHAPE,
                              "tensor parallel: router has %d experts, this rank holds %d",
                              o->router->opts.n_experts, o->experts->opts.n_experts);
-        *pf = &moe__pf_mpi_tp;
+        *pf = nccl ? &moe__pf_nccl_tp : &moe__pf_mpi_tp;
         return MOE_OK;
     }
     return moe__errf(err, errlen, MOE_ERR_INVALID_ARG, "unknown parallel mode %d", (int)p->mode);

@@ -109,9 +109,11 @@ moe_status moe__comm_nccl_create(void *nccl_comm, void *stream, int32_t deadline
 
 extern const moe__prepare_finalize_impl moe__pf_mpi_ep;
 extern const moe__prepare_finalize_impl moe__pf_mpi_tp;
-/* Expert parallel over a device transport: the CUDA backend runs it inside
- * its forward (src/cuda/ep.cu); this entry names it and sizes nothing. */
+/* Expert and tensor parallel over a device transport: the CUDA backend runs
+ * them inside its forward (src/cuda/ep.cu, tp.cu); these entries name them
+ * and size nothing. */
 extern const moe__prepare_finalize_impl moe__pf_nccl_ep;
+extern const moe__prepare_finalize_impl moe__pf_nccl_tp;
 
 /* Fault injection for the multi-rank fault tests (tests/mpi/ep-fault.c,
  * which declares it itself): set to a MOE__FAULT_* point, the EP
@@ -155,5 +157,11 @@ typedef struct moe__move {
 moe_status moe__eplb_plan(const int32_t *old, const int32_t *new_, int32_t n_physical,
                           int32_t n_ranks, moe__move **moves, int32_t *n_moves, char *err,
                           size_t errlen);
+
+/* Executes the plan over a device transport (src/cuda/ep-migrate.cu): the
+ * experts' device copy moves over c, the host tables are updated from it.
+ * per = slots per rank; *sent = this rank's bytes sent. */
+moe_status moe__cuda_migrate(moe_comm *c, moe_routed_experts *e, const moe__move *mv,
+                             int32_t n_mv, int32_t per, int64_t *sent, char *err, size_t errlen);
 
 #endif /* MOE_EP_H */

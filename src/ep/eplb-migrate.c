@@ -8,7 +8,8 @@
  * matches them in that order. An expert travels as one message: the bytes of
  * every table of both projections (weights, scales, zeros, g_idx, second
  * scale, input scale, bias) concatenated. Sources are packed before anything
- * is overwritten, so slots may swap experts freely.
+ * is overwritten, so slots may swap experts freely. Over NCCL the device copy
+ * of the weights moves (src/cuda/ep-migrate.cu) and the host tables follow.
  */
 #include "ep.h"
 
@@ -54,43 +55,11 @@ static void unpack(moe_routed_experts *e, int32_t i, const char *src) {
     }
 }
 
-moe_status moe_eplb_migrate(moe_comm *c, moe_routed_experts *e, moe_expert_map *m,
-                            const int32_t *new_p2l, int64_t *bytes_sent, char *err,
-                            size_t errlen) {
-    if (bytes_sent) *bytes_sent = 0;
-    if (!c || !e || !m || !new_p2l)
-        return moe__errf(err, errlen, MOE_ERR_INVALID_ARG, "NULL argument");
-    if (c->broken)
-        return moe__errf(err, errlen, c->broken, "the communicator is broken: %s", c->err);
-    if (c->kind != MOE__COMM_MPI)
-        return moe__errf(err, errlen, MOE_ERR_UNSUPPORTED, "migration runs over MPI only");
-    if (e->opts.flags & MOE_EXPERTS_BORROW || !e->owned)
-        return moe__errf(err, errlen, MOE_ERR_UNSUPPORTED,
-                         "migration rewrites weights: the experts must own them (no BORROW)");
-    for (int i = 0; i < 4; i++)
-        if (e->impl_state[i])
-            return moe__errf(err, errlen, MOE_ERR_UNSUPPORTED,
-                             "the experts hold a backend copy of their weights; migrate before "
-                             "creating layers");
-    const int32_t P = m->n_physical, R = c->size, me = c->rank;
-    if (m->o.ep_size != R || m->o.ep_rank != me || m->o.placement != MOE_PLACEMENT_LINEAR ||
-        P % R)
-        return moe__errf(err, errlen, MOE_ERR_INVALID_ARG,
-                         "migration needs the map of this rank (%d of %d), linear placement and "
-                         "%d slots divisible by the ranks", me, R, P);
-    if (e->opts.n_experts != m->n_local || e->n_experts_global != P)
-        return moe__errf(err, errlen, MOE_ERR_SHAPE, "the experts do not match the map");
-    const int32_t per = P / R;
-    for (int32_t s = 0; s < P; s++)
-        if (new_p2l[s] < 0 || new_p2l[s] >= m->o.n_experts)
-            return moe__errf(err, errlen, MOE_ERR_RANGE, "new slot %d holds expert %d", s,
-                             new_p2l[s]);
-
-    moe__move *mv = NULL;
-    int32_t    n_mv = 0;
-    moe_status st = moe__eplb_plan(m->phys2log, new_p2l, P, R, &mv, &n_mv, err, errlen);
-    if (st) return st;
-
+/* The host path (MPI): pack, exchange, unpack the experts' own tables. */
+static moe_status migrate_host(moe_comm *c, moe_routed_experts *e, const moe__move *mv,
+                               int32_t n_mv, int32_t per, int64_t *sent_out, char *err,
+                               size_t errlen) {
+    const int32_t R = c->size, me = c->rank;
     part   parts[14];
     size_t xb = 0;
     for (int k = 0, n = expert_parts(e, 0, parts); k < n; k++) xb += parts[k].n;
@@ -103,6 +72,7 @@ moe_status moe_eplb_migrate(moe_comm *c, moe_routed_experts *e, moe_expert_map *
         else if (v->kind == MOE__MOVE_REMOTE && v->dst_rank == me) n_buf++, n_recv++;
         else if (v->kind == MOE__MOVE_LOCAL && v->dst_rank == me) n_buf++;
     }
+    moe_status st = MOE_OK;
     size_t total;
     char     *buf  = NULL;
     int32_t  *slot = moe__calloc((size_t)n_mv + 1, sizeof(int32_t));   /* move -> buffer */
@@ -160,13 +130,62 @@ moe_status moe_eplb_migrate(moe_comm *c, moe_routed_experts *e, moe_expert_map *
             unpack(e, dst, buf + (size_t)slot[i] * xb);
         }
     }
-    st = moe_expert_map_set_physical(m, new_p2l, err, errlen);
-    if (bytes_sent) *bytes_sent = sent;
-
+    *sent_out = sent;
 done:
-    moe__free(mv);
     moe__free(slot);
     moe__free(msg);
     moe__free(buf);
     return st;
+}
+
+moe_status moe_eplb_migrate(moe_comm *c, moe_routed_experts *e, moe_expert_map *m,
+                            const int32_t *new_p2l, int64_t *bytes_sent, char *err,
+                            size_t errlen) {
+    if (bytes_sent) *bytes_sent = 0;
+    if (!c || !e || !m || !new_p2l)
+        return moe__errf(err, errlen, MOE_ERR_INVALID_ARG, "NULL argument");
+    if (c->broken)
+        return moe__errf(err, errlen, c->broken, "the communicator is broken: %s", c->err);
+    if (e->opts.flags & MOE_EXPERTS_BORROW || !e->owned)
+        return moe__errf(err, errlen, MOE_ERR_UNSUPPORTED,
+                         "migration rewrites weights: the experts must own them (no BORROW)");
+    const bool nccl = c->kind == MOE__COMM_NCCL;
+    bool on_device = false;
+    for (int i = 0; i < 4; i++) on_device |= e->impl_state[i] != NULL;
+    if (!nccl && on_device)
+        return moe__errf(err, errlen, MOE_ERR_UNSUPPORTED,
+                         "the experts hold a backend copy of their weights; migrate before "
+                         "creating layers");
+    if (nccl && !on_device)
+        return moe__errf(err, errlen, MOE_ERR_UNSUPPORTED,
+                         "migration over NCCL moves the device copy: create the CUDA layer "
+                         "first");
+    const int32_t P = m->n_physical, R = c->size, me = c->rank;
+    if (m->o.ep_size != R || m->o.ep_rank != me || m->o.placement != MOE_PLACEMENT_LINEAR ||
+        P % R)
+        return moe__errf(err, errlen, MOE_ERR_INVALID_ARG,
+                         "migration needs the map of this rank (%d of %d), linear placement and "
+                         "%d slots divisible by the ranks", me, R, P);
+    if (e->opts.n_experts != m->n_local || e->n_experts_global != P)
+        return moe__errf(err, errlen, MOE_ERR_SHAPE, "the experts do not match the map");
+    const int32_t per = P / R;
+    for (int32_t s = 0; s < P; s++)
+        if (new_p2l[s] < 0 || new_p2l[s] >= m->o.n_experts)
+            return moe__errf(err, errlen, MOE_ERR_RANGE, "new slot %d holds expert %d", s,
+                             new_p2l[s]);
+
+    moe__move *mv = NULL;
+    int32_t    n_mv = 0;
+    moe_status st = moe__eplb_plan(m->phys2log, new_p2l, P, R, &mv, &n_mv, err, errlen);
+    if (st) return st;
+    int64_t sent = 0;
+#ifdef MOE_HAVE_CUDA
+    if (nccl) st = moe__cuda_migrate(c, e, mv, n_mv, per, &sent, err, errlen);
+    else
+#endif
+        st = migrate_host(c, e, mv, n_mv, per, &sent, err, errlen);
+    moe__free(mv);
+    if (st) return st;
+    if (bytes_sent) *bytes_sent = sent;
+    return moe_expert_map_set_physical(m, new_p2l, err, errlen);
 }

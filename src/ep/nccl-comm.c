@@ -1,7 +1,9 @@
 /*
  * nccl-comm.c - the NCCL transport: the exchange primitive as one NCCL group
- * of ncclSend/ncclRecv on the caller's stream, then a deadline-bound poll of
- * the communicator's asynchronous error and of the stream.
+ * of ncclSend/ncclRecv on the caller's stream (post), then a deadline-bound
+ * poll of the communicator's asynchronous error and of the stream (wait).
+ * The CUDA layer (src/cuda/ep.cu) posts its row and combine exchanges and
+ * waits only at its count exchange and at the end of the forward.
  *
  * The caller creates the communicator non-blocking (config.blocking = 0), so
  * no NCCL call blocks: ncclGroupEnd may answer ncclInProgress, and we poll
@@ -12,7 +14,7 @@
  *
  * NCCL sends and receives must agree on sizes: the prepare/finalize above
  * exchanges counts first, so a receive size is always the announced one.
- * Buffers are device pointers.
+ * Buffers are device pointers. 0-byte messages are not posted.
  */
 #include "ep.h"
 
@@ -27,7 +29,11 @@ typedef struct nccl_state {
     int          aborted;
 } nccl_state;
 
-static void nap(void) {
+/* Between polls: spin for the first 2 ms of a wait (a decode step's
+ * exchange completes in microseconds, and a sleep costs ~60 us of timer
+ * slack), then sleep 20 us at a time. */
+static void nap(double since) {
+    if (moe__now_s() - since < 2e-3) return;
     struct timespec ts = { 0, 20000 };
     nanosleep(&ts, NULL);
 }
@@ -43,11 +49,12 @@ static moe_status nccl_abort(moe_comm *c, moe_status st, const char *what, ncclR
 static moe_status settle(moe_comm *c, double deadline, const char *what) {
     nccl_state  *s = c->impl;
     ncclResult_t r = ncclInProgress;
+    const double t0 = moe__now_s();
     while (r == ncclInProgress) {
         if (ncclCommGetAsyncError(s->comm, &r) != ncclSuccess) r = ncclInternalError;
         if (r == ncclInProgress) {
             if (moe__now_s() > deadline) return nccl_abort(c, MOE_ERR_TIMEOUT, what, r);
-            nap();
+            nap(t0);
         }
     }
     if (r != ncclSuccess) return nccl_abort(c, MOE_ERR_NCCL, what, r);
@@ -82,7 +89,7 @@ static moe_status nccl_post(moe_comm *c, const moe__msg *sends, int n_sends,
 /* Waits for the stream, watching for asynchronous errors. */
 static moe_status nccl_wait(moe_comm *c) {
     nccl_state  *s = c->impl;
-    const double deadline = deadline_of(c);
+    const double deadline = deadline_of(c), t0 = moe__now_s();
     for (;;) {
         cudaError_t ce = cudaStreamQuery(s->stream);
         if (ce == cudaSuccess) return MOE_OK;
@@ -95,7 +102,7 @@ static moe_status nccl_wait(moe_comm *c) {
                               "exchange failed", ar);
         if (moe__now_s() > deadline)
             return nccl_abort(c, MOE_ERR_TIMEOUT, "exchange past the deadline", ncclSuccess);
-        nap();
+        nap(t0);
     }
 }
 
