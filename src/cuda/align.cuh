@@ -18,7 +18,7 @@
  * returns the total to every thread. */
 static __device__ int block_exclusive_scan(int *v, int n, int *warp_tot) {
     const int tid = threadIdx.x, lane = tid & 31, wid = tid >> 5;
-    const int per = (n + ALIGN_THREADS - 1) / ALIGN_THREADS;
+    const int per = (n + (int)blockDim.x - 1) / (int)blockDim.x;
     const int b = tid * per, e = min(n, b + per);
     int s = 0;
 #pragma unroll 1
@@ -31,7 +31,7 @@ static __device__ int block_exclusive_scan(int *v, int n, int *warp_tot) {
     if (lane == 31) warp_tot[wid] = inc;
     __syncthreads();
     if (wid == 0) {
-        int wv = warp_tot[lane], wi = wv;
+        int wv = lane < (int)(blockDim.x >> 5) ? warp_tot[lane] : 0, wi = wv;
         for (int o = 1; o < 32; o <<= 1) {
             int u = __shfl_up_sync(0xffffffffu, wi, o);
             if (lane >= o) wi += u;
@@ -87,7 +87,8 @@ static __host__ __device__ inline size_t align_smem(int32_t n_local) {
     return ((size_t)3 * n_local + 33) * sizeof(int);
 }
 
-/* The whole contiguous layout by one block of ALIGN_THREADS threads; asm_ is
+/* The whole contiguous layout by one block (up to ALIGN_THREADS threads, a
+ * multiple of 32); asm_ is
  * align_smem(n_local) bytes of shared memory. */
 static __device__ void align_one_block(const int32_t *ids, int64_t n_slots, const int32_t *map,
                                        int32_t n_global, int32_t n_local, int BM,
@@ -97,25 +98,25 @@ static __device__ void align_one_block(const int32_t *ids, int64_t n_slots, cons
     int *cur  = tcnt + n_local;     // (n_local) placement cursors
     int *wtot = cur + n_local;      // (33) scan scratch
 #pragma unroll 1
-    for (int e = threadIdx.x; e < n_local; e += ALIGN_THREADS) cnt[e] = 0;
+    for (int e = threadIdx.x; e < n_local; e += blockDim.x) cnt[e] = 0;
     __syncthreads();
 #pragma unroll 1
-    for (int64_t s = threadIdx.x; s < n_slots; s += ALIGN_THREADS) {
+    for (int64_t s = threadIdx.x; s < n_slots; s += blockDim.x) {
         int loc = local_of(ids[s], map, n_global, n_local);
         if (loc >= 0) atomicAdd(&cnt[loc], 1);
     }
     __syncthreads();
 #pragma unroll 1
-    for (int e = threadIdx.x; e < n_local; e += ALIGN_THREADS) tcnt[e] = (cnt[e] + BM - 1) / BM;
+    for (int e = threadIdx.x; e < n_local; e += blockDim.x) tcnt[e] = (cnt[e] + BM - 1) / BM;
     __syncthreads();
     int n_rows  = block_exclusive_scan(cnt, n_local, wtot);
     int n_tiles = block_exclusive_scan(tcnt, n_local, wtot);
 #pragma unroll 1
-    for (int e = threadIdx.x; e < n_local; e += ALIGN_THREADS) cur[e] = cnt[e];
+    for (int e = threadIdx.x; e < n_local; e += blockDim.x) cur[e] = cnt[e];
     write_tiles(cnt, tcnt, n_local, n_rows, n_tiles, BM, max_tiles, o);
     __syncthreads();
 #pragma unroll 1
-    for (int64_t s = threadIdx.x; s < n_slots; s += ALIGN_THREADS) {
+    for (int64_t s = threadIdx.x; s < n_slots; s += blockDim.x) {
         int loc = local_of(ids[s], map, n_global, n_local);
         int row = -1;
         if (loc >= 0) {
