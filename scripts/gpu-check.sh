@@ -97,9 +97,11 @@ if [ $SAN = 1 ] && command -v compute-sanitizer >/dev/null; then
             >"$OUT/sanitizer/$tool-shared.log" 2>&1; r2=$?
         compute-sanitizer --tool $tool --error-exitcode 3 build/moe-test -o cuda_route \
             >"$OUT/sanitizer/$tool-route.log" 2>&1; r3=$?
-        echo "$tool: fp8 rc=$r1 shared rc=$r2 route rc=$r3"
+        compute-sanitizer --tool $tool --error-exitcode 3 build/moe-test -o cuda_ep_bitwise \
+            >"$OUT/sanitizer/$tool-ep.log" 2>&1; r4=$?
+        echo "$tool: fp8 rc=$r1 shared rc=$r2 route rc=$r3 ep rc=$r4"
         grep -h "ERROR SUMMARY\|RACECHECK SUMMARY" "$OUT"/sanitizer/$tool-*.log
-        [ $r1 = 0 ] && [ $r2 = 0 ] && [ $r3 = 0 ] || status=1
+        [ $r1 = 0 ] && [ $r2 = 0 ] && [ $r3 = 0 ] && [ $r4 = 0 ] || status=1
     done
 fi
 

@@ -300,6 +300,25 @@ static moe_status migrate(rank_job *j, moe_routed_experts *ex, moe_expert_map *m
     return s;
 }
 
+/* The layer's EPLB counters equal the host map's for the same routing (the
+ * CPU router's ids are the GPU's, bit for bit). */
+static bool check_load(const model *m, int rank, const moe_expert_map *map, const int32_t *load) {
+    const ecase *c = m->c;
+    const int64_t T = c->T[rank], S = T * c->k;
+    const int32_t Pp = moe_expert_map_n_physical(map);
+    int32_t *ids = malloc((size_t)(S + 1) * 4), *phys = malloc((size_t)(S + 1) * 4);
+    int32_t *ref = calloc((size_t)Pp, sizeof(int32_t));
+    float *w = malloc((size_t)(S + 1) * 4);
+    bool ok = moe_router_route(m->router, T, m->logits[rank], ids, w) == MOE_OK &&
+              moe_expert_map_route(map, T, c->k, ids, phys, ref) == MOE_OK &&
+              memcmp(ref, load, (size_t)Pp * 4) == 0;
+    free(ids);
+    free(phys);
+    free(ref);
+    free(w);
+    return ok;
+}
+
 static void *rank_main(void *arg) {
     rank_job *j = arg;
     const model *m = j->m;
@@ -312,7 +331,7 @@ static void *rank_main(void *arg) {
     moe_layer *l = NULL;
     moe_comm *comm = NULL;
     wset w13 = { 0 }, w2 = { 0 };
-    int32_t *slots = NULL;
+    int32_t *slots = NULL, *load = NULL;
     j->status = MOE_ERR_INTERNAL;
     cudaSetDevice(0);
     cudaStreamCreate(&st);
@@ -327,7 +346,8 @@ static void *rank_main(void *arg) {
         if (moe_routed_experts_create_tp(&full, c->P, j->rank, &ex, err, sizeof err)) goto done;
     } else {
         if (moe_expert_map_create(&mo, &map, err, sizeof err)) goto done;
-        par = (moe_parallel){ .mode = MOE_PARALLEL_EP, .comm = comm, .map = map };
+        load = calloc((size_t)moe_expert_map_n_physical(map), sizeof(int32_t));
+        par = (moe_parallel){ .mode = MOE_PARALLEL_EP, .comm = comm, .map = map, .load = load };
     }
     const int32_t nl = c->tp ? 0 : moe_expert_map_n_local(map);
     slots = malloc((size_t)nl * sizeof(int32_t));
@@ -352,6 +372,8 @@ static void *rank_main(void *arg) {
                           m->shared, j->out);
     j->seconds = moe__now_s() - t0;
     if (j->status) snprintf(err, sizeof err, "%s", moe_layer_last_error(l));
+    if (!j->status && load && !check_load(m, j->rank, map, load))
+        snprintf(err, sizeof err, "EPLB counters differ from moe_expert_map_route's");
     if (!j->status && c->migrate && migrate(j, ex, map, comm, err, sizeof err) == MOE_OK)
         j->status = run_layer(l, st, c->T[j->rank], c->H, c->E, m->x[j->rank],
                               m->logits[j->rank], m->shared, j->out2);
@@ -364,6 +386,7 @@ done:
     moe_context_destroy(ctx);
     if (st) cudaStreamDestroy(st);
     free(slots);
+    free(load);
     free(w13.data);
     free(w13.scales);
     free(w2.data);
@@ -568,6 +591,69 @@ TEST(cuda_tp_nccl_2_and_3_ranks) {
                     .order = MOE_SHARED_BEFORE, .T = { 40, 40, 40 }, .tp = 1 };
         ep_check(&c, 70 + (uint64_t)P);
     }
+}
+
+/* An id outside [0, E) given to moe_layer_forward_routed: MOE_ERR_RANGE
+ * after the forward (the device finds it), its slot contributing nothing. */
+TEST(cuda_ep_id_out_of_range) {
+    if (moe__cuda_device_count() < 1) TEST_SKIP("no CUDA device");
+    char err[256];
+    board b = { .P = 1 };
+    cudaStream_t st = NULL;
+    REQUIRE(cudaStreamCreate(&st) == cudaSuccess, "stream");
+    moe_comm *comm = t_comm(&b, 0, st);
+    test_rng rng = { 90 };
+    const int32_t E = 8, k = 2;
+    const int64_t H = 128, I = 128, T = 3;
+    wset w13 = { 0 }, w2 = { 0 };
+    make_w(&rng, BF16, E, 2 * I, H, &w13);
+    make_w(&rng, BF16, E, H, I, &w2);
+    moe_router *ro = NULL;
+    moe_routed_experts *ex = NULL;
+    moe_expert_map *map = NULL;
+    moe_context *ctx = NULL;
+    moe_layer *l = NULL;
+    moe_router_options rop = { .n_experts = E, .top_k = k, .renormalize = 1 };
+    moe_expert_map_options mo = { .n_experts = E, .ep_size = 1 };
+    moe_context_options co = { .cuda_stream = st };
+    moe_router_create(&rop, &ro, err, sizeof err);
+    moe_expert_map_create(&mo, &map, err, sizeof err);
+    moe_experts_options eo = { .n_experts = E, .d_model = H, .d_ff = I, .format = BF16,
+                               .w13 = { .data = w13.data }, .w2 = { .data = w2.data },
+                               .n_experts_global = E, .expert_map = moe_expert_map_table(map) };
+    moe_routed_experts_create(&eo, &ex, err, sizeof err);
+    moe_context_create(&co, &ctx, err, sizeof err);
+    moe_parallel par = { .mode = MOE_PARALLEL_EP, .comm = comm, .map = map };
+    moe_layer_options lo = { .router = ro, .experts = ex, .context = ctx,
+                             .backend = MOE_BACKEND_CUDA, .max_tokens = T, .parallel = &par };
+    CHECK_STATUS(moe_layer_create(&lo, &l, err, sizeof err), MOE_OK);
+    const int32_t ids[6] = { 0, 1, 2, E, 3, 4 };
+    const float w[6] = { 0.5f, 0.5f, 0.5f, 0.5f, 0.5f, 0.5f };
+    void *d_x = NULL, *d_out = NULL, *d_ids = NULL, *d_w = NULL, *d_ws = NULL;
+    size_t wsz = l ? moe_layer_workspace_size(l, T) : 0;
+    if (l && !cudaMalloc(&d_x, (size_t)(T * H) * 4) && !cudaMalloc(&d_out, (size_t)(T * H) * 4) &&
+        !cudaMalloc(&d_ids, sizeof ids) && !cudaMalloc(&d_w, sizeof w) &&
+        !cudaMalloc(&d_ws, wsz)) {
+        cudaMemset(d_x, 0, (size_t)(T * H) * 4);
+        cudaMemcpy(d_ids, ids, sizeof ids, cudaMemcpyHostToDevice);
+        cudaMemcpy(d_w, w, sizeof w, cudaMemcpyHostToDevice);
+        moe_status s = moe_layer_forward_routed(l, T, d_x, d_ids, d_w, NULL, d_out, d_ws, wsz);
+        CHECK(s == MOE_ERR_RANGE, "%s: %s", moe_status_name(s), moe_layer_last_error(l));
+    }
+    cudaFree(d_x);
+    cudaFree(d_out);
+    cudaFree(d_ids);
+    cudaFree(d_w);
+    cudaFree(d_ws);
+    moe_layer_destroy(l);
+    moe_context_destroy(ctx);
+    moe_routed_experts_destroy(ex);
+    moe_expert_map_destroy(map);
+    moe_router_destroy(ro);
+    moe_comm_destroy(comm);
+    cudaStreamDestroy(st);
+    free(w13.data);
+    free(w2.data);
 }
 
 TEST(cuda_ep_tampered_messages) {

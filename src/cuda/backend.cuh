@@ -37,20 +37,22 @@ typedef struct cuda_experts {
     void    *block;
 } cuda_experts;
 
-/* Pinned host staging of a layer over a device transport (ep.cu, tp.cu),
- * made at layer creation for max_tokens. Headers are at most
+/* Host staging (pinned) and device tables of a layer over a device
+ * transport (ep.cu, tp.cu), made at layer creation. Headers are at most
  * MOE_CUDA_HDR_BYTES. */
 #define MOE_CUDA_HDR_BYTES 32
 typedef struct cuda_ep_host {
-    int32_t *ids;        /* (S_max) routing ids from the device                    */
-    int32_t *phys;       /* (S_max) physical slot of each slot                     */
-    int32_t *cnt;        /* (3 (P + 1)) send counts, send offsets, receive offsets */
-    void    *hdr_in;     /* (P) headers from the peers                             */
-    char    *up;         /* upload block: P headers out, then send_slot, pos and
-                            send_phys (S each)                                     */
-    int32_t *flag;       /* (P) protocol flags of every rank, from the device       */
+    void     *block;     /* the pinned allocation                                   */
+    int32_t  *cnt;       /* (2 (P + 1)) send offsets, receive offsets               */
+    void     *hdr_out;   /* (P) headers to the peers (TP; EP builds them on the GPU) */
+    void     *hdr_in;    /* (P) headers from the peers (EP: then the send counts)   */
+    int32_t  *flag;      /* (P + 1) every rank's protocol flag, then this rank's
+                            out-of-range-id flag, from the device                   */
+    int32_t  *load;      /* (n_physical) this forward's EPLB counters, or NULL      */
     moe__msg *msgs;      /* (7 P) sends, then receives from 3 P on                  */
-    cudaEvent_t ev[4];   /* phase boundaries: dispatch, experts, combine, end      */
+    cudaEvent_t ev[4];   /* phase boundaries: dispatch, experts, combine, end       */
+    int32_t  *d_map;     /* device copy of the expert map's rep_slot, rep_start     */
+    uint32_t  map_version; /* the map version d_map holds                           */
 } cuda_ep_host;
 
 typedef struct cuda_layer {

@@ -5,11 +5,12 @@
  * One forward, on the context's stream (which is the communicator's):
  *   1. x in the compute type, routing -> topk_ids, topk_w (T, k): as on one
  *      device (cuda.cu)
- *   2. ids to the host (sync 1): logical -> physical slots with the expert
- *      map (replica hash, EPLB counters), slots grouped by destination rank,
- *      ascending within a rank: the send order
- *   3. counts first: a header to and from every peer, back to the host
- *      (sync 2), checked (magic, forward number, d_model, capacity)
+ *   2. the send order, on the device (one block): logical -> physical slot
+ *      with the expert map's replica hash (moe_expert_map_route's, EPLB
+ *      counters), slots grouped by destination rank, ascending within a rank
+ *   3. counts first: a header to and from every peer, back to the host with
+ *      the send counts: the forward's one host round trip before the end;
+ *      headers checked (magic, forward number, d_model, capacity)
  *   4. pack: per send row the activation row in the compute type (+ fp8
  *      group scales) and a meta record (physical expert, routing weight);
  *      the rows travel, stream-ordered
@@ -23,9 +24,9 @@
  *      single-device finalize reading the row of each slot. Every GEMM row is
  *      computed on its own, so the output is bitwise the single-device one
  *      for any number of ranks.
- *   8. the host waits for the stream (deadline-bound, sync 3) and reads the
- *      protocol flags (its own and those the peers sent with the combine): a
- *      call that returns MOE_OK has its data.
+ *   8. the host waits for the stream (deadline-bound) and reads the
+ *      protocol flags (its own and those the peers sent with the combine)
+ *      and the out-of-range-id flag: a call that returns MOE_OK has its data.
  * Shared experts: BEFORE runs them on the main stream first; OVERLAPPED on
  * the aux stream from the start; IN_COMBINE on the aux stream launched right
  * after the combine is posted, so that they run while it is in flight.
@@ -50,7 +51,8 @@ typedef struct ep_hdr {
     int64_t  d_model;
 } ep_hdr;
 
-static_assert(sizeof(ep_hdr) <= MOE_CUDA_HDR_BYTES, "header staging");
+/* the headers come back with the send counts after them, into hdr_in */
+static_assert(sizeof(ep_hdr) + sizeof(int32_t) <= MOE_CUDA_HDR_BYTES, "header staging");
 
 typedef struct ep_meta {
     int32_t expert;      /* physical expert id                                */
@@ -67,12 +69,104 @@ static int64_t max_rows_peer(const moe_layer *l) {
 
 static int64_t cap_rows(const moe_layer *l) { return par(l)->comm->size * max_rows_peer(l); }
 
-/* Bytes of the upload block for S slots over P ranks. */
-static size_t up_bytes(int32_t P, int64_t S) {
-    return (size_t)P * MOE_CUDA_HDR_BYTES + 3 * (size_t)S * sizeof(int32_t);
+// ---- kernels
+
+/* The expert map and this forward's send order, for the route kernel. */
+typedef struct ep_route_args {
+    const int32_t *ids;                 /* (T k) logical expert ids                */
+    int64_t        n_slots;             /* T k                                     */
+    int32_t        k, n_experts;
+    const int32_t *rep_slot, *rep_start; /* the map's replica lists (device copy)  */
+    int32_t        n_physical, ep_size, placement;
+    int32_t        me;
+    uint32_t       call;
+    int64_t        d_model;
+    int32_t       *load;                /* (n_physical) EPLB counters, or NULL     */
+    int32_t       *send_slot, *pos, *send_phys, *cnt; /* (S), (S), (S), (P)        */
+    ep_hdr        *hdr_out;             /* (P)                                     */
+    int32_t       *flag;                /* (P + 1) zeroed here; flag[P] is set when
+                                           an id is outside [0, E)                 */
+} ep_route_args;
+
+/* moe__map_owner (src/ep/expert-map.c) on the device. */
+static __device__ int32_t owner_of(int32_t s, int32_t n_physical, int32_t ep, int placement) {
+    if (placement == MOE_PLACEMENT_ROUND_ROBIN) return s % ep;
+    const int32_t base = n_physical / ep, rem = n_physical % ep, big = rem * (base + 1);
+    return s < big ? s / (base + 1) : rem + (s - big) / base;
 }
 
-// ---- kernels
+/* Step 2 in one block of up to EP_ROUTE_THREADS: it zeroes the flags and the
+ * counters (no memset launches), then pass 1 maps every slot to its
+ * physical slot (kept in pos) and counts rows per rank; then the headers;
+ * pass 2 places the slots chunk by chunk, stable: within a chunk a slot's
+ * place among its rank's slots is its rank in its warp (match_any) plus the
+ * rows of earlier warps, after the earlier chunks' rows (cursor). Slots with
+ * an id outside [0, E) go nowhere (pos = -1) and raise range_flag. */
+#define EP_ROUTE_THREADS 1024
+static __global__ void __launch_bounds__(EP_ROUTE_THREADS) ep_route_kernel(const ep_route_args a) {
+    extern __shared__ int32_t rsm[];
+    const int32_t P = a.ep_size, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    int32_t *cnt = rsm, *cur = rsm + P, *wcnt = rsm + 2 * P;   /* wcnt: (32, P) */
+    for (int32_t r = threadIdx.x; r < P; r += blockDim.x) cnt[r] = 0;
+    for (int32_t r = threadIdx.x; r <= P; r += blockDim.x) a.flag[r] = 0;
+    for (int32_t i = threadIdx.x; a.load && i < a.n_physical; i += blockDim.x) a.load[i] = 0;
+    __syncthreads();
+    for (int64_t s = threadIdx.x; s < a.n_slots; s += blockDim.x) {
+        const int32_t e = a.ids[s];
+        int32_t phys = -1;
+        if (e >= 0 && e < a.n_experts) {
+            /* Knuth's multiplicative hash of the token index, as the host map */
+            const uint32_t h = (uint32_t)((uint64_t)(s / a.k) * 2654435769u);
+            const int32_t rc = a.rep_start[e + 1] - a.rep_start[e];
+            phys = a.rep_slot[a.rep_start[e] + (int32_t)(h % (uint32_t)rc)];
+            atomicAdd(&cnt[owner_of(phys, a.n_physical, P, a.placement)], 1);
+            if (a.load) atomicAdd(&a.load[phys], 1);
+        } else {
+            a.flag[P] = 1;
+        }
+        a.pos[s] = phys;
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        int32_t off = 0;
+        for (int32_t r = 0; r < P; r++) {
+            a.cnt[r] = cnt[r];
+            a.hdr_out[r] = ep_hdr{ EP_MAGIC, a.call, a.me, cnt[r], a.d_model };
+            cur[r] = off;
+            off += cnt[r];
+        }
+    }
+    for (int64_t base = 0; base < a.n_slots; base += blockDim.x) {
+        for (int32_t i = threadIdx.x; i < 32 * P; i += blockDim.x) wcnt[i] = 0;
+        __syncthreads();
+        const int64_t s = base + threadIdx.x;
+        const int32_t phys = s < a.n_slots ? a.pos[s] : -1;
+        const int32_t r = phys >= 0 ? owner_of(phys, a.n_physical, P, a.placement) : -1;
+        const unsigned same = __match_any_sync(0xffffffffu, r);
+        const int32_t before = __popc(same & ((1u << lane) - 1));
+        if (r >= 0 && before == 0) wcnt[warp * P + r] = __popc(same);
+        __syncthreads();
+        for (int32_t q = threadIdx.x; q < P; q += blockDim.x) {   /* per rank: warps' offsets */
+            int32_t run = cur[q];
+            for (int32_t w = 0; w < 32; w++) {
+                const int32_t c = wcnt[w * P + q];
+                wcnt[w * P + q] = run;
+                run += c;
+            }
+            cur[q] = run;
+        }
+        __syncthreads();
+        if (r >= 0) {
+            const int32_t i = wcnt[warp * P + r] + before;
+            a.send_slot[i] = (int32_t)s;
+            a.send_phys[i] = phys;
+            a.pos[s] = i;
+        } else if (s < a.n_slots) {
+            a.pos[s] = -1;
+        }
+        __syncthreads();
+    }
+}
 
 /* Send row i: the activation row of slot send_slot[i] (token slot / k), its
  * fp8 scales, and its meta record. One block per row. */
@@ -109,50 +203,63 @@ static __global__ void unpack_kernel(const ep_meta *meta, int64_t R, const int32
 
 // ---- creation
 
+/* The expert map's replica lists on the device, refreshed when the map
+ * changed (a migration commits a new one). */
+static cudaError_t sync_map(cuda_ep_host *h, const moe_expert_map *m, cudaStream_t st) {
+    if (!m || h->map_version == m->version) return cudaSuccess;
+    const size_t n = ((size_t)m->n_physical + (size_t)m->o.n_experts + 1) * sizeof(int32_t);
+    cudaError_t e = cudaMemcpyAsync(h->d_map, m->rep_slot, n, cudaMemcpyHostToDevice, st);
+    if (e == cudaSuccess) h->map_version = m->version;
+    return e;
+}
+
 moe_status moe__cuda_ep_create(moe_layer *l, char *err, size_t errlen) {
     moe_comm *c = par(l)->comm;
+    const moe_expert_map *m = par(l)->map;
     if (c->stream != l->ctx->opts.cuda_stream)
         return moe__errf(err, errlen, MOE_ERR_INVALID_ARG,
                          "the communicator's stream must be the layer context's cuda_stream "
                          "(the exchanges are ordered on it)");
-    const int32_t P = c->size;
-    const int64_t S = max_rows_peer(l);
-    const size_t sizes[7] = {
-        (size_t)S * 4, (size_t)S * 4, 3 * (size_t)(P + 1) * 4, (size_t)P * MOE_CUDA_HDR_BYTES,
-        up_bytes(P, S), (size_t)P * 4, 7 * (size_t)P * sizeof(moe__msg),
+    const int32_t P = c->size, n_phys = m ? m->n_physical : 0;
+    if (P > 256)
+        return moe__errf(err, errlen, MOE_ERR_UNSUPPORTED,
+                         "cuda: %d ranks; the device send order handles up to 256", P);
+    const size_t sizes[6] = {
+        2 * (size_t)(P + 1) * 4, (size_t)P * MOE_CUDA_HDR_BYTES, (size_t)P * MOE_CUDA_HDR_BYTES,
+        ((size_t)P + 1) * 4, (size_t)n_phys * 4, 7 * (size_t)P * sizeof(moe__msg),
     };
     size_t total = 0;
-    for (int i = 0; i < 7; i++) total += moe__align_up(sizes[i], 64);
+    for (int i = 0; i < 6; i++) total += moe__align_up(sizes[i], 64);
     cuda_ep_host *h = (cuda_ep_host *)moe__calloc(1, sizeof *h);
     if (!h) return moe__errf(err, errlen, MOE_ERR_NOMEM, "out of memory");
+    ((cuda_layer *)l->cuda)->ep_host = h;   /* freed by moe__cuda_ep_destroy from here on */
     char *p = NULL;
-    cudaError_t ce = cudaMallocHost(&p, total);
-    if (ce != cudaSuccess) {
-        moe__free(h);
-        return moe__errf(err, errlen, MOE_ERR_CUDA, "cuda: %zu bytes of pinned memory: %s", total,
-                         cudaGetErrorString(ce));
+    MOE_CUDA_TRY(cudaMallocHost(&p, total), err, errlen);
+    h->block = p;
+    void **dst[6] = { (void **)&h->cnt, &h->hdr_out, &h->hdr_in, (void **)&h->flag,
+                      (void **)&h->load, (void **)&h->msgs };
+    for (int i = 0; i < 6; i++) {
+        *dst[i] = sizes[i] ? p : NULL;
+        p += moe__align_up(sizes[i], 64);
     }
-    /* h->up first: it is the block cudaFreeHost takes back */
-    void **dst[7] = { (void **)&h->up, (void **)&h->ids, (void **)&h->phys, (void **)&h->cnt,
-                      (void **)&h->hdr_in, (void **)&h->flag, (void **)&h->msgs };
-    const size_t order[7] = { sizes[4], sizes[0], sizes[1], sizes[2], sizes[3], sizes[5],
-                              sizes[6] };
-    for (int i = 0; i < 7; i++) {
-        *dst[i] = p;
-        p += moe__align_up(order[i], 64);
-    }
-    ((cuda_layer *)l->cuda)->ep_host = h;
     for (int i = 0; i < 4; i++) MOE_CUDA_TRY(cudaEventCreate(&h->ev[i]), err, errlen);
+    if (m) {
+        const size_t nm = ((size_t)n_phys + (size_t)m->o.n_experts + 1) * sizeof(int32_t);
+        MOE_CUDA_TRY(cudaMalloc((void **)&h->d_map, nm), err, errlen);
+        MOE_CUDA_TRY(sync_map(h, m, (cudaStream_t)c->stream), err, errlen);
+        MOE_CUDA_TRY(cudaStreamSynchronize((cudaStream_t)c->stream), err, errlen);
+    }
     return MOE_OK;
 }
 
 void moe__cuda_ep_destroy(moe_layer *l) {
     cuda_layer *cl = (cuda_layer *)l->cuda;
-    cuda_ep_host *h = cl ? (cuda_ep_host *)cl->ep_host : NULL;
+    cuda_ep_host *h = cl ? cl->ep_host : NULL;
     if (!h) return;
     for (int i = 0; i < 4; i++)
         if (h->ev[i]) cudaEventDestroy(h->ev[i]);
-    cudaFreeHost(h->up);
+    cudaFree(h->d_map);
+    cudaFreeHost(h->block);
     moe__free(h);
     cl->ep_host = NULL;
 }
@@ -161,16 +268,20 @@ void moe__cuda_ep_destroy(moe_layer *l) {
 
 /* The expert-parallel buffers, after the plan's. */
 typedef struct ep_plan {
-    size_t up, hdr_in, send_x, send_xs, send_meta, recv_x, recv_xs, recv_meta, recv_ids, recv_w,
-        back, flag;
+    size_t hdr, order, load, send_x, send_xs, send_meta, recv_x, recv_xs, recv_meta,
+        recv_ids, recv_w, back, flag;
 } ep_plan;
 
 typedef struct ep_bufs {
-    char    *up, *send_x, *recv_x;
-    ep_hdr  *hdr_in;
+    ep_hdr  *hdr_out, *hdr_in;  /* (P) each                                         */
+    int32_t *cnt;               /* (P) send counts, right after hdr_in: one copy back */
+    int32_t *send_slot, *pos, *send_phys;  /* (S) each                              */
+    int32_t *load;              /* (n_physical) EPLB counters, or NULL              */
+    char    *send_x, *recv_x;
     float   *send_xs, *recv_xs, *recv_w, *back;
     ep_meta *send_meta, *recv_meta;
-    int32_t *recv_ids, *flag;   /* flag: (P) every rank's protocol flag */
+    int32_t *recv_ids;
+    int32_t *flag;              /* (P + 1) protocol flags, then the range flag      */
 } ep_bufs;
 
 static ep_plan ep_plan_for(const moe_layer *l, int64_t T) {
@@ -182,8 +293,9 @@ static ep_plan ep_plan_for(const moe_layer *l, int64_t T) {
     const size_t  rb   = row_bytes(dt, H);
     const size_t  sc   = dt == MOE_CUDA_FP8 ? (size_t)cdiv(H, MOE_CUDA_QBLOCK) * 4 : 0;
     ep_plan p;
-    p.up        = up_bytes(P, S);
-    p.hdr_in    = (size_t)P * sizeof(ep_hdr);
+    p.hdr       = 2 * (size_t)P * sizeof(ep_hdr) + (size_t)P * 4;   /* + cnt */
+    p.order     = 3 * (size_t)S * 4;
+    p.load      = par(l)->load ? (size_t)par(l)->map->n_physical * 4 : 0;
     p.send_x    = (size_t)S * rb;
     p.send_xs   = (size_t)S * sc;
     p.send_meta = (size_t)S * sizeof(ep_meta);
@@ -193,7 +305,7 @@ static ep_plan ep_plan_for(const moe_layer *l, int64_t T) {
     p.recv_ids  = (size_t)C * 4;
     p.recv_w    = (size_t)C * 4;
     p.back      = (size_t)S * (size_t)H * 4;
-    p.flag      = (size_t)P * 4;
+    p.flag      = ((size_t)P + 1) * 4;
     return p;
 }
 
@@ -206,10 +318,15 @@ size_t moe__cuda_ep_workspace_size(const moe_layer *l, int64_t T) {
     return total + WS_ALIGN;
 }
 
-static ep_bufs ep_carve(const ep_plan *p, char **cur) {
+static ep_bufs ep_carve(const ep_plan *p, int32_t P, int64_t S, char **cur) {
     ep_bufs b;
-    b.up        = (char *)take(cur, p->up);
-    b.hdr_in    = (ep_hdr *)take(cur, p->hdr_in);
+    b.hdr_out   = (ep_hdr *)take(cur, p->hdr);
+    b.hdr_in    = b.hdr_out + P;
+    b.cnt       = (int32_t *)(b.hdr_in + P);
+    b.send_slot = (int32_t *)take(cur, p->order);
+    b.pos       = b.send_slot + S;
+    b.send_phys = b.pos + S;
+    b.load      = (int32_t *)take(cur, p->load);
     b.send_x    = (char *)take(cur, p->send_x);
     b.send_xs   = (float *)take(cur, p->send_xs);
     b.send_meta = (ep_meta *)take(cur, p->send_meta);
@@ -248,36 +365,6 @@ static moe_status wait_stream(moe_layer *l, moe__phase phase, const char *what) 
     return st ? fail(l, st, what) : MOE_OK;
 }
 
-/* 2. Send order on the host: h->cnt = send counts and offsets by rank; the
- * upload block gets send_slot (slots ascending within a rank), pos (slot ->
- * send row) and send_phys. */
-static moe_status plan_sends(moe_layer *l, cuda_ep_host *h, int64_t T) {
-    const moe_parallel   *p = par(l);
-    const moe_expert_map *m = p->map;
-    const int32_t P = p->comm->size, K = l->opts.router->opts.top_k;
-    const int64_t S = T * K;
-    moe_status st = moe_expert_map_route(m, T, K, h->ids, h->phys, p->load);
-    if (st)
-        return moe__errf(l->err, sizeof l->err, st,
-                         "expert-parallel dispatch: a routed expert id is outside [0, %d)",
-                         m->o.n_experts);
-    int32_t *cnt = h->cnt, *off = h->cnt + (P + 1), *cur = h->cnt + 2 * (P + 1);
-    int32_t *send_slot = (int32_t *)(h->up + (size_t)P * MOE_CUDA_HDR_BYTES);
-    int32_t *pos = send_slot + S, *send_phys = pos + S;
-    memset(cnt, 0, (size_t)(P + 1) * sizeof(int32_t));
-    for (int64_t s = 0; s < S; s++) cnt[moe__map_owner(&m->o, m->n_physical, h->phys[s])]++;
-    off[0] = 0;
-    for (int32_t r = 0; r < P; r++) off[r + 1] = off[r] + cnt[r];
-    memcpy(cur, off, (size_t)(P + 1) * sizeof(int32_t));
-    for (int64_t s = 0; s < S; s++) {
-        const int32_t i = cur[moe__map_owner(&m->o, m->n_physical, h->phys[s])]++;
-        send_slot[i] = (int32_t)s;
-        pos[s]       = i;
-        send_phys[i] = h->phys[s];
-    }
-    return MOE_OK;
-}
-
 static moe_status ep_forward_call(moe_layer *l, int64_t T, const void *x, const float *logits,
                                   const int32_t *ids_in, const float *w_in,
                                   const moe_shared_experts *sh, void *out, void *ws,
@@ -313,7 +400,7 @@ static moe_status ep_forward_call(moe_layer *l, int64_t T, const void *x, const 
     ep_plan ep = ep_plan_for(l, T);
     char *cur = (char *)moe__align_up((uintptr_t)ws, WS_ALIGN);
     ws_bufs b = moe__cuda_carve(&bp, &cur);
-    ep_bufs e = ep_carve(&ep, &cur);
+    ep_bufs e = ep_carve(&ep, P, S, &cur);
     moe_status s;
 
     // 1. inputs and routing (a rank without tokens still serves its experts)
@@ -337,38 +424,38 @@ static moe_status ep_forward_call(moe_layer *l, int64_t T, const void *x, const 
         MOE_CUDA_TRY(cudaEventRecord(cx->join, cx->aux), err, errlen);
     }
 
-    // 2. routing ids to the host, the send order
+    // 2. the send order, on the device
+    const moe_expert_map *m = par(l)->map;
     MOE_CUDA_TRY(cudaEventRecord(h->ev[0], st), err, errlen);
-    if (S) {
-        MOE_CUDA_TRY(cudaMemcpyAsync(h->ids, ids_in, (size_t)S * 4, cudaMemcpyDeviceToHost, st),
-                     err, errlen);
-        MOE_CUDA_TRY(cudaStreamSynchronize(st), err, errlen);
-    }
-    if ((s = plan_sends(l, h, T))) return s;
-    const int32_t *cnt = h->cnt, *off = h->cnt + (P + 1);
-    int32_t *roff = h->cnt + 2 * (P + 1);
-
-    // 3. counts first
-    ep_hdr *hin = (ep_hdr *)h->hdr_in;
+    MOE_CUDA_TRY(sync_map(h, m, st), err, errlen);
     const uint32_t call_no = (uint32_t)c->stats.calls++;
-    ep_hdr *hdr_out = (ep_hdr *)h->up;
-    for (int32_t r = 0; r < P; r++) hdr_out[r] = ep_hdr{ EP_MAGIC, call_no, me, cnt[r], H };
-    MOE_CUDA_TRY(cudaMemcpyAsync(e.up, h->up, up_bytes(P, S), cudaMemcpyHostToDevice, st), err,
-                 errlen);
+    const ep_route_args ra = {
+        ids_in, S, K, m->o.n_experts, h->d_map, h->d_map + m->n_physical, m->n_physical, P,
+        (int32_t)m->o.placement, me, call_no, H, e.load, e.send_slot, e.pos, e.send_phys, e.cnt,
+        e.hdr_out, e.flag,
+    };
+    const int threads = S >= EP_ROUTE_THREADS ? EP_ROUTE_THREADS : (int)cdiv(S ? S : 1, 32) * 32;
+    ep_route_kernel<<<1, threads, (size_t)34 * P * 4, st>>>(ra);
+    MOE_CUDA_TRY(cudaGetLastError(), err, errlen);
+
+    // 3. counts first: the forward's one wait before its end
+    ep_hdr *hin = (ep_hdr *)h->hdr_in;
+    const int32_t *cnt = (const int32_t *)(hin + P);   /* copied back with the headers */
+    int32_t *off = h->cnt, *roff = h->cnt + (P + 1);
     moe__msg *sends = h->msgs, *recvs = h->msgs + 3 * P;
     int ns = 0, nr = 0;
     for (int32_t r = 0; r < P; r++) {
         if (r == me) continue;
-        sends[ns++] = moe__msg{ r, 0, (ep_hdr *)e.up + r, sizeof(ep_hdr) };
+        sends[ns++] = moe__msg{ r, 0, e.hdr_out + r, sizeof(ep_hdr) };
         recvs[nr++] = moe__msg{ r, 0, e.hdr_in + r, sizeof(ep_hdr) };
     }
     if (P > 1 && (s = moe__comm_post(c, MOE__PHASE_DISPATCH, sends, ns, recvs, nr)))
         return fail(l, s, "expert-parallel dispatch (counts)");
-    MOE_CUDA_TRY(cudaMemcpyAsync(h->hdr_in, e.hdr_in, (size_t)P * sizeof(ep_hdr),
+    MOE_CUDA_TRY(cudaMemcpyAsync(hin, e.hdr_in, (size_t)P * (sizeof(ep_hdr) + 4),
                                  cudaMemcpyDeviceToHost, st), err, errlen);
     if ((s = wait_stream(l, MOE__PHASE_DISPATCH, "expert-parallel dispatch (counts)"))) return s;
-    hin[me] = hdr_out[me];
-    roff[0] = 0;
+    hin[me] = ep_hdr{ EP_MAGIC, call_no, me, cnt[me], H };
+    off[0] = roff[0] = 0;
     for (int32_t r = 0; r < P; r++) {
         const ep_hdr *hd = &hin[r];
         if (hd->magic != EP_MAGIC || hd->src_rank != r)
@@ -382,17 +469,16 @@ static moe_status ep_forward_call(moe_layer *l, int64_t T, const void *x, const 
         if (hd->n_rows < 0 || hd->n_rows > cap_peer)
             return protocol(l, "rank %d announces %d rows, capacity %lld", r, hd->n_rows,
                             (long long)cap_peer);
+        off[r + 1] = off[r] + cnt[r];
         roff[r + 1] = roff[r] + hd->n_rows;
     }
     const int64_t R = roff[P];
     MOE_ASSERT(R <= C);
 
     // 4. pack and send the rows; this rank's own rows are a device copy
-    const int32_t *d_send_slot = (const int32_t *)(e.up + (size_t)P * MOE_CUDA_HDR_BYTES);
-    const int32_t *d_pos = d_send_slot + S, *d_send_phys = d_pos + S;
-    MOE_CUDA_TRY(cudaMemsetAsync(e.flag, 0, (size_t)P * 4, st), err, errlen);
-    if (S) {
-        pack_kernel<<<(unsigned)S, 128, 0, st>>>(d_send_slot, d_send_phys,
+    const int64_t n_send = off[P];   /* S less the slots with ids out of range */
+    if (n_send) {
+        pack_kernel<<<(unsigned)n_send, 128, 0, st>>>(e.send_slot, e.send_phys,
                                                  w_in, K, (const char *)in.xa,
                                                  rb, b.xs, n_sc, e.send_x, n_sc ? e.send_xs : NULL,
                                                  e.send_meta);
@@ -476,19 +562,28 @@ static moe_status ep_forward_call(moe_layer *l, int64_t T, const void *x, const 
     }
     if (order == MOE_SHARED_OVERLAPPED || order == MOE_SHARED_IN_COMBINE)
         MOE_CUDA_TRY(cudaStreamWaitEvent(st, cx->join, 0), err, errlen);
-    MOE_CUDA_TRY(moe__finalize_cuda(e.back, d_pos, sx ? b.sh_y : NULL, T, K, H, out,
+    MOE_CUDA_TRY(moe__finalize_cuda(e.back, e.pos, sx ? b.sh_y : NULL, T, K, H, out,
                                     l->opts.io_format, 0, 1, st), err, errlen);
 
     // 8. complete within the deadline, then the protocol flags
     MOE_CUDA_TRY(cudaEventRecord(h->ev[3], st), err, errlen);
-    MOE_CUDA_TRY(cudaMemcpyAsync(h->flag, e.flag, (size_t)P * 4, cudaMemcpyDeviceToHost, st), err,
+    MOE_CUDA_TRY(cudaMemcpyAsync(h->flag, e.flag, ep.flag, cudaMemcpyDeviceToHost, st), err,
                  errlen);
+    if (e.load)
+        MOE_CUDA_TRY(cudaMemcpyAsync(h->load, e.load, ep.load, cudaMemcpyDeviceToHost, st), err,
+                     errlen);
     if ((s = wait_stream(l, MOE__PHASE_COMBINE, "expert-parallel combine"))) return s;
+    if (e.load)
+        for (int32_t i = 0; i < m->n_physical; i++) par(l)->load[i] += h->load[i];
     float ms[3] = { 0, 0, 0 };
     for (int i = 0; i < 3; i++) cudaEventElapsedTime(&ms[i], h->ev[i], h->ev[i + 1]);
     c->stats.device_dispatch_s += ms[0] * 1e-3;
     c->stats.device_experts_s += ms[1] * 1e-3;
     c->stats.device_combine_s += ms[2] * 1e-3;
+    if (h->flag[P])
+        return moe__errf(err, errlen, MOE_ERR_RANGE,
+                         "expert-parallel forward: a routed expert id is outside [0, %d); its "
+                         "slot contributed nothing", m->o.n_experts);
     if (h->flag[me])
         return protocol(l, "received a row for an expert not held here, or a non-finite weight");
     for (int32_t r = 0; r < P; r++)

@@ -15,7 +15,7 @@
  *      finalize (src/ep/pf-ep.c)
  *   6. the host waits for the stream (deadline-bound), so that a forward
  *      returning MOE_OK has its data.
- * The pinned staging and events are the expert-parallel ones (ep.cu).
+ * The pinned staging is the expert-parallel one (ep.cu).
  */
 #include "backend.cuh"
 
@@ -97,7 +97,7 @@ static moe_status tp_forward_call(moe_layer *l, int64_t T, const void *x, const 
     cur = (char *)moe__align_up((uintptr_t)cur, WS_ALIGN);
     ws_plan sp = moe__cuda_plan(l, T, 0);
     ws_bufs sb = moe__cuda_carve(&sp, &cur);
-    tp_hdr *h_out = (tp_hdr *)h->up, *h_in = (tp_hdr *)h->hdr_in;
+    tp_hdr *h_out = (tp_hdr *)h->hdr_out, *h_in = (tp_hdr *)h->hdr_in;
     moe__msg *sends = h->msgs, *recvs = h->msgs + 3 * P;
     moe_status s;
 

@@ -24,7 +24,10 @@ struct moe_expert_map {
     int32_t *local_slot;   /* (n_local) local index -> physical                       */
     int32_t *phys2log;     /* (P) physical -> logical                                 */
     int32_t *rep_start;    /* (E + 1) first entry of each logical expert in rep_slot   */
-    int32_t *rep_slot;     /* (P) replica slots grouped by logical expert, ascending  */
+    int32_t *rep_slot;     /* (P) replica slots grouped by logical expert, ascending;
+                              rep_start follows it in memory                         */
+    uint32_t version;      /* bumped by every change of placement or replicas (device
+                              copies of the tables compare it)                        */
 };
 
 /* Owner rank of physical slot s under the map's placement, without range checks. */

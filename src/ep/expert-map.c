@@ -71,6 +71,7 @@ static void index_replicas(moe_expert_map *m) {
     for (int32_t s = 0; s < m->n_physical; s++) m->rep_slot[m->rep_start[m->phys2log[s]]++] = s;
     for (int32_t e = E; e > 0; e--) m->rep_start[e] = m->rep_start[e - 1];
     m->rep_start[0] = 0;
+    m->version++;
 }
 
 moe_status moe_expert_map_create(const moe_expert_map_options *opts, moe_expert_map **out,
@@ -196,5 +197,6 @@ moe_status moe_expert_map_reconfigure(moe_expert_map *m, int32_t ep_size, int32_
     if (st) return st;
     m->o = o;
     place(m);
+    m->version++;
     return MOE_OK;
 }
