@@ -749,17 +749,19 @@ moe_status moe_npy_write(const char *path, moe_format format, int32_t n_dims, co
  *
  * Transports: MPI between processes (built when `mpicc` is found; the
  * communicator is passed as a pointer to an MPI_Comm so this header does not
- * need mpi.h). NCCL between GPUs: expert parallel with backend cuda (built
- * with CUDA and NCCL). Create the ncclComm_t non-blocking and give
- * moe_comm_create_nccl the stream the layer's context runs on
- * (moe_context_options.cuda_stream must be that stream). A forward reads the
- * routing ids on the host (the send order comes from the expert map there),
- * waits for the count exchange, posts the row and combine exchanges on the
- * stream, and waits for the stream at its end (deadline-bound), so that a
- * forward returning MOE_OK has its data: it cannot be captured in a CUDA
- * graph. Rows travel in the experts' compute type (bf16, f16, or fp8 with
- * their group scales), outputs as f32. Tensor-parallel layers run over MPI
- * only.
+ * need mpi.h). NCCL between GPUs: expert and tensor parallel with backend
+ * cuda (built with CUDA and NCCL; up to 256 ranks). Create the ncclComm_t
+ * non-blocking and give moe_comm_create_nccl the stream the layer's context
+ * runs on (moe_context_options.cuda_stream must be that stream). An
+ * expert-parallel forward builds the send order on the GPU (the expert map's
+ * replica hash, EPLB counters), waits for the count exchange (its one host
+ * round trip), posts the row and combine exchanges on the stream, and waits
+ * for the stream at its end (deadline-bound), so that a forward returning
+ * MOE_OK has its data; it cannot be captured in a CUDA graph. Rows travel in
+ * the experts' compute type (bf16, f16, or fp8 with their group scales),
+ * outputs as f32. Routed ids outside [0, n_experts) (given to
+ * moe_layer_forward_routed) give MOE_ERR_RANGE at the end of the forward;
+ * their slots contribute nothing.
  *
  * Faults: every collective call of a communicator has a deadline. A peer that
  * died or stays silent makes the call return MOE_ERR_PEER_DEAD (death seen,
