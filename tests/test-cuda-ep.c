@@ -593,67 +593,91 @@ TEST(cuda_tp_nccl_2_and_3_ranks) {
     }
 }
 
+/* One rank's small layer over comm (8 bf16 experts, d_model 128, d_ff 128,
+ * top-2) and the same layer without parallelism, on stream st. */
+enum { SM_E = 8, SM_K = 2, SM_H = 128, SM_I = 128 };
+typedef struct small_layer {
+    wset                w13, w2;
+    moe_router         *router;
+    moe_routed_experts *experts;
+    moe_expert_map     *map;
+    moe_context        *ctx;
+    moe_layer          *ep, *one;
+} small_layer;
+
+static void small_destroy(small_layer *m) {
+    moe_layer_destroy(m->ep);
+    moe_layer_destroy(m->one);
+    moe_context_destroy(m->ctx);
+    moe_routed_experts_destroy(m->experts);
+    moe_expert_map_destroy(m->map);
+    moe_router_destroy(m->router);
+    free(m->w13.data);
+    free(m->w2.data);
+}
+
+static bool small_create(small_layer *m, moe_comm *comm, cudaStream_t st, int64_t max_tokens,
+                         test_rng *rng) {
+    char err[256] = "";
+    memset(m, 0, sizeof *m);
+    make_w(rng, BF16, SM_E, 2 * SM_I, SM_H, &m->w13);
+    make_w(rng, BF16, SM_E, SM_H, SM_I, &m->w2);
+    moe_router_options ro = { .n_experts = SM_E, .top_k = SM_K, .renormalize = 1 };
+    moe_expert_map_options mo = { .n_experts = SM_E, .ep_size = 1 };
+    moe_context_options co = { .cuda_stream = st };
+    bool ok = !moe_router_create(&ro, &m->router, err, sizeof err) &&
+              !moe_expert_map_create(&mo, &m->map, err, sizeof err) &&
+              !moe_context_create(&co, &m->ctx, err, sizeof err);
+    moe_experts_options eo = { .n_experts = SM_E, .d_model = SM_H, .d_ff = SM_I, .format = BF16,
+                               .w13 = { .data = m->w13.data }, .w2 = { .data = m->w2.data },
+                               .n_experts_global = SM_E,
+                               .expert_map = ok ? moe_expert_map_table(m->map) : NULL };
+    ok = ok && !moe_routed_experts_create(&eo, &m->experts, err, sizeof err);
+    moe_parallel par = { .mode = MOE_PARALLEL_EP, .comm = comm, .map = m->map };
+    moe_layer_options lo = { .router = m->router, .experts = m->experts, .context = m->ctx,
+                             .backend = MOE_BACKEND_CUDA, .max_tokens = max_tokens };
+    ok = ok && !moe_layer_create(&lo, &m->one, err, sizeof err);
+    lo.parallel = &par;
+    ok = ok && !moe_layer_create(&lo, &m->ep, err, sizeof err);
+    if (!ok) test_fail(__FILE__, __LINE__, "small layer: %s", err);
+    return ok;
+}
+
 /* An id outside [0, E) given to moe_layer_forward_routed: MOE_ERR_RANGE
  * after the forward (the device finds it), its slot contributing nothing. */
 TEST(cuda_ep_id_out_of_range) {
     if (moe__cuda_device_count() < 1) TEST_SKIP("no CUDA device");
-    char err[256];
     board b = { .P = 1 };
     cudaStream_t st = NULL;
     REQUIRE(cudaStreamCreate(&st) == cudaSuccess, "stream");
     moe_comm *comm = t_comm(&b, 0, st);
     test_rng rng = { 90 };
-    const int32_t E = 8, k = 2;
-    const int64_t H = 128, I = 128, T = 3;
-    wset w13 = { 0 }, w2 = { 0 };
-    make_w(&rng, BF16, E, 2 * I, H, &w13);
-    make_w(&rng, BF16, E, H, I, &w2);
-    moe_router *ro = NULL;
-    moe_routed_experts *ex = NULL;
-    moe_expert_map *map = NULL;
-    moe_context *ctx = NULL;
-    moe_layer *l = NULL;
-    moe_router_options rop = { .n_experts = E, .top_k = k, .renormalize = 1 };
-    moe_expert_map_options mo = { .n_experts = E, .ep_size = 1 };
-    moe_context_options co = { .cuda_stream = st };
-    moe_router_create(&rop, &ro, err, sizeof err);
-    moe_expert_map_create(&mo, &map, err, sizeof err);
-    moe_experts_options eo = { .n_experts = E, .d_model = H, .d_ff = I, .format = BF16,
-                               .w13 = { .data = w13.data }, .w2 = { .data = w2.data },
-                               .n_experts_global = E, .expert_map = moe_expert_map_table(map) };
-    moe_routed_experts_create(&eo, &ex, err, sizeof err);
-    moe_context_create(&co, &ctx, err, sizeof err);
-    moe_parallel par = { .mode = MOE_PARALLEL_EP, .comm = comm, .map = map };
-    moe_layer_options lo = { .router = ro, .experts = ex, .context = ctx,
-                             .backend = MOE_BACKEND_CUDA, .max_tokens = T, .parallel = &par };
-    CHECK_STATUS(moe_layer_create(&lo, &l, err, sizeof err), MOE_OK);
-    const int32_t ids[6] = { 0, 1, 2, E, 3, 4 };
+    const int64_t T = 3;
+    small_layer m;
+    const int32_t ids[6] = { 0, 1, 2, SM_E, 3, 4 };
     const float w[6] = { 0.5f, 0.5f, 0.5f, 0.5f, 0.5f, 0.5f };
     void *d_x = NULL, *d_out = NULL, *d_ids = NULL, *d_w = NULL, *d_ws = NULL;
-    size_t wsz = l ? moe_layer_workspace_size(l, T) : 0;
-    if (l && !cudaMalloc(&d_x, (size_t)(T * H) * 4) && !cudaMalloc(&d_out, (size_t)(T * H) * 4) &&
-        !cudaMalloc(&d_ids, sizeof ids) && !cudaMalloc(&d_w, sizeof w) &&
-        !cudaMalloc(&d_ws, wsz)) {
-        cudaMemset(d_x, 0, (size_t)(T * H) * 4);
-        cudaMemcpy(d_ids, ids, sizeof ids, cudaMemcpyHostToDevice);
-        cudaMemcpy(d_w, w, sizeof w, cudaMemcpyHostToDevice);
-        moe_status s = moe_layer_forward_routed(l, T, d_x, d_ids, d_w, NULL, d_out, d_ws, wsz);
-        CHECK(s == MOE_ERR_RANGE, "%s: %s", moe_status_name(s), moe_layer_last_error(l));
+    if (small_create(&m, comm, st, T, &rng)) {
+        size_t wsz = moe_layer_workspace_size(m.ep, T);
+        if (!cudaMalloc(&d_x, (size_t)(T * SM_H) * 4) &&
+            !cudaMalloc(&d_out, (size_t)(T * SM_H) * 4) && !cudaMalloc(&d_ids, sizeof ids) &&
+            !cudaMalloc(&d_w, sizeof w) && !cudaMalloc(&d_ws, wsz)) {
+            cudaMemset(d_x, 0, (size_t)(T * SM_H) * 4);
+            cudaMemcpy(d_ids, ids, sizeof ids, cudaMemcpyHostToDevice);
+            cudaMemcpy(d_w, w, sizeof w, cudaMemcpyHostToDevice);
+            moe_status s = moe_layer_forward_routed(m.ep, T, d_x, d_ids, d_w, NULL, d_out, d_ws,
+                                                    wsz);
+            CHECK(s == MOE_ERR_RANGE, "%s: %s", moe_status_name(s), moe_layer_last_error(m.ep));
+        }
     }
     cudaFree(d_x);
     cudaFree(d_out);
     cudaFree(d_ids);
     cudaFree(d_w);
     cudaFree(d_ws);
-    moe_layer_destroy(l);
-    moe_context_destroy(ctx);
-    moe_routed_experts_destroy(ex);
-    moe_expert_map_destroy(map);
-    moe_router_destroy(ro);
+    small_destroy(&m);
     moe_comm_destroy(comm);
     cudaStreamDestroy(st);
-    free(w13.data);
-    free(w2.data);
 }
 
 TEST(cuda_ep_tampered_messages) {
@@ -682,66 +706,31 @@ TEST(cuda_ep_nccl_one_rank) {
         ncclCommGetAsyncError(nc, &r);
     }
     REQUIRE(r == ncclSuccess, "ncclCommInitRankConfig: %s", ncclGetErrorString(r));
-    /* the model and ranks of ep_check, with this communicator for rank 0 */
     char err[256];
     cudaStream_t st = NULL;
     moe_comm *comm = NULL;
     REQUIRE(cudaStreamCreate(&st) == cudaSuccess, "stream");
     moe_comm_options cop = { .deadline_ms = DEADLINE_MS };
     CHECK_STATUS(moe_comm_create_nccl(nc, st, &cop, &comm, err, sizeof err), MOE_OK);
-    if (comm) {
-        test_rng rng = { 50 };
-        const int32_t E = 8, k = 2;
-        const int64_t H = 128, I = 128, T = 24;
-        wset w13 = { 0 }, w2 = { 0 };
-        make_w(&rng, BF16, E, 2 * I, H, &w13);
-        make_w(&rng, BF16, E, H, I, &w2);
-        float *x = malloc((size_t)(T * H) * 4), *lg = malloc((size_t)(T * E) * 4);
-        float *o1 = malloc((size_t)(T * H) * 4), *o2 = malloc((size_t)(T * H) * 4);
-        test_fill_normal(&rng, x, (size_t)(T * H), 1.0f);
-        test_fill_normal(&rng, lg, (size_t)(T * E), 1.0f);
-        moe_router *ro = NULL;
-        moe_routed_experts *ex = NULL;
-        moe_expert_map *map = NULL;
-        moe_context *ctx = NULL;
-        moe_layer *lp = NULL, *l1 = NULL;
-        moe_router_options rop = { .n_experts = E, .top_k = k, .renormalize = 1 };
-        moe_experts_options eo = { .n_experts = E, .d_model = H, .d_ff = I, .format = BF16,
-                                   .w13 = { .data = w13.data }, .w2 = { .data = w2.data } };
-        moe_expert_map_options mo = { .n_experts = E, .ep_size = 1 };
-        moe_context_options co = { .cuda_stream = st };
-        moe_router_create(&rop, &ro, err, sizeof err);
-        moe_expert_map_create(&mo, &map, err, sizeof err);
-        eo.n_experts_global = E;
-        eo.expert_map = moe_expert_map_table(map);
-        moe_routed_experts_create(&eo, &ex, err, sizeof err);
-        moe_context_create(&co, &ctx, err, sizeof err);
-        moe_parallel par = { .mode = MOE_PARALLEL_EP, .comm = comm, .map = map };
-        moe_layer_options lo = { .router = ro, .experts = ex, .context = ctx,
-                                 .backend = MOE_BACKEND_CUDA, .max_tokens = T };
-        CHECK_STATUS(moe_layer_create(&lo, &l1, err, sizeof err), MOE_OK);
-        lo.parallel = &par;
-        CHECK_STATUS(moe_layer_create(&lo, &lp, err, sizeof err), MOE_OK);
-        if (l1 && lp) {
-            CHECK_STATUS(run_layer(l1, st, T, H, E, x, lg, NULL, o1), MOE_OK);
-            moe_status s = run_layer(lp, st, T, H, E, x, lg, NULL, o2);
-            CHECK(s == MOE_OK, "nccl forward: %s", moe_layer_last_error(lp));
-            CHECK(!s && memcmp(o1, o2, (size_t)(T * H) * 4) == 0, "differs from one device");
-            CHECK_STATUS(run_layer(lp, st, 0, H, E, x, lg, NULL, o2), MOE_OK);
-        }
-        moe_layer_destroy(lp);
-        moe_layer_destroy(l1);
-        moe_context_destroy(ctx);
-        moe_routed_experts_destroy(ex);
-        moe_expert_map_destroy(map);
-        moe_router_destroy(ro);
+    small_layer m;
+    test_rng rng = { 50 };
+    const int64_t T = 24;
+    if (comm && small_create(&m, comm, st, T, &rng)) {
+        float *x = malloc((size_t)(T * SM_H) * 4), *lg = malloc((size_t)(T * SM_E) * 4);
+        float *o1 = malloc((size_t)(T * SM_H) * 4), *o2 = malloc((size_t)(T * SM_H) * 4);
+        test_fill_normal(&rng, x, (size_t)(T * SM_H), 1.0f);
+        test_fill_normal(&rng, lg, (size_t)(T * SM_E), 1.0f);
+        CHECK_STATUS(run_layer(m.one, st, T, SM_H, SM_E, x, lg, NULL, o1), MOE_OK);
+        moe_status s = run_layer(m.ep, st, T, SM_H, SM_E, x, lg, NULL, o2);
+        CHECK(s == MOE_OK, "nccl forward: %s", moe_layer_last_error(m.ep));
+        CHECK(!s && memcmp(o1, o2, (size_t)(T * SM_H) * 4) == 0, "differs from one device");
+        CHECK_STATUS(run_layer(m.ep, st, 0, SM_H, SM_E, x, lg, NULL, o2), MOE_OK);
         free(x);
         free(lg);
         free(o1);
         free(o2);
-        free(w13.data);
-        free(w2.data);
     }
+    if (comm) small_destroy(&m);
     moe_comm_destroy(comm);
     ncclCommDestroy(nc);
     cudaStreamDestroy(st);

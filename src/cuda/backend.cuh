@@ -40,7 +40,7 @@ typedef struct cuda_experts {
 /* Host staging (pinned) and device tables of a layer over a device
  * transport (ep.cu, tp.cu), made at layer creation. Headers are at most
  * MOE_CUDA_HDR_BYTES. */
-#define MOE_CUDA_HDR_BYTES 32
+#define MOE_CUDA_HDR_BYTES 48
 typedef struct cuda_ep_host {
     void     *block;     /* the pinned allocation                                   */
     int32_t  *cnt;       /* (2 (P + 1)) send offsets, receive offsets               */

@@ -41,15 +41,7 @@
 
 #include <string.h>
 
-#define EP_MAGIC 0x4c43434eu   /* "NCCL" */
-
-typedef struct ep_hdr {
-    uint32_t magic;
-    uint32_t call;       /* the sender's forward count: ranks must be in step */
-    int32_t  src_rank;
-    int32_t  n_rows;     /* rows that follow                                  */
-    int64_t  d_model;
-} ep_hdr;
+typedef moe__ep_hdr ep_hdr;
 
 /* the headers come back with the send counts after them, into hdr_in */
 static_assert(sizeof(ep_hdr) + sizeof(int32_t) <= MOE_CUDA_HDR_BYTES, "header staging");
@@ -58,8 +50,6 @@ typedef struct ep_meta {
     int32_t expert;      /* physical expert id                                */
     float   weight;      /* routing weight (Llama-4: the input scale)         */
 } ep_meta;
-
-
 
 static const moe_parallel *par(const moe_layer *l) { return l->opts.parallel; }
 
@@ -101,7 +91,7 @@ static __device__ int32_t owner_of(int32_t s, int32_t n_physical, int32_t ep, in
  * pass 2 places the slots chunk by chunk, stable: within a chunk a slot's
  * place among its rank's slots is its rank in its warp (match_any) plus the
  * rows of earlier warps, after the earlier chunks' rows (cursor). Slots with
- * an id outside [0, E) go nowhere (pos = -1) and raise range_flag. */
+ * an id outside [0, E) go nowhere (pos = -1) and raise flag[P]. */
 #define EP_ROUTE_THREADS 1024
 static __global__ void __launch_bounds__(EP_ROUTE_THREADS) ep_route_kernel(const ep_route_args a) {
     extern __shared__ int32_t rsm[];
@@ -131,7 +121,7 @@ static __global__ void __launch_bounds__(EP_ROUTE_THREADS) ep_route_kernel(const
         int32_t off = 0;
         for (int32_t r = 0; r < P; r++) {
             a.cnt[r] = cnt[r];
-            a.hdr_out[r] = ep_hdr{ EP_MAGIC, a.call, a.me, cnt[r], a.d_model };
+            a.hdr_out[r] = ep_hdr{ MOE__EP_MAGIC, a.call, a.me, cnt[r], a.d_model, a.n_slots / a.k };
             cur[r] = off;
             off += cnt[r];
         }
@@ -342,27 +332,10 @@ static ep_bufs ep_carve(const ep_plan *p, int32_t P, int64_t S, char **cur) {
 
 // ---- the forward
 
-/* The layer's message: the communicator's, with a prefix. */
-static moe_status fail(moe_layer *l, moe_status st, const char *what) {
-    return moe__errf(l->err, sizeof l->err, st, "%s: %s", what, par(l)->comm->err);
-}
-
-static moe_status protocol(moe_layer *l, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
-static moe_status protocol(moe_layer *l, const char *fmt, ...) {
-    moe_comm *c = par(l)->comm;
-    va_list ap;
-    va_start(ap, fmt);
-    moe__verrf(c->err, sizeof c->err, MOE_ERR_PROTOCOL, fmt, ap);
-    va_end(ap);
-    c->broken = MOE_ERR_PROTOCOL;
-    return fail(l, MOE_ERR_PROTOCOL, "expert-parallel forward");
-}
-
 /* Waits for the stream within the call's deadline. */
 static moe_status wait_stream(moe_layer *l, moe__phase phase, const char *what) {
     moe_status st = moe__comm_wait(par(l)->comm, phase);
-    return st ? fail(l, st, what) : MOE_OK;
+    return st ? moe__ep_fail(l, st, what) : MOE_OK;
 }
 
 static moe_status ep_forward_call(moe_layer *l, int64_t T, const void *x, const float *logits,
@@ -377,7 +350,7 @@ static moe_status ep_forward_call(moe_layer *l, int64_t T, const void *x, const 
     const cuda_experts *ex = moe__cuda_experts_state(l->opts.experts);
     cuda_ep_host *h = cl ? (cuda_ep_host *)cl->ep_host : NULL;
     if (!cx || !ex || !h) return moe__errf(err, errlen, MOE_ERR_INTERNAL, "cuda: layer not set up");
-    if (c->broken) return fail(l, c->broken, "expert-parallel forward");
+    if (c->broken) return moe__ep_fail(l, c->broken, "expert-parallel forward");
     const cuda_experts *sx = sh ? moe__cuda_experts_state(sh->mlp) : NULL;
     if (sh && !sx)
         return moe__errf(err, errlen, MOE_ERR_INVALID_ARG,
@@ -450,25 +423,16 @@ static moe_status ep_forward_call(moe_layer *l, int64_t T, const void *x, const 
         recvs[nr++] = moe__msg{ r, 0, e.hdr_in + r, sizeof(ep_hdr) };
     }
     if (P > 1 && (s = moe__comm_post(c, MOE__PHASE_DISPATCH, sends, ns, recvs, nr)))
-        return fail(l, s, "expert-parallel dispatch (counts)");
+        return moe__ep_fail(l, s, "expert-parallel dispatch (counts)");
     MOE_CUDA_TRY(cudaMemcpyAsync(hin, e.hdr_in, (size_t)P * (sizeof(ep_hdr) + 4),
                                  cudaMemcpyDeviceToHost, st), err, errlen);
     if ((s = wait_stream(l, MOE__PHASE_DISPATCH, "expert-parallel dispatch (counts)"))) return s;
-    hin[me] = ep_hdr{ EP_MAGIC, call_no, me, cnt[me], H };
+    hin[me] = ep_hdr{ MOE__EP_MAGIC, call_no, me, cnt[me], H, T };
     off[0] = roff[0] = 0;
     for (int32_t r = 0; r < P; r++) {
         const ep_hdr *hd = &hin[r];
-        if (hd->magic != EP_MAGIC || hd->src_rank != r)
-            return protocol(l, "rank %d: bad header (magic %08x, rank %d)", r, hd->magic,
-                            hd->src_rank);
-        if (hd->call != call_no)
-            return protocol(l, "rank %d is at forward %u, this rank at %u", r, hd->call, call_no);
-        if (hd->d_model != H)
-            return protocol(l, "rank %d: d_model %lld, here %lld", r, (long long)hd->d_model,
-                            (long long)H);
-        if (hd->n_rows < 0 || hd->n_rows > cap_peer)
-            return protocol(l, "rank %d announces %d rows, capacity %lld", r, hd->n_rows,
-                            (long long)cap_peer);
+        if ((s = moe__ep_check_hdr(l, "expert-parallel forward", hd, r, call_no, H, cap_peer, -1)))
+            return s;
         off[r + 1] = off[r] + cnt[r];
         roff[r + 1] = roff[r] + hd->n_rows;
     }
@@ -513,7 +477,7 @@ static moe_status ep_forward_call(moe_layer *l, int64_t T, const void *x, const 
         }
     }
     if (P > 1 && (s = moe__comm_post(c, MOE__PHASE_DISPATCH, sends, ns, recvs, nr)))
-        return fail(l, s, "expert-parallel dispatch (rows)");
+        return moe__ep_fail(l, s, "expert-parallel dispatch (rows)");
 
     // 5-6. the received rows through the experts
     MOE_CUDA_TRY(cudaEventRecord(h->ev[1], st), err, errlen);
@@ -552,7 +516,7 @@ static moe_status ep_forward_call(moe_layer *l, int64_t T, const void *x, const 
         recvs[nr++] = moe__msg{ r, 5, e.flag + r, 4 };
     }
     if (P > 1 && (s = moe__comm_post(c, MOE__PHASE_COMBINE, sends, ns, recvs, nr)))
-        return fail(l, s, "expert-parallel combine");
+        return moe__ep_fail(l, s, "expert-parallel combine");
     if (order == MOE_SHARED_IN_COMBINE) {
         MOE_CUDA_TRY(cudaEventRecord(cx->fork, st), err, errlen);
         MOE_CUDA_TRY(cudaStreamWaitEvent(cx->aux, cx->fork, 0), err, errlen);
@@ -585,10 +549,10 @@ static moe_status ep_forward_call(moe_layer *l, int64_t T, const void *x, const 
                          "expert-parallel forward: a routed expert id is outside [0, %d); its "
                          "slot contributed nothing", m->o.n_experts);
     if (h->flag[me])
-        return protocol(l, "received a row for an expert not held here, or a non-finite weight");
+        return moe__ep_protocol(l, "expert-parallel forward", "received a row for an expert not held here, or a non-finite weight");
     for (int32_t r = 0; r < P; r++)
         if (h->flag[r])
-            return protocol(l, "rank %d received a malformed row in this forward: the outputs it "
+            return moe__ep_protocol(l, "expert-parallel forward", "rank %d received a malformed row in this forward: the outputs it "
                                "returned are void", r);
     return MOE_OK;
 }

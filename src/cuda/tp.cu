@@ -22,17 +22,8 @@
 
 #include <string.h>
 
-#define TP_MAGIC 0x50544c4eu   /* "NLTP" */
-
-typedef struct tp_hdr {
-    uint32_t magic;
-    uint32_t call;
-    int32_t  src_rank;
-    int32_t  pad;
-    int64_t  n_tokens, d_model;
-} tp_hdr;
+typedef moe__ep_hdr tp_hdr;
 static_assert(sizeof(tp_hdr) <= MOE_CUDA_HDR_BYTES, "header staging");
-
 
 static moe_comm *comm_of(const moe_layer *l) { return l->opts.parallel->comm; }
 
@@ -61,10 +52,6 @@ size_t moe__cuda_tp_workspace_size(const moe_layer *l, int64_t T) {
            2 * P * sizeof(tp_hdr) + 2 * WS_ALIGN + moe__cuda_plan_bytes(&sp) + WS_ALIGN;
 }
 
-static moe_status fail(moe_layer *l, moe_status st, const char *what) {
-    return moe__errf(l->err, sizeof l->err, st, "%s: %s", what, comm_of(l)->err);
-}
-
 static moe_status tp_forward_call(moe_layer *l, int64_t T, const void *x, const float *logits,
                                   const int32_t *ids_in, const float *w_in,
                                   const moe_shared_experts *sh, void *out, void *ws,
@@ -77,7 +64,7 @@ static moe_status tp_forward_call(moe_layer *l, int64_t T, const void *x, const 
     const cuda_ep_host *h = cl ? cl->ep_host : NULL;
     const cuda_experts *ex = moe__cuda_experts_state(l->opts.experts);
     if (!cx || !h || !ex) return moe__errf(err, errlen, MOE_ERR_INTERNAL, "cuda: layer not set up");
-    if (c->broken) return fail(l, c->broken, "tensor-parallel forward");
+    if (c->broken) return moe__ep_fail(l, c->broken, "tensor-parallel forward");
     const cuda_experts *sx = sh ? moe__cuda_experts_state(sh->mlp) : NULL;
     if (sh && !sx)
         return moe__errf(err, errlen, MOE_ERR_INVALID_ARG,
@@ -103,7 +90,7 @@ static moe_status tp_forward_call(moe_layer *l, int64_t T, const void *x, const 
 
     // 1. counts first
     const uint32_t call_no = (uint32_t)c->stats.calls++;
-    *h_out = tp_hdr{ TP_MAGIC, call_no, me, 0, T, H };
+    *h_out = tp_hdr{ MOE__EP_MAGIC, call_no, me, 0, H, T };
     int ns = 0, nr = 0;
     for (int32_t r = 0; r < P; r++) {
         if (r == me) continue;
@@ -113,23 +100,16 @@ static moe_status tp_forward_call(moe_layer *l, int64_t T, const void *x, const 
     MOE_CUDA_TRY(cudaMemcpyAsync(hd, h_out, sizeof(tp_hdr), cudaMemcpyHostToDevice, st), err,
                  errlen);
     if ((s = moe__comm_post(c, MOE__PHASE_COMBINE, sends, ns, recvs, nr)))
-        return fail(l, s, "tensor-parallel all-reduce (counts)");
+        return moe__ep_fail(l, s, "tensor-parallel all-reduce (counts)");
     MOE_CUDA_TRY(cudaMemcpyAsync(h_in, hd_in, (size_t)P * sizeof(tp_hdr), cudaMemcpyDeviceToHost,
                                  st), err, errlen);
     if ((s = moe__comm_wait(c, MOE__PHASE_COMBINE)))
-        return fail(l, s, "tensor-parallel all-reduce (counts)");
+        return moe__ep_fail(l, s, "tensor-parallel all-reduce (counts)");
     for (int32_t r = 0; r < P; r++) {
         if (r == me) continue;
-        const tp_hdr *g = &h_in[r];
-        if (g->magic != TP_MAGIC || g->src_rank != r || g->call != call_no || g->n_tokens != T ||
-            g->d_model != H) {
-            moe__comm_errf(c, MOE_ERR_PROTOCOL,
-                           "rank %d runs %lld tokens of d_model %lld at forward %u; here %lld, "
-                           "%lld, %u", r, (long long)g->n_tokens, (long long)g->d_model, g->call,
-                           (long long)T, (long long)H, call_no);
-            c->broken = MOE_ERR_PROTOCOL;
-            return fail(l, MOE_ERR_PROTOCOL, "tensor-parallel all-reduce");
-        }
+        if ((s = moe__ep_check_hdr(l, "tensor-parallel all-reduce", &h_in[r], r, call_no, H, -1,
+                                   T)))
+            return s;
     }
     if (!T) return MOE_OK;
 
@@ -145,7 +125,7 @@ static moe_status tp_forward_call(moe_layer *l, int64_t T, const void *x, const 
         recvs[nr++] = moe__msg{ r, 1, parts + (size_t)r * (size_t)n, (size_t)n * 4 };
     }
     if ((s = moe__comm_post(c, MOE__PHASE_COMBINE, sends, ns, recvs, nr)))
-        return fail(l, s, "tensor-parallel all-reduce");
+        return moe__ep_fail(l, s, "tensor-parallel all-reduce");
 
     // 4. the shared experts, 5. the sum
     if (sx) {
@@ -159,7 +139,7 @@ static moe_status tp_forward_call(moe_layer *l, int64_t T, const void *x, const 
 
     // 6. complete within the deadline
     if ((s = moe__comm_wait(c, MOE__PHASE_COMBINE)))
-        return fail(l, s, "tensor-parallel all-reduce");
+        return moe__ep_fail(l, s, "tensor-parallel all-reduce");
     return MOE_OK;
 }
 

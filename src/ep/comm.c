@@ -47,6 +47,40 @@ static void check_msgs(const moe_comm *c, const moe__msg *sends, int n_sends,
     }
 }
 
+moe_status moe__ep_fail(moe_layer *l, moe_status st, const char *what) {
+    return moe__errf(l->err, sizeof l->err, st, "%s: %s", what, l->opts.parallel->comm->err);
+}
+
+moe_status moe__ep_protocol(moe_layer *l, const char *what, const char *fmt, ...) {
+    moe_comm *c = l->opts.parallel->comm;
+    va_list ap;
+    va_start(ap, fmt);
+    moe__verrf(c->err, sizeof c->err, MOE_ERR_PROTOCOL, fmt, ap);
+    va_end(ap);
+    c->broken = MOE_ERR_PROTOCOL;
+    return moe__ep_fail(l, MOE_ERR_PROTOCOL, what);
+}
+
+moe_status moe__ep_check_hdr(moe_layer *l, const char *what, const moe__ep_hdr *h, int32_t r,
+                             uint32_t call, int64_t d_model, int64_t max_rows, int64_t n_tokens) {
+    if (h->magic != MOE__EP_MAGIC || h->src_rank != r)
+        return moe__ep_protocol(l, what, "rank %d: bad header (magic %08x, rank %d)", r, h->magic,
+                                h->src_rank);
+    if (h->call != call)
+        return moe__ep_protocol(l, what, "rank %d is at forward %u, this rank at %u", r, h->call,
+                                call);
+    if (h->d_model != d_model)
+        return moe__ep_protocol(l, what, "rank %d: d_model %lld, here %lld", r,
+                                (long long)h->d_model, (long long)d_model);
+    if (max_rows >= 0 && (h->n_rows < 0 || h->n_rows > max_rows))
+        return moe__ep_protocol(l, what, "rank %d announces %d rows, capacity %lld", r,
+                                h->n_rows, (long long)max_rows);
+    if (n_tokens >= 0 && h->n_tokens != n_tokens)
+        return moe__ep_protocol(l, what, "rank %d runs %lld tokens, this rank %lld", r,
+                                (long long)h->n_tokens, (long long)n_tokens);
+    return MOE_OK;
+}
+
 moe_status moe__comm_exchange(moe_comm *c, moe__phase phase, const moe__msg *sends, int n_sends,
                               const moe__msg *recvs, int n_recvs) {
     if (c->broken) return c->broken;

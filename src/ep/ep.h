@@ -97,6 +97,28 @@ moe_status moe__comm_exchange(moe_comm *c, moe__phase phase, const moe__msg *sen
 moe_status moe__comm_post(moe_comm *c, moe__phase phase, const moe__msg *sends, int n_sends,
                           const moe__msg *recvs, int n_recvs);
 moe_status moe__comm_wait(moe_comm *c, moe__phase phase);
+/* The header each rank sends each peer before any rows (counts first). */
+#define MOE__EP_MAGIC 0x5045454du   /* "MEEP" */
+typedef struct moe__ep_hdr {
+    uint32_t magic;
+    uint32_t call;        /* the sender's forward count: ranks must be in step          */
+    int32_t  src_rank;
+    int32_t  n_rows;      /* EP: rows that follow                                     */
+    int64_t  d_model;
+    int64_t  n_tokens;    /* TP: the tokens of the forward (equal on every rank)      */
+} moe__ep_hdr;
+/* Checks peer r's header against this forward (call, d_model; with max_rows
+ * >= 0, n_rows in [0, max_rows]; with n_tokens >= 0, the same tokens):
+ * MOE_OK, or MOE_ERR_PROTOCOL with the reason (communicator broken). */
+moe_status moe__ep_check_hdr(moe_layer *l, const char *what, const moe__ep_hdr *h, int32_t r,
+                             uint32_t call, int64_t d_model, int64_t max_rows, int64_t n_tokens);
+
+/* A parallel layer's failure: its message is "what: " + the communicator's. */
+moe_status moe__ep_fail(moe_layer *l, moe_status st, const char *what);
+/* A protocol violation a prepare/finalize found (bad header, counts, ids):
+ * breaks the communicator like a transport failure; MOE_ERR_PROTOCOL. */
+moe_status moe__ep_protocol(moe_layer *l, const char *what, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 /* Sets c->err and returns s (does not break the communicator). */
 moe_status moe__comm_errf(moe_comm *c, moe_status s, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));

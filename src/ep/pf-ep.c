@@ -42,16 +42,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#define EP_MAGIC 0x5045454du   /* "MEEP" */
-
-typedef struct ep_hdr {
-    uint32_t magic;
-    uint32_t call;        /* the sender's forward count: ranks must be in step          */
-    int32_t  src_rank;
-    int32_t  n_rows;      /* rows that follow                                         */
-    int64_t  d_model;
-    int64_t  n_tokens;    /* TP: the tokens of the forward (must be equal everywhere) */
-} ep_hdr;
+typedef moe__ep_hdr ep_hdr;
 
 typedef struct ep_meta {
     int32_t slot;         /* the sender's slot t * top_k + j                          */
@@ -134,24 +125,6 @@ static size_t ep_workspace_size(const moe_layer *l, int64_t n) {
     return total;
 }
 
-/* The layer's message: the communicator's, with a prefix. */
-static moe_status fail(moe_layer *l, moe_status st, const char *what) {
-    return moe__errf(l->err, sizeof l->err, st, "%s: %s", what, par(l)->comm->err);
-}
-
-/* A protocol violation found by us: breaks the communicator like a transport failure. */
-static moe_status protocol(moe_layer *l, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
-static moe_status protocol(moe_layer *l, const char *fmt, ...) {
-    moe_comm *c = par(l)->comm;
-    va_list ap;
-    va_start(ap, fmt);
-    moe__verrf(c->err, sizeof c->err, MOE_ERR_PROTOCOL, fmt, ap);
-    va_end(ap);
-    c->broken = MOE_ERR_PROTOCOL;
-    return fail(l, MOE_ERR_PROTOCOL, "expert-parallel dispatch");
-}
-
 static moe_status ep_prepare_call(moe_layer *l, moe__dispatch *d, void *ws, size_t ws_size);
 
 /* One deadline for the whole call, however many exchanges it makes. */
@@ -172,7 +145,7 @@ static moe_status ep_prepare_call(moe_layer *l, moe__dispatch *d, void *ws, size
     const int64_t max_rows_peer = l->opts.max_tokens * K;
     const bool    bf16 = wire_bf16(l);
     const size_t  xb   = (size_t)H * (bf16 ? sizeof(uint16_t) : sizeof(float));  /* row bytes */
-    if (c->broken) return fail(l, c->broken, "expert-parallel dispatch");
+    if (c->broken) return moe__ep_fail(l, c->broken, "expert-parallel dispatch");
 
     ep_sizes sz = ep_sizes_for(l, d->n_tokens);
     char *cur = ws, *end = (char *)ws + ws_size;
@@ -230,7 +203,7 @@ static moe_status ep_prepare_call(moe_layer *l, moe__dispatch *d, void *ws, size
     int ns = 0, nr = 0;
     moe__msg *sends = msgs, *recvs = msgs + 2 * P;
     for (int32_t r = 0; r < P; r++) {
-        hdr_out[r] = (ep_hdr){ EP_MAGIC, call_no, me, send_cnt[r], H, d->n_tokens };
+        hdr_out[r] = (ep_hdr){ MOE__EP_MAGIC, call_no, me, send_cnt[r], H, d->n_tokens };
         if (r == me) continue;
         sends[ns++] = (moe__msg){ r, 0, &hdr_out[r], sizeof(ep_hdr) };
         recvs[nr++] = (moe__msg){ r, 0, &hdr_in[r], sizeof(ep_hdr) };
@@ -242,22 +215,14 @@ static moe_status ep_prepare_call(moe_layer *l, moe__dispatch *d, void *ws, size
             hdr_out[r].n_rows = (int32_t)max_rows_peer + 1;
     }
     if ((st = moe__comm_exchange(c, MOE__PHASE_DISPATCH, sends, ns, recvs, nr)))
-        return fail(l, st, "expert-parallel dispatch (counts)");
+        return moe__ep_fail(l, st, "expert-parallel dispatch (counts)");
     hdr_in[me] = hdr_out[me];
     recv_off[0] = 0;
     for (int32_t r = 0; r < P; r++) {
         const ep_hdr *h = &hdr_in[r];
-        if (h->magic != EP_MAGIC || h->src_rank != r)
-            return protocol(l, "rank %d: bad header (magic %08x, rank %d)", r, h->magic,
-                            h->src_rank);
-        if (h->call != call_no)
-            return protocol(l, "rank %d is at forward %u, this rank at %u", r, h->call, call_no);
-        if (h->d_model != H)
-            return protocol(l, "rank %d: d_model %lld, here %lld", r, (long long)h->d_model,
-                            (long long)H);
-        if (h->n_rows < 0 || h->n_rows > max_rows_peer)
-            return protocol(l, "rank %d announces %d rows, capacity %lld", r, h->n_rows,
-                            (long long)max_rows_peer);
+        if ((st = moe__ep_check_hdr(l, "expert-parallel dispatch", h, r, call_no, H,
+                                    max_rows_peer, -1)))
+            return st;
         recv_cnt[r]     = h->n_rows;
         recv_off[r + 1] = recv_off[r] + h->n_rows;
     }
@@ -294,7 +259,7 @@ static moe_status ep_prepare_call(moe_layer *l, moe__dispatch *d, void *ws, size
         if (sends[i].sub == 2 && moe__ep_fault_point == MOE__FAULT_LONG_ROWS) sends[i].bytes += 4;
     }
     if ((st = moe__comm_exchange(c, MOE__PHASE_DISPATCH, sends, ns, recvs, nr)))
-        return fail(l, st, "expert-parallel dispatch (rows)");
+        return moe__ep_fail(l, st, "expert-parallel dispatch (rows)");
     if (bf16)
         for (int64_t i = 0; i < R * H; i++) recv_x[i] = moe__bf16_to_f32(recv_h[i]);
 
@@ -308,13 +273,13 @@ static moe_status ep_prepare_call(moe_layer *l, moe__dispatch *d, void *ws, size
             int32_t loc = mt->expert >= 0 && mt->expert < m->n_physical ? m->table[mt->expert]
                                                                         : -1;
             if (mt->src_rank != r || mt->slot <= prev || mt->slot >= max_rows_peer)
-                return protocol(l, "rank %d: row %lld claims rank %d slot %d", r,
+                return moe__ep_protocol(l, "expert-parallel dispatch", "rank %d: row %lld claims rank %d slot %d", r,
                                 (long long)(i - recv_off[r]), mt->src_rank, mt->slot);
             if (loc < 0)
-                return protocol(l, "rank %d sent a row for expert %d, not held here", r,
+                return moe__ep_protocol(l, "expert-parallel dispatch", "rank %d sent a row for expert %d, not held here", r,
                                 mt->expert);
             if (d->in_scale && !isfinite(mt->in_scale))
-                return protocol(l, "rank %d: non-finite input weight", r);
+                return moe__ep_protocol(l, "expert-parallel dispatch", "rank %d: non-finite input weight", r);
             prev        = mt->slot;
             recv_ids[i] = loc;
             recv_sc[i]  = mt->in_scale;
@@ -384,7 +349,7 @@ static moe_status ep_finalize(moe_layer *l, const moe__dispatch *d, const float 
     }
     fault(c, MOE__FAULT_MID_COMBINE, MOE__PHASE_COMBINE, sends, ns);
     moe_status st = moe__comm_exchange(c, MOE__PHASE_COMBINE, sends, ns, recvs, nr);
-    if (st) return fail(l, st, "expert-parallel combine");
+    if (st) return moe__ep_fail(l, st, "expert-parallel combine");
 
     /* 7. Weighted sum in slot order. */
     moe__combine sum = {
@@ -427,7 +392,7 @@ static size_t tp_workspace_size(const moe_layer *l, int64_t n) {
 
 static moe_status tp_prepare(moe_layer *l, moe__dispatch *d, void *ws, size_t ws_size) {
     moe_comm *c = par(l)->comm;
-    if (c->broken) return fail(l, c->broken, "tensor-parallel forward");
+    if (c->broken) return moe__ep_fail(l, c->broken, "tensor-parallel forward");
     const size_t P = (size_t)c->size, H = (size_t)d->d_model;
     char *cur = ws, *end = (char *)ws + ws_size;
     tp_call  *call  = moe__ws_take(&cur, end, sizeof(tp_call));
@@ -475,26 +440,19 @@ static moe_status tp_finalize_call(moe_layer *l, const moe__dispatch *d, const f
     ep_hdr *out_h = call->hdr, *in_h = call->hdr + P;
     moe__msg *sends = call->msgs, *recvs = call->msgs + 2 * P;
     int ns = 0, nr = 0;
-    *out_h = (ep_hdr){ EP_MAGIC, call_no, me, 0, H, n };
+    *out_h = (ep_hdr){ MOE__EP_MAGIC, call_no, me, 0, H, n };
     for (int32_t r = 0; r < P; r++) {
         if (r == me) continue;
         sends[ns++] = (moe__msg){ r, 0, out_h, sizeof(ep_hdr) };
         recvs[nr++] = (moe__msg){ r, 0, &in_h[r], sizeof(ep_hdr) };
     }
     if ((st = moe__comm_exchange(c, MOE__PHASE_COMBINE, sends, ns, recvs, nr)))
-        return fail(l, st, "tensor-parallel all-reduce (counts)");
+        return moe__ep_fail(l, st, "tensor-parallel all-reduce (counts)");
     for (int32_t r = 0; r < P; r++) {
         if (r == me) continue;
-        const ep_hdr *h = &in_h[r];
-        if (h->magic != EP_MAGIC || h->src_rank != r || h->call != call_no || h->d_model != H ||
-            h->n_tokens != n) {
-            snprintf(c->err, sizeof c->err,
-                     "rank %d runs %lld tokens of d_model %lld at forward %u; here %lld, %lld, %u",
-                     r, (long long)h->n_tokens, (long long)h->d_model, h->call, (long long)n,
-                     (long long)H, call_no);
-            c->broken = MOE_ERR_PROTOCOL;
-            return fail(l, MOE_ERR_PROTOCOL, "tensor-parallel all-reduce");
-        }
+        if ((st = moe__ep_check_hdr(l, "tensor-parallel all-reduce", &in_h[r], r, call_no, H,
+                                    -1, n)))
+            return st;
     }
     ns = nr = 0;
     for (int32_t r = 0; r < P; r++) {
@@ -503,7 +461,7 @@ static moe_status tp_finalize_call(moe_layer *l, const moe__dispatch *d, const f
         recvs[nr++] = (moe__msg){ r, 1, call->parts + (size_t)r * (size_t)(n * H), part_bytes };
     }
     if ((st = moe__comm_exchange(c, MOE__PHASE_COMBINE, sends, ns, recvs, nr)))
-        return fail(l, st, "tensor-parallel all-reduce");
+        return moe__ep_fail(l, st, "tensor-parallel all-reduce");
     /* Sum in rank order, then the shared experts: the same on every rank. */
     for (int64_t i = 0; i < n * H; i++) {
         float acc = call->parts[i];
