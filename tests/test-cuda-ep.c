@@ -602,6 +602,7 @@ typedef struct small_layer {
     moe_routed_experts *experts;
     moe_expert_map     *map;
     moe_context        *ctx;
+    moe_parallel        par;      /* borrowed by ep: lives as long as it */
     moe_layer          *ep, *one;
 } small_layer;
 
@@ -633,11 +634,11 @@ static bool small_create(small_layer *m, moe_comm *comm, cudaStream_t st, int64_
                                .n_experts_global = SM_E,
                                .expert_map = ok ? moe_expert_map_table(m->map) : NULL };
     ok = ok && !moe_routed_experts_create(&eo, &m->experts, err, sizeof err);
-    moe_parallel par = { .mode = MOE_PARALLEL_EP, .comm = comm, .map = m->map };
+    m->par = (moe_parallel){ .mode = MOE_PARALLEL_EP, .comm = comm, .map = m->map };
     moe_layer_options lo = { .router = m->router, .experts = m->experts, .context = m->ctx,
                              .backend = MOE_BACKEND_CUDA, .max_tokens = max_tokens };
     ok = ok && !moe_layer_create(&lo, &m->one, err, sizeof err);
-    lo.parallel = &par;
+    lo.parallel = &m->par;
     ok = ok && !moe_layer_create(&lo, &m->ep, err, sizeof err);
     if (!ok) test_fail(__FILE__, __LINE__, "small layer: %s", err);
     return ok;
