@@ -638,6 +638,7 @@ typedef struct moe_model_desc {
      * when the stored type has no moe_format (layer creation then fails with
      * MOE_ERR_UNSUPPORTED). */
     moe_format     expert_format;
+    moe_format     expert_format_w2;  /* W2's (down) format: GGUF Q4_K_M stores Q6_K */
 } moe_model_desc;
 
 /* Fills *d. */

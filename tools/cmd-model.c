@@ -92,8 +92,13 @@ CLI_COMMAND(info, "moe info PATH [--tensors]: describe a model (HF directory, .s
     if (d.router_bias) printf(", router bias");
     printf("\n");
     printf("activation  %s%s\n", act_name(d.activation), d.expert_bias ? ", expert biases" : "");
-    printf("format      %s (routed experts)\n",
-           d.expert_format == MOE_FORMAT_COUNT ? "none (stored type unsupported)" : moe_format_name(d.expert_format));
+    if (d.expert_format == MOE_FORMAT_COUNT)
+        printf("format      none (stored type unsupported)\n");
+    else if (d.expert_format_w2 != d.expert_format)
+        printf("format      %s, down %s (routed experts)\n", moe_format_name(d.expert_format),
+               moe_format_name(d.expert_format_w2));
+    else
+        printf("format      %s (routed experts)\n", moe_format_name(d.expert_format));
     /* bytes per stored dtype */
     struct dtype_sum { const char *dtype; int64_t n; uint64_t bytes; } agg[32];
     int n_agg = 0;
@@ -277,9 +282,12 @@ CLI_COMMAND_NAMED(bench_model, "bench-model",
     used = malloc((size_t)d.n_experts);
     t_us = malloc((size_t)runs * sizeof *t_us);
     if (!ws || !x || !out || !logits || !w || !ids || !used || !t_us) { fprintf(stderr, "moe bench: out of memory\n"); goto done; }
-    moe_format_info fi;
+    moe_format_info fi, fi2;
     moe_format_get_info(d.expert_format, &fi);
-    double expert_bytes = 3.0 * (double)d.d_model * (double)d.d_ff * fi.bits_per_weight / 8;
+    moe_format_get_info(d.expert_format_w2, &fi2);
+    /* gate and up in W13's format, down in W2's */
+    double expert_bytes = (double)d.d_model * (double)d.d_ff *
+                          (2.0 * fi.bits_per_weight + fi2.bits_per_weight) / 8;
     printf("%s layer %s: E %d, top_k %d, d_model %lld, d_ff %lld, %s, %s/%s, %d threads\n", d.family, layer_s,
            d.n_experts, d.top_k, (long long)d.d_model, (long long)d.d_ff, fi.name,
            moe_layer_prepare_finalize_impl(layer), moe_layer_experts_impl(layer), moe_context_n_threads(ctx));

@@ -479,11 +479,12 @@ moe_status moe_model_info(const moe_model *m, moe_model_desc *d) {
     d->topk_group = c->topk_group;
     d->routed_scaling_factor = c->routed_scaling_factor;
     d->activation = c->activation;
-    d->expert_format = MOE_FORMAT_COUNT;
+    d->expert_format = d->expert_format_w2 = MOE_FORMAT_COUNT;
     if (d->first_moe_layer >= 0) {
         moe__mlayer b;
         if (moe__model_bind(m, d->first_moe_layer, &b, NULL, 0) == MOE_OK) {
             d->expert_format = b.format;
+            d->expert_format_w2 = b.format2;
             d->correction_bias = b.corr_b != NULL;
             d->router_bias = b.router_b != NULL;
             d->expert_bias = b.b13 || b.b_gate || b.b2;
