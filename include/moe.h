@@ -567,7 +567,14 @@ int moe_cpu_count(void);
  * gpt_oss, llama4 (safetensors: config.json "model_type"; GGUF:
  * general.architecture llama, qwen2moe, qwen3moe, olmoe, deepseek2, gpt-oss,
  * llama4). Anything else fails with MOE_ERR_UNKNOWN_FAMILY, whose message
- * lists the supported names.
+ * lists the supported names. Quantized Hugging Face checkpoints: fp8 block
+ * (weight_scale_inv), MXFP4 (gpt-oss), and, for the families with
+ * per-expert projections (all but gpt_oss and llama4), GPTQ (symmetric, 4 or
+ * 8 bits, optional act-order g_idx; gate and up must share g_idx) and AWQ
+ * (4 bits, GEMM layout, zero points), groups of 32, 64 or 128, their
+ * qweight / scales / qzeros tables used as libmoe's INT4_GPTQ, INT8_GPTQ and
+ * INT4_AWQ (W13 = gate and up side by side). Other quantization_config
+ * variants fail at open with MOE_ERR_UNSUPPORTED naming the setting.
  *
  * Files are untrusted input: every size is computed with checked arithmetic
  * and checked against the bytes present before anything is allocated, so

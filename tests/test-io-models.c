@@ -8,8 +8,10 @@
  */
 #include "test.h"
 
+#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -199,4 +201,64 @@ TEST(io_cli_info_and_forward) {
              "--output '%s' 2>/dev/null", moe, test_data_dir(), test_data_dir(), out);
     int rc = system(cmd);
     CHECK(rc != -1 && WIFEXITED(rc) && WEXITSTATUS(rc) == 1, "exit %d", rc);
+}
+
+/* A copy of checkpoint `name` whose config.json has `from` replaced by `to`
+ * (the weights are a symlink): opening it must give `want`. */
+static void open_edited(const char *name, const char *from, const char *to, moe_status want) {
+    char src[1024], dir[256], path[1300], err[512];
+    snprintf(src, sizeof src, "%s/models/%s", test_data_dir(), name);
+    snprintf(dir, sizeof dir, "/tmp/moe-test-edit-%d", (int)getpid());
+    mkdir(dir, 0700);
+    snprintf(path, sizeof path, "%s/config.json", src);
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        test_fail(__FILE__, __LINE__, "no %s (make testdata)", path);
+        return;
+    }
+    static char text[1 << 16];
+    size_t n = fread(text, 1, sizeof text - 1, f);
+    fclose(f);
+    text[n] = '\0';
+    char *at = strstr(text, from);
+    CHECK(at != NULL, "%s: no \"%s\" in its config", name, from);
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    f = fopen(path, "w");
+    if (at && f) fprintf(f, "%.*s%s%s", (int)(at - text), text, to, at + strlen(from));
+    if (f) fclose(f);
+    char link[1300], rel[1300], target[PATH_MAX];
+    snprintf(link, sizeof link, "%s/model.safetensors", dir);
+    snprintf(rel, sizeof rel, "%s/model.safetensors", src);
+    if (!realpath(rel, target)) {   /* the data dir may be relative: the link is not */
+        test_fail(__FILE__, __LINE__, "no %s", rel);
+        return;
+    }
+    unlink(link);
+    CHECK(symlink(target, link) == 0, "symlink %s", link);
+    moe_model *m = NULL;
+    moe_status s = moe_model_open(dir, NULL, &m, err, sizeof err);
+    CHECK(s == want, "%s with %s: %s (%s), want %s", name, to, moe_status_name(s), err,
+          moe_status_name(want));
+    moe_model_close(m);
+    unlink(link);
+    unlink(path);
+    rmdir(dir);
+}
+
+/* GPTQ / AWQ variants the loader does not run are refused when the model is
+ * opened, with the reason; the ones it runs open. */
+TEST(io_models_gptq_awq_config) {
+    char path[1024];
+    snprintf(path, sizeof path, "%s/models/qwen3_moe_gptq4", test_data_dir());
+    if (access(path, R_OK) != 0) TEST_SKIP("no %s (make testdata)", path);
+    open_edited("qwen3_moe_gptq4", "\"sym\": true", "\"sym\": false", MOE_ERR_UNSUPPORTED);
+    open_edited("qwen3_moe_gptq4", "\"group_size\": 64", "\"group_size\": -1", MOE_ERR_UNSUPPORTED);
+    open_edited("qwen3_moe_gptq4", "\"bits\": 4", "\"bits\": 3", MOE_ERR_UNSUPPORTED);
+    open_edited("qwen3_moe_gptq4", "\"checkpoint_format\": \"gptq\"",
+                "\"checkpoint_format\": \"gptq_v2\"", MOE_OK);
+    open_edited("qwen2_moe_awq", "\"version\": \"gemm\"", "\"version\": \"gemv\"",
+                MOE_ERR_UNSUPPORTED);
+    open_edited("qwen2_moe_awq", "\"zero_point\": true", "\"zero_point\": false",
+                MOE_ERR_UNSUPPORTED);
+    open_edited("qwen2_moe_awq", "\"version\": \"gemm\"", "\"version\": \"GEMM\"", MOE_OK);
 }

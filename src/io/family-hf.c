@@ -21,6 +21,7 @@
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
+#include <strings.h>
 
 static const struct { const char *model_type; moe__family fam; } hf_types[] = {
     { "mixtral", MOE__FAM_MIXTRAL },         { "qwen2_moe", MOE__FAM_QWEN2_MOE },
@@ -99,6 +100,55 @@ static moe_status family_list(char *err, size_t errlen, const char *what, const 
         o += (size_t)snprintf(list + o, sizeof list - o, "%s%s", i ? ", " : "", hf_types[i].model_type);
     return moe__errf(err, errlen, MOE_ERR_UNKNOWN_FAMILY, "%s \"%.64s\" is not a supported MoE "
                      "family; supported: %s", what, name, list);
+}
+
+/* quantization_config of GPTQ and AWQ checkpoints: what the loader runs
+ * (symmetric GPTQ 4/8-bit, AWQ 4-bit gemm with zero points, groups of
+ * 32/64/128) into m->cfg; other methods are left to the tensors (fp8,
+ * mxfp4) or to the binding, which fails on the names it does not find. */
+static moe_status hf_quant(moe_model *m, char *err, size_t errlen) {
+    const moe__json *j = &m->config;
+    moe__mcfg *c = &m->cfg;
+    uint32_t q = moe__json_get(j, 0, "quantization_config");
+    const char *qm = NULL;
+    if (!q || moe__json_get_str(j, q, "quant_method", &qm, NULL, 0) != MOE_OK) return MOE_OK;
+    const int gptq = !strcmp(qm, "gptq"), awq = !strcmp(qm, "awq");
+    if (!gptq && !awq) return MOE_OK;
+    int64_t bits = 4, group = 128;
+    int sym = 1, zero_point = 1;
+    const char *version = "gemm";
+    moe_status s;
+    if ((s = moe__json_get_i64(j, q, "bits", 1, 64, &bits, err, errlen)) && s != MOE_ERR_MISSING)
+        return s;
+    if ((s = moe__json_get_i64(j, q, "group_size", -1, 1 << 20, &group, err, errlen)) &&
+        s != MOE_ERR_MISSING)
+        return s;
+    if ((s = moe__json_get_bool(j, q, "sym", &sym, err, errlen)) && s != MOE_ERR_MISSING) return s;
+    if ((s = moe__json_get_bool(j, q, "zero_point", &zero_point, err, errlen)) &&
+        s != MOE_ERR_MISSING)
+        return s;
+    if ((s = moe__json_get_str(j, q, "version", &version, err, errlen)) && s != MOE_ERR_MISSING)
+        return s;
+    if (group != 32 && group != 64 && group != 128)
+        return moe__errf(err, errlen, MOE_ERR_UNSUPPORTED,
+                         "%s checkpoint with group_size %lld: libmoe runs groups of 32, 64 and 128",
+                         qm, (long long)group);
+    if (gptq && ((bits != 4 && bits != 8) || !sym))
+        return moe__errf(err, errlen, MOE_ERR_UNSUPPORTED,
+                         "GPTQ checkpoint with bits %lld, sym %s: libmoe runs symmetric 4- and "
+                         "8-bit GPTQ", (long long)bits, sym ? "true" : "false");
+    if (awq && (bits != 4 || !zero_point || strcasecmp(version, "gemm")))
+        return moe__errf(err, errlen, MOE_ERR_UNSUPPORTED,
+                         "AWQ checkpoint with bits %lld, zero_point %s, version %.16s: libmoe runs "
+                         "4-bit GEMM-layout AWQ with zero points", (long long)bits,
+                         zero_point ? "true" : "false", version);
+    if (c->family == MOE__FAM_GPT_OSS || c->family == MOE__FAM_LLAMA4)
+        return moe__errf(err, errlen, MOE_ERR_UNSUPPORTED, "%s checkpoints of %s are not "
+                         "supported (fused expert tensors)", qm, moe__family_names[c->family]);
+    c->quant = gptq ? MOE__QUANT_GPTQ : MOE__QUANT_AWQ;
+    c->quant_bits = (int32_t)bits;
+    c->quant_group = (int32_t)group;
+    return MOE_OK;
 }
 
 moe_status moe__hf_config(moe_model *m, char *err, size_t errlen) {
@@ -262,7 +312,7 @@ moe_status moe__hf_config(moe_model *m, char *err, size_t errlen) {
     }
     default: return moe__errf(err, errlen, MOE_ERR_INTERNAL, "family %d", (int)c->family);
     }
-    return MOE_OK;
+    return hf_quant(m, err, errlen);
 }
 
 /* ===== Binding ===== */
@@ -301,6 +351,81 @@ static moe_status same_dtype(const moe__mtensor *a, const moe__mtensor *b, char 
 
 static int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+/* GPTQ / AWQ projection `proj` (N outputs, K inputs) of expert e (-1: the
+ * shared MLP) under fmt: its tensors in the quantizer's layout, shapes and
+ * types checked. */
+static moe_status bind_qproj(const moe_model *m, const char *fmt, int32_t L, int e,
+                             const char *proj, int64_t N, int64_t K, moe__qproj *p, char *err,
+                             size_t errlen) {
+    const moe__mcfg *c = &m->cfg;
+    const int64_t g = c->quant_group, per = 32 / c->quant_bits;
+    const int gptq = c->quant == MOE__QUANT_GPTQ;
+    char sfx[4][64], name[512];
+    static const char *const part[4] = { "qweight", "scales", "qzeros", "g_idx" };
+    for (int i = 0; i < 4; i++) snprintf(sfx[i], sizeof sfx[i], "%s.%s", proj, part[i]);
+    moe_status s = MOE_OK;
+    p->q = need(m, &s, err, errlen, fmt, L, e, sfx[0]);
+    p->s = need(m, &s, err, errlen, fmt, L, e, sfx[1]);
+    p->z = need(m, &s, err, errlen, fmt, L, e, sfx[2]);
+    if (s) return s;
+    if (e >= 0) snprintf(name, sizeof name, fmt, m->prefix, L, e, sfx[3]);
+    else snprintf(name, sizeof name, fmt, m->prefix, L, sfx[3]);
+    p->g = gptq ? moe__model_find(m, name) : NULL;
+    if (K % g || N % (gptq ? per : 8))
+        return moe__errf(err, errlen, MOE_ERR_SHAPE, "tensor %s: %lld x %lld does not split into "
+                         "groups of %lld and packed words", p->q->name, (long long)N,
+                         (long long)K, (long long)g);
+    if (gptq ? ((s = MOE__SHAPE(p->q, K / per, N)) || (s = MOE__SHAPE(p->z, K / g, N / per)) ||
+                (p->g && (s = MOE__SHAPE(p->g, K))))
+             : ((s = MOE__SHAPE(p->q, K, N / 8)) || (s = MOE__SHAPE(p->z, K / g, N / 8))))
+        return s;
+    if ((s = MOE__SHAPE(p->s, K / g, N))) return s;
+    const moe__mtensor *ints[3] = { p->q, p->z, p->g };
+    for (int i = 0; i < 3; i++)
+        if (ints[i] && ints[i]->dtype != MOE__DT_I32)
+            return moe__errf(err, errlen, MOE_ERR_DTYPE, "tensor %s: %s, expected I32",
+                             ints[i]->name, moe__dtype_get(ints[i]->dtype)->name);
+    if (p->s->dtype != MOE__DT_F16 && p->s->dtype != MOE__DT_BF16)
+        return moe__errf(err, errlen, MOE_ERR_DTYPE, "tensor %s: %s, expected F16 or BF16",
+                         p->s->name, moe__dtype_get(p->s->dtype)->name);
+    return MOE_OK;
+}
+
+static moe_format quant_format(const moe__mcfg *c) {
+    if (c->quant == MOE__QUANT_AWQ) return MOE_FORMAT_INT4_AWQ;
+    return c->quant_bits == 8 ? MOE_FORMAT_INT8_GPTQ : MOE_FORMAT_INT4_GPTQ;
+}
+
+/* Per-expert GPTQ / AWQ gate/up/down under fmt. */
+static moe_status bind_split_quant(const moe_model *m, int32_t L, const char *fmt,
+                                   const char *const proj[3], moe__mlayer *b, char *err,
+                                   size_t errlen) {
+    const moe__mcfg *c = &m->cfg;
+    const int32_t E = c->n_experts;
+    const int64_t H = c->d_model, I = c->d_ff;
+    moe_status s;
+    b->layout = MOE__LAYOUT_SPLIT;
+    b->qgate = moe__calloc((size_t)E, sizeof *b->qgate);
+    b->qup = moe__calloc((size_t)E, sizeof *b->qup);
+    b->qdown = moe__calloc((size_t)E, sizeof *b->qdown);
+    b->gate = moe__calloc((size_t)E, sizeof *b->gate);
+    b->up = moe__calloc((size_t)E, sizeof *b->up);
+    b->down = moe__calloc((size_t)E, sizeof *b->down);
+    if (!b->qgate || !b->qup || !b->qdown || !b->gate || !b->up || !b->down)
+        return moe__errf(err, errlen, MOE_ERR_NOMEM, "out of memory");
+    for (int32_t e = 0; e < E; e++) {
+        if ((s = bind_qproj(m, fmt, L, e, proj[0], I, H, &b->qgate[e], err, errlen)) ||
+            (s = bind_qproj(m, fmt, L, e, proj[1], I, H, &b->qup[e], err, errlen)) ||
+            (s = bind_qproj(m, fmt, L, e, proj[2], H, I, &b->qdown[e], err, errlen)))
+            return s;
+        b->gate[e] = b->qgate[e].q;
+        b->up[e] = b->qup[e].q;
+        b->down[e] = b->qdown[e].q;
+    }
+    b->format = quant_format(c);
+    return MOE_OK;
+}
+
 /* Per-expert gate/up/down (and fp8 scales) under base "...experts.%d." */
 static moe_status bind_split(const moe_model *m, int32_t L, const char *fmt, const char *const proj[3],
                              moe__mlayer *b, char *err, size_t errlen) {
@@ -308,6 +433,7 @@ static moe_status bind_split(const moe_model *m, int32_t L, const char *fmt, con
     int32_t E = c->n_experts;
     int64_t H = c->d_model, I = c->d_ff;
     moe_status s = MOE_OK;
+    if (c->quant) return bind_split_quant(m, L, fmt, proj, b, err, errlen);
     b->layout = MOE__LAYOUT_SPLIT;
     b->gate = moe__calloc((size_t)E, sizeof *b->gate);
     b->up = moe__calloc((size_t)E, sizeof *b->up);
@@ -363,6 +489,18 @@ static moe_status bind_shared(const moe_model *m, int32_t L, const char *fmt, mo
     const moe__mcfg *c = &m->cfg;
     int64_t H = c->d_model, S = c->d_ff_shared;
     moe_status s = MOE_OK;
+    if (c->quant) {
+        static const char *const gud[3] = { "gate_proj", "up_proj", "down_proj" };
+        for (int p = 0; p < 3; p++)
+            if ((s = bind_qproj(m, fmt, L, -1, gud[p], p < 2 ? S : H, p < 2 ? H : S, &b->sh_q[p],
+                                err, errlen)))
+                return s;
+        b->sh_gate = b->sh_q[0].q;
+        b->sh_up = b->sh_q[1].q;
+        b->sh_down = b->sh_q[2].q;
+        b->sh_format = quant_format(c);
+        return MOE_OK;
+    }
     b->sh_gate = need(m, &s, err, errlen, fmt, L, -1, "gate_proj.weight");
     b->sh_up = need(m, &s, err, errlen, fmt, L, -1, "up_proj.weight");
     b->sh_down = need(m, &s, err, errlen, fmt, L, -1, "down_proj.weight");

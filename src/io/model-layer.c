@@ -111,6 +111,103 @@ static const void *pick(moe_model_layer *ml, const uint8_t *t, size_t bytes, con
     return o;
 }
 
+/* Tensor a (R, Ca) then b (R, Cb), row by row, into dst (R, Ca + Cb); es
+ * bytes per element. */
+static void cat_rows(uint8_t *dst, const moe__mtensor *a, const moe__mtensor *b, size_t es) {
+    const size_t ra = (size_t)a->shape[1] * es, rb = (size_t)b->shape[1] * es;
+    for (int64_t r = 0; r < a->shape[0]; r++) {
+        memcpy(dst, a->data + (size_t)r * ra, ra);
+        memcpy(dst + ra, b->data + (size_t)r * rb, rb);
+        dst += ra + rb;
+    }
+}
+
+/* 1 when g_idx (K) is absent or k / group everywhere (no act order). */
+static int trivial_gidx(const moe__mtensor *g, int32_t group) {
+    for (int64_t k = 0; g && k < g->shape[0]; k++) {
+        int32_t v;
+        memcpy(&v, g->data + 4 * k, 4);
+        if (v != k / group) return 0;
+    }
+    return 1;
+}
+
+/* GPTQ / AWQ weights of n experts (expert i = the checkpoint's sel[i]) into
+ * eo, format f. W13 concatenates gate and up along the output dimension,
+ * the fast (column) one of the quantizers' tables: each packed row, scale
+ * row and (AWQ) zero row of gate is followed by the same row of up. W2 is
+ * down's tables as they are. Gate and up quantize the same input, so they
+ * must share g_idx; a trivial g_idx (no act order) is dropped. GPTQ's qzeros
+ * are not read: the format is symmetric (zero point 2^(bits-1)). */
+static moe_status build_quant(moe_model_layer *ml, const moe__mcfg *c, moe_format f,
+                              const moe__qproj *gate, const moe__qproj *up,
+                              const moe__qproj *down, const int32_t *sel, int32_t n, int64_t H,
+                              int64_t I, moe_experts_options *eo, char *err, size_t errlen) {
+    const moe_format sf = gate[sel[0]].s->dtype == MOE__DT_BF16 ? MOE_FORMAT_BF16 : MOE_FORMAT_F16;
+    const moe__format_traits *tr = moe__format(f);
+    moe__wsizes s13, s2;
+    moe_status s;
+    if ((s = tr->sizes(2 * I, H, c->quant_group, sf, &s13, err, errlen)) ||
+        (s = tr->sizes(H, I, c->quant_group, sf, &s2, err, errlen)))
+        return s;
+    int act13 = 0, act2 = 0;
+    for (int32_t i = 0; i < n; i++) {
+        const moe__qproj *g = &gate[sel[i]], *u = &up[sel[i]], *d = &down[sel[i]];
+        const moe__mtensor *sc[3] = { g->s, u->s, d->s };
+        for (int p = 0; p < 3; p++)
+            if (sc[p]->dtype != g->s->dtype)
+                return moe__errf(err, errlen, MOE_ERR_DTYPE, "tensor %s: scales of one layer "
+                                 "must share a type", sc[p]->name);
+        if (g->q->nbytes + u->q->nbytes != s13.data || d->q->nbytes != s2.data)
+            return moe__errf(err, errlen, MOE_ERR_SHAPE, "tensor %s: %llu bytes, the format "
+                             "needs %zu per projection", g->q->name,
+                             (unsigned long long)g->q->nbytes, s13.data / 2);
+        if (!g->g != !u->g || (g->g && memcmp(g->g->data, u->g->data, g->g->nbytes)))
+            return moe__errf(err, errlen, MOE_ERR_UNSUPPORTED, "tensors %s and %s: gate and up "
+                             "have different g_idx (act order); libmoe fuses them into one "
+                             "matrix", g->q->name, u->q->name);
+        act13 |= !trivial_gidx(g->g, c->quant_group);
+        act2 |= !trivial_gidx(d->g, c->quant_group);
+    }
+    const int awq = f == MOE_FORMAT_INT4_AWQ;
+    uint8_t *w13 = own(ml, (size_t)n * s13.data), *sc13 = own(ml, (size_t)n * s13.scales);
+    uint8_t *w2 = own(ml, (size_t)n * s2.data), *sc2 = own(ml, (size_t)n * s2.scales);
+    uint8_t *z13 = awq ? own(ml, (size_t)n * s13.zeros) : NULL;
+    uint8_t *z2 = awq ? own(ml, (size_t)n * s2.zeros) : NULL;
+    uint8_t *g13 = act13 ? own(ml, (size_t)n * s13.g_idx) : NULL;
+    uint8_t *g2 = act2 ? own(ml, (size_t)n * s2.g_idx) : NULL;
+    if (!w13 || !sc13 || !w2 || !sc2 || (awq && (!z13 || !z2)) || (act13 && !g13) ||
+        (act2 && !g2))
+        return moe__errf(err, errlen, MOE_ERR_NOMEM, "out of memory");
+    for (int32_t i = 0; i < n; i++) {
+        const moe__qproj *g = &gate[sel[i]], *u = &up[sel[i]], *d = &down[sel[i]];
+        cat_rows(w13 + (size_t)i * s13.data, g->q, u->q, 4);
+        cat_rows(sc13 + (size_t)i * s13.scales, g->s, u->s, 2);
+        memcpy(w2 + (size_t)i * s2.data, d->q->data, s2.data);
+        memcpy(sc2 + (size_t)i * s2.scales, d->s->data, s2.scales);
+        if (awq) {
+            cat_rows(z13 + (size_t)i * s13.zeros, g->z, u->z, 4);
+            memcpy(z2 + (size_t)i * s2.zeros, d->z->data, s2.zeros);
+        }
+        for (int64_t k = 0; act13 && k < H; k++) {   /* absent = trivial */
+            int32_t v = (int32_t)(k / c->quant_group);
+            if (g->g) memcpy(&v, g->g->data + 4 * k, 4);
+            memcpy(g13 + (size_t)i * s13.g_idx + 4 * (size_t)k, &v, 4);
+        }
+        for (int64_t k = 0; act2 && k < I; k++) {
+            int32_t v = (int32_t)(k / c->quant_group);
+            if (d->g) memcpy(&v, d->g->data + 4 * k, 4);
+            memcpy(g2 + (size_t)i * s2.g_idx + 4 * (size_t)k, &v, 4);
+        }
+    }
+    eo->format = f;
+    eo->group_size = c->quant_group;
+    eo->scale_format = sf;
+    eo->w13 = (moe_weights){ .data = w13, .scales = sc13, .zeros = z13, .g_idx = (int32_t *)g13 };
+    eo->w2 = (moe_weights){ .data = w2, .scales = sc2, .zeros = z2, .g_idx = (int32_t *)g2 };
+    return MOE_OK;
+}
+
 /* Builds w13 / w2 weights (and biases) of the routed experts into eo: the
  * n_local experts held here, local expert i being the model's sel[i]. */
 static moe_status build_routed(moe_model_layer *ml, const moe_model *m, const moe__mlayer *b,
@@ -121,6 +218,13 @@ static moe_status build_routed(moe_model_layer *ml, const moe_model *m, const mo
     const int64_t H = c->d_model, I = c->d_ff;
     moe__wsizes s13, s2;
     moe_status s;
+    if (b->qgate) {
+        *eo = (moe_experts_options){ .n_experts = E, .d_model = H, .d_ff = I,
+                                     .w2_format = &b->format2, .activation = c->activation,
+                                     .flags = MOE_EXPERTS_BORROW };
+        return build_quant(ml, c, b->format, b->qgate, b->qup, b->qdown, sel, E, H, I, eo, err,
+                           errlen);
+    }
     if ((s = sizes(b->format, 2 * I, H, &s13, err, errlen)) || (s = sizes(b->format2, H, I, &s2, err, errlen)))
         return s;
     const size_t al = data_align(b->format), al2 = data_align(b->format2);
@@ -259,6 +363,19 @@ static moe_status build_shared(moe_model_layer *ml, const moe_model *m, const mo
         return moe__errf(err, errlen, MOE_ERR_UNSUPPORTED, "shared expert tensors of type %s/%s/%s "
                          "have no libmoe format", moe__dtype_get(b->sh_gate->dtype)->name,
                          moe__dtype_get(b->sh_up->dtype)->name, moe__dtype_get(b->sh_down->dtype)->name);
+    if (b->sh_q[0].q) {
+        const int32_t only = 0;
+        *so = (moe_shared_options){ .mlp = { .n_experts = 1, .d_model = H, .d_ff = S,
+                                             .w2_format = &b->sh_format2,
+                                             .activation = MOE_ACT_SILU,
+                                             .flags = MOE_EXPERTS_BORROW } };
+        if ((s = build_quant(ml, c, b->sh_format, &b->sh_q[0], &b->sh_q[1], &b->sh_q[2], &only, 1,
+                             H, S, &so->mlp, err, errlen)))
+            return s;
+        if (b->sh_gate_w && !(so->gate = to_f32(ml, b->sh_gate_w, H)))
+            return moe__errf(err, errlen, MOE_ERR_NOMEM, "out of memory");
+        return MOE_OK;
+    }
     if ((s = sizes(b->sh_format, 2 * S, H, &s13, err, errlen)) || (s = sizes(b->sh_format2, H, S, &s2, err, errlen)))
         return s;
     if ((s = check_bytes(b->sh_gate, s13.data / 2, err, errlen)) ||

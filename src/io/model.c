@@ -117,6 +117,9 @@ void moe__mlayer_free(moe__mlayer *b) {
     moe__free((void *)b->gate_s);
     moe__free((void *)b->up_s);
     moe__free((void *)b->down_s);
+    moe__free(b->qgate);
+    moe__free(b->qup);
+    moe__free(b->qdown);
     memset(b, 0, sizeof *b);
 }
 

@@ -55,7 +55,20 @@ typedef struct moe__mcfg {
     moe_activation activation;
     float          swiglu_alpha, swiglu_limit;
     uint8_t       *is_moe;          /* (n_layers) owned                              */
+    /* GPTQ / AWQ checkpoints (quantization_config): the experts' projections
+     * are qweight / scales / qzeros (/ g_idx) tensors in the quantizers' own
+     * layouts, which are libmoe's INT4_GPTQ, INT8_GPTQ and INT4_AWQ. */
+    int            quant;           /* MOE__QUANT_*                                  */
+    int32_t        quant_bits, quant_group;
 } moe__mcfg;
+
+enum { MOE__QUANT_NONE = 0, MOE__QUANT_GPTQ, MOE__QUANT_AWQ };
+
+/* One GPTQ / AWQ projection: qweight, scales, qzeros and g_idx (GPTQ, may be
+ * NULL) tensors. */
+typedef struct moe__qproj {
+    const moe__mtensor *q, *s, *z, *g;
+} moe__qproj;
 
 /* How a layer's routed expert weights are stored. */
 typedef enum moe__layout {
@@ -75,6 +88,9 @@ typedef struct moe__mlayer {
     const moe__mtensor *w13, *w13_s, *w2, *w2_s;             /* FUSED / TRANSPOSED      */
     const moe__mtensor **gate, **up, **down;                 /* SPLIT, (E) each         */
     const moe__mtensor **gate_s, **up_s, **down_s;           /* FP8 block scales or NULL */
+    moe__qproj         *qgate, *qup, *qdown;                 /* SPLIT GPTQ / AWQ, (E) each,
+                                                                or NULL; gate[e] = qgate[e].q */
+    moe__qproj          sh_q[3];                             /* shared gate, up, down      */
     const moe__mtensor *b13, *b_gate, *b_up, *b2;            /* expert biases or NULL   */
     const moe__mtensor *sh_gate, *sh_up, *sh_down;           /* shared MLP or NULL      */
     const moe__mtensor *sh_gate_s, *sh_up_s, *sh_down_s;

@@ -312,6 +312,7 @@ def gen_hf():
     gen_gpt_oss()
     gen_gpt_oss_mxfp4()
     gen_llama4()
+    gen_quantized()
 
 
 def fp8_block(w):
@@ -357,6 +358,121 @@ def gen_deepseek_fp8():
     inputs_and_ref("deepseek_v3_fp8", W, {"k": k, "scoring": "sigmoid", "renorm": True, "rsf": 1.5,
                                           "bias": corr.astype(np.float64), "aq": "fp8b", "aq_sh": "fp8b"}, H)
     manifest("deepseek_v3_fp8", "deepseek_v3_fp8", 0, 1e-6, "deepseek_v3", E, k, 1, H)
+
+
+# ----- GPTQ / AWQ checkpoints (AutoGPTQ / AutoAWQ layouts, packed here in NumPy) -----
+
+AWQ_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)  # AWQ packs column AWQ_ORDER[p] of 8 at nibble p
+
+
+def gptq_pack(w, bits, g, g_idx):
+    """Symmetric GPTQ (checkpoint_format gptq, sym true): w (N, K) -> (qweight int32 (K*bits/32, N),
+    qzeros int32 (K/g, N*bits/32) holding zero - 1, scales f16 (K/g, N), dequantized float64)."""
+    N, K = w.shape
+    per, zero, qmax = 32 // bits, 1 << (bits - 1), (1 << bits) - 1
+    ng = K // g
+    sc = np.zeros((ng, N), np.float16)
+    for gi in range(ng):
+        cols = np.nonzero(g_idx == gi)[0]
+        sc[gi] = (np.abs(w[:, cols]).max(axis=1) / (zero - 1)).astype(np.float16)
+    s_k = sc.astype(np.float64)[g_idx].T  # (N, K): the scale of each weight
+    q = np.clip(np.rint(w / s_k) + zero, 0, qmax).astype(np.uint32)
+    qw = np.zeros((K // per, N), np.uint32)
+    for k in range(K):
+        qw[k // per] |= q[:, k] << np.uint32(bits * (k % per))
+    qz = np.zeros((ng, N // per), np.uint32)
+    for n in range(N):
+        qz[:, n // per] |= np.uint32(zero - 1) << np.uint32(bits * (n % per))
+    return qw.view(np.int32), qz.view(np.int32), sc, (q.astype(np.float64) - zero) * s_k
+
+
+def awq_pack(w, g):
+    """AWQ gemm (zero_point true, 4 bits): w (N, K) -> (qweight int32 (K, N/8), qzeros int32
+    (K/g, N/8), scales f16 (K/g, N), dequantized float64)."""
+    N, K = w.shape
+    ng = K // g
+    wg = w.reshape(N, ng, g)
+    lo, hi = wg.min(axis=2), wg.max(axis=2)
+    sc = np.ascontiguousarray(((hi - lo) / 15.0).T.astype(np.float16))  # (ng, N), C order
+    s = sc.astype(np.float64).T  # (N, ng)
+    z = np.clip(np.rint(-lo / s), 0, 15).astype(np.uint32)  # (N, ng)
+    q = np.clip(np.rint(wg / s[:, :, None]) + z[:, :, None], 0, 15).astype(np.uint32).reshape(N, K)
+    deq = ((q.reshape(N, ng, g).astype(np.float64) - z[:, :, None]) * s[:, :, None]).reshape(N, K)
+    qw = np.zeros((K, N // 8), np.uint32)
+    qz = np.zeros((ng, N // 8), np.uint32)
+    for p, col in enumerate(AWQ_ORDER):
+        qw |= q.T[:, col::8] << np.uint32(4 * p)
+        qz |= z.T[:, col::8] << np.uint32(4 * p)
+    return qw.view(np.int32), qz.view(np.int32), sc, deq
+
+
+def quantized_proj(t, name, w, kind, bits, g, g_idx):
+    """Stores projection w (N, K) under name.* and returns its dequantized value."""
+    if kind == "awq":
+        qw, qz, sc, deq = awq_pack(w, g)
+    else:
+        qw, qz, sc, deq = gptq_pack(w, bits, g, g_idx)
+        t[name + ".g_idx"] = g_idx.astype(np.int32)
+    t[name + ".qweight"], t[name + ".qzeros"], t[name + ".scales"] = qw, qz, sc
+    return deq
+
+
+def hf_quantized(name, family, cfg, kind, bits, g, act_order, E, k, H, I, r, S=0, moe_path="mlp",
+                 names=("gate_proj", "up_proj", "down_proj"), shared_name=None, shared_gate=False):
+    """A one-layer checkpoint whose routed (and shared) experts are GPTQ or AWQ; router and shared
+    gate stay f16 (the quantizers leave them), the reference uses the dequantized weights."""
+    W = make_weights(E, H, I, S)
+    if shared_gate:
+        W["sh_gw"] = rng.standard_normal(H) / np.sqrt(H)
+    p = "model.layers.0.%s." % moe_path
+    t = {}
+    t[p + "gate.weight"], W["gate"] = cast(W["gate"], "F16")
+
+    def gidx(K):  # act order: a permutation of the groups' members, as desc_act checkpoints hold
+        base = np.arange(K) // g
+        return rng.permutation(base) if act_order else base
+
+    gi_h, gi_i = gidx(H), gidx(I)
+    for e in range(E):
+        for key, pn, gi in (("w_gate", names[0], gi_h), ("w_up", names[1], gi_h),
+                            ("w_down", names[2], gi_i)):
+            W[key][e] = quantized_proj(t, p + "experts.%d.%s" % (e, pn), W[key][e], kind, bits, g, gi)
+    if S:
+        gi_s = gidx(S)
+        for key, pn, gi in (("sh_gate", "gate_proj", gi_h), ("sh_up", "up_proj", gi_h),
+                            ("sh_down", "down_proj", gi_s)):
+            W[key] = quantized_proj(t, p + "%s.%s" % (shared_name, pn), W[key], kind, bits, g, gi)
+    if shared_gate:
+        st, W["sh_gw"] = cast(W["sh_gw"], "F16")
+        t[p + "shared_expert_gate.weight"] = st.reshape(1, H)
+    qc = {"quant_method": kind, "bits": bits, "group_size": g}
+    qc.update({"zero_point": True, "version": "gemm"} if kind == "awq" else
+              {"sym": True, "desc_act": act_order, "checkpoint_format": "gptq"})
+    cfg = dict(cfg, quantization_config=qc)
+    write_hf(name, cfg, t)
+    inputs_and_ref(name, W, r, H)
+    manifest(name, name, 0, 1e-9, family, E, k, 1, H)
+
+
+def gen_quantized():
+    E, k, H, I = 4, 2, 256, 128
+    cfg = {"model_type": "qwen3_moe", "num_hidden_layers": 1, "hidden_size": H, "moe_intermediate_size": I,
+           "num_experts": E, "num_experts_per_tok": k, "norm_topk_prob": True, "hidden_act": "silu"}
+    hf_quantized("qwen3_moe_gptq4", "qwen3_moe", cfg, "gptq", 4, 64, True, E, k, H, I,
+                 {"k": k, "scoring": "softmax", "renorm": True})
+    cfg = {"model_type": "mixtral", "num_hidden_layers": 1, "hidden_size": H, "intermediate_size": I,
+           "num_local_experts": E, "num_experts_per_tok": k, "hidden_act": "silu"}
+    hf_quantized("mixtral_gptq8", "mixtral", cfg, "gptq", 8, 128, False, E, k, H, I,
+                 {"k": k, "scoring": "softmax", "renorm": True}, moe_path="block_sparse_moe",
+                 names=("w1", "w3", "w2"))
+    S = 128
+    cfg = {"model_type": "qwen2_moe", "num_hidden_layers": 1, "hidden_size": H, "moe_intermediate_size": I,
+           "intermediate_size": 384, "shared_expert_intermediate_size": S, "num_experts": E,
+           "num_experts_per_tok": k, "norm_topk_prob": False, "decoder_sparse_step": 1,
+           "hidden_act": "silu"}
+    hf_quantized("qwen2_moe_awq", "qwen2_moe", cfg, "awq", 4, 64, False, E, k, H, I,
+                 {"k": k, "scoring": "softmax", "renorm": False}, S=S, shared_name="shared_expert",
+                 shared_gate=True)
 
 
 def gen_gpt_oss():
