@@ -80,7 +80,7 @@ endif
 # there is no libnccl.so).
 NCCL_HOME ?=
 NCCL_LIB  ?= -lnccl
-ifeq ($(NO_NCCL)$(HAVE_CUDA),1)
+ifeq ($(NO_NCCL):$(HAVE_CUDA),:1)
 NCCL_H    := $(firstword $(wildcard $(if $(NCCL_HOME),$(NCCL_HOME)/include/nccl.h) \
                $(CUDA_HOME)/include/nccl.h /usr/include/nccl.h /usr/local/include/nccl.h))
 ifneq ($(NCCL_H),)
