@@ -243,8 +243,13 @@ block_bf16_pairs(int RW, int RX, const char *w, size_t w_stride, const float *x,
         /* A full 32 or K's masked tail; x is zero-padded, so only w is masked. */
         const __mmask32 m = K - k >= 32 ? ~(__mmask32)0 : (__mmask32)((1u << (K - k)) - 1);
         if (pf)
-            UNROLL for (int r = 0; r < RW; r++)
+            UNROLL for (int r = 0; r < RW; r++) {
                 __builtin_prefetch(pf + (size_t)r * w_stride + (size_t)k * 2, 0, 2);
+                /* and this block's own lines 768 B ahead into L1 (the quantized
+                 * kernels' near distance, cpu-formats.h): measured 77-80% -> 80-85%
+                 * of read bandwidth at 1 token */
+                __builtin_prefetch(w + (size_t)r * w_stride + (size_t)k * 2 + 768, 0, 3);
+            }
         __m512 xe[MAX_RX], xo[MAX_RX];
         UNROLL for (int j = 0; j < RX; j++) {
             xe[j] = _mm512_loadu_ps(x + (size_t)j * x_stride + k);

@@ -17,7 +17,10 @@
  * then odd values of bytes 0..7, of bytes 8..15).
  *
  * Order: per row, units of 128 values in increasing k, fixed steps inside,
- * one reduction tree at the end: a result depends on its rows only.
+ * one reduction tree at the end: a result depends on its rows only. The
+ * AVX-512 kernel loads 16 block scales at once, keeps up to 4 activation
+ * rows in registers, and streams the weight rows as cpu-formats.h says
+ * (moe__cpu_stream_row order, moe__cpu_prefetch).
  */
 #include "cpu-formats.h"
 #include "../quant/quant.h"
@@ -29,7 +32,7 @@
 #define FP4_AVX512 1
 #endif
 
-enum { FP4_U = 128, FP4_XG = 16 };
+enum { FP4_U = 128 };
 
 static int64_t kp128(int64_t cols) { return (cols + FP4_U - 1) / FP4_U * FP4_U; }
 
@@ -81,27 +84,25 @@ static inline void decode_unit(const fp4_tables *t, const uint8_t *p, __m512bh w
     w[3] = (__m512bh)_mm512_unpackhi_epi8(ol, oh);
 }
 
-/* Four e8m0 scales -> 2^(e-127) in lanes 0..3 (e = 0 is 2^-127, a
- * subnormal; 0xFF never reaches a kernel: it is rejected at creation). */
-static inline __m512 mx_scales(const uint8_t *e) {
-    uint32_t u;
-    memcpy(&u, e, 4);
-    __m128i v = _mm_cvtepu8_epi32(_mm_cvtsi32_si128((int)u));
-    __m128i b = _mm_slli_epi32(v, 23);
-    b = _mm_blendv_epi8(b, _mm_set1_epi32(0x00400000), _mm_cmpeq_epi32(v, _mm_setzero_si128()));
-    return _mm512_castps128_ps512(_mm_castsi128_ps(b));
+/* n <= 16 e8m0 scales -> 2^(e-127) in lanes 0..n-1, zero bytes past n (e =
+ * 0 is 2^-127, a subnormal; 0xFF never reaches a kernel: it is rejected at
+ * creation). Loaded once per 4 units of 128 values. */
+static inline __m512 mx_scales16(const uint8_t *e, int n) {
+    const __m512i v = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8((__mmask16)((1u << n) - 1), e));
+    const __m512i b = _mm512_slli_epi32(v, 23);
+    return _mm512_castsi512_ps(_mm512_mask_mov_epi32(
+        b, _mm512_cmpeq_epi32_mask(v, _mm512_setzero_si512()), _mm512_set1_epi32(0x00400000)));
 }
 
-/* Eight e4m3 scales times the global scale in lanes 0..7: an e4m3 byte
+/* n <= 16 e4m3 scales times the global scale in lanes 0..n-1: an e4m3 byte
  * moved into an f16 pattern is its value times 2^-8 (NaN codes never reach
- * a kernel: they are rejected at creation). */
-static inline __m512 nv_scales(const uint8_t *e, float scale2) {
-    __m128i b = _mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i *)e));
-    __m128i h = _mm_or_si128(_mm_slli_epi16(_mm_and_si128(b, _mm_set1_epi16(0x80)), 8),
-                             _mm_slli_epi16(_mm_and_si128(b, _mm_set1_epi16(0x7f)), 7));
-    __m256 f = _mm256_mul_ps(_mm256_mul_ps(_mm256_cvtph_ps(h), _mm256_set1_ps(256.0f)),
-                             _mm256_set1_ps(scale2));
-    return _mm512_castps256_ps512(f);
+ * a kernel: they are rejected at creation). Loaded once per 2 units. */
+static inline __m512 nv_scales16(const uint8_t *e, int n, float scale2) {
+    const __m256i b = _mm256_cvtepu8_epi16(_mm_maskz_loadu_epi8((__mmask16)((1u << n) - 1), e));
+    const __m256i h = _mm256_or_si256(_mm256_slli_epi16(_mm256_and_si256(b, _mm256_set1_epi16(0x80)), 8),
+                                      _mm256_slli_epi16(_mm256_and_si256(b, _mm256_set1_epi16(0x7f)), 7));
+    return _mm512_mul_ps(_mm512_mul_ps(_mm512_cvtph_ps(h), _mm512_set1_ps(256.0f)),
+                         _mm512_set1_ps(scale2));
 }
 
 static inline __m512 dp(__m512 acc, __m512bh w, const uint16_t *x) {
@@ -121,87 +122,116 @@ static inline void unit_scales(const moe__wmat *w, int64_t r, int64_t k0, int64_
     }
 }
 
+#if FP4_AVX512
+/* NP activation rows (at xr, xq_stride apart) against weight row q:
+ * writes y[i * y_stride]. The 16 block scales of 4 (MXFP4) or 2 (NVFP4)
+ * units are loaded at once; per unit a permute spreads them over the
+ * lanes of its dot products. */
+static inline __attribute__((always_inline)) void fp4_rows(
+    const moe__wmat *w, bool mx, const fp4_tables *t, const uint8_t *q, const uint8_t *sc,
+    int64_t K, const char *xr, size_t xq_stride, float *y, int64_t y_stride, int NP) {
+    const int64_t kp = kp128(K), bs = mx ? MOE_QK_MXFP4 : MOE_QK_NVFP4, nbk = K / bs;
+    const int     upg = mx ? 4 : 2; /* units per 16 scales */
+    const __m512i i_mx  = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
+    const __m512i i_nv0 = _mm512_set_epi32(6, 6, 6, 6, 4, 4, 4, 4, 2, 2, 2, 2, 0, 0, 0, 0);
+    __m512        acc[4];
+    for (int i = 0; i < NP; i++) acc[i] = _mm512_setzero_ps();
+    __m512 sv = _mm512_setzero_ps();
+    for (int64_t k0 = 0, u = 0; k0 < kp; k0 += FP4_U, u++) {
+        if (u % upg == 0) {
+            const int64_t b0 = k0 / bs, n = nbk - b0 < 16 ? nbk - b0 : 16;
+            sv = mx ? mx_scales16(sc + b0, (int)n) : nv_scales16(sc + b0, (int)n, w->scale2);
+        }
+        _Alignas(64) uint8_t tail[64];
+        const uint8_t *qu = q + k0 / 2;
+        moe__cpu_prefetch(qu, FP4_U / 2);
+        if (K - k0 < FP4_U) { /* never read past the row */
+            memset(tail, 0, sizeof tail);
+            memcpy(tail, qu, (size_t)(K - k0) / 2);
+            qu = tail;
+        }
+        __m512bh wv[4];
+        decode_unit(t, qu, wv);
+        const int64_t o = (u % upg) * (mx ? 4 : 8); /* the unit's first scale in sv */
+        const __m512i i0 = _mm512_add_epi32(mx ? i_mx : i_nv0, _mm512_set1_epi32((int)o));
+        const __m512  s0 = _mm512_permutexvar_ps(i0, sv);
+        const __m512  s1 = mx ? s0 : _mm512_permutexvar_ps(
+                                        _mm512_add_epi32(i0, _mm512_set1_epi32(1)), sv);
+        for (int i = 0; i < NP; i++) {
+            const uint16_t *x = (const uint16_t *)(xr + (size_t)i * xq_stride) + k0;
+            if (mx) {
+                __m512 d = dp(_mm512_setzero_ps(), wv[0], x);
+                d = dp(d, wv[1], x + 32);
+                d = dp(d, wv[2], x + 64);
+                d = dp(d, wv[3], x + 96);
+                acc[i] = _mm512_fmadd_ps(d, s0, acc[i]);
+            } else {
+                __m512 d0 = dp(dp(_mm512_setzero_ps(), wv[0], x), wv[2], x + 64);
+                __m512 d1 = dp(dp(_mm512_setzero_ps(), wv[1], x + 32), wv[3], x + 96);
+                acc[i] = _mm512_fmadd_ps(d0, s0, acc[i]);
+                acc[i] = _mm512_fmadd_ps(d1, s1, acc[i]);
+            }
+        }
+    }
+    for (int i = 0; i < NP; i++) y[i * y_stride] = _mm512_reduce_add_ps(acc[i]);
+}
+#endif
+
 static void gemm_fp4(const moe__wmat *w, int64_t r0, int64_t r1, const void *xq, size_t xq_stride,
                      int64_t n_x, float *y, int64_t y_stride) {
-    const int64_t K = w->cols, kp = kp128(K);
+    const int64_t K = w->cols;
     const bool mx = w->format == MOE_FORMAT_MXFP4;
 #if FP4_AVX512
     const fp4_tables t = fp4_tables_make();
-    const __m512i i_mx = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
-    const __m512i i_nv0 = _mm512_set_epi32(6, 6, 6, 6, 4, 4, 4, 4, 2, 2, 2, 2, 0, 0, 0, 0);
-    const __m512i i_nv1 = _mm512_add_epi32(i_nv0, _mm512_set1_epi32(1));
-#endif
-    for (int64_t r = r0; r < r1; r++) {
-        const uint8_t *q = (const uint8_t *)w->data + r * K / 2; // (K/2)
-        for (int64_t i0 = 0; i0 < n_x; i0 += FP4_XG) {
-            const int64_t nx = n_x - i0 < FP4_XG ? n_x - i0 : FP4_XG;
-#if FP4_AVX512
-            __m512 acc[FP4_XG];
-            for (int64_t i = 0; i < nx; i++) acc[i] = _mm512_setzero_ps();
-            for (int64_t k0 = 0; k0 < kp; k0 += FP4_U) {
-                _Alignas(64) uint8_t tail[64];
-                const uint8_t *qu = q + k0 / 2;
-                if (K - k0 < FP4_U) { /* never read past the row */
-                    memset(tail, 0, sizeof tail);
-                    memcpy(tail, qu, (size_t)(K - k0) / 2);
-                    qu = tail;
-                }
-                __m512bh wv[4];
-                decode_unit(&t, qu, wv);
-                __m512 sv; /* the unit's block scales in lanes 0..3 (MXFP4) or 0..7 */
-                if (qu == tail) {
-                    float s[16] = { 0 };
-                    unit_scales(w, r, k0, K, s);
-                    sv = _mm512_loadu_ps(s);
-                } else {
-                    sv = mx ? mx_scales((const uint8_t *)w->scales + (r * K + k0) / MOE_QK_MXFP4)
-                            : nv_scales((const uint8_t *)w->scales + (r * K + k0) / MOE_QK_NVFP4,
-                                        w->scale2);
-                }
-                for (int64_t i = 0; i < nx; i++) {
-                    const uint16_t *x = (const uint16_t *)((const char *)xq +
-                                                           (size_t)(i0 + i) * xq_stride) + k0;
-                    if (mx) {
-                        __m512 d = dp(_mm512_setzero_ps(), wv[0], x);
-                        d = dp(d, wv[1], x + 32);
-                        d = dp(d, wv[2], x + 64);
-                        d = dp(d, wv[3], x + 96);
-                        acc[i] = _mm512_fmadd_ps(d, _mm512_permutexvar_ps(i_mx, sv), acc[i]);
-                    } else {
-                        __m512 d0 = dp(dp(_mm512_setzero_ps(), wv[0], x), wv[2], x + 64);
-                        __m512 d1 = dp(dp(_mm512_setzero_ps(), wv[1], x + 32), wv[3], x + 96);
-                        acc[i] = _mm512_fmadd_ps(d0, _mm512_permutexvar_ps(i_nv0, sv), acc[i]);
-                        acc[i] = _mm512_fmadd_ps(d1, _mm512_permutexvar_ps(i_nv1, sv), acc[i]);
-                    }
-                }
+    const int64_t    bs = mx ? MOE_QK_MXFP4 : MOE_QK_NVFP4;
+    const int64_t seg = moe__cpu_stream_seg(r0, r1);
+    for (int64_t step = 0; step < seg * MOE_CPU_STREAMS; step++) {
+        const int64_t r = moe__cpu_stream_row(r0, seg, step);
+        if (r >= r1) continue;
+        const uint8_t *q  = (const uint8_t *)w->data + r * K / 2;            // (K/2)
+        const uint8_t *sc = (const uint8_t *)w->scales + r * (K / bs);       // (K/bs)
+        for (int64_t i = 0; i < n_x;) {
+            const int64_t left = n_x - i;
+            const int     np   = left >= 4 ? 4 : left >= 2 ? 2 : 1;
+            const char   *xr   = (const char *)xq + (size_t)i * xq_stride;
+            float        *yr   = y + i * y_stride + (r - r0);
+            if (mx) {
+                if (np == 4)      fp4_rows(w, true, &t, q, sc, K, xr, xq_stride, yr, y_stride, 4);
+                else if (np == 2) fp4_rows(w, true, &t, q, sc, K, xr, xq_stride, yr, y_stride, 2);
+                else              fp4_rows(w, true, &t, q, sc, K, xr, xq_stride, yr, y_stride, 1);
+            } else {
+                if (np == 4)      fp4_rows(w, false, &t, q, sc, K, xr, xq_stride, yr, y_stride, 4);
+                else if (np == 2) fp4_rows(w, false, &t, q, sc, K, xr, xq_stride, yr, y_stride, 2);
+                else              fp4_rows(w, false, &t, q, sc, K, xr, xq_stride, yr, y_stride, 1);
             }
-            for (int64_t i = 0; i < nx; i++)
-                y[(i0 + i) * y_stride + (r - r0)] = _mm512_reduce_add_ps(acc[i]);
-#else
-            (void)kp;
-            const int64_t bs = mx ? MOE_QK_MXFP4 : MOE_QK_NVFP4;
-            for (int64_t i = 0; i < nx; i++) {
-                const uint16_t *x = (const uint16_t *)((const char *)xq +
-                                                       (size_t)(i0 + i) * xq_stride);
-                float acc = 0;
-                for (int64_t k0 = 0; k0 < K; k0 += FP4_U) {
-                    float s[8] = { 0 };
-                    unit_scales(w, r, k0, K, s);
-                    for (int64_t b = 0; b < FP4_U / bs && k0 + b * bs < K; b++) {
-                        float d = 0;
-                        for (int64_t j = 0; j < bs; j++) {
-                            int64_t k = k0 + b * bs + j;
-                            d += moe__e2m1_to_f32((uint8_t)(q[k / 2] >> (4 * (k % 2)))) *
-                                 bf16_at(x, k);
-                        }
-                        acc += d * s[b];
-                    }
-                }
-                y[(i0 + i) * y_stride + (r - r0)] = acc;
-            }
-#endif
+            i += np;
         }
     }
+    (void)unit_scales;
+#else
+    const int64_t bs = mx ? MOE_QK_MXFP4 : MOE_QK_NVFP4;
+    for (int64_t r = r0; r < r1; r++) {
+        const uint8_t *q = (const uint8_t *)w->data + r * K / 2; // (K/2)
+        for (int64_t i = 0; i < n_x; i++) {
+            const uint16_t *x = (const uint16_t *)((const char *)xq + (size_t)i * xq_stride);
+            float acc = 0;
+            for (int64_t k0 = 0; k0 < K; k0 += FP4_U) {
+                float s[8] = { 0 };
+                unit_scales(w, r, k0, K, s);
+                for (int64_t b = 0; b < FP4_U / bs && k0 + b * bs < K; b++) {
+                    float d = 0;
+                    for (int64_t j = 0; j < bs; j++) {
+                        int64_t k = k0 + b * bs + j;
+                        d += moe__e2m1_to_f32((uint8_t)(q[k / 2] >> (4 * (k % 2)))) *
+                             bf16_at(x, k);
+                    }
+                    acc += d * s[b];
+                }
+            }
+            y[i * y_stride + (r - r0)] = acc;
+        }
+    }
+#endif
     (void)bf16_at;
 }
 

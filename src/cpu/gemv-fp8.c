@@ -19,7 +19,9 @@
  *
  * Order: per row, groups in increasing k; within a group the four 32-value
  * dot steps in a fixed order; one fixed reduction tree at the end. So a
- * result depends on its weight row and activation row only.
+ * result depends on its weight row and activation row only. Weight rows
+ * are streamed as cpu-formats.h says (moe__cpu_stream_row order,
+ * moe__cpu_prefetch).
  */
 #include "cpu-formats.h"
 #include "../quant/quant.h"
@@ -225,7 +227,10 @@ static void gemm_fp8(const moe__wmat *w, int64_t r0, int64_t r1, const void *xq,
                            _mm512_loadu_si512(bf16_lo), _mm512_loadu_si512(bf16_lo + 64),
                            _mm512_set1_epi8((char)0x80) };
 #endif
-    for (int64_t r = r0; r < r1; r++) {
+    const int64_t seg = moe__cpu_stream_seg(r0, r1);
+    for (int64_t step = 0; step < seg * MOE_CPU_STREAMS; step++) {
+        const int64_t r = moe__cpu_stream_row(r0, seg, step);
+        if (r >= r1) continue;
         const uint8_t *q = (const uint8_t *)w->data + r * K; // (K)
         for (int64_t i0 = 0; i0 < n_x; i0 += FP8_XG) {
             const int64_t nx = n_x - i0 < FP8_XG ? n_x - i0 : FP8_XG;
@@ -235,6 +240,7 @@ static void gemm_fp8(const moe__wmat *w, int64_t r0, int64_t r1, const void *xq,
             for (int64_t g = 0; g < ng; g++) {
                 _Alignas(64) uint8_t tail[FP8_G];
                 const uint8_t *qg = q + g * FP8_G;
+                moe__cpu_prefetch(qg, FP8_G);
                 if (K - g * FP8_G < FP8_G) { /* never read past the row */
                     memset(tail, 0, sizeof tail);
                     memcpy(tail, qg, (size_t)(K - g * FP8_G));

@@ -11,6 +11,17 @@
  * (low nibbles) and shifted 2c+1 and 2c+3 (high nibbles); the activation
  * row is stored in that order so each step is one load.
  *
+ * AVX-512 keeps the whole block in integers: the four vpdpbusd results
+ * (partials of 4 products, |.| <= 4 * 15 * 127, so int16 holds them) are
+ * packed to int16 and vpmaddwd multiplies them by the 6-bit scales, and
+ * vpmaddwd also forms m[s] * bs[s] (|bs| < 2^15); the block then costs one
+ * conversion and three fp32 operations per activation row:
+ *     acc += dx * (d * isum - dmin * msum)   (16 lanes; msum in lanes 0..7)
+ * The scales are decoded with vector byte operations, the weight rows are
+ * streamed as cpu-formats.h says (moe__cpu_stream_row order,
+ * moe__cpu_prefetch), and up to 8 activation rows share each decoded
+ * block.
+ *
  * Activation row (act_row_bytes), cols a multiple of 256:
  *   int8  qa[cols]       q8_K values (quant.h's moe__quantize_row_q8_k),
  *                        each 128 stored as values 0..31, 64..95, 32..63,
@@ -18,8 +29,9 @@
  *   float dx[cols/256]   q8_K scale per block
  *   int32 bs[cols/32]    sum of qa over each sub-block (natural order)
  *
- * Order: per row, blocks in increasing k; in a block the four products
- * summed in a fixed order, then scaled; one reduction tree at the end.
+ * Order: per row, blocks in increasing k (the integer sums are exact, so
+ * only the fp32 steps above count); one reduction tree at the end. The
+ * portable path sums per sub-block in fp32 (each build has one kernel).
  */
 #include "cpu-formats.h"
 #include "../quant/quant.h"
@@ -31,8 +43,6 @@
 #include <immintrin.h>
 #define Q4K_AVX512 1
 #endif
-
-enum { Q4K_XG = 16, Q4K_PF_ROWS = 4 };
 
 static size_t q4k_act_row_bytes(int64_t cols) {
     return (size_t)cols + (size_t)(cols / 256) * 4 + (size_t)(cols / 32) * 4;
@@ -117,10 +127,102 @@ static inline void q4k_scales(const uint8_t *s, uint8_t sc[8], uint8_t m[8]) {
 }
 
 #if Q4K_AVX512
-/* sum(q * qa) of 64 nibbles and 64 activation bytes, per 4 (16 lanes). */
-static inline __m512 q4k_dot(__m512i w, const int8_t *a) {
-    return _mm512_cvtepi32_ps(
-        _mm512_dpbusd_epi32(_mm512_setzero_si512(), w, _mm512_loadu_si512(a)));
+/* The block's 6-bit scales and mins, decoded in one xmm: bytes 0..7 are
+ * sc[0..7], bytes 8..15 m[0..7] (q4k_scales' arithmetic, 16 lanes). The
+ * load reads 4 bytes of qs past the 12 scale bytes (inside the block). */
+static inline __m128i q4k_scales_v(const moe_block_q4_k *q) {
+    const __m128i v   = _mm_loadu_si128((const __m128i *)q->scales);
+    const __m128i m4  = _mm_set1_epi8(15);
+    const __m128i s1  = _mm_and_si128(v, _mm_set1_epi8(63));
+    const __m128i lo  = _mm_and_si128(v, m4), hi = _mm_and_si128(_mm_srli_epi16(v, 4), m4);
+    const __m128i top = _mm_srli_epi16(_mm_and_si128(v, _mm_set1_epi8((char)0xc0)), 2);
+    const __m128i s2  = _mm_or_si128(_mm_unpackhi_epi32(lo, hi), top);
+    return _mm_unpacklo_epi32(s1, s2);
+}
+
+/* One weight block, decoded once for every activation row of a pass. */
+typedef struct q4k_wb {
+    __m512i w[4];     /* nibbles: (sb 0 | sb 2), (1 | 3), (4 | 6), (5 | 7)           */
+    __m512i s01, s23; /* int16 scales matching packs(dot0, dot1), packs(dot2, dot3)     */
+    __m256i m32;      /* m[0..7] zero-extended to int32 (vpmaddwd: high half adds 0)    */
+    __m512  d;        /* d, broadcast                                                   */
+    __m512  dmin;     /* dmin in lanes 0..7, zero above                                 */
+} q4k_wb;
+
+static inline __attribute__((always_inline)) void q4k_decode(const moe_block_q4_k *q,
+                                                              __m512i c01, __m512i c23,
+                                                              q4k_wb *o) {
+    const __m512i m4 = _mm512_set1_epi8(15);
+    const __m512i v0 = _mm512_loadu_si512(q->qs), v1 = _mm512_loadu_si512(q->qs + 64);
+    o->w[0] = _mm512_and_si512(v0, m4);
+    o->w[1] = _mm512_and_si512(_mm512_srli_epi16(v0, 4), m4);
+    o->w[2] = _mm512_and_si512(v1, m4);
+    o->w[3] = _mm512_and_si512(_mm512_srli_epi16(v1, 4), m4);
+    const __m128i sm = q4k_scales_v(q);
+    const __m512i b  = _mm512_broadcast_i32x4(sm);
+    o->s01 = _mm512_shuffle_epi8(b, c01);
+    o->s23 = _mm512_shuffle_epi8(b, c23);
+    o->m32 = _mm256_cvtepu8_epi32(_mm_srli_si128(sm, 8));
+    uint32_t dd;
+    memcpy(&dd, &q->d, 4); /* d, dmin */
+    const __m128 f = _mm_cvtph_ps(_mm_cvtsi32_si128((int)dd));
+    o->d    = _mm512_broadcastss_ps(f);
+    o->dmin = _mm512_zextps256_ps512(_mm256_broadcastss_ps(_mm_movehdup_ps(f)));
+}
+
+/* acc += dx * (d * sum_s sc[s] sum(q * qa) - dmin * sum_s m[s] bs[s]) for
+ * one activation block (a: 256 bytes, bs: 8 sums). The integer sums are
+ * exact (|partial| <= 4 * 15 * 127 fits the int16 packing). */
+static inline __attribute__((always_inline)) __m512 q4k_block(const q4k_wb *o, const int8_t *a,
+                                                              const int32_t *bs, const float *dx,
+                                                              __m512 acc) {
+    const __m512i z  = _mm512_setzero_si512();
+    const __m512i d0 = _mm512_dpbusd_epi32(z, o->w[0], _mm512_loadu_si512(a));
+    const __m512i d1 = _mm512_dpbusd_epi32(z, o->w[1], _mm512_loadu_si512(a + 64));
+    const __m512i d2 = _mm512_dpbusd_epi32(z, o->w[2], _mm512_loadu_si512(a + 128));
+    const __m512i d3 = _mm512_dpbusd_epi32(z, o->w[3], _mm512_loadu_si512(a + 192));
+    const __m512i is = _mm512_add_epi32(_mm512_madd_epi16(_mm512_packs_epi32(d0, d1), o->s01),
+                                        _mm512_madd_epi16(_mm512_packs_epi32(d2, d3), o->s23));
+    const __m256i mi = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)bs), o->m32);
+    const __m512  t  = _mm512_fnmadd_ps(_mm512_zextps256_ps512(_mm256_cvtepi32_ps(mi)), o->dmin,
+                                        _mm512_mul_ps(_mm512_cvtepi32_ps(is), o->d));
+    return _mm512_fmadd_ps(t, _mm512_set1_ps(*dx), acc);
+}
+
+/* Byte shuffles from the decoded scales (q4k_scales_v) to the int16
+ * scales of packs(dA, dB): int16 element e of 128-bit lane L is the scale
+ * of sub-block 4h + (L >= 2 ? 2 : 0) + (e >= 4) (e < 4 come from dA, whose
+ * lanes 0..7 / 8..15 hold sub-blocks a / a + 2); the high byte is zeroed. */
+#define Q4K_E(s) (s), -128
+#define Q4K_LANE(s) Q4K_E(s), Q4K_E(s), Q4K_E(s), Q4K_E(s), \
+                    Q4K_E((s) + 1), Q4K_E((s) + 1), Q4K_E((s) + 1), Q4K_E((s) + 1)
+static const _Alignas(64) int8_t q4k_ctl[2][64] = {
+    { Q4K_LANE(0), Q4K_LANE(0), Q4K_LANE(2), Q4K_LANE(2) },
+    { Q4K_LANE(4), Q4K_LANE(4), Q4K_LANE(6), Q4K_LANE(6) },
+};
+#undef Q4K_LANE
+#undef Q4K_E
+
+/* NP activation rows (at xr, xq_stride apart) against weight row blk. */
+static inline __attribute__((always_inline)) void q4k_rows(const moe_block_q4_k *blk, int64_t nb,
+                                                           int64_t K, const char *xr,
+                                                           size_t xq_stride, float *y,
+                                                           int64_t y_stride, int NP) {
+    const __m512i c01 = _mm512_load_si512(q4k_ctl[0]), c23 = _mm512_load_si512(q4k_ctl[1]);
+    __m512 acc[8];
+    for (int i = 0; i < NP; i++) acc[i] = _mm512_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        moe__cpu_prefetch(&blk[b], sizeof blk[b]);
+        q4k_wb o;
+        q4k_decode(&blk[b], c01, c23, &o);
+        for (int i = 0; i < NP; i++) {
+            const int8_t  *qa = (const int8_t *)(xr + (size_t)i * xq_stride);
+            const float   *dx = (const float *)(qa + K);
+            const int32_t *bs = (const int32_t *)(dx + nb);
+            acc[i] = q4k_block(&o, qa + b * 256, bs + 8 * b, dx + b, acc[i]);
+        }
+    }
+    for (int i = 0; i < NP; i++) y[i * y_stride] = _mm512_reduce_add_ps(acc[i]);
 }
 #endif
 
@@ -128,110 +230,52 @@ static void gemm_q4k(const moe__wmat *w, int64_t r0, int64_t r1, const void *xq,
                      int64_t n_x, float *y, int64_t y_stride) {
     const int64_t K = w->cols, nb = K / MOE_QK_K;
     const size_t  row_bytes = (size_t)nb * sizeof(moe_block_q4_k);
-#if Q4K_AVX512
-    const __m512i m4 = _mm512_set1_epi8(15);
-    /* Lanes 0..7 <- scale a, 8..15 <- scale b, for (a, b) = (0,2) (1,3) (4,6) (5,7). */
-    const __m512i i02 = _mm512_set_epi32(2, 2, 2, 2, 2, 2, 2, 2, 0, 0, 0, 0, 0, 0, 0, 0);
-    const __m512i i13 = _mm512_add_epi32(i02, _mm512_set1_epi32(1));
-    const __m512i i46 = _mm512_add_epi32(i02, _mm512_set1_epi32(4));
-    const __m512i i57 = _mm512_add_epi32(i02, _mm512_set1_epi32(5));
-#endif
-    for (int64_t r = r0; r < r1; r++) {
+    const int64_t seg = moe__cpu_stream_seg(r0, r1);
+    for (int64_t step = 0; step < seg * MOE_CPU_STREAMS; step++) {
+        const int64_t r = moe__cpu_stream_row(r0, seg, step);
+        if (r >= r1) continue;
         const moe_block_q4_k *blk =
             (const moe_block_q4_k *)((const char *)w->data + (size_t)r * row_bytes); // (nb)
-        if (r + Q4K_PF_ROWS < w->rows) {
-            const char *p = (const char *)w->data + (size_t)(r + Q4K_PF_ROWS) * row_bytes;
-            for (size_t o = 0; o < row_bytes; o += 64) __builtin_prefetch(p + o, 0, 3);
-        }
-        for (int64_t i0 = 0; i0 < n_x; i0 += Q4K_XG) {
-            const int64_t nx = n_x - i0 < Q4K_XG ? n_x - i0 : Q4K_XG;
 #if Q4K_AVX512
-            __m512 acc[Q4K_XG];
-            __m256 macc[Q4K_XG];
-            for (int64_t i = 0; i < nx; i++) {
-                acc[i]  = _mm512_setzero_ps();
-                macc[i] = _mm256_setzero_ps();
-            }
+        for (int64_t i = 0; i < n_x;) {
+            const int64_t left = n_x - i;
+            const int     np   = left >= 8 ? 8 : left >= 4 ? 4 : left >= 2 ? 2 : 1;
+            const char   *xr   = (const char *)xq + (size_t)i * xq_stride;
+            float        *yr   = y + i * y_stride + (r - r0);
+            if (np == 8)      q4k_rows(blk, nb, K, xr, xq_stride, yr, y_stride, 8);
+            else if (np == 4) q4k_rows(blk, nb, K, xr, xq_stride, yr, y_stride, 4);
+            else if (np == 2) q4k_rows(blk, nb, K, xr, xq_stride, yr, y_stride, 2);
+            else              q4k_rows(blk, nb, K, xr, xq_stride, yr, y_stride, 1);
+            i += np;
+        }
+#else
+        for (int64_t i = 0; i < n_x; i++) {
+            const int8_t  *qa = (const int8_t *)((const char *)xq + (size_t)i * xq_stride);
+            const float   *dx = (const float *)(qa + K);
+            const int32_t *bs = (const int32_t *)(dx + nb);
+            float acc = 0, macc = 0;
             for (int64_t b = 0; b < nb; b++) {
                 const moe_block_q4_k *q = &blk[b];
-                uint32_t u0, u1, u2;
-                memcpy(&u0, q->scales, 4);
-                memcpy(&u1, q->scales + 4, 4);
-                memcpy(&u2, q->scales + 8, 4);
-                const __m128i v = _mm_set_epi32(
-                    (int)(((u2 >> 4) & 0x0f0f0f0fu) | (((u1 >> 6) & 0x03030303u) << 4)),
-                    (int)(u1 & 0x3f3f3f3fu),
-                    (int)((u2 & 0x0f0f0f0fu) | (((u0 >> 6) & 0x03030303u) << 4)),
-                    (int)(u0 & 0x3f3f3f3fu));
-                const __m512 sc = _mm512_castps256_ps512(_mm256_mul_ps(
-                    _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v)), _mm256_set1_ps(_cvtsh_ss(q->d))));
-                const __m256 mn = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(
-                                                    _mm_srli_si128(v, 8))),
-                                                _mm256_set1_ps(_cvtsh_ss(q->dmin)));
-                const __m512 s0 = _mm512_permutexvar_ps(i02, sc);
-                const __m512 s1 = _mm512_permutexvar_ps(i13, sc);
-                const __m512 s2 = _mm512_permutexvar_ps(i46, sc);
-                const __m512 s3 = _mm512_permutexvar_ps(i57, sc);
-                const __m512i v0 = _mm512_loadu_si512(q->qs), v1 = _mm512_loadu_si512(q->qs + 64);
-                const __m512i w0 = _mm512_and_si512(v0, m4);
-                const __m512i w1 = _mm512_and_si512(_mm512_srli_epi16(v0, 4), m4);
-                const __m512i w2 = _mm512_and_si512(v1, m4);
-                const __m512i w3 = _mm512_and_si512(_mm512_srli_epi16(v1, 4), m4);
-                for (int64_t i = 0; i < nx; i++) {
-                    const int8_t  *qa = (const int8_t *)((const char *)xq +
-                                                         (size_t)(i0 + i) * xq_stride);
-                    const float   *dx = (const float *)(qa + K);
-                    const int32_t *bs = (const int32_t *)(dx + nb);
-                    const int8_t  *a  = qa + b * 256;
-                    __m512 t = _mm512_mul_ps(q4k_dot(w0, a), s0);
-                    t = _mm512_fmadd_ps(q4k_dot(w1, a + 64), s1, t);
-                    t = _mm512_fmadd_ps(q4k_dot(w2, a + 128), s2, t);
-                    t = _mm512_fmadd_ps(q4k_dot(w3, a + 192), s3, t);
-                    const __m512 d = _mm512_set1_ps(dx[b]);
-                    acc[i] = _mm512_fmadd_ps(t, d, acc[i]);
-                    const __m256 bsv =
-                        _mm256_cvtepi32_ps(_mm256_loadu_si256((const __m256i *)(bs + 8 * b)));
-                    macc[i] = _mm256_fmadd_ps(_mm256_mul_ps(mn, bsv), _mm512_castps512_ps256(d),
-                                              macc[i]);
-                }
-            }
-            for (int64_t i = 0; i < nx; i++) {
-                __m128 h = _mm_add_ps(_mm256_castps256_ps128(macc[i]),
-                                      _mm256_extractf128_ps(macc[i], 1));
-                h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-                h = _mm_add_ss(h, _mm_movehdup_ps(h));
-                y[(i0 + i) * y_stride + (r - r0)] = _mm512_reduce_add_ps(acc[i]) - _mm_cvtss_f32(h);
-            }
-#else
-            for (int64_t i = 0; i < nx; i++) {
-                const int8_t  *qa = (const int8_t *)((const char *)xq +
-                                                     (size_t)(i0 + i) * xq_stride);
-                const float   *dx = (const float *)(qa + K);
-                const int32_t *bs = (const int32_t *)(dx + nb);
-                float acc = 0, macc = 0;
-                for (int64_t b = 0; b < nb; b++) {
-                    const moe_block_q4_k *q = &blk[b];
-                    uint8_t sc[8], m[8];
-                    q4k_scales(q->scales, sc, m);
-                    const float d = moe__cpu_half_to_f32(q->d), dmin = moe__cpu_half_to_f32(q->dmin);
-                    float t = 0, mt = 0;
-                    for (int s = 0; s < 8; s++) {
-                        int32_t isum = 0;
-                        for (int l = 0; l < 32; l++) {
-                            const int e = 32 * s + l, c = e / 64, hi = (e % 64) / 32;
-                            const int qv = hi ? q->qs[32 * c + l] >> 4 : q->qs[32 * c + l] & 15;
-                            isum += qv * qa[b * 256 + e / 128 * 128 + q4k_perm(e % 128)];
-                        }
-                        t += (float)isum * (d * (float)sc[s]);
-                        mt += (dmin * (float)m[s]) * (float)bs[8 * b + s];
+                uint8_t sc[8], m[8];
+                q4k_scales(q->scales, sc, m);
+                const float d = moe__cpu_half_to_f32(q->d), dmin = moe__cpu_half_to_f32(q->dmin);
+                float t = 0, mt = 0;
+                for (int s = 0; s < 8; s++) {
+                    int32_t isum = 0;
+                    for (int l = 0; l < 32; l++) {
+                        const int e = 32 * s + l, c = e / 64, hi = (e % 64) / 32;
+                        const int qv = hi ? q->qs[32 * c + l] >> 4 : q->qs[32 * c + l] & 15;
+                        isum += qv * qa[b * 256 + e / 128 * 128 + q4k_perm(e % 128)];
                     }
-                    acc += t * dx[b];
-                    macc += mt * dx[b];
+                    t += (float)isum * (d * (float)sc[s]);
+                    mt += (dmin * (float)m[s]) * (float)bs[8 * b + s];
                 }
-                y[(i0 + i) * y_stride + (r - r0)] = acc - macc;
+                acc += t * dx[b];
+                macc += mt * dx[b];
             }
-#endif
+            y[i * y_stride + (r - r0)] = acc - macc;
         }
+#endif
     }
 }
 

@@ -1,10 +1,12 @@
 /*
- * gemv-q6k.c - CPU kernel of Q6_K (GGUF) on the int8 path of gemv-q8.h, as
+ * gemv-q6k.c - CPU kernel of Q6_K (GGUF) with q8_K activations, as
  * llama.cpp runs it: activations quantized to q8_K (blocks of 256, f32
- * scale; quant.h's moe__quantize_row_q8_k, which the reference emulates),
- * weight blocks unpacked a row chunk at a time into the 6-bit values q
- * (stored u = q, off = 32: w = d * sc * (q - 32)) and per-16 scales d * sc.
- */
+ * scale; quant.h's moe__quantize_row_q8_k, which the reference emulates) in
+ * gemv-q8.h's row layout (its per-16 sums are q8_K's bsums). AVX-512 runs a
+ * fused kernel (below: blocks decoded in registers, integer sums); portable
+ * builds run gemv-q8.h's engine on weight rows unpacked into the 6-bit
+ * values q (stored u = q, off = 32: w = d * sc * (q - 32)) and per-16
+ * scales d * sc. */
 #include "gemv-q8.h"
 
 #if Q8_AVX512
@@ -27,61 +29,150 @@ static void act_q8_k(const moe__wmat *w, const float *x, int64_t cols, void *xq)
     q8_act_finish(xq, cols);
 }
 
-/* ===== Unpacker ===== */
+/* ===== Unpacker (portable builds) ===== */
 
+#if !Q8_AVX512
 static void unpack_q6_k(const moe__wmat *w, int64_t r, int64_t k0, int64_t kc, uint8_t *wu,
                         float *wd, float *wc) {
     const moe_block_q6_k *b = (const moe_block_q6_k *)w->data + (r * w->cols + k0) / MOE_QK_K;
     for (int64_t i = 0; i < kc / MOE_QK_K; i++) {
+        moe__cpu_prefetch(&b[i], sizeof b[i]);
         const float d = moe__cpu_half_to_f32(b[i].d);
-#if Q8_AVX512
-        __m512 sd = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(
-                                      _mm_loadu_si128((const __m128i *)b[i].scales))),
-                                  _mm512_set1_ps(d));
-        _mm512_storeu_ps(wd + 16 * i, sd);
-        _mm512_storeu_ps(wc + 16 * i, _mm512_mul_ps(sd, _mm512_set1_ps(32.0f)));
-#else
         for (int g = 0; g < 16; g++) {
             wd[16 * i + g] = d * (float)b[i].scales[g];
             wc[16 * i + g] = 32.0f * wd[16 * i + g];
         }
-#endif
         for (int h = 0; h < 2; h++) {
             const uint8_t *ql = b[i].ql + 64 * h, *qh = b[i].qh + 32 * h;
             uint8_t *o = wu + 256 * i + 128 * h;
-#if Q8_AVX512
-            const __m256i m4 = _mm256_set1_epi8(15), m2 = _mm256_set1_epi8(3 << 4);
-            __m256i l0 = _mm256_loadu_si256((const __m256i *)ql);
-            __m256i l1 = _mm256_loadu_si256((const __m256i *)(ql + 32));
-            __m256i hb = _mm256_loadu_si256((const __m256i *)qh);
-            /* (qh >> 2j) & 3, placed at bits 4..5: ((qh << 4) >> 2j) & 0x30. */
-            __m256i h0 = _mm256_and_si256(_mm256_slli_epi16(hb, 4), m2);
-            __m256i h1 = _mm256_and_si256(_mm256_slli_epi16(hb, 2), m2);
-            __m256i h2 = _mm256_and_si256(hb, m2);
-            __m256i h3 = _mm256_and_si256(_mm256_srli_epi16(hb, 2), m2);
-            _mm256_store_si256((__m256i *)o, _mm256_or_si256(_mm256_and_si256(l0, m4), h0));
-            _mm256_store_si256((__m256i *)(o + 32), _mm256_or_si256(_mm256_and_si256(l1, m4), h1));
-            _mm256_store_si256((__m256i *)(o + 64),
-                               _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4), h2));
-            _mm256_store_si256((__m256i *)(o + 96),
-                               _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4), h3));
-#else
             for (int l = 0; l < 32; l++) {
                 o[l]      = (uint8_t)((ql[l] & 15) | ((qh[l] >> 0) & 3) << 4);
                 o[l + 32] = (uint8_t)((ql[l + 32] & 15) | ((qh[l] >> 2) & 3) << 4);
                 o[l + 64] = (uint8_t)((ql[l] >> 4) | ((qh[l] >> 4) & 3) << 4);
                 o[l + 96] = (uint8_t)((ql[l + 32] >> 4) | ((qh[l] >> 6) & 3) << 4);
             }
-#endif
         }
     }
 }
+#endif
 
-/* ===== Table entry ===== */
+/* ===== Fused AVX-512 kernel =====
+ *
+ * The block is decoded in registers (never stored) and kept in integers:
+ * vpdpbusd gives partial sums of 4 products q * qa (|.| <= 4 * 63 * 127,
+ * so int16 holds them), which are packed to int16 and multiplied by the
+ * signed sub-block scales with vpmaddwd; vpmaddwd also forms sc[s] * bs[s]
+ * (bs = the q8_K sums of 16, |bs| < 2^15). Per block and activation row:
+ *     acc += (d * dx) * float(isum - 32 * msum)     (16 int32 lanes)
+ * Lane sums are exact integers below 2^31 (the conversion to fp32 is the
+ * first rounding), so a result depends on its two rows only; one fixed
+ * reduction tree at the end of the row. Up to 4 activation rows share each
+ * decoded block.
+ */
+#if Q8_AVX512
+typedef struct q6k_wb {
+    __m512i u[4];     /* q (0..63) of values 64c .. 64c + 63                          */
+    __m512i s01, s23; /* int16 scales matching packs(dot0, dot1), packs(dot2, dot3)     */
+    __m512i sc32;     /* sc[0..15] as int16 in the low half of 32-bit lanes           */
+    __m512  d;        /* d, broadcast                                                 */
+} q6k_wb;
+
+/* int16 element e of 128-bit lane L of packs(dA, dB) belongs to sub-block
+ * a + L (e < 4, from dA) or a + 4 + L (from dB), a = 0 or 8. */
+#define Q6K_LANE(a, L) (a) + (L), (a) + (L), (a) + (L), (a) + (L), \
+                       (a) + 4 + (L), (a) + 4 + (L), (a) + 4 + (L), (a) + 4 + (L)
+static const _Alignas(64) int16_t q6k_sidx[2][32] = {
+    { Q6K_LANE(0, 0), Q6K_LANE(0, 1), Q6K_LANE(0, 2), Q6K_LANE(0, 3) },
+    { Q6K_LANE(8, 0), Q6K_LANE(8, 1), Q6K_LANE(8, 2), Q6K_LANE(8, 3) },
+};
+#undef Q6K_LANE
+
+static inline __attribute__((always_inline)) void q6k_decode(const moe_block_q6_k *b,
+                                                              q6k_wb *o) {
+    const __m512i m4 = _mm512_set1_epi8(15), m30 = _mm512_set1_epi8(0x30);
+    /* qh bits to bit 4..5: (b << 4, b << 2) for values l, l + 32 and
+     * (b, b >> 2) for l + 64, l + 96 (16-bit shifts; the mask drops what
+     * crosses from the neighbouring byte). */
+    const __m512i cl = _mm512_mask_set1_epi16(_mm512_set1_epi16(4), 0xffff0000u, 2);
+    const __m512i cr = _mm512_maskz_set1_epi16(0xffff0000u, 2);
+    for (int h = 0; h < 2; h++) {
+        const __m512i l  = _mm512_loadu_si512(b->ql + 64 * h);
+        const __m512i qh = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(b->qh + 32 * h)));
+        const __m512i hl = _mm512_and_si512(_mm512_sllv_epi16(qh, cl), m30);
+        const __m512i hh = _mm512_and_si512(_mm512_srlv_epi16(qh, cr), m30);
+        o->u[2 * h]     = _mm512_ternarylogic_epi32(l, m4, hl, 0xea); /* (l & 15) | hl */
+        o->u[2 * h + 1] = _mm512_ternarylogic_epi32(_mm512_srli_epi16(l, 4), m4, hh, 0xea);
+    }
+    const __m128i sc = _mm_loadu_si128((const __m128i *)b->scales);
+    const __m512i s16 = _mm512_castsi256_si512(_mm256_cvtepi8_epi16(sc));
+    o->s01  = _mm512_permutexvar_epi16(_mm512_load_si512(q6k_sidx[0]), s16);
+    o->s23  = _mm512_permutexvar_epi16(_mm512_load_si512(q6k_sidx[1]), s16);
+    /* sc in the low 16 bits, zero above: vpmaddwd then adds nothing for
+     * the high half of each bs (its sign extension). */
+    o->sc32 = _mm512_cvtepu16_epi32(_mm512_castsi512_si256(s16));
+    o->d    = _mm512_set1_ps(_cvtsh_ss(b->d));
+}
+
+/* NP activation rows (q8.h layout, at xr, xq_stride apart) against weight
+ * row blk (nb blocks); writes y[i * y_stride]. */
+static inline __attribute__((always_inline)) void q6k_rows(const moe_block_q6_k *blk, int64_t nb,
+                                                           int64_t K, const char *xr,
+                                                           size_t xq_stride, float *y,
+                                                           int64_t y_stride, int NP) {
+    __m512 acc[4];
+    for (int i = 0; i < NP; i++) acc[i] = _mm512_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        moe__cpu_prefetch(&blk[b], sizeof blk[b]);
+        q6k_wb o;
+        q6k_decode(&blk[b], &o);
+        for (int i = 0; i < NP; i++) {
+            const q8_act   a  = q8_act_view(xr + (size_t)i * xq_stride, K);
+            const int8_t  *qa = a.qa + 256 * b;
+            const __m512i  z  = _mm512_setzero_si512();
+            const __m512i  d0 = _mm512_dpbusd_epi32(z, o.u[0], _mm512_loadu_si512(qa));
+            const __m512i  d1 = _mm512_dpbusd_epi32(z, o.u[1], _mm512_loadu_si512(qa + 64));
+            const __m512i  d2 = _mm512_dpbusd_epi32(z, o.u[2], _mm512_loadu_si512(qa + 128));
+            const __m512i  d3 = _mm512_dpbusd_epi32(z, o.u[3], _mm512_loadu_si512(qa + 192));
+            const __m512i  is = _mm512_add_epi32(_mm512_madd_epi16(_mm512_packs_epi32(d0, d1), o.s01),
+                                                 _mm512_madd_epi16(_mm512_packs_epi32(d2, d3), o.s23));
+            const __m512i  ms = _mm512_madd_epi16(_mm512_loadu_si512(a.as + 16 * b), o.sc32);
+            const __m512i  t  = _mm512_sub_epi32(is, _mm512_slli_epi32(ms, 5));
+            acc[i] = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(t), o.d),
+                                     _mm512_set1_ps(a.ad[16 * b]), acc[i]);
+        }
+    }
+    for (int i = 0; i < NP; i++) y[i * y_stride] = _mm512_reduce_add_ps(acc[i]);
+}
+
+static void gemm_q6_k(const moe__wmat *w, int64_t r0, int64_t r1, const void *xq, size_t xq_stride,
+                      int64_t n_x, float *y, int64_t y_stride) {
+    const int64_t K = w->cols, nb = K / MOE_QK_K;
+    const int64_t seg = moe__cpu_stream_seg(r0, r1);
+    for (int64_t step = 0; step < seg * MOE_CPU_STREAMS; step++) {
+        const int64_t r = moe__cpu_stream_row(r0, seg, step);
+        if (r >= r1) continue;
+        const moe_block_q6_k *blk = (const moe_block_q6_k *)w->data + r * nb; // (nb)
+        for (int64_t i = 0; i < n_x;) {
+            const int64_t left = n_x - i;
+            const int     np   = left >= 4 ? 4 : left >= 2 ? 2 : 1;
+            const char   *xr   = (const char *)xq + (size_t)i * xq_stride;
+            float        *yr   = y + i * y_stride + (r - r0);
+            if (np == 4)      q6k_rows(blk, nb, K, xr, xq_stride, yr, y_stride, 4);
+            else if (np == 2) q6k_rows(blk, nb, K, xr, xq_stride, yr, y_stride, 2);
+            else              q6k_rows(blk, nb, K, xr, xq_stride, yr, y_stride, 1);
+            i += np;
+        }
+    }
+}
+#else
+/* ===== Portable: gemv-q8.h's engine ===== */
 
 static void gemm_q6_k(const moe__wmat *w, int64_t r0, int64_t r1, const void *xq, size_t xq_stride,
                       int64_t n_x, float *y, int64_t y_stride) {
     q8_gemm(w, r0, r1, xq, xq_stride, n_x, y, y_stride, unpack_q6_k);
 }
+#endif
+
+/* ===== Table entry ===== */
 
 const moe__cpu_format moe__cpu_q6_k = { q8_act_row_bytes, act_q8_k, gemm_q6_k };

@@ -1,6 +1,8 @@
 /*
- * gemv-q8.h - the int8-path engine shared by the CPU kernels of the GGUF
- * block formats (src/cpu/gemv-ggml.c) and INT8_W8A8 (src/cpu/gemv-int8.c):
+ * gemv-q8.h - the int8-path engine shared by the CPU kernels of Q6_K
+ * (src/cpu/gemv-q6k.c) and INT8_W8A8 (src/cpu/gemv-int8.c), and their
+ * activation row layout. Both files now run their own fused AVX-512
+ * kernels on that layout; this engine is their portable path:
  * activations quantized to int8 per row, weights unpacked a row chunk at a
  * time into unsigned bytes on the stack, and exact integer dot products
  * (AVX-512 VNNI vpdpbusd) scaled in fp32. Never more than one weight row
@@ -81,7 +83,8 @@ static inline void q8_act_finish(void *xq, int64_t cols) {
 
 /* Unpacks weight row r, values [k0, k0 + kc) (k0 a multiple of 256) into
  * wu (kc values), wd and wc (one per 16 values); the caller clears the
- * padding up to the next multiple of 256. */
+ * padding up to the next multiple of 256. The unpacker streams the weight
+ * bytes, so it also asks for them ahead (moe__cpu_prefetch). */
 typedef void (*q8_unpack_fn)(const moe__wmat *w, int64_t r, int64_t k0, int64_t kc, uint8_t *wu,
                              float *wd, float *wc);
 
@@ -149,18 +152,6 @@ static inline float q8_reduce16(const float *v) {
 }
 #endif
 
-/* Asks for the bytes of a weight row a few rows ahead: at one activation
- * row the kernel consumes bytes faster than the hardware prefetcher ramps
- * up on short rows, so memory latency, not bandwidth, would bound it. */
-enum { Q8_PF_ROWS = 16 };
-static inline void q8_prefetch_row(const moe__wmat *w, int64_t r) {
-    if (r >= w->rows) return;
-    const moe__format_traits *t = moe__format(w->format);
-    const size_t rb = (size_t)(w->cols / t->info.block_elems) * (size_t)t->info.block_bytes;
-    const char *p = (const char *)w->data + (size_t)r * rb;
-    for (size_t o = 0; o < rb; o += 64) __builtin_prefetch(p + o, 0, 3);
-}
-
 /* The gemm of cpu-formats.h for an int8-path format with unpacker `unpack`. */
 static inline void q8_gemm(const moe__wmat *w, int64_t r0, int64_t r1, const void *xq,
                            size_t xq_stride, int64_t n_x, float *y, int64_t y_stride,
@@ -169,7 +160,6 @@ static inline void q8_gemm(const moe__wmat *w, int64_t r0, int64_t r1, const voi
     _Alignas(64) float   wd[Q8_KC / 16], wc[Q8_KC / 16];
     const int64_t K = w->cols;
     for (int64_t r = r0; r < r1; r++) {
-        q8_prefetch_row(w, r + Q8_PF_ROWS);
         for (int64_t i0 = 0; i0 < n_x; i0 += Q8_XG) {
             const int64_t nx = n_x - i0 < Q8_XG ? n_x - i0 : Q8_XG;
 #if Q8_AVX512

@@ -20,7 +20,8 @@
  *
  * Order: per row and activation row, pairs of blocks in increasing k
  * alternate between two accumulators (fixed by K), summed, then reduced by
- * one fixed tree.
+ * one fixed tree. Weight rows are streamed as cpu-formats.h says
+ * (moe__cpu_stream_row order, moe__cpu_prefetch).
  */
 #include "cpu-formats.h"
 #include "../quant/quant.h"
@@ -33,7 +34,7 @@
 #define Q80_AVX512 1
 #endif
 
-enum { Q80_XG = 16, Q80_PF_ROWS = 4 };
+enum { Q80_XG = 16 };
 
 static int64_t kp64(int64_t cols) { return (cols + 63) / 64 * 64; }
 
@@ -147,19 +148,80 @@ static inline __m256i block_u8(moe_format f, const void *row, int64_t i, float *
 #endif
 
 #if Q80_AVX512
+/* Byte gathers of a pair of blocks (2 * block_bytes bytes from p) with
+ * vpermb, so that a pair costs a few vector operations instead of two
+ * scalar scale conversions, broadcasts and 128-bit inserts:
+ *   Q8_0   qs of block 0 (bytes 2..33) from A = p[0..63] and of block 1
+ *          (bytes 36..67) from B = p[4..67] (index 64 + j picks B[j]);
+ *   Q4_0   qs (bytes 2..17, 20..35) twice each: 128-bit lanes
+ *          (qs0, qs0, qs1, qs1), the odd lanes then shifted right by 4;
+ *   MXFP4  the same with qs at bytes 1..16 and 18..33.
+ * The scales: f16 d at bytes (0, 34) or (0, 18) as 8 + 8 halves; the e8m0
+ * bytes (0, 17) as 8 + 8 zero-extended dwords. */
+typedef struct q80_pair_idx { __m512i qs, d; } q80_pair_idx;
+
+static inline q80_pair_idx q80_pair_idx_make(moe_format f) {
+    _Alignas(64) uint8_t qs[64], d[64];
+    const int o0 = f == MOE_FORMAT_GGUF_MXFP4 ? 1 : 2;                    /* qs of block 0 */
+    const int bb = f == MOE_FORMAT_Q8_0 ? 34 : f == MOE_FORMAT_Q4_0 ? 18 : 17;
+    for (int j = 0; j < 64; j++) {
+        if (f == MOE_FORMAT_Q8_0) qs[j] = (uint8_t)(j < 32 ? 2 + j : 64 + j);
+        else qs[j] = (uint8_t)(o0 + (j / 32) * bb + j % 16);
+        if (f == MOE_FORMAT_GGUF_MXFP4) d[j] = (uint8_t)(j % 4 ? 0 : j < 32 ? 0 : bb);
+        else d[j] = (uint8_t)((j < 16 ? 0 : bb) + j % 2);
+    }
+    return (q80_pair_idx){ _mm512_load_si512(qs), _mm512_load_si512(d) };
+}
+
+/* Unsigned bytes of blocks 2p, 2p + 1 (both present) and their scales in
+ * lanes 0..7 and 8..15. */
+static inline __attribute__((always_inline)) __m512i
+pair_u8(moe_format f, const q80_pair_idx *ix, const uint8_t *p, __m512 *dw) {
+    if (f == MOE_FORMAT_Q8_0) {
+        const __m512i a = _mm512_loadu_si512(p), b = _mm512_loadu_si512(p + 4);
+        *dw = _mm512_cvtph_ps(_mm512_castsi512_si256(_mm512_permutexvar_epi8(ix->d, a)));
+        return _mm512_xor_si512(_mm512_permutex2var_epi8(a, ix->qs, b), _mm512_set1_epi8(-128));
+    }
+    const __m512i sh = _mm512_maskz_set1_epi16(0xff00ff00u, 4); /* odd 128-bit lanes: 4 */
+    const __m512i m4 = _mm512_set1_epi8(15);
+    const __m512i a  = _mm512_maskz_loadu_epi8(f == MOE_FORMAT_Q4_0 ? (1ull << 36) - 1
+                                                                     : (1ull << 34) - 1, p);
+    const __m512i nib = _mm512_and_si512(
+        _mm512_srlv_epi16(_mm512_permutexvar_epi8(ix->qs, a), sh), m4);
+    if (f == MOE_FORMAT_Q4_0) {
+        *dw = _mm512_cvtph_ps(_mm512_castsi512_si256(_mm512_permutexvar_epi8(ix->d, a)));
+        return nib;
+    }
+    /* ggml's e8m0 half: 2^(e-128), a subnormal for e < 2. */
+    const __m512i e  = _mm512_maskz_permutexvar_epi8(0x1111111111111111ull, ix->d, a);
+    const __m512i nm = _mm512_slli_epi32(_mm512_sub_epi32(e, _mm512_set1_epi32(1)), 23);
+    const __m512i sb = _mm512_sllv_epi32(_mm512_set1_epi32(0x00200000), e);
+    *dw = _mm512_castsi512_ps(
+        _mm512_mask_mov_epi32(nm, _mm512_cmplt_epu32_mask(e, _mm512_set1_epi32(2)), sb));
+    const __m512i lut = _mm512_broadcast_i32x4(_mm_setr_epi8(
+        (char)128, (char)129, (char)130, (char)131, (char)132, (char)134, (char)136, (char)140,
+        (char)128, 127, 126, 125, 124, 122, 120, 116));
+    return _mm512_shuffle_epi8(lut, nib);
+}
+
 /* NP activation rows (at xr, xq_stride apart) against one weight row:
  * writes y[i * y_stride] for i < NP. */
 static inline __attribute__((always_inline)) void q80_rows(
-    moe_format f, const char *row, int64_t nb, int64_t kp, int shift, const char *xr,
-    size_t xq_stride, float *y, int64_t y_stride, int NP) {
+    moe_format f, const q80_pair_idx *ix, const char *row, size_t bb, int64_t nb, int64_t kp,
+    int shift, const char *xr, size_t xq_stride, float *y, int64_t y_stride, int NP) {
     __m512 acc[4][2];
     for (int i = 0; i < NP; i++) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
     for (int64_t p = 0; p < (nb + 1) / 2; p++) {
-        float   da = 0, db = 0;
-        __m256i ua = block_u8(f, row, 2 * p, &da), ub = _mm256_setzero_si256();
-        if (2 * p + 1 < nb) ub = block_u8(f, row, 2 * p + 1, &db);
-        const __m512i wv = _mm512_inserti64x4(_mm512_castsi256_si512(ua), ub, 1);
-        const __m512  dw = _mm512_mask_blend_ps(0xff00, _mm512_set1_ps(da), _mm512_set1_ps(db));
+        moe__cpu_prefetch(row + (size_t)(2 * p) * bb, 2 * bb);
+        __m512i wv;
+        __m512  dw;
+        if (2 * p + 1 < nb) {
+            wv = pair_u8(f, ix, (const uint8_t *)row + (size_t)(2 * p) * bb, &dw);
+        } else { /* an odd last block: the pair's second half is zero */
+            float da = 0;
+            wv = _mm512_zextsi256_si512(block_u8(f, row, 2 * p, &da));
+            dw = _mm512_maskz_mov_ps(0x00ff, _mm512_set1_ps(da));
+        }
         for (int i = 0; i < NP; i++) {
             const int8_t  *qa = (const int8_t *)(xr + (size_t)i * xq_stride);
             const int32_t *ns = (const int32_t *)(qa + kp);
@@ -173,6 +235,24 @@ static inline __attribute__((always_inline)) void q80_rows(
     for (int i = 0; i < NP; i++)
         y[i * y_stride] = _mm512_reduce_add_ps(_mm512_add_ps(acc[i][0], acc[i][1]));
 }
+
+/* The rows of one weight row for every activation row, in passes of up to
+ * 4 (per output the operations are the same in every pass size). */
+static inline __attribute__((always_inline)) void q80_row_all(
+    moe_format f, const q80_pair_idx *ix, const char *row, size_t bb, int64_t nb, int64_t kp,
+    const void *xq, size_t xq_stride, int64_t n_x, float *y, int64_t y_stride) {
+    const int shift = f == MOE_FORMAT_Q4_0 ? 3 : 7; /* off = 8 or 128 */
+    for (int64_t i = 0; i < n_x;) {
+        const int64_t left = n_x - i;
+        const int     np   = left >= 4 ? 4 : left >= 2 ? 2 : 1;
+        const char   *xr   = (const char *)xq + (size_t)i * xq_stride;
+        float        *yr   = y + i * y_stride;
+        if (np == 4)      q80_rows(f, ix, row, bb, nb, kp, shift, xr, xq_stride, yr, y_stride, 4);
+        else if (np == 2) q80_rows(f, ix, row, bb, nb, kp, shift, xr, xq_stride, yr, y_stride, 2);
+        else              q80_rows(f, ix, row, bb, nb, kp, shift, xr, xq_stride, yr, y_stride, 1);
+        i += np;
+    }
+}
 #endif
 
 static void gemm_q80(const moe__wmat *w, int64_t r0, int64_t r1, const void *xq, size_t xq_stride,
@@ -181,14 +261,13 @@ static void gemm_q80(const moe__wmat *w, int64_t r0, int64_t r1, const void *xq,
     const int64_t K = w->cols, kp = kp64(K), nb = K / MOE_QK8_0;
     const size_t  bb = (size_t)moe__format(f)->info.block_bytes, row_bytes = (size_t)nb * bb;
 #if Q80_AVX512
-    const int shift = f == MOE_FORMAT_Q4_0 ? 3 : 7; /* off = 8 or 128 */
+    const q80_pair_idx ix = q80_pair_idx_make(f);
 #endif
-    for (int64_t r = r0; r < r1; r++) {
+    const int64_t seg = moe__cpu_stream_seg(r0, r1);
+    for (int64_t step = 0; step < seg * MOE_CPU_STREAMS; step++) {
+        const int64_t r = moe__cpu_stream_row(r0, seg, step);
+        if (r >= r1) continue;
         const char *row = (const char *)w->data + (size_t)r * row_bytes;
-        if (r + Q80_PF_ROWS < w->rows) {
-            const char *p = row + Q80_PF_ROWS * row_bytes;
-            for (size_t o = 0; o < row_bytes; o += 64) __builtin_prefetch(p + o, 0, 3);
-        }
         for (int64_t i0 = 0; i0 < n_x; i0 += Q80_XG) {
             const int64_t nx = n_x - i0 < Q80_XG ? n_x - i0 : Q80_XG;
 #if Q80_AVX512
@@ -196,15 +275,19 @@ static void gemm_q80(const moe__wmat *w, int64_t r0, int64_t r1, const void *xq,
              * registers; each pair of weight blocks is decoded once per
              * pass. Per output the operations are the same in every pass
              * size, so results do not depend on it. */
-            for (int64_t i = 0; i < nx;) {
-                const int64_t left = nx - i;
-                const int     np   = left >= 4 ? 4 : left >= 2 ? 2 : 1;
-                const char   *xr   = (const char *)xq + (size_t)(i0 + i) * xq_stride;
-                float        *yr   = y + (i0 + i) * y_stride + (r - r0);
-                if (np == 4)      q80_rows(f, row, nb, kp, shift, xr, xq_stride, yr, y_stride, 4);
-                else if (np == 2) q80_rows(f, row, nb, kp, shift, xr, xq_stride, yr, y_stride, 2);
-                else              q80_rows(f, row, nb, kp, shift, xr, xq_stride, yr, y_stride, 1);
-                i += np;
+            const char *xr = (const char *)xq + (size_t)i0 * xq_stride;
+            float      *yr = y + i0 * y_stride + (r - r0);
+            switch (f) {
+            case MOE_FORMAT_Q8_0:
+                q80_row_all(MOE_FORMAT_Q8_0, &ix, row, bb, nb, kp, xr, xq_stride, nx, yr, y_stride);
+                break;
+            case MOE_FORMAT_Q4_0:
+                q80_row_all(MOE_FORMAT_Q4_0, &ix, row, bb, nb, kp, xr, xq_stride, nx, yr, y_stride);
+                break;
+            default:
+                q80_row_all(MOE_FORMAT_GGUF_MXFP4, &ix, row, bb, nb, kp, xr, xq_stride, nx, yr,
+                            y_stride);
+                break;
             }
 #else
             (void)kp;
