@@ -299,13 +299,18 @@ static ep_plan ep_plan_for(const moe_layer *l, int64_t T) {
     return p;
 }
 
+/* Workspace bytes of the two plans, with the alignment slack of the start. */
+static size_t ep_bytes(const ws_plan *base, const ep_plan *p) {
+    const size_t *v = (const size_t *)p;
+    size_t total = moe__cuda_plan_bytes(base);
+    for (size_t i = 0; i < sizeof *p / sizeof(size_t); i++) total += moe__align_up(v[i], WS_ALIGN);
+    return total + WS_ALIGN;
+}
+
 size_t moe__cuda_ep_workspace_size(const moe_layer *l, int64_t T) {
     ws_plan base = moe__cuda_plan(l, T, cap_rows(l));
     ep_plan p = ep_plan_for(l, T);
-    const size_t *v = (const size_t *)&p;
-    size_t total = moe__cuda_plan_bytes(&base);
-    for (size_t i = 0; i < sizeof p / sizeof(size_t); i++) total += moe__align_up(v[i], WS_ALIGN);
-    return total + WS_ALIGN;
+    return ep_bytes(&base, &p);
 }
 
 static ep_bufs ep_carve(const ep_plan *p, int32_t P, int64_t S, char **cur) {
@@ -348,7 +353,7 @@ static moe_status ep_forward_call(moe_layer *l, int64_t T, const void *x, const 
     cuda_ctx *cx = (cuda_ctx *)l->ctx->cuda;
     const cuda_layer *cl = (const cuda_layer *)l->cuda;
     const cuda_experts *ex = moe__cuda_experts_state(l->opts.experts);
-    cuda_ep_host *h = cl ? (cuda_ep_host *)cl->ep_host : NULL;
+    cuda_ep_host *h = cl ? cl->ep_host : NULL;
     if (!cx || !ex || !h) return moe__errf(err, errlen, MOE_ERR_INTERNAL, "cuda: layer not set up");
     if (c->broken) return moe__ep_fail(l, c->broken, "expert-parallel forward");
     const cuda_experts *sx = sh ? moe__cuda_experts_state(sh->mlp) : NULL;
@@ -356,12 +361,6 @@ static moe_status ep_forward_call(moe_layer *l, int64_t T, const void *x, const 
         return moe__errf(err, errlen, MOE_ERR_INVALID_ARG,
                          "cuda: these shared experts were not uploaded: give them in "
                          "moe_layer_options.shared");
-    size_t need = moe__cuda_ep_workspace_size(l, T);
-    if (ws_size < need)
-        return moe__errf(err, errlen, MOE_ERR_WORKSPACE,
-                         "workspace of %zu bytes is too small for %lld tokens (need %zu)", ws_size,
-                         (long long)T, need);
-
     const moe_router_options *ro = &l->opts.router->opts;
     const int32_t P = c->size, me = c->rank, K = ro->top_k, nl = ex->n_local;
     const int64_t S = T * K, H = ex->H, C = cap_rows(l), cap_peer = max_rows_peer(l);
@@ -371,6 +370,11 @@ static moe_status ep_forward_call(moe_layer *l, int64_t T, const void *x, const 
     cudaStream_t  st = cx->main;
     ws_plan bp = moe__cuda_plan(l, T, C);
     ep_plan ep = ep_plan_for(l, T);
+    const size_t need = ep_bytes(&bp, &ep);
+    if (ws_size < need)
+        return moe__errf(err, errlen, MOE_ERR_WORKSPACE,
+                         "workspace of %zu bytes is too small for %lld tokens (need %zu)", ws_size,
+                         (long long)T, need);
     char *cur = (char *)moe__align_up((uintptr_t)ws, WS_ALIGN);
     ws_bufs b = moe__cuda_carve(&bp, &cur);
     ep_bufs e = ep_carve(&ep, P, S, &cur);

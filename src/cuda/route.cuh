@@ -20,25 +20,6 @@ static __device__ __forceinline__ bool pair_better(float ka, int ia, float kb, i
     return ka > kb || (ka == kb && ia < ib);
 }
 
-/* Warp argmax over key[0..n) skipping NaN keys; all lanes get the winner. */
-static __device__ __forceinline__ int warp_argmax(const float *key, int n, float *best_key) {
-    float bk = -INFINITY;
-    int   bi = INT32_MAX;
-#pragma unroll 1
-    for (int e = threadIdx.x & 31; e < n; e += 32) {
-        float v = key[e];
-        if (v != v) continue; // taken
-        if (bi == INT32_MAX || v > bk) { bk = v; bi = e; }
-    }
-    for (int o = 16; o > 0; o >>= 1) {
-        float ok = __shfl_xor_sync(0xffffffffu, bk, o);
-        int   oi = __shfl_xor_sync(0xffffffffu, bi, o);
-        if (pair_better(ok, oi, bk, bi)) { bk = ok; bi = oi; }
-    }
-    *best_key = bk;
-    return bi;
-}
-
 /* This lane's best entry among key[lane], key[lane + 32], ... skipping
  * taken (NaN) entries: larger key, then lower index (the scan ascends). */
 static __device__ __forceinline__ void lane_best(const float *key, int n, float *bk, int *bi) {
@@ -52,6 +33,23 @@ static __device__ __forceinline__ void lane_best(const float *key, int n, float 
     }
     *bk = k;
     *bi = i;
+}
+
+/* The best (key, id) over the warp's lanes (pair_better); all lanes get it. */
+static __device__ __forceinline__ void warp_best(float *bk, int *bi) {
+    for (int o = 16; o > 0; o >>= 1) {
+        float ok = __shfl_xor_sync(0xffffffffu, *bk, o);
+        int   oi = __shfl_xor_sync(0xffffffffu, *bi, o);
+        if (pair_better(ok, oi, *bk, *bi)) { *bk = ok; *bi = oi; }
+    }
+}
+
+/* Warp argmax over key[0..n) skipping NaN keys; all lanes get the winner. */
+static __device__ __forceinline__ int warp_argmax(const float *key, int n, float *best_key) {
+    int bi;
+    lane_best(key, n, best_key, &bi);
+    warp_best(best_key, &bi);
+    return bi;
 }
 
 static __device__ __forceinline__ float sigmoid_f(float x) { return 1.0f / (1.0f + expf(-x)); }
@@ -157,11 +155,7 @@ static __device__ void route_token_warp(const moe_router_options &o, const float
     for (int j = 0; j < k; j++) {
         float bk = lk;
         int   bi = li;
-        for (int o = 16; o > 0; o >>= 1) {
-            float ok = __shfl_xor_sync(0xffffffffu, bk, o);
-            int   oi = __shfl_xor_sync(0xffffffffu, bi, o);
-            if (pair_better(ok, oi, bk, bi)) { bk = ok; bi = oi; }
-        }
+        warp_best(&bk, &bi);
         if (lane == 0) {
             sid[j] = bi;
             swt[j] = bk; // selected key, replaced by the weight below

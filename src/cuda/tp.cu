@@ -70,10 +70,11 @@ static moe_status tp_forward_call(moe_layer *l, int64_t T, const void *x, const 
         return moe__errf(err, errlen, MOE_ERR_INVALID_ARG,
                          "cuda: these shared experts were not uploaded: give them in "
                          "moe_layer_options.shared");
-    if (ws_size < moe__cuda_tp_workspace_size(l, T))
+    const size_t need = moe__cuda_tp_workspace_size(l, T);
+    if (ws_size < need)
         return moe__errf(err, errlen, MOE_ERR_WORKSPACE,
                          "workspace of %zu bytes is too small for %lld tokens (need %zu)", ws_size,
-                         (long long)T, moe__cuda_tp_workspace_size(l, T));
+                         (long long)T, need);
     const int32_t P = c->size, me = c->rank;
     const int64_t H = ex->H, n = T * H;
     cudaStream_t st = cx->main;
