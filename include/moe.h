@@ -492,7 +492,11 @@ typedef struct moe_layer moe_layer;
 
 /* Picks the kernel (prepare/finalize x experts implementation) for the
  * request; when none is capable, fails with MOE_ERR_UNSUPPORTED and a message
- * naming each implementation and why it declined. */
+ * naming each implementation and why it declined. On the CPU, GPTQ and AWQ
+ * weights (whose checkpoint layout spreads a block of rows over every page)
+ * are re-laid out here into row panels, once per experts object (routed and
+ * opts->shared): a copy as large as their packed weights, kept and freed
+ * with the experts; the weights must not change afterwards. */
 moe_status moe_layer_create(const moe_layer_options *opts, moe_layer **out, char *err, size_t errlen);
 void       moe_layer_destroy(moe_layer *l);
 

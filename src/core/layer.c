@@ -115,7 +115,9 @@ moe_status moe_layer_create(const moe_layer_options *opts, moe_layer **out, char
     } else {
         if ((st = pick_experts_impl(l, err, errlen))) goto fail;
         if (l->experts_impl->bind &&
-            (st = l->experts_impl->bind(opts->experts, l->ctx, err, errlen)))
+            ((st = l->experts_impl->bind(opts->experts, l->ctx, err, errlen)) ||
+             (opts->shared &&
+              (st = l->experts_impl->bind(opts->shared->mlp, l->ctx, err, errlen)))))
             goto fail;
     }
     *out = l;

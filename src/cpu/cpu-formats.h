@@ -88,6 +88,18 @@ typedef struct moe__cpu_format {
      * of the n_x input rows xq (n_x rows, xq_stride bytes apart). No bias. */
     void   (*gemm)(const moe__wmat *w, int64_t r0, int64_t r1, const void *xq,
                    size_t xq_stride, int64_t n_x, float *y, int64_t y_stride);
+    /* (optional, all three or none) A re-layout of one expert's matrix that
+     * the kernel streams better than the checkpoint's (GPTQ and AWQ pack
+     * words across rows, so a tile of rows is scattered over every page),
+     * made once when a layer binds the experts (experts-cpu.c, cpu_bind):
+     * pack writes packed_bytes(w) bytes at dst (64-byte aligned), and
+     * gemm_packed runs on a view whose data points there (the other fields
+     * are w's). It gives the same bits as gemm: matrices never bound (the
+     * shared experts, handed to each call) go through gemm. */
+    size_t (*packed_bytes)(const moe__wmat *w);
+    void   (*pack)(const moe__wmat *w, void *dst);
+    void   (*gemm_packed)(const moe__wmat *w, int64_t r0, int64_t r1, const void *xq,
+                          size_t xq_stride, int64_t n_x, float *y, int64_t y_stride);
 } moe__cpu_format;
 
 /* The kernels of format f, or NULL when the CPU has none for it. */

@@ -30,6 +30,11 @@
  * chunk of NX_CHUNK rows. With two jobs (routed and shared, OVERLAPPED) both jobs'
  * tasks run in the same phases: that is the overlap.
  *
+ * Formats with a pack hook (GPTQ, AWQ) get a re-layout of every expert's
+ * matrices when a layer binds the experts (cpu_bind); phases 1 and 2 run
+ * their gemm_packed on it, and the checkpoint layout's gemm on experts never
+ * bound (same bits either way).
+ *
  * Determinism: tiles only split the output dimensions (weight rows, input
  * rows), never K, and the kernels' per-output order is fixed (cpu-formats.h),
  * so results do not depend on threads, tile sizes or the rest of the batch.
@@ -117,6 +122,7 @@ typedef struct job_state {
     const moe__dispatch      *d;
     const float              *gate;     /* (d_model) or NULL                      */
     const moe__cpu_format    *cf13, *cf2; /* W13's and W2's kernels            */
+    const struct cpu_packed  *packed;   /* bind-time re-layout, or NULL           */
     job_layout                L;
     char                     *ws;       /* this job's workspace                   */
     int32_t                  *active;   /* (n_active) local experts with rows     */
@@ -156,6 +162,53 @@ static int32_t expert_of_row(const moe__dispatch *d, int64_t r) {
         if (d->expert_start[mid] <= r) lo = mid; else hi = mid;
     }
     return lo;
+}
+
+/* ===== Packed weights (formats with a pack hook) =====
+ *
+ * Made by cpu_bind for every local expert and kept in one of the experts'
+ * impl_state slots: data13[i] / data2[i] point at expert i's packed
+ * matrices in one block, NULL where the format has no pack hook. */
+
+typedef struct cpu_packed {
+    const void **data13, **data2; /* (n_experts) each                          */
+    char        *block;          /* the packed bytes                            */
+} cpu_packed;
+
+static void cpu_packed_free(void *p) {
+    cpu_packed *cp = p;
+    if (!cp) return;
+    moe__aligned_free(cp->block);
+    moe__free(cp);
+}
+
+static const cpu_packed *packed_of(const moe_routed_experts *e) {
+    for (int i = 0; i < 4; i++)
+        if (e->impl_free[i] == cpu_packed_free) return e->impl_state[i];
+    return NULL;
+}
+
+typedef void (*gemm_fn)(const moe__wmat *w, int64_t r0, int64_t r1, const void *xq,
+                        size_t xq_stride, int64_t n_x, float *y, int64_t y_stride);
+
+/* Expert ex's W13 (W2) as its kernel reads it, and that kernel. */
+static moe__wmat job_w13(const job_state *j, int32_t ex, gemm_fn *gemm) {
+    moe__wmat w = moe__experts_w13(j->e, ex);
+    *gemm       = j->cf13->gemm;
+    if (j->packed && j->packed->data13[ex]) {
+        w.data = j->packed->data13[ex];
+        *gemm  = j->cf13->gemm_packed;
+    }
+    return w;
+}
+static moe__wmat job_w2(const job_state *j, int32_t ex, gemm_fn *gemm) {
+    moe__wmat w = moe__experts_w2(j->e, ex);
+    *gemm       = j->cf2->gemm;
+    if (j->packed && j->packed->data2[ex]) {
+        w.data = j->packed->data2[ex];
+        *gemm  = j->cf2->gemm_packed;
+    }
+    return w;
 }
 
 /* ===== Phase 0: gather input rows, gate ===== */
@@ -205,7 +258,8 @@ static void task_w13(const job_state *j, int64_t task, int thread) {
     const int64_t              i1  = i0 + j->bf < o->d_ff ? i0 + j->bf : o->d_ff;
     const int64_t              nb  = i1 - i0;
     const int64_t              row0 = d->expert_start[ex], row1 = d->expert_start[ex + 1];
-    const moe__wmat            w   = moe__experts_w13(j->e, ex);
+    gemm_fn                    gemm;
+    const moe__wmat            w   = job_w13(j, ex, &gemm);
     float                     *h   = thread_scratch(j, thread); /* (NX_CHUNK, 2 nb) */
 
     /* The activation of a tile is the row activation with d_ff = nb on the
@@ -221,14 +275,14 @@ static void task_w13(const job_state *j, int64_t task, int thread) {
         const void   *xq = xs_row(j, c0);
         switch (o->activation) {
         case MOE_ACT_SWIGLU_OAI:
-            j->cf13->gemm(&w, 2 * i0, 2 * i1, xq, j->L.xs_stride, nx, h, hs);
+            gemm(&w, 2 * i0, 2 * i1, xq, j->L.xs_stride, nx, h, hs);
             break;
         case MOE_ACT_RELU2:
-            j->cf13->gemm(&w, i0, i1, xq, j->L.xs_stride, nx, h, hs);
+            gemm(&w, i0, i1, xq, j->L.xs_stride, nx, h, hs);
             break;
         default:
-            j->cf13->gemm(&w, i0, i1, xq, j->L.xs_stride, nx, h, hs);
-            j->cf13->gemm(&w, o->d_ff + i0, o->d_ff + i1, xq, j->L.xs_stride, nx, h + nb, hs);
+            gemm(&w, i0, i1, xq, j->L.xs_stride, nx, h, hs);
+            gemm(&w, o->d_ff + i0, o->d_ff + i1, xq, j->L.xs_stride, nx, h + nb, hs);
             break;
         }
         for (int64_t i = 0; i < nx; i++) {
@@ -269,7 +323,8 @@ static void task_w2(const job_state *j, int64_t task, int thread) {
     const int64_t        m1   = m0 + j->bm < H ? m0 + j->bm : H;
     const int64_t        nm   = m1 - m0;
     const int64_t        row0 = d->expert_start[ex], row1 = d->expert_start[ex + 1];
-    const moe__wmat      w    = moe__experts_w2(j->e, ex);
+    gemm_fn              gemm;
+    const moe__wmat      w    = job_w2(j, ex, &gemm);
     const bool           q    = j->cf2->act_quantize != NULL;
     const size_t         xs   = q ? j->L.aq_stride : j->L.a_stride;
     float               *yt   = thread_scratch(j, thread); /* (NX_CHUNK, nm) */
@@ -277,7 +332,7 @@ static void task_w2(const job_state *j, int64_t task, int thread) {
     for (int64_t c0 = row0; c0 < row1; c0 += NX_CHUNK) {
         const int64_t nx = row1 - c0 < NX_CHUNK ? row1 - c0 : NX_CHUNK;
         const void   *xq = q ? (const void *)aq_row(j, c0) : (const void *)a_row(j, c0);
-        j->cf2->gemm(&w, m0, m1, xq, xs, nx, yt, nm);
+        gemm(&w, m0, m1, xq, xs, nx, yt, nm);
         for (int64_t i = 0; i < nx; i++) {
             const int32_t s = d->row_slot[c0 + i];
             if (s < 0) continue;
@@ -341,6 +396,50 @@ static const char *cpu_rejects(const moe_routed_experts *e) {
     }
     if ((unsigned)e->opts.activation > MOE_ACT_RELU2) return "unknown activation";
     return NULL;
+}
+
+/* Packs every local expert's matrices whose format has a pack hook, once
+ * (a second layer on the same experts finds the first one's copy). The
+ * checkpoint's layout stays: other backends and the unbound path read it. */
+static moe_status cpu_bind(moe_routed_experts *e, moe_context *ctx, char *err, size_t errlen) {
+    (void)ctx;
+    const moe__cpu_format *cf[2] = { moe__cpu_format_get(e->fmt13), moe__cpu_format_get(e->fmt2) };
+    if (!cf[0] || !cf[1] || (!cf[0]->pack && !cf[1]->pack) || packed_of(e)) return MOE_OK;
+    const int32_t n = e->opts.n_experts;
+    size_t        total = 0;
+    for (int32_t i = 0; i < n; i++) {
+        const moe__wmat w[2] = { moe__experts_w13(e, i), moe__experts_w2(e, i) };
+        for (int m = 0; m < 2; m++)
+            if (cf[m]->pack) total += align64(cf[m]->packed_bytes(&w[m]));
+    }
+    int slot = -1;
+    for (int i = 0; i < 4 && slot < 0; i++)
+        if (!e->impl_state[i]) slot = i;
+    if (slot < 0) return moe__errf(err, errlen, MOE_ERR_INTERNAL, "cpu: no free impl_state slot");
+    cpu_packed *cp = moe__calloc(1, sizeof *cp + 2 * (size_t)n * sizeof(void *));
+    if (!cp) return moe__errf(err, errlen, MOE_ERR_NOMEM, "cpu: out of memory");
+    cp->data13 = (const void **)(cp + 1);
+    cp->data2  = cp->data13 + n;
+    cp->block  = moe__aligned_alloc(total);
+    if (!cp->block) {
+        moe__free(cp);
+        return moe__errf(err, errlen, MOE_ERR_NOMEM,
+                         "cpu: out of memory for the %zu bytes of packed %s weights", total,
+                         moe_format_name(cf[0]->pack ? e->fmt13 : e->fmt2));
+    }
+    size_t off = 0;
+    for (int32_t i = 0; i < n; i++) {
+        const moe__wmat w[2] = { moe__experts_w13(e, i), moe__experts_w2(e, i) };
+        for (int m = 0; m < 2; m++) {
+            if (!cf[m]->pack) continue;
+            cf[m]->pack(&w[m], cp->block + off);
+            (m ? cp->data2 : cp->data13)[i] = cp->block + off;
+            off += align64(cf[m]->packed_bytes(&w[m]));
+        }
+    }
+    e->impl_state[slot] = cp;
+    e->impl_free[slot]  = cpu_packed_free;
+    return MOE_OK;
 }
 
 static size_t cpu_workspace_size(const moe_routed_experts *e, int64_t n_rows, int n_threads) {
@@ -417,6 +516,7 @@ static moe_status cpu_run(const moe__experts_job *jobs, int n_jobs, moe__exec *e
         j->gate = jobs[k].gate;
         j->cf13 = moe__cpu_format_get(e->fmt13);
         j->cf2  = moe__cpu_format_get(e->fmt2);
+        j->packed = packed_of(e);
         if (j->d->d_model != e->opts.d_model || j->d->n_local > e->opts.n_experts)
             return moe__errf(ex->err, ex->errlen, MOE_ERR_SHAPE,
                              "cpu experts: dispatch (d_model %lld, %d local experts) does not "
@@ -447,7 +547,7 @@ const moe__experts_impl moe__experts_cpu = {
     .name           = "cpu",
     .backend        = MOE_BACKEND_CPU,
     .rejects        = cpu_rejects,
-    .bind           = NULL,
+    .bind           = cpu_bind,
     .workspace_size = cpu_workspace_size,
     .run            = cpu_run,
 };

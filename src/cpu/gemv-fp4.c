@@ -235,5 +235,7 @@ static void gemm_fp4(const moe__wmat *w, int64_t r0, int64_t r1, const void *xq,
     (void)bf16_at;
 }
 
-const moe__cpu_format moe__cpu_mxfp4 = { fp4_act_row_bytes, act_bf16, gemm_fp4 };
-const moe__cpu_format moe__cpu_nvfp4 = { fp4_act_row_bytes, act_bf16, gemm_fp4 };
+const moe__cpu_format moe__cpu_mxfp4 = { .act_row_bytes = fp4_act_row_bytes,
+                                         .act_quantize = act_bf16, .gemm = gemm_fp4 };
+const moe__cpu_format moe__cpu_nvfp4 = { .act_row_bytes = fp4_act_row_bytes,
+                                         .act_quantize = act_bf16, .gemm = gemm_fp4 };

@@ -290,6 +290,9 @@ static void gemm_fp8(const moe__wmat *w, int64_t r0, int64_t r1, const void *xq,
     }
 }
 
-const moe__cpu_format moe__cpu_fp8_tensor  = { fp8_act_row_bytes, act_tensor, gemm_fp8 };
-const moe__cpu_format moe__cpu_fp8_channel = { fp8_act_row_bytes, act_channel, gemm_fp8 };
-const moe__cpu_format moe__cpu_fp8_block   = { fp8_act_row_bytes, act_block, gemm_fp8 };
+const moe__cpu_format moe__cpu_fp8_tensor  = { .act_row_bytes = fp8_act_row_bytes,
+                                               .act_quantize = act_tensor, .gemm = gemm_fp8 };
+const moe__cpu_format moe__cpu_fp8_channel = { .act_row_bytes = fp8_act_row_bytes,
+                                               .act_quantize = act_channel, .gemm = gemm_fp8 };
+const moe__cpu_format moe__cpu_fp8_block   = { .act_row_bytes = fp8_act_row_bytes,
+                                               .act_quantize = act_block, .gemm = gemm_fp8 };

@@ -118,4 +118,5 @@ static void gemm_int8(const moe__wmat *w, int64_t r0, int64_t r1, const void *xq
 }
 #endif
 
-const moe__cpu_format moe__cpu_int8_w8a8 = { q8_act_row_bytes, act_i8, gemm_int8 };
+const moe__cpu_format moe__cpu_int8_w8a8 = { .act_row_bytes = q8_act_row_bytes,
+                                             .act_quantize = act_i8, .gemm = gemm_int8 };

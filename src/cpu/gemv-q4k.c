@@ -279,4 +279,5 @@ static void gemm_q4k(const moe__wmat *w, int64_t r0, int64_t r1, const void *xq,
     }
 }
 
-const moe__cpu_format moe__cpu_q4_k = { q4k_act_row_bytes, act_q4k, gemm_q4k };
+const moe__cpu_format moe__cpu_q4_k = { .act_row_bytes = q4k_act_row_bytes,
+                                        .act_quantize = act_q4k, .gemm = gemm_q4k };

@@ -175,4 +175,5 @@ static void gemm_q6_k(const moe__wmat *w, int64_t r0, int64_t r1, const void *xq
 
 /* ===== Table entry ===== */
 
-const moe__cpu_format moe__cpu_q6_k = { q8_act_row_bytes, act_q8_k, gemm_q6_k };
+const moe__cpu_format moe__cpu_q6_k = { .act_row_bytes = q8_act_row_bytes,
+                                        .act_quantize = act_q8_k, .gemm = gemm_q6_k };

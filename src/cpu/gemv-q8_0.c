@@ -313,6 +313,9 @@ static void gemm_q80(const moe__wmat *w, int64_t r0, int64_t r1, const void *xq,
 #endif
 }
 
-const moe__cpu_format moe__cpu_q8_0       = { q80_act_row_bytes, act_q80, gemm_q80 };
-const moe__cpu_format moe__cpu_q4_0       = { q80_act_row_bytes, act_q80, gemm_q80 };
-const moe__cpu_format moe__cpu_mxfp4_gguf = { q80_act_row_bytes, act_q80, gemm_q80 };
+const moe__cpu_format moe__cpu_q8_0       = { .act_row_bytes = q80_act_row_bytes,
+                                              .act_quantize = act_q80, .gemm = gemm_q80 };
+const moe__cpu_format moe__cpu_q4_0       = { .act_row_bytes = q80_act_row_bytes,
+                                              .act_quantize = act_q80, .gemm = gemm_q80 };
+const moe__cpu_format moe__cpu_mxfp4_gguf = { .act_row_bytes = q80_act_row_bytes,
+                                              .act_quantize = act_q80, .gemm = gemm_q80 };

@@ -79,7 +79,7 @@ static void unpack_int4_awq(const moe__wmat *w, int64_t r, int64_t k0, int64_t k
                             size_t xq_stride, int64_t n_x, float *y, int64_t y_stride) {       \
         fp_gemm(w, r0, r1, xq, xq_stride, n_x, y, y_stride, unpack_##name);                    \
     }                                                                                          \
-    const moe__cpu_format moe__cpu_##name = { NULL, NULL, gemm_##name };
+    const moe__cpu_format moe__cpu_##name = { .gemm = gemm_##name };
 
 #else
 /* ===== AVX-512 GPTQ: 16 output rows per vector =====
@@ -324,7 +324,7 @@ static void gemm_int4_awq(const moe__wmat *w, int64_t r0, int64_t r1, const void
     }
 }
 
-#define WNA16_ENTRY(name) const moe__cpu_format moe__cpu_##name = { NULL, NULL, gemm_##name };
+#define WNA16_ENTRY(name) const moe__cpu_format moe__cpu_##name = { .gemm = gemm_##name };
 
 #endif
 
