@@ -46,18 +46,26 @@
 
 /* ===== Tiling =====
  *
- * TILE_BYTES: weight bytes of one task. Big enough that the per-task
- * overhead (an atomic increment, the epilogue, the first weight block of
- * each kernel call, which the kernel cannot prefetch) is noise, small
- * enough to give every thread many tasks and to stay in L2 (with a chunk
- * of input rows) while a prefill task re-applies it to each chunk.
+ * Weight bytes of one task, in two regimes:
+ * - TILE_BYTES when some expert has more than NX_CHUNK rows (prefill): the
+ *   tile is re-applied to each chunk of rows, so it must stay in L2 (with
+ *   the chunk); big enough that the per-task overhead (an atomic increment,
+ *   the epilogue) is noise.
+ * - STREAM_TILE_BYTES otherwise (decode): every weight byte is read once,
+ *   and longer runs per task stream better (Q4_K, qwen3-30b-a3b, 8 tokens:
+ *   128/256-row tiles 6570 us, 384/1024 5500-5900, whole matrices
+ *   5250-5600 on the CI machine kind); the task count floor in job_plan
+ *   still gives every thread several.
  */
 enum {
-    TILE_BYTES = 1 << 20,
-    BF_MAX     = 128,   /* activation columns per phase-1 task (256 W13 rows)    */
-    BM_MAX     = 256,   /* W2 rows per phase-2 task                              */
-    NX_CHUNK   = 32,    /* input rows per kernel call                            */
-    GATHER_ROWS = 16,   /* rows per phase-0 / phase-1b task                      */
+    TILE_BYTES        = 1 << 20,
+    STREAM_TILE_BYTES = 1 << 22,
+    BF_MAX        = 128,  /* activation columns per phase-1 task (256 W13 rows), prefill */
+    BM_MAX        = 256,  /* W2 rows per phase-2 task, prefill                          */
+    BF_STREAM_MAX = 1024, /* the same for decode                                        */
+    BM_STREAM_MAX = 2048,
+    NX_CHUNK      = 32,   /* input rows per kernel call                                 */
+    GATHER_ROWS   = 16,   /* rows per phase-0 / phase-1b task                           */
 };
 
 static size_t align64(size_t n) { return moe__align_up(n, 64); }
@@ -100,8 +108,8 @@ static void job_layout_make(const moe_routed_experts *e, const moe__cpu_format *
     L->aq_stride = cf2->act_quantize ? align64(cf2->act_row_bytes(o->d_ff)) : 0;
     /* Scratch: the h tile of phase 1, the y tile of phase 2, a scaled input
      * row before quantization (phase 0). */
-    size_t s = (size_t)NX_CHUNK * 2 * BF_MAX;
-    if (s < (size_t)NX_CHUNK * BM_MAX) s = (size_t)NX_CHUNK * BM_MAX;
+    size_t s = (size_t)NX_CHUNK * 2 * BF_STREAM_MAX;
+    if (s < (size_t)NX_CHUNK * BM_STREAM_MAX) s = (size_t)NX_CHUNK * BM_STREAM_MAX;
     if (s < (size_t)o->d_model) s = (size_t)o->d_model;
     L->scratch = align64(s * sizeof(float));
 
@@ -472,15 +480,21 @@ static void job_plan(job_state *j, int n_threads) {
         j->active[k] = i;
     }
 
+    const int32_t most_rows = j->n_active ? d->expert_start[j->active[0] + 1] -
+                                                d->expert_start[j->active[0]] : 0;
+    const bool    stream    = most_rows <= NX_CHUNK;
+    const double  tile      = stream ? STREAM_TILE_BYTES : TILE_BYTES;
+    const int64_t bf_max    = stream ? BF_STREAM_MAX : BF_MAX;
+    const int64_t bm_max    = stream ? BM_STREAM_MAX : BM_MAX;
     const double rows_per_col = o->activation == MOE_ACT_RELU2 ? 1.0 : 2.0;
-    j->bf  = tile_clamp(TILE_BYTES / (rows_per_col * (double)o->d_model * wb13), BF_MAX, o->d_ff);
-    j->bm  = tile_clamp(TILE_BYTES / ((double)o->d_ff * wb2), BM_MAX, o->d_model);
+    j->bf  = tile_clamp(tile / (rows_per_col * (double)o->d_model * wb13), bf_max, o->d_ff);
+    j->bm  = tile_clamp(tile / ((double)o->d_ff * wb2), bm_max, o->d_model);
     /* Few experts touched (decode with a small top_k, shared experts alone):
      * smaller tiles so that every thread gets several. */
     while (j->bf > 8 && j->n_active * ((o->d_ff + j->bf - 1) / j->bf) < 4 * n_threads)
-        j->bf = tile_clamp((double)j->bf / 2, BF_MAX, o->d_ff);
+        j->bf = tile_clamp((double)j->bf / 2, bf_max, o->d_ff);
     while (j->bm > 8 && j->n_active * ((o->d_model + j->bm - 1) / j->bm) < 4 * n_threads)
-        j->bm = tile_clamp((double)j->bm / 2, BM_MAX, o->d_model);
+        j->bm = tile_clamp((double)j->bm / 2, bm_max, o->d_model);
     j->nb1 = (o->d_ff + j->bf - 1) / j->bf;
     j->nb2 = (o->d_model + j->bm - 1) / j->bm;
 
