@@ -6,8 +6,9 @@
  * experts and both regimes (decode tiles and prefill tiles): bf16/f16 NMSE
  * <= 5e-4, fp8-block |out - ref| <= 0.035 + 0.035 |ref|. Outputs are poisoned
  * with NaN before every forward; CUDA graph capture + replay must give the
- * bits of a direct forward. Every test skips without a device, and the file
- * is one skipping test when libmoe was built without CUDA.
+ * bits of a direct forward, and the first 8 tokens forwarded alone (decode
+ * tiles) the bits they got in the batch. Every test skips without a device,
+ * and the file is one skipping test when libmoe was built without CUDA.
  */
 #include "test.h"
 
@@ -350,6 +351,21 @@ static void layer_check(const lcase *c, uint64_t seed, bool graph) {
         CHECK(nmse <= NMSE_HALF, "%s T=%lld H=%lld I=%lld E=%d k=%d act %d io %s: nmse %.3g",
               moe_format_name(c->wfmt), (long long)T, (long long)H, (long long)I, E, k,
               (int)c->act, moe_format_name(c->io), nmse);
+    }
+
+    if (T > 8) {
+        /* batch invariance across regimes: the first 8 tokens alone (decode
+         * tiles, mma.sync) give the bits they got in the whole batch (prefill
+         * tiles, wgmma for bf16/f16 on sm_90a) */
+        const size_t nb = (size_t)(8 * H) * io_size(c->io);
+        CU(cudaMemset(d_out, 0xff, (size_t)(T * H) * 4));
+        s = moe_layer_forward(lgpu, 8, d_x, lg_dev, sh, d_out, d_ws, dws);
+        CHECK(s == MOE_OK, "8-token forward: %s", moe_layer_last_error(lgpu));
+        CU(cudaStreamSynchronize(stream));
+        CU(cudaMemcpy(out_g2, d_out, nb, cudaMemcpyDeviceToHost));
+        CHECK(memcmp(out_g2, out_gpu, nb) == 0,
+              "%s T=%lld: the first 8 tokens alone differ from the same tokens in the batch",
+              moe_format_name(c->wfmt), (long long)T);
     }
 
     if (graph) {

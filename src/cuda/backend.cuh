@@ -21,6 +21,7 @@ typedef struct cuda_ctx {
     cudaStream_t main, aux;
     int          own_main;
     cudaEvent_t  fork, join;
+    int          wgmma;   /* compute capability 9.0: the build's sm_90a kernels run */
 } cuda_ctx;
 
 /* One experts object on the device (routed experts, or the one expert of

@@ -200,6 +200,7 @@ typedef struct moe__gemm_args {
     int            act;           /* moe_activation (W13)                                 */
     float          alpha, limit;  /* SWIGLU_OAI                                           */
     int            BM;            /* tile rows: 16 (decode), 64 or 128                    */
+    int            wgmma;         /* 64/128-row tiles on wgmma (sm_90a device), else mma  */
     /* A: rows of activations. gather: A row of layout row r is
      * row_slot[r] / a_div (tokens), else r. */
     const void    *a;             /* (a_rows, K) compute type                             */

@@ -175,6 +175,14 @@ static moe_status make_ctx(moe_context *c, char *err, size_t errlen) {
     c->cuda_free = cuda_ctx_free;
     x->device = c->opts.cuda_device;
     MOE_CUDA_TRY(cudaSetDevice(x->device), err, errlen);
+    int major = 0, minor = 0;
+    MOE_CUDA_TRY(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, x->device),
+                 err, errlen);
+    MOE_CUDA_TRY(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, x->device),
+                 err, errlen);
+#ifndef MOE_CUDA_NO_WGMMA
+    x->wgmma = major == 9 && minor == 0;
+#endif
     if (c->opts.cuda_stream) {
         x->main = (cudaStream_t)c->opts.cuda_stream;
     } else {
@@ -393,6 +401,7 @@ moe_status moe__cuda_run_experts(moe_layer *l, const cuda_experts *x, const moe_
     g.alpha = xo->swiglu_alpha != 0 ? xo->swiglu_alpha : 1.702f;
     g.limit = xo->swiglu_limit != 0 ? xo->swiglu_limit : 7.0f;
     g.BM = bm;
+    g.wgmma = ((const cuda_ctx *)l->ctx->cuda)->wgmma;
     g.pdl = pdl;
     g.expert_start = estart;
     g.tiles = tiles;

@@ -20,9 +20,15 @@ template <int DT> static cudaError_t gemm16_launch(const moe__gemm_args *g, cuda
         return g->w13 ? gemm_launch<DT, 16, 32, 1, 2, 8, true>(g, st)
                       : gemm_launch<DT, 16, 32, 1, 2, 8, false>(g, st);
     case 64:
+        if (g->wgmma)
+            return g->w13 ? gemm_launch<DT, 64, 128, 4, 1, 4, true, true>(g, st)
+                          : gemm_launch<DT, 64, 128, 4, 1, 4, false, true>(g, st);
         return g->w13 ? gemm_launch<DT, 64, 128, 2, 2, 4, true>(g, st)
                       : gemm_launch<DT, 64, 128, 2, 2, 4, false>(g, st);
     case 128:
+        if (g->wgmma)
+            return g->w13 ? gemm_launch<DT, 128, 256, 8, 2, 4, true, true>(g, st)
+                          : gemm_launch<DT, 128, 256, 8, 2, 4, false, true>(g, st);
         return g->w13 ? gemm_launch<DT, 128, 128, 2, 4, 3, true>(g, st)
                       : gemm_launch<DT, 128, 128, 2, 4, 3, false>(g, st);
     default: return cudaErrorInvalidValue;
@@ -36,7 +42,11 @@ template <int DT> static cudaError_t gemm16_setup(void) {
     if ((e = gemm_setup<DT, 64, 128, 2, 2, 4, true>()) != cudaSuccess) return e;
     if ((e = gemm_setup<DT, 64, 128, 2, 2, 4, false>()) != cudaSuccess) return e;
     if ((e = gemm_setup<DT, 128, 128, 2, 4, 3, true>()) != cudaSuccess) return e;
-    return gemm_setup<DT, 128, 128, 2, 4, 3, false>();
+    if ((e = gemm_setup<DT, 128, 128, 2, 4, 3, false>()) != cudaSuccess) return e;
+    if ((e = gemm_setup<DT, 64, 128, 4, 1, 4, true, true>()) != cudaSuccess) return e;
+    if ((e = gemm_setup<DT, 64, 128, 4, 1, 4, false, true>()) != cudaSuccess) return e;
+    if ((e = gemm_setup<DT, 128, 256, 8, 2, 4, true, true>()) != cudaSuccess) return e;
+    return gemm_setup<DT, 128, 256, 8, 2, 4, false, true>();
 }
 
 // ---- backend entry

@@ -21,12 +21,18 @@
  * Regimes: BM = 16 is the decode kernel (few rows per expert: each touched
  * weight row is streamed once, a deep pipeline keeps bytes in flight, no
  * weight bytes are wasted on padding rows); BM = 64 / 128 are prefill tiles.
- * The inner loop is the part a wgmma + TMA version would replace.
+ *
+ * Inner loop: mma.sync (any sm_90 build), or with WG Hopper's wgmma
+ * (wgmma.cuh): warpgroups of 64 rows x 128 columns (WM / 4 along M, WN
+ * along N) read the same swizzled stages through shared-memory descriptors;
+ * the stages' base is then aligned to 1024 bytes (the swizzle is on address
+ * bits).
  */
 #ifndef MOE_CUDA_GROUPED_GEMM_CUH
 #define MOE_CUDA_GROUPED_GEMM_CUH
 
 #include "common.cuh"
+#include "wgmma.cuh"
 
 // ---- device helpers
 
@@ -46,11 +52,12 @@ static __host__ __device__ constexpr size_t gemm_pipe_bytes() {
                ? (size_t)STAGES * (BM + BN) * 128
                : (size_t)BM * (BN + 4) * 4;
 }
-/* + fp8 scale stages (BM + BN floats each) + the row and column tables. */
-template <int BM, int BN, int STAGES>
+/* + fp8 scale stages (BM + BN floats each) + the row and column tables
+ * (+ room to align the stages to 1024 bytes for wgmma). */
+template <int BM, int BN, int STAGES, bool WG>
 static __host__ __device__ constexpr size_t gemm_smem_bytes() {
     return gemm_pipe_bytes<BM, BN, STAGES>() + (size_t)STAGES * (BM + BN) * 4 +
-           (size_t)(2 * BM + BN) * 4;
+           (size_t)(2 * BM + BN) * 4 + (WG ? 1024 : 0);
 }
 
 /* 4-byte async copy (scales); src_bytes = 0 fills zeros. */
@@ -66,7 +73,7 @@ static __device__ __forceinline__ void cp_async4(uint32_t dst, const void *src, 
 
 // ---- kernels
 
-template <int DT, int BM, int BN, int WM, int WN, int STAGES, bool W13>
+template <int DT, int BM, int BN, int WM, int WN, int STAGES, bool W13, bool WG>
 static __global__ void __launch_bounds__(WM *WN * 32)
     grouped_gemm_kernel(const moe__gemm_args g) {
     constexpr int NTHR = WM * WN * 32;
@@ -75,7 +82,14 @@ static __global__ void __launch_bounds__(WM *WN * 32)
     constexpr int LDC = BN + 4;
     constexpr size_t PIPE = gemm_pipe_bytes<BM, BN, STAGES>();
     static_assert(MT >= 1 && NTL % 2 == 0, "warp tile");
-    extern __shared__ __align__(128) char smem[];
+    static_assert(!WG || (TM == 16 && TN == 128 && WM % 4 == 0), "wgmma tile");
+    /* fp8 stays on mma.sync: wgmma's fp8 sums differ in their last bits from
+     * mma.sync's, and the decode tiles (BM = 16) are mma.sync, so a row's
+     * result would depend on the regime its expert's row count picked
+     * (expert parallelism promises the bits of one device). */
+    static_assert(!WG || DT != MOE_CUDA_FP8, "wgmma: bf16/f16 only");
+    extern __shared__ __align__(128) char smem_raw[];
+    char *smem = smem_raw + (WG ? (1024 - (smem_u32(smem_raw) & 1023)) & 1023 : 0);
     char  *sA    = smem;
     char  *sB    = smem + (size_t)STAGES * BM * 128;
     float *sAs   = (float *)(smem + PIPE);      // (STAGES, BM + BN) fp8 scales
@@ -207,7 +221,11 @@ static __global__ void __launch_bounds__(WM *WN * 32)
     };
 
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const int wm = warp / WN, wn = warp % WN;
+    /* The warp's 16-row group (wm) and TN-column group (wn). wgmma: warpgroup
+     * warp / 4 computes rows 64 (wm / 4) .. + 63 and columns 128 wn .. + 127,
+     * its 4 warps holding 16 rows each, as the mma.sync tiles would. */
+    const int wm = WG ? (warp / 4) / WN * 4 + warp % 4 : warp / WN;
+    const int wn = WG ? (warp / 4) % WN : warp % WN;
     float acc[MT][NTL][4];
 #pragma unroll
     for (int i = 0; i < MT; i++)
@@ -216,26 +234,32 @@ static __global__ void __launch_bounds__(WM *WN * 32)
 #pragma unroll
             for (int q = 0; q < 4; q++) acc[i][j][q] = 0.0f;
 
-#pragma unroll
+    /* Stages loaded ahead of the one computed. mma.sync: all but one (the
+     * computed stage is done when the barrier after it passes). wgmma: one
+     * fewer, because a warpgroup's batch of stage kt may still run while it
+     * issues kt + 1 (wait_group 1); stage kt - 2 is free at barrier kt. */
+    constexpr int AHEAD = WG ? STAGES - 2 : STAGES - 1;
+    static_assert(AHEAD >= 1, "stages");
     // prologue: B of the first stages (W2: before the wait), then A
 #pragma unroll
-    for (int s = 0; s < STAGES - 1; s++)
+    for (int s = 0; s < AHEAD; s++)
         if (s < KT) load_B(s, s);
     if (!W13) {
         pdl_wait();
         pdl_launch();
     }
 #pragma unroll
-    for (int s = 0; s < STAGES - 1; s++) {
+    for (int s = 0; s < AHEAD; s++) {
         if (s < KT) load_A(s, s);
         cp_async_commit();
     }
     for (int kt = 0; kt < KT; kt++) {
-        cp_async_wait<STAGES - 2>();
+        cp_async_wait<AHEAD - 1>();
+        if (WG) fence_proxy_async();
         __syncthreads();
-        if (kt + STAGES - 1 < KT) {
-            load_B(kt + STAGES - 1, (kt + STAGES - 1) % STAGES);
-            load_A(kt + STAGES - 1, (kt + STAGES - 1) % STAGES);
+        if (kt + AHEAD < KT) {
+            load_B(kt + AHEAD, (kt + AHEAD) % STAGES);
+            load_A(kt + AHEAD, (kt + AHEAD) % STAGES);
         }
         cp_async_commit();
 
@@ -253,32 +277,44 @@ static __global__ void __launch_bounds__(WM *WN * 32)
 #pragma unroll
                     for (int q = 0; q < 4; q++) tmp[i][j][q] = 0.0f;
         }
+        if constexpr (WG) {
+            const uint32_t a_wg = a_base + (uint32_t)(wm / 4) * 64 * 128;
+            const uint32_t b_wg = b_base + (uint32_t)wn * 128 * 128;
+            wgmma_fence();
 #pragma unroll
-        for (int ks = 0; ks < 4; ks++) {
-            uint32_t af[MT][4], bfr[NTL][2];
+            for (int ks = 0; ks < 4; ks++)
+                wgmma_m64n128<DT>(&acc[0][0][0], wgmma_desc(a_wg + ks * 32),
+                                  wgmma_desc(b_wg + ks * 32));
+            wgmma_commit();
+            wgmma_wait<1>(); // the previous stage's batch is done
+        } else {
 #pragma unroll
-            for (int mt = 0; mt < MT; mt++) {
-                int row = wm * TM + mt * 16 + (lane & 7) + ((lane >> 3) & 1) * 8;
-                int ch  = 2 * ks + (lane >> 4);
-                ldmatrix_x4(a_base + row * 128 + ((ch ^ (row & 7)) << 4), af[mt][0], af[mt][1],
-                            af[mt][2], af[mt][3]);
-            }
+            for (int ks = 0; ks < 4; ks++) {
+                uint32_t af[MT][4], bfr[NTL][2];
 #pragma unroll
-            for (int np = 0; np < NTL / 2; np++) {
-                int row = wn * TN + np * 16 + (lane & 7) + (lane >> 4) * 8;
-                int ch  = 2 * ks + ((lane >> 3) & 1);
-                ldmatrix_x4(b_base + row * 128 + ((ch ^ (row & 7)) << 4), bfr[2 * np][0],
-                            bfr[2 * np][1], bfr[2 * np + 1][0], bfr[2 * np + 1][1]);
-            }
-#pragma unroll
-            for (int mt = 0; mt < MT; mt++)
-#pragma unroll
-                for (int nt = 0; nt < NTL; nt++) {
-                    if constexpr (DT == MOE_CUDA_FP8)
-                        mma_16x8<DT>(tmp[mt % TMT][nt % TNT], af[mt], bfr[nt]);
-                    else
-                        mma_16x8<DT>(acc[mt][nt], af[mt], bfr[nt]);
+                for (int mt = 0; mt < MT; mt++) {
+                    int row = wm * TM + mt * 16 + (lane & 7) + ((lane >> 3) & 1) * 8;
+                    int ch  = 2 * ks + (lane >> 4);
+                    ldmatrix_x4(a_base + row * 128 + ((ch ^ (row & 7)) << 4), af[mt][0], af[mt][1],
+                                af[mt][2], af[mt][3]);
                 }
+#pragma unroll
+                for (int np = 0; np < NTL / 2; np++) {
+                    int row = wn * TN + np * 16 + (lane & 7) + (lane >> 4) * 8;
+                    int ch  = 2 * ks + ((lane >> 3) & 1);
+                    ldmatrix_x4(b_base + row * 128 + ((ch ^ (row & 7)) << 4), bfr[2 * np][0],
+                                bfr[2 * np][1], bfr[2 * np + 1][0], bfr[2 * np + 1][1]);
+                }
+#pragma unroll
+                for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+                    for (int nt = 0; nt < NTL; nt++) {
+                        if constexpr (DT == MOE_CUDA_FP8)
+                            mma_16x8<DT>(tmp[mt % TMT][nt % TNT], af[mt], bfr[nt]);
+                        else
+                            mma_16x8<DT>(acc[mt][nt], af[mt], bfr[nt]);
+                    }
+            }
         }
         if (DT == MOE_CUDA_FP8) {
             const float *ss = sAs + st * (BM + BN);
@@ -303,6 +339,7 @@ static __global__ void __launch_bounds__(WM *WN * 32)
         }
     }
     cp_async_wait<0>();
+    if (WG) wgmma_wait<0>();
     __syncthreads();
 
     // accumulators -> shared tile (BM, LDC) f32
@@ -416,16 +453,16 @@ static __global__ void __launch_bounds__(WM *WN * 32)
 
 // ---- launchers
 
-template <int DT, int BM, int BN, int WM, int WN, int STAGES, bool W13>
+template <int DT, int BM, int BN, int WM, int WN, int STAGES, bool W13, bool WG = false>
 static cudaError_t gemm_setup() {
-    constexpr size_t smem = gemm_smem_bytes<BM, BN, STAGES>();
-    return cudaFuncSetAttribute(grouped_gemm_kernel<DT, BM, BN, WM, WN, STAGES, W13>,
+    constexpr size_t smem = gemm_smem_bytes<BM, BN, STAGES, WG>();
+    return cudaFuncSetAttribute(grouped_gemm_kernel<DT, BM, BN, WM, WN, STAGES, W13, WG>,
                                 cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
 }
 
-template <int DT, int BM, int BN, int WM, int WN, int STAGES, bool W13>
+template <int DT, int BM, int BN, int WM, int WN, int STAGES, bool W13, bool WG = false>
 static cudaError_t gemm_launch(const moe__gemm_args *g, cudaStream_t st) {
-    constexpr size_t smem = gemm_smem_bytes<BM, BN, STAGES>();
+    constexpr size_t smem = gemm_smem_bytes<BM, BN, STAGES, WG>();
     int outw = gemm_out_cols(g->act, W13, BN);
     moe__gemm_args a = *g;
     a.grid_n = (int)((g->N_out + outw - 1) / outw);
@@ -445,7 +482,7 @@ static cudaError_t gemm_launch(const moe__gemm_args *g, cudaStream_t st) {
         cfg.numAttrs = 1;
     }
     cudaError_t e =
-        cudaLaunchKernelEx(&cfg, grouped_gemm_kernel<DT, BM, BN, WM, WN, STAGES, W13>, a);
+        cudaLaunchKernelEx(&cfg, grouped_gemm_kernel<DT, BM, BN, WM, WN, STAGES, W13, WG>, a);
     return e != cudaSuccess ? e : cudaGetLastError();
 }
 

@@ -1,0 +1,96 @@
+/*
+ * wgmma.cuh - Hopper warpgroup MMA (sm_90a) for the grouped GEMM's prefill
+ * tiles: shared-memory matrix descriptors and one m64n128 step per operand
+ * type, with the accumulator in the same per-thread order as mma.sync's
+ * m16n8 tiles (so the kernel's epilogue serves both inner loops).
+ *
+ * Operands: K-major tiles of 128-byte rows (64 bf16/f16 values)
+ * whose 16-byte chunks are XOR-swizzled by row (chunk c of row r at
+ * position c ^ (r & 7)), from a 1024-byte aligned base: exactly the layout
+ * the hardware's 128-byte swizzle mode reads, so the cp.async loads of the
+ * mma.sync path feed wgmma unchanged. A step of K (32 bytes) advances the
+ * descriptor's start address; 8-row groups are 1024 bytes apart.
+ *
+ * Only the sm_90a target has these instructions; elsewhere the functions
+ * trap, and the host never selects the wgmma kernels there (cuda.cu checks
+ * the device is compute capability 9.0).
+ */
+#ifndef MOE_CUDA_WGMMA_CUH
+#define MOE_CUDA_WGMMA_CUH
+
+#include "common.cuh"
+
+#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define MOE_WGMMA 1
+#endif
+
+/* Descriptor of a K-major, 128-byte swizzled operand tile at shared address
+ * addr: start (bits 0-13, 16-byte units), leading offset (unused by this
+ * mode, 1), stride offset 1024 bytes (bits 32-45), swizzle mode 128 bytes
+ * (bits 62-63 = 1). */
+static __device__ __forceinline__ uint64_t wgmma_desc(uint32_t addr) {
+    return (uint64_t)((addr & 0x3FFFF) >> 4) | ((uint64_t)1 << 16) |
+           ((uint64_t)(1024 >> 4) << 32) | ((uint64_t)1 << 62);
+}
+
+/* Before the first wgmma of a batch (orders earlier register and shared
+ * memory accesses of the warpgroup before it). */
+static __device__ __forceinline__ void wgmma_fence() {
+#ifdef MOE_WGMMA
+    asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+#endif
+}
+static __device__ __forceinline__ void wgmma_commit() {
+#ifdef MOE_WGMMA
+    asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+#endif
+}
+/* Waits until at most N committed batches of this warpgroup are running. */
+template <int N> static __device__ __forceinline__ void wgmma_wait() {
+#ifdef MOE_WGMMA
+    asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+#endif
+}
+/* Makes this thread's completed cp.async writes to shared memory visible
+ * to wgmma's reads (the async proxy). */
+static __device__ __forceinline__ void fence_proxy_async() {
+#ifdef MOE_WGMMA
+    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+#endif
+}
+
+/* The accumulator operands of an m64n128 wgmma: 64 f32 registers. */
+#define WG_D8(i)                                                                              \
+    "+f"(d[i]), "+f"(d[i + 1]), "+f"(d[i + 2]), "+f"(d[i + 3]), "+f"(d[i + 4]), "+f"(d[i + 5]), \
+        "+f"(d[i + 6]), "+f"(d[i + 7])
+#define WG_REGS                                                                               \
+    "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, " \
+    "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, " \
+    "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, " \
+    "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
+/* D (%0..%63) += A . B^T with descriptors %64 %65; scales 1, both operands
+ * K-major (no transpose). */
+#define WG_MMA(SHAPE_TYPES)                                                                   \
+    asm volatile("wgmma.mma_async.sync.aligned." SHAPE_TYPES " {" WG_REGS "}, %64, %65, 1, 1, 1, " \
+                 "0, 0;\n"                                                                    \
+                 : WG_D8(0), WG_D8(8), WG_D8(16), WG_D8(24), WG_D8(32), WG_D8(40), WG_D8(48),    \
+                   WG_D8(56)                                                                  \
+                 : "l"(da), "l"(db))
+
+/* d (64 floats: 16 tiles of 8 columns x 4) += A (64 x 16) . B (128 x 16)^T,
+ * bf16 or f16 operands. Thread t of warp w holds, for tile j, rows 16w + t/4 (+8 for
+ * d[4j+2..3]) and columns 8j + 2(t%4) + (0, 1). */
+template <int DT>
+static __device__ __forceinline__ void wgmma_m64n128(float *d, uint64_t da, uint64_t db) {
+#ifdef MOE_WGMMA
+    if (DT == MOE_CUDA_BF16)
+        WG_MMA("m64n128k16.f32.bf16.bf16");
+    else
+        WG_MMA("m64n128k16.f32.f16.f16");
+#else
+    (void)d; (void)da; (void)db;
+    __trap();
+#endif
+}
+
+#endif /* MOE_CUDA_WGMMA_CUH */
