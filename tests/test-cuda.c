@@ -433,6 +433,8 @@ TEST(cuda_layer_activations_biases_maps) {
         layer_check(&c, 200 + a, false);
         c.T = 400;
         layer_check(&c, 210 + a, false);
+        c.T = 2; /* 8 slots: the decode prologue's one-warp grouping, remote experts too */
+        layer_check(&c, 220 + a, false);
     }
 }
 

@@ -5,7 +5,8 @@
  * writes the tile table (align.cuh). A block of one warp per token, not
  * 1024 threads: at T = 1 the other 31 warps only waited at the barriers
  * (ncu: 83% of stalls, 12 us for the kernel). The launches of route.cu and align.cu, each a
- * few microseconds of mostly idle GPU at decode sizes, become one. Same
+ * few microseconds of mostly idle GPU at decode sizes, become one; up to 32
+ * slots (1 token at k = 8) are grouped by one warp (align_one_warp). Same
  * numerics as those kernels: it runs their device code. (Converting x stays
  * in finalize.cu's prepare, many blocks wide, and is skipped when x already
  * has the weights' type.)
@@ -34,8 +35,13 @@ static __global__ void __launch_bounds__(PRO_THREADS)
                              a.ids + t * k, a.w + t * k);
     }
     __syncthreads(); // the routing's ids (global memory) are visible to the block
-    align_one_block(a.ids, a.T * k, a.map, a.n_global, a.n_local, a.BM, a.max_tiles, a.ao,
-                    (int *)psm);
+    if (align_fits_warp(a.T * k, a.T, a.BM)) {
+        if (warp == 0)
+            align_one_warp(a.ids, (int)(a.T * k), a.map, a.n_global, a.n_local, a.ao, (int *)psm);
+    } else {
+        align_one_block(a.ids, a.T * k, a.map, a.n_global, a.n_local, a.BM, a.max_tiles, a.ao,
+                        (int *)psm);
+    }
 }
 
 // ---- launchers
