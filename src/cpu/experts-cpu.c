@@ -199,24 +199,21 @@ static const cpu_packed *packed_of(const moe_routed_experts *e) {
 typedef void (*gemm_fn)(const moe__wmat *w, int64_t r0, int64_t r1, const void *xq,
                         size_t xq_stride, int64_t n_x, float *y, int64_t y_stride);
 
-/* Expert ex's W13 (W2) as its kernel reads it, and that kernel. */
-static moe__wmat job_w13(const job_state *j, int32_t ex, gemm_fn *gemm) {
-    moe__wmat w = moe__experts_w13(j->e, ex);
-    *gemm       = j->cf13->gemm;
-    if (j->packed && j->packed->data13[ex]) {
-        w.data = j->packed->data13[ex];
-        *gemm  = j->cf13->gemm_packed;
-    }
+/* Matrix w as its kernel reads it (the packed copy when there is one), and
+ * that kernel. */
+static moe__wmat kernel_view(moe__wmat w, const moe__cpu_format *cf, const void *packed,
+                             gemm_fn *gemm) {
+    *gemm = packed ? cf->gemm_packed : cf->gemm;
+    if (packed) w.data = packed;
     return w;
 }
+static moe__wmat job_w13(const job_state *j, int32_t ex, gemm_fn *gemm) {
+    return kernel_view(moe__experts_w13(j->e, ex), j->cf13,
+                       j->packed ? j->packed->data13[ex] : NULL, gemm);
+}
 static moe__wmat job_w2(const job_state *j, int32_t ex, gemm_fn *gemm) {
-    moe__wmat w = moe__experts_w2(j->e, ex);
-    *gemm       = j->cf2->gemm;
-    if (j->packed && j->packed->data2[ex]) {
-        w.data = j->packed->data2[ex];
-        *gemm  = j->cf2->gemm_packed;
-    }
-    return w;
+    return kernel_view(moe__experts_w2(j->e, ex), j->cf2, j->packed ? j->packed->data2[ex] : NULL,
+                       gemm);
 }
 
 /* ===== Phase 0: gather input rows, gate ===== */
