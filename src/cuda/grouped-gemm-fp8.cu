@@ -11,8 +11,10 @@
  * experts at full bandwidth), so there W13 stores f32 rows and one small
  * prepare launch quantizes them (cuda.cu), with the same numerics.
  *
- *   BM = 16 decode:  BN = 32, 2 warps (1 x 2), 8 stages, W13 output f32 (BN = 64 with 4
- *                    warps was measured 4-7% slower at T = 64: dev/cuda/NOTES.md v5)
+ *   BM = 16 decode:  BN = 32, 2 warps (1 x 2), 2 stages, W13 output f32 (BN = 64 with 4
+ *                    warps was measured 4-7% slower at T = 64: dev/cuda/NOTES.md v5;
+ *                    2 stages instead of 8 fit several times the CTAs per SM, whose
+ *                    warps hide each other's latency: qwen3 T=64 325 -> 215 us, v11)
  *   BM = 64 prefill: W13 BN = 256 / 128, W2 BN = 128; 8 warps (2 x 4)
  */
 #include "grouped-gemm.cuh"
@@ -25,8 +27,8 @@ static cudaError_t gemm8_launch(const moe__gemm_args *g, cudaStream_t st) {
     const bool relu2 = g->act == MOE_ACT_RELU2;
     switch (g->BM) {
     case 16:
-        return g->w13 ? gemm_launch<FP8, 16, 32, 1, 2, 8, true>(g, st)
-                      : gemm_launch<FP8, 16, 32, 1, 2, 8, false>(g, st);
+        return g->w13 ? gemm_launch<FP8, 16, 32, 1, 2, 2, true>(g, st)
+                      : gemm_launch<FP8, 16, 32, 1, 2, 2, false>(g, st);
     case 64:
         if (!g->w13) return gemm_launch<FP8, 64, 128, 2, 4, 4, false>(g, st);
         return relu2 ? gemm_launch<FP8, 64, 128, 2, 4, 4, true>(g, st)
@@ -44,8 +46,8 @@ cudaError_t moe__grouped_gemm_fp8_cuda(const moe__gemm_args *g, cudaStream_t st)
 
 cudaError_t moe__grouped_gemm_fp8_setup_cuda(void) {
     cudaError_t e;
-    if ((e = gemm_setup<FP8, 16, 32, 1, 2, 8, false>()) != cudaSuccess) return e;
-    if ((e = gemm_setup<FP8, 16, 32, 1, 2, 8, true>()) != cudaSuccess) return e;
+    if ((e = gemm_setup<FP8, 16, 32, 1, 2, 2, false>()) != cudaSuccess) return e;
+    if ((e = gemm_setup<FP8, 16, 32, 1, 2, 2, true>()) != cudaSuccess) return e;
     if ((e = gemm_setup<FP8, 64, 128, 2, 4, 4, false>()) != cudaSuccess) return e;
     if ((e = gemm_setup<FP8, 64, 128, 2, 4, 4, true>()) != cudaSuccess) return e;
     return gemm_setup<FP8, 64, 256, 2, 4, 3, true>();
