@@ -8,6 +8,16 @@
  * 16 rows per load); nibbles become floats through a vpermps table. The
  * portable version dequantizes a row at a time (strided words) on the fp32
  * engine of gemv-fp.h.
+ *
+ * Those layouts scatter a tile of rows over every page (a few hundred bytes
+ * per step, then a jump of a whole word row), which caps decode near a third
+ * of the read bandwidth. So the routed experts are re-laid out once when a
+ * layer binds them (packed_bytes / pack / gemm_packed, cpu-formats.h): panels
+ * of 32 rows, each one sequential stream over K with its scales (and AWQ
+ * zero points) inline, read four panels at a time (layout and kernel below).
+ * gemm_packed gives the same bits as gemm: per row, the same group sums in
+ * the same order. The portable build runs the packed form on the fp32
+ * engine too (same dequantized values, same bits).
  */
 #include "gemv-fp.h"
 
@@ -17,6 +27,121 @@
 #include <immintrin.h>
 #define WV_AVX512 1
 #endif
+
+/* ===== Packed form (bind-time re-layout, both builds) =====
+ *
+ * The checkpoints' layouts make a tile of rows a set of short runs one word
+ * row apart (GPTQ: 4 bytes per row of a tile, then rows * 4 bytes further;
+ * AWQ: rows / 2 bytes), so every step of the kernel lands in a new page. The
+ * packed form stores panels of PK_ROWS = 32 consecutive rows, each one
+ * contiguous stream over all of K, with the panel's scales (and AWQ zero
+ * points) inline where the kernel needs them. Panel p (rows 32p .. 32p + 31,
+ * lanes past the last row hold zeros), pk_geom.pan bytes, 64-byte aligned:
+ *
+ *   grouped (no g_idx), per group g in increasing order:
+ *     [AWQ, when g % 4 == 0: zeros line (64 B): 16 bytes per group g .. g+3,
+ *      byte l = z[lane l] | z[lane l + 16] << 4]
+ *     [scales line (64 B): 32 x u16, the checkpoint's f16/bf16 bits of lane l]
+ *     [G / per word rows of 128 B: 32 words, word l = row 32p + l]
+ *   act-order (GPTQ with g_idx): [ng scales lines][K / per word rows]
+ *
+ * A word holds per = 32 / bits consecutive values of k of one row, value j
+ * in bits bits*j ..: GPTQ words are the checkpoint's words (word row kw =
+ * qweight row kw); AWQ words are rebuilt from its interleaved nibbles
+ * (values are the raw q, zero points apart). Bytes: the checkpoint's data
+ * + scales + zeros, plus the tail panel's padding lanes and, for AWQ, at
+ * most 48 bytes of padding per panel.
+ */
+enum { PK_ROWS = 32, PK_LINE = 64, PK_WROW = PK_ROWS * 4 };
+
+typedef struct pk_geom {
+    int     bits, per;   /* bits per value, values per word                   */
+    bool    awq, act;    /* AWQ zeros lines; act-order layout                  */
+    int64_t ng, npan;    /* groups along K, panels                             */
+    size_t  wb;          /* weight bytes of one group of one panel             */
+    size_t  pan;         /* bytes of one panel                                 */
+} pk_geom;
+
+static pk_geom pk_geom_of(const moe__wmat *w) {
+    pk_geom g;
+    g.bits = w->format == MOE_FORMAT_INT8_GPTQ ? 8 : 4;
+    g.per  = 32 / g.bits;
+    g.awq  = w->format == MOE_FORMAT_INT4_AWQ;
+    g.act  = !g.awq && w->g_idx != NULL;
+    g.ng   = w->cols / w->group_size;
+    g.npan = (w->rows + PK_ROWS - 1) / PK_ROWS;
+    g.wb   = (size_t)(w->group_size / g.per) * PK_WROW;
+    g.pan  = (size_t)g.ng * (PK_LINE + g.wb) + (g.awq ? (size_t)(g.ng + 3) / 4 * PK_LINE : 0);
+    return g;
+}
+
+/* Grouped layout: offset in a panel of group g's scales line (its word rows
+ * follow), and of its 16 zero bytes (AWQ). */
+static inline size_t pk_group_off(const pk_geom *pg, int64_t g) {
+    return (pg->awq ? (size_t)(g / 4 + 1) * PK_LINE : 0) + (size_t)g * (PK_LINE + pg->wb);
+}
+static inline size_t pk_zeros_off(const pk_geom *pg, int64_t g) {
+    return (size_t)(g / 4) * (PK_LINE + 4 * (PK_LINE + pg->wb)) + (size_t)(g % 4) * 16;
+}
+/* Offset in a panel of word row kw (values kw * per ..). */
+static inline size_t pk_word_off(const pk_geom *pg, int64_t G, int64_t kw) {
+    if (pg->act) return (size_t)pg->ng * PK_LINE + (size_t)kw * PK_WROW;
+    const int64_t spg = G / pg->per; /* word rows per group */
+    return pk_group_off(pg, kw / spg) + PK_LINE + (size_t)(kw % spg) * PK_WROW;
+}
+/* Offset in a panel of the scales line of group g. */
+static inline size_t pk_scales_off(const pk_geom *pg, int64_t g) {
+    return pg->act ? (size_t)g * PK_LINE : pk_group_off(pg, g);
+}
+
+static size_t wna16_packed_bytes(const moe__wmat *w) {
+    const pk_geom pg = pk_geom_of(w);
+    return (size_t)pg.npan * pg.pan;
+}
+
+static void wna16_pack(const moe__wmat *w, void *dst) {
+    static const int awq_nib[8] = MOE_AWQ_NIBBLE_INIT;
+    const pk_geom   pg = pk_geom_of(w);
+    const int64_t   R = w->rows, K = w->cols, G = w->group_size, nkw = K / pg.per;
+    const uint32_t *q = (const uint32_t *)w->data;    // GPTQ (K/per, R); AWQ (K, R/8)
+    const uint16_t *s = (const uint16_t *)w->scales;  // (K/G, R)
+    const uint32_t *z = (const uint32_t *)w->zeros;   // AWQ (K/G, R/8)
+    for (int64_t p = 0; p < pg.npan; p++) {
+        char         *P  = (char *)dst + (size_t)p * pg.pan;
+        const int64_t rb = p * PK_ROWS, n = R - rb < PK_ROWS ? R - rb : PK_ROWS;
+        memset(P, 0, pg.pan); /* padding lanes and lines */
+        for (int64_t g = 0; g < pg.ng; g++) {
+            uint16_t *sl = (uint16_t *)(P + pk_scales_off(&pg, g));
+            for (int64_t l = 0; l < n; l++) sl[l] = s[g * R + rb + l];
+            if (pg.awq) {
+                uint8_t *zl = (uint8_t *)(P + pk_zeros_off(&pg, g));
+                for (int64_t l = 0; l < n; l++) {
+                    const int64_t r = rb + l;
+                    const int     v = (int)((z[g * (R / 8) + r / 8] >> (4 * awq_nib[r % 8])) & 15u);
+                    zl[l % 16] |= (uint8_t)(v << (4 * (l / 16)));
+                }
+            }
+        }
+        for (int64_t kw = 0; kw < nkw && !pg.awq; kw++)
+            memcpy(P + pk_word_off(&pg, G, kw), q + kw * R + rb, (size_t)n * 4);
+    }
+    /* AWQ words: 8 rows of the checkpoint (k = 8 kw ..) at a time, read in
+     * order; checkpoint word c of those rows gives rows 8c .. 8c + 7 their
+     * nibbles j (same panel: 32 is a multiple of 8). */
+    for (int64_t kw = 0; kw < nkw && pg.awq; kw++) {
+        const uint32_t *qk = q + kw * 8 * (R / 8); // (8, R/8)
+        for (int64_t c = 0; c < R / 8; c++) {
+            uint32_t v[8] = { 0 };
+            for (int j = 0; j < 8; j++) {
+                const uint32_t wj = qk[j * (R / 8) + c];
+                for (int n = 0; n < 8; n++)
+                    v[n] |= ((wj >> (4 * awq_nib[n])) & 15u) << (4 * j);
+            }
+            memcpy((char *)dst + (size_t)(8 * c / PK_ROWS) * pg.pan + pk_word_off(&pg, G, kw) +
+                       4 * (size_t)(8 * c % PK_ROWS), v, sizeof v);
+        }
+    }
+}
 
 #if !WV_AVX512
 /* ===== Portable: one row at a time on the fp32 engine ===== */
@@ -74,12 +199,42 @@ static void unpack_int4_awq(const moe__wmat *w, int64_t r, int64_t k0, int64_t k
     }
 }
 
+/* The packed form (wna16_pack), one row at a time: the same floats as the
+ * unpack_* above ((q - zero) * s), so the same engine gives the same bits. */
+static void unpack_packed(const moe__wmat *w, int64_t r, int64_t k0, int64_t kc, float *out) {
+    const pk_geom   pg   = pk_geom_of(w);
+    const char     *P    = (const char *)w->data + (size_t)(r / PK_ROWS) * pg.pan;
+    const int       l    = (int)(r % PK_ROWS), zero = 1 << (pg.bits - 1);
+    const uint32_t  mask = (1u << pg.bits) - 1;
+    const int64_t   G    = w->group_size;
+    for (int64_t k = k0; k < k0 + kc; k++) {
+        const int64_t g = pg.act ? w->g_idx[k] : k / G;
+        uint16_t      h, wv;
+        uint32_t      word;
+        memcpy(&h, P + pk_scales_off(&pg, g) + 2 * (size_t)l, 2);
+        memcpy(&word, P + pk_word_off(&pg, G, k / pg.per) + 4 * (size_t)l, 4);
+        wv = (uint16_t)((word >> (pg.bits * (k % pg.per))) & mask);
+        const float s = w->scale_format == MOE_FORMAT_BF16 ? moe__bf16_to_f32(h)
+                                                           : moe__f16_to_f32(h);
+        int zp = zero;
+        if (pg.awq) zp = (P[pk_zeros_off(&pg, k / G) + l % 16] >> (4 * (l / 16))) & 15;
+        out[k - k0] = (float)((int)wv - zp) * s;
+    }
+}
+
 #define WNA16_ENTRY(name)                                                                      \
     static void gemm_##name(const moe__wmat *w, int64_t r0, int64_t r1, const void *xq,        \
                             size_t xq_stride, int64_t n_x, float *y, int64_t y_stride) {       \
         fp_gemm(w, r0, r1, xq, xq_stride, n_x, y, y_stride, unpack_##name);                    \
     }                                                                                          \
-    const moe__cpu_format moe__cpu_##name = { .gemm = gemm_##name };
+    static void gemm_packed_##name(const moe__wmat *w, int64_t r0, int64_t r1, const void *xq, \
+                                   size_t xq_stride, int64_t n_x, float *y, int64_t y_stride) {\
+        fp_gemm(w, r0, r1, xq, xq_stride, n_x, y, y_stride, unpack_packed);                    \
+    }                                                                                          \
+    const moe__cpu_format moe__cpu_##name = { .gemm = gemm_##name,                             \
+                                              .packed_bytes = wna16_packed_bytes,              \
+                                              .pack = wna16_pack,                              \
+                                              .gemm_packed = gemm_packed_##name };
 
 #else
 /* ===== AVX-512 GPTQ: 16 output rows per vector =====
@@ -324,7 +479,242 @@ static void gemm_int4_awq(const moe__wmat *w, int64_t r0, int64_t r1, const void
     }
 }
 
-#define WNA16_ENTRY(name) const moe__cpu_format moe__cpu_##name = { .gemm = gemm_##name };
+/* ===== AVX-512 on the packed form =====
+ *
+ * NP panels (up to 4: 128 rows, four sequential streams in flight) times NX
+ * activation rows at once, the group sums in registers. Each lane is one
+ * row and sums exactly as gemm_wv / awq_block do: per group, (q - zero) * x
+ * fused-added in increasing k from 0 (times the act-order scale of each k
+ * when g_idx is set), then acc = fma(group sum, group scale (1 with
+ * g_idx), acc); so gemm_packed and gemm give the same bits. The stream is
+ * prefetched as cpu-formats.h says, and its first MOE_CPU_PF_FAR bytes
+ * (which that prefetch never asks for) when a panel starts.
+ *
+ * One activation row costs per 16 values a shift, a vpermps and an FMA
+ * (ports 0 and 5): about 20 GB/s of 4-bit weights per core with the
+ * weights in L2 on the CI machine, against about 15 GB/s of memory per
+ * core, so the decode is kept to that. Tried and dropped there: loads at
+ * byte offsets instead of the shifts (the split loads cost more: -20% in
+ * L2), and prefetching the next run of panels during the current one (no
+ * gain in the layer).
+ */
+enum { PK_NP = 4, PK_XMAX = 8 };
+
+static inline __m512 pk_scales(const char *line, int v, bool bf16) {
+    const __m256i h = _mm256_load_si256((const __m256i *)(line + 32 * v));
+    return bf16 ? _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16))
+                : _mm512_cvtph_ps(h);
+}
+
+/* Value j of 16 GPTQ words as a float: q - 8 (4 bits), q - 128 (8 bits);
+ * as gptq_val. */
+static inline __m512 pk_val(__m512i words, int j, int bits) {
+    const __m512i v = j ? _mm512_srli_epi32(words, (unsigned)(bits * j)) : words;
+    if (bits == 4)
+        return _mm512_permutexvar_ps(
+            v, _mm512_set_ps(7, 6, 5, 4, 3, 2, 1, 0, -1, -2, -3, -4, -5, -6, -7, -8));
+    const __m512i f = _mm512_ternarylogic_epi32(v, _mm512_set1_epi32(0xff),
+                                                _mm512_set1_epi32(0x4b000000), 0xea);
+    return _mm512_sub_ps(_mm512_castsi512_ps(f), _mm512_set1_ps(8388608.0f + 128.0f));
+}
+
+/* Byte b of each lane (q + 16 - z, 1 .. 31) looked up as q - z. */
+static inline __m512 pk_awq_val(__m512i bytes, int b) {
+    const __m512i v = b ? _mm512_srli_epi32(bytes, (unsigned)(8 * b)) : bytes;
+    return _mm512_permutex2var_ps(
+        _mm512_set_ps(-1, -2, -3, -4, -5, -6, -7, -8, -9, -10, -11, -12, -13, -14, -15, -16), v,
+        _mm512_set_ps(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0));
+}
+
+/* Panels P, P + pan, ... (NP of them) against NX activation rows xs: out[p][v][i]
+ * lane l = row 32p + 16v + l of the run. */
+static inline __attribute__((always_inline)) void pk_kernel(
+    const moe__wmat *w, const pk_geom *pg, const char *P, const float *const *xs,
+    __m512 (*out)[2][PK_XMAX], int NP, int NX, int bits, bool awq, bool act) {
+    const int64_t G = w->group_size, per = 32 / bits, spg = G / per;
+    const bool    bf = w->scale_format == MOE_FORMAT_BF16;
+    __m512        acc[PK_NP][2][PK_XMAX];
+    for (int p = 0; p < NP; p++) {
+        for (size_t o = 0; o < MOE_CPU_PF_FAR; o += 64)
+            __builtin_prefetch(P + (size_t)p * pg->pan + o, 0, 2);
+        for (int v = 0; v < 2; v++)
+            for (int i = 0; i < NX; i++) acc[p][v][i] = _mm512_setzero_ps();
+    }
+    for (int64_t g = 0; g < pg->ng; g++) {
+        const char *wl[PK_NP];
+        __m512i     zc[PK_NP][2];
+        __m512      ga[PK_NP][2][PK_XMAX];
+        for (int p = 0; p < NP; p++) {
+            const char *base = P + (size_t)p * pg->pan;
+            wl[p] = base + pk_word_off(pg, G, g * spg);
+            if (awq) { /* 16 - z of each lane, in each of its 4 bytes */
+                const __m512i zb = _mm512_cvtepu8_epi32(
+                    _mm_loadu_si128((const __m128i *)(base + pk_zeros_off(pg, g))));
+                const __m512i b4 = _mm512_set1_epi32(0x01010101), c16 = _mm512_set1_epi32(16);
+                zc[p][0] = _mm512_mullo_epi32(
+                    _mm512_sub_epi32(c16, _mm512_and_si512(zb, _mm512_set1_epi32(15))), b4);
+                zc[p][1] = _mm512_mullo_epi32(_mm512_sub_epi32(c16, _mm512_srli_epi32(zb, 4)), b4);
+            }
+            for (int v = 0; v < 2; v++)
+                for (int i = 0; i < NX; i++) ga[p][v][i] = _mm512_setzero_ps();
+        }
+        for (int64_t s = 0; s < spg; s++) {
+            const int64_t k = g * G + s * per;
+#pragma GCC unroll 4
+            for (int p = 0; p < NP; p++) {
+                const char *wp = wl[p] + (size_t)s * PK_WROW;
+                moe__cpu_prefetch(wp, PK_WROW);
+                const __m512i w0 = _mm512_load_si512(wp), w1 = _mm512_load_si512(wp + 64);
+                /* AWQ: the even values (bytes of e) and the odd ones (bytes of o),
+                 * plus 16 - z, are each one byte in 1 .. 31: a 32-entry table of
+                 * i - 16 gives q - z exactly (as awq_block's lut(q) - z). */
+                __m512i e[2], o[2];
+                if (awq) {
+                    const __m512i m = _mm512_set1_epi32(0x0f0f0f0f);
+                    for (int v = 0; v < 2; v++) {
+                        const __m512i wv = v ? w1 : w0;
+                        e[v] = _mm512_add_epi32(_mm512_and_si512(wv, m), zc[p][v]);
+                        o[v] = _mm512_add_epi32(_mm512_and_si512(_mm512_srli_epi32(wv, 4), m),
+                                                zc[p][v]);
+                    }
+                }
+#pragma GCC unroll 8
+                for (int j = 0; j < per; j++) {
+                    __m512 v0, v1;
+                    if (awq) {
+                        v0 = pk_awq_val(j % 2 ? o[0] : e[0], j / 2);
+                        v1 = pk_awq_val(j % 2 ? o[1] : e[1], j / 2);
+                    } else {
+                        v0 = pk_val(w0, j, bits);
+                        v1 = pk_val(w1, j, bits);
+                    }
+                    if (act) {
+                        const char *sl = P + (size_t)p * pg->pan +
+                                         pk_scales_off(pg, w->g_idx[k + j]);
+                        v0 = _mm512_mul_ps(v0, pk_scales(sl, 0, bf));
+                        v1 = _mm512_mul_ps(v1, pk_scales(sl, 1, bf));
+                    }
+                    for (int i = 0; i < NX; i++) {
+                        const __m512 xb = _mm512_set1_ps(xs[i][k + j]);
+                        ga[p][0][i] = _mm512_fmadd_ps(v0, xb, ga[p][0][i]);
+                        ga[p][1][i] = _mm512_fmadd_ps(v1, xb, ga[p][1][i]);
+                    }
+                }
+            }
+        }
+        for (int p = 0; p < NP; p++) {
+            const char *sl = P + (size_t)p * pg->pan + pk_scales_off(pg, g);
+            for (int v = 0; v < 2; v++) {
+                const __m512 sv = act ? _mm512_set1_ps(1.0f) : pk_scales(sl, v, bf);
+                for (int i = 0; i < NX; i++)
+                    acc[p][v][i] = _mm512_fmadd_ps(ga[p][v][i], sv, acc[p][v][i]);
+            }
+        }
+    }
+    for (int p = 0; p < NP; p++)
+        for (int v = 0; v < 2; v++)
+            for (int i = 0; i < NX; i++) out[p][v][i] = acc[p][v][i];
+}
+
+/* The (NP, NX) variants a format uses: 4 panels for 1 or 2 activation rows,
+ * 2 for 4, 1 for 8 (NP * 2 * NX group sums stay in registers), and 1 panel
+ * for the tail of a tile. */
+#define PK_VARIANTS(name, bits, awq, act)                                                     \
+    static void pk_##name(const moe__wmat *w, const pk_geom *pg, const char *P,              \
+                          const float *const *xs, __m512 (*out)[2][PK_XMAX], int np, int nx) { \
+        if (nx == 1 && np == 4)      pk_kernel(w, pg, P, xs, out, 4, 1, bits, awq, act);        \
+        else if (nx == 1)            pk_kernel(w, pg, P, xs, out, 1, 1, bits, awq, act);        \
+        else if (nx == 2 && np == 4) pk_kernel(w, pg, P, xs, out, 4, 2, bits, awq, act);        \
+        else if (nx == 2)            pk_kernel(w, pg, P, xs, out, 1, 2, bits, awq, act);        \
+        else if (nx == 4 && np == 2) pk_kernel(w, pg, P, xs, out, 2, 4, bits, awq, act);        \
+        else if (nx == 4)            pk_kernel(w, pg, P, xs, out, 1, 4, bits, awq, act);        \
+        else                         pk_kernel(w, pg, P, xs, out, 1, 8, bits, awq, act);        \
+    }
+PK_VARIANTS(int4_gptq, 4, false, false)
+PK_VARIANTS(int8_gptq, 8, false, false)
+PK_VARIANTS(int4_awq, 4, true, false)
+
+/* Act-order: the slower path (a scale load per k), one panel at a time. */
+static void pk_int4_gptq_act(const moe__wmat *w, const pk_geom *pg, const char *P,
+                             const float *const *xs, __m512 (*out)[2][PK_XMAX], int np, int nx) {
+    (void)np;
+    if (nx == 1)      pk_kernel(w, pg, P, xs, out, 1, 1, 4, false, true);
+    else if (nx == 2) pk_kernel(w, pg, P, xs, out, 1, 2, 4, false, true);
+    else if (nx == 4) pk_kernel(w, pg, P, xs, out, 1, 4, 4, false, true);
+    else              pk_kernel(w, pg, P, xs, out, 1, 8, 4, false, true);
+}
+static void pk_int8_gptq_act(const moe__wmat *w, const pk_geom *pg, const char *P,
+                             const float *const *xs, __m512 (*out)[2][PK_XMAX], int np, int nx) {
+    (void)np;
+    if (nx == 1)      pk_kernel(w, pg, P, xs, out, 1, 1, 8, false, true);
+    else if (nx == 2) pk_kernel(w, pg, P, xs, out, 1, 2, 8, false, true);
+    else if (nx == 4) pk_kernel(w, pg, P, xs, out, 1, 4, 8, false, true);
+    else              pk_kernel(w, pg, P, xs, out, 1, 8, 8, false, true);
+}
+
+typedef void (*pk_fn)(const moe__wmat *w, const pk_geom *pg, const char *P,
+                      const float *const *xs, __m512 (*out)[2][PK_XMAX], int np, int nx);
+
+/* Rows [r0, r1): the panels that hold them, PK_NP at a time; within that,
+ * activation rows in blocks of 8, 4, 2, 1, and the panels in runs of the
+ * variant's width. Lanes outside [r0, r1) are computed and dropped. */
+static void pk_gemm(const moe__wmat *w, int64_t r0, int64_t r1, const void *xq, size_t xq_stride,
+                    int64_t n_x, float *y, int64_t y_stride, pk_fn fn, int np_max_act) {
+    const pk_geom pg = pk_geom_of(w);
+    const int64_t p0 = r0 / PK_ROWS, p1 = (r1 + PK_ROWS - 1) / PK_ROWS;
+    for (int64_t pc = p0; pc < p1; pc += PK_NP) {
+        const int64_t pe = pc + PK_NP < p1 ? pc + PK_NP : p1;
+        for (int64_t i0 = 0; i0 < n_x;) {
+            const int64_t left = n_x - i0;
+            const int     nx   = left >= 8 ? 8 : left >= 4 ? 4 : left >= 2 ? 2 : 1;
+            int           npw  = nx <= 2 ? 4 : nx == 4 ? 2 : 1;
+            if (npw > np_max_act) npw = np_max_act;
+            const float  *xs[PK_XMAX];
+            for (int i = 0; i < PK_XMAX; i++)
+                xs[i] = (const float *)((const char *)xq + (size_t)(i0 + (i < nx ? i : 0)) *
+                                                               xq_stride);
+            for (int64_t p = pc; p < pe;) {
+                const int np = pe - p >= npw ? npw : 1;
+                __m512    out[PK_NP][2][PK_XMAX];
+                fn(w, &pg, (const char *)w->data + (size_t)p * pg.pan, xs, out, np, nx);
+                for (int q = 0; q < np; q++)
+                    for (int v = 0; v < 2; v++) {
+                        const int64_t rb = (p + q) * PK_ROWS + 16 * v;
+                        for (int i = 0; i < nx; i++) {
+                            _Alignas(64) float t[16];
+                            _mm512_store_ps(t, out[q][v][i]);
+                            for (int l = 0; l < 16; l++)
+                                if (rb + l >= r0 && rb + l < r1)
+                                    y[(i0 + i) * y_stride + (rb + l - r0)] = t[l];
+                        }
+                    }
+                p += np;
+            }
+            i0 += nx;
+        }
+    }
+}
+
+static void gemm_packed_int4_gptq(const moe__wmat *w, int64_t r0, int64_t r1, const void *xq,
+                                  size_t xq_stride, int64_t n_x, float *y, int64_t y_stride) {
+    if (w->g_idx) pk_gemm(w, r0, r1, xq, xq_stride, n_x, y, y_stride, pk_int4_gptq_act, 1);
+    else          pk_gemm(w, r0, r1, xq, xq_stride, n_x, y, y_stride, pk_int4_gptq, PK_NP);
+}
+static void gemm_packed_int8_gptq(const moe__wmat *w, int64_t r0, int64_t r1, const void *xq,
+                                  size_t xq_stride, int64_t n_x, float *y, int64_t y_stride) {
+    if (w->g_idx) pk_gemm(w, r0, r1, xq, xq_stride, n_x, y, y_stride, pk_int8_gptq_act, 1);
+    else          pk_gemm(w, r0, r1, xq, xq_stride, n_x, y, y_stride, pk_int8_gptq, PK_NP);
+}
+static void gemm_packed_int4_awq(const moe__wmat *w, int64_t r0, int64_t r1, const void *xq,
+                                 size_t xq_stride, int64_t n_x, float *y, int64_t y_stride) {
+    pk_gemm(w, r0, r1, xq, xq_stride, n_x, y, y_stride, pk_int4_awq, PK_NP);
+}
+
+#define WNA16_ENTRY(name)                                                                      \
+    const moe__cpu_format moe__cpu_##name = { .gemm = gemm_##name,                             \
+                                              .packed_bytes = wna16_packed_bytes,              \
+                                              .pack = wna16_pack,                              \
+                                              .gemm_packed = gemm_packed_##name };
 
 #endif
 

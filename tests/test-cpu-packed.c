@@ -1,0 +1,158 @@
+/*
+ * test-cpu-packed.c - the bind-time re-layout of the weight-only group
+ * formats (INT4_GPTQ, INT8_GPTQ, INT4_AWQ; src/cpu/gemv-wna16.c): for
+ * random checkpoint tables made by the formats' reference quantizers,
+ * gemm_packed on pack()'s output must give the same bits as gemm on the
+ * checkpoint layout (cpu-formats.h's contract), for act-order g_idx on and
+ * off, group sizes 32/64/128, f16 and bf16 scales, row counts that are not
+ * a multiple of the 32-row panel, row ranges that start and end anywhere
+ * and 1..9 input rows. The full products are also held against the fp64
+ * dot product of the reference dequantization (dequant_row_ref), so a
+ * packed path that agreed with a broken gemm would still fail; and pack()
+ * must write every byte it owns (the same bytes over two different
+ * initial buffers) and, for whole panels, take exactly the checkpoint's
+ * bytes.
+ */
+#include "test.h"
+
+#include "../src/cpu/cpu-formats.h"
+#include "../src/quant/quant.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct pcase {
+    moe_format f;
+    int32_t    group;
+    moe_format sf;
+    int64_t    rows, cols;
+    bool       g_idx;
+} pcase;
+
+static void check_packed(const pcase *c) {
+    const moe__format_traits *t  = moe__format(c->f);
+    const moe__cpu_format    *cf = moe__cpu_format_get(c->f);
+    const char *name = t->info.name;
+    REQUIRE(cf && cf->packed_bytes && cf->pack && cf->gemm_packed, "%s: no packed hooks", name);
+    moe__wsizes s;
+    char err[256];
+    REQUIRE(t->sizes(c->rows, c->cols, c->group, c->sf, &s, err, sizeof err) == MOE_OK, "%s", err);
+    test_rng rng = { 1000 + 31 * (uint64_t)c->f + (uint64_t)c->group + (uint64_t)c->rows +
+                     (c->g_idx ? 7 : 0) };
+    const int64_t R = c->rows, K = c->cols, NX = 9, ng = K / c->group;
+    float   *src   = malloc(sizeof(float) * (size_t)(R * K));
+    void    *data  = calloc(1, s.data), *sc = calloc(1, s.scales), *zp = calloc(1, s.zeros + 4);
+    int32_t *g_idx = malloc(sizeof(int32_t) * (size_t)K);
+    test_fill_normal(&rng, src, (size_t)(R * K), 0.1f);
+    for (int64_t k = 0; k < K; k++) g_idx[k] = (int32_t)(test_rng_u64(&rng) % (uint64_t)ng);
+    moe__wmat w = { .format = c->f, .rows = R, .cols = K, .group_size = c->group,
+                    .scale_format = c->sf, .data = data, .scales = sc,
+                    .zeros = s.zeros ? zp : NULL, .g_idx = c->g_idx ? g_idx : NULL,
+                    .scale2 = 1.0f };
+    REQUIRE(t->quantize_ref(src, &w) == MOE_OK, "%s: quantize", name);
+
+    /* pack over two different initial buffers: every byte must be written. */
+    const size_t pb = cf->packed_bytes(&w);
+    CHECK(pb >= s.data + s.scales + s.zeros, "%s: %zu packed bytes < the checkpoint's %zu", name,
+          pb, s.data + s.scales + s.zeros);
+    if (R % 32 == 0 && ng % 4 == 0) /* no padding: the copy costs the checkpoint's bytes */
+        CHECK(pb == s.data + s.scales + s.zeros, "%s: %zu packed bytes, checkpoint %zu", name, pb,
+              s.data + s.scales + s.zeros);
+    const size_t pba = (pb + 63) / 64 * 64;
+    char *pk = aligned_alloc(64, pba), *pk2 = aligned_alloc(64, pba);
+    memset(pk, 0xa5, pba);
+    memset(pk2, 0, pba);
+    cf->pack(&w, pk);
+    cf->pack(&w, pk2);
+    CHECK(memcmp(pk, pk2, pb) == 0, "%s: pack left bytes unwritten", name);
+    moe__wmat wp = w;
+    wp.data = pk;
+
+    float *x = aligned_alloc(64, sizeof(float) * (size_t)(NX * K));
+    test_fill_normal(&rng, x, (size_t)(NX * K), 1.0f);
+    for (int64_t k = 0; k < K; k++) x[4 * K + k] *= 1e-6f; /* a tiny row */
+    const size_t xs = (size_t)K * sizeof(float);           /* K % 32 == 0: 64-byte rows */
+
+    /* Full products: packed == checkpoint bitwise, and near the reference. */
+    float  *full = malloc(sizeof(float) * (size_t)(NX * R));
+    float  *part = malloc(sizeof(float) * (size_t)(NX * R));
+    float  *wrow = malloc(sizeof(float) * (size_t)K);
+    cf->gemm(&w, 0, R, x, xs, NX, full, R);
+    long bad = 0, off_ref = 0;
+    for (int64_t r = 0; r < R; r++) {
+        t->dequant_row_ref(&w, r, wrow);
+        for (int64_t i = 0; i < NX; i++) {
+            double a = 0, m = 0;
+            for (int64_t k = 0; k < K; k++) {
+                a += (double)wrow[k] * x[i * K + k];
+                m += fabs((double)wrow[k] * x[i * K + k]);
+            }
+            if (!(fabs((double)full[i * R + r] - a) <= 1e-5 * m + 1e-30) && off_ref++ < 3)
+                test_fail(__FILE__, __LINE__, "%s: gemm y[%lld][%lld] = %.9g, reference %.9g",
+                          name, (long long)i, (long long)r, full[i * R + r], a);
+        }
+    }
+    CHECK(off_ref == 0, "%s: %ld outputs of gemm off the reference", name, off_ref);
+
+    /* Row ranges (unaligned to the panel, inside one panel, across several)
+     * and every input count 1..9, in chunks. */
+    const int64_t ranges[][2] = { { 0, R },      { 3, 77 < R ? 77 : R }, { 31, 33 },
+                                  { 32, 160 < R ? 160 : R }, { R - 5, R }, { 17, R - 1 },
+                                  { R - 1, R },  { 0, 1 } };
+    for (size_t ri = 0; ri < sizeof ranges / sizeof ranges[0]; ri++) {
+        const int64_t r0 = ranges[ri][0], r1 = ranges[ri][1];
+        if (r0 < 0 || r1 > R || r0 >= r1) continue;
+        for (int64_t n = 1; n <= NX; n++) {
+            for (int64_t i0 = 0; i0 < NX; i0 += n) {
+                const int64_t nx = NX - i0 < n ? NX - i0 : n;
+                for (int64_t j = 0; j < nx * (r1 - r0); j++) part[j] = NAN;
+                cf->gemm_packed(&wp, r0, r1, (const char *)x + (size_t)i0 * xs, xs, nx, part,
+                                r1 - r0);
+                for (int64_t i = 0; i < nx; i++)
+                    for (int64_t r = r0; r < r1; r++)
+                        if (memcmp(&part[i * (r1 - r0) + (r - r0)], &full[(i0 + i) * R + r], 4) &&
+                            bad++ < 3)
+                            test_fail(__FILE__, __LINE__, "%s g%d %s%s: rows [%lld, %lld), %lld "
+                                      "inputs: packed y[%lld][%lld] = %a, gemm %a", name,
+                                      (int)c->group, moe_format_name(c->sf),
+                                      c->g_idx ? " g_idx" : "", (long long)r0, (long long)r1,
+                                      (long long)nx, (long long)(i0 + i), (long long)r,
+                                      (double)part[i * (r1 - r0) + (r - r0)],
+                                      (double)full[(i0 + i) * R + r]);
+            }
+        }
+    }
+    CHECK(bad == 0, "%s g%d%s: %ld packed outputs differ from gemm", name, (int)c->group,
+          c->g_idx ? " g_idx" : "", bad);
+    free(src); free(data); free(sc); free(zp); free(g_idx); free(pk); free(pk2); free(x);
+    free(full); free(part); free(wrow);
+}
+
+TEST(cpu_packed_wna16_matches_gemm) {
+    const moe_format fmts[] = { MOE_FORMAT_INT4_GPTQ, MOE_FORMAT_INT8_GPTQ, MOE_FORMAT_INT4_AWQ };
+    const int32_t    groups[] = { 32, 64, 128 };
+    for (size_t fi = 0; fi < 3; fi++)
+        for (size_t gi = 0; gi < 3; gi++)
+            for (int act = 0; act < 2; act++) {
+                if (act && fmts[fi] == MOE_FORMAT_INT4_AWQ) continue; /* GPTQ only */
+                const pcase c = { fmts[fi], groups[gi],
+                                  gi == 1 ? MOE_FORMAT_BF16 : MOE_FORMAT_F16, 200, 384, act };
+                check_packed(&c);
+            }
+}
+
+TEST(cpu_packed_wna16_shapes) {
+    /* Fewer rows than a panel, one panel plus a few, K of many groups
+     * (more than one zeros line per AWQ panel: groups % 4 != 0). */
+    const pcase cases[] = {
+        { MOE_FORMAT_INT4_AWQ, 32, MOE_FORMAT_BF16, 8, 288, false },
+        { MOE_FORMAT_INT4_AWQ, 64, MOE_FORMAT_F16, 40, 1344, false },
+        { MOE_FORMAT_INT4_GPTQ, 128, MOE_FORMAT_F16, 13, 1152, true },
+        { MOE_FORMAT_INT4_GPTQ, 32, MOE_FORMAT_BF16, 136, 2080, false },
+        { MOE_FORMAT_INT8_GPTQ, 32, MOE_FORMAT_F16, 1, 96, false },
+        { MOE_FORMAT_INT8_GPTQ, 64, MOE_FORMAT_BF16, 264, 640, true },
+        { MOE_FORMAT_INT4_AWQ, 128, MOE_FORMAT_F16, 64, 1024, false }, /* whole panels */
+        { MOE_FORMAT_INT4_GPTQ, 64, MOE_FORMAT_F16, 96, 512, false },
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) check_packed(&cases[i]);
+}
