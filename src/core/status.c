@@ -7,6 +7,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
 
 #define MOE__STR(x) #x
 #define MOE__XSTR(x) MOE__STR(x)
@@ -73,6 +76,18 @@ void *moe__aligned_alloc(size_t size) {
 
 void moe__aligned_free(void *p) {
     if (p) moe__free(((void **)p)[-1]);
+}
+
+void moe__advise_huge_pages(void *p, size_t n) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+    const uintptr_t huge = (uintptr_t)2 << 20;
+    const uintptr_t a    = ((uintptr_t)p + huge - 1) & ~(huge - 1);
+    const uintptr_t b    = ((uintptr_t)p + n) & ~(huge - 1);
+    if (b > a) (void)madvise((void *)a, b - a, MADV_HUGEPAGE);
+#else
+    (void)p;
+    (void)n;
+#endif
 }
 
 /* ===== Logging, errors, abort ===== */

@@ -43,9 +43,6 @@
 
 #include <math.h>
 #include <string.h>
-#if defined(__linux__)
-#include <sys/mman.h>
-#endif
 
 /* ===== Tiling =====
  *
@@ -406,23 +403,6 @@ static const char *cpu_rejects(const moe_routed_experts *e) {
     return NULL;
 }
 
-/* Asks Linux for transparent huge pages on the 2 MiB-aligned inside of
- * [p, p + n) (a hint; where THP is "madvise" only, as on the CI machine,
- * nothing else gives them): decode streams many weight rows at once, and
- * 4 KiB pages cost TLB misses. GPTQ packed, qwen3-30b-a3b, 1 / 8 tokens:
- * 64-69% / 72-74% of read bandwidth without, 72-75% / 80-84% with. */
-static void advise_huge_pages(void *p, size_t n) {
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-    const uintptr_t huge = (uintptr_t)2 << 20;
-    const uintptr_t a = ((uintptr_t)p + huge - 1) & ~(huge - 1);
-    const uintptr_t b = ((uintptr_t)p + n) & ~(huge - 1);
-    if (b > a) (void)madvise((void *)a, b - a, MADV_HUGEPAGE);
-#else
-    (void)p;
-    (void)n;
-#endif
-}
-
 /* Packs every local expert's matrices whose format has a pack hook, once
  * (a second layer on the same experts finds the first one's copy). The
  * checkpoint's layout stays: other backends and the unbound path read it. */
@@ -452,7 +432,7 @@ static moe_status cpu_bind(moe_routed_experts *e, moe_context *ctx, char *err, s
                          "cpu: out of memory for the %zu bytes of packed %s weights", total,
                          moe_format_name(cf[0]->pack ? e->fmt13 : e->fmt2));
     }
-    advise_huge_pages(cp->block, total);
+    moe__advise_huge_pages(cp->block, total);
     size_t off = 0;
     for (int32_t i = 0; i < n; i++) {
         const moe__wmat w[2] = { moe__experts_w13(e, i), moe__experts_w2(e, i) };
