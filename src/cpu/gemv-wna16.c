@@ -635,21 +635,23 @@ PK_VARIANTS(int8_gptq, 8, false, false)
 PK_VARIANTS(int4_awq, 4, true, false)
 
 /* Act-order: the slower path (a scale load per k), one panel at a time. */
+static inline __attribute__((always_inline)) void pk_act(
+    const moe__wmat *w, const pk_geom *pg, const char *P, const float *const *xs,
+    __m512 (*out)[2][PK_XMAX], int nx, int bits) {
+    if (nx == 1)      pk_kernel(w, pg, P, xs, out, 1, 1, bits, false, true);
+    else if (nx == 2) pk_kernel(w, pg, P, xs, out, 1, 2, bits, false, true);
+    else if (nx == 4) pk_kernel(w, pg, P, xs, out, 1, 4, bits, false, true);
+    else              pk_kernel(w, pg, P, xs, out, 1, 8, bits, false, true);
+}
 static void pk_int4_gptq_act(const moe__wmat *w, const pk_geom *pg, const char *P,
                              const float *const *xs, __m512 (*out)[2][PK_XMAX], int np, int nx) {
     (void)np;
-    if (nx == 1)      pk_kernel(w, pg, P, xs, out, 1, 1, 4, false, true);
-    else if (nx == 2) pk_kernel(w, pg, P, xs, out, 1, 2, 4, false, true);
-    else if (nx == 4) pk_kernel(w, pg, P, xs, out, 1, 4, 4, false, true);
-    else              pk_kernel(w, pg, P, xs, out, 1, 8, 4, false, true);
+    pk_act(w, pg, P, xs, out, nx, 4);
 }
 static void pk_int8_gptq_act(const moe__wmat *w, const pk_geom *pg, const char *P,
                              const float *const *xs, __m512 (*out)[2][PK_XMAX], int np, int nx) {
     (void)np;
-    if (nx == 1)      pk_kernel(w, pg, P, xs, out, 1, 1, 8, false, true);
-    else if (nx == 2) pk_kernel(w, pg, P, xs, out, 1, 2, 8, false, true);
-    else if (nx == 4) pk_kernel(w, pg, P, xs, out, 1, 4, 8, false, true);
-    else              pk_kernel(w, pg, P, xs, out, 1, 8, 8, false, true);
+    pk_act(w, pg, P, xs, out, nx, 8);
 }
 
 typedef void (*pk_fn)(const moe__wmat *w, const pk_geom *pg, const char *P,
