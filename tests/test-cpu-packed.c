@@ -82,11 +82,8 @@ static void check_packed(const pcase *c) {
     for (int64_t r = 0; r < R; r++) {
         t->dequant_row_ref(&w, r, wrow);
         for (int64_t i = 0; i < NX; i++) {
-            double a = 0, m = 0;
-            for (int64_t k = 0; k < K; k++) {
-                a += (double)wrow[k] * x[i * K + k];
-                m += fabs((double)wrow[k] * x[i * K + k]);
-            }
+            double m;
+            const double a = test_dot_ref(wrow, x + i * K, K, &m);
             if (!(fabs((double)full[i * R + r] - a) <= 1e-5 * m + 1e-30) && off_ref++ < 3)
                 test_fail(__FILE__, __LINE__, "%s: gemm y[%lld][%lld] = %.9g, reference %.9g",
                           name, (long long)i, (long long)r, full[i * R + r], a);

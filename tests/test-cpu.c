@@ -529,11 +529,8 @@ TEST(cpu_gemm_plain_tiles) {
                 cf->gemm(&m, r0, r1, xq, xstride, nx, y, R);
                 for (int64_t i = 0; i < nx; i++)
                     for (int64_t rr = r0; rr < r1; rr++) {
-                        double acc = 0, mag = 0;
-                        for (int64_t k = 0; k < Kd; k++) {
-                            acc += (double)wv[rr * Kd + k] * x[i * Kd + k];
-                            mag += fabs((double)wv[rr * Kd + k] * x[i * Kd + k]);
-                        }
+                        double mag;
+                        const double acc = test_dot_ref(wv + rr * Kd, x + i * Kd, Kd, &mag);
                         double got = y[i * R + (rr - r0)];
                         CHECK(fabs(got - acc) <= 1e-6 * mag,
                               "%s K %lld tile %d: y[%lld][%lld] = %g, want %g",

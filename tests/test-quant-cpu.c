@@ -73,15 +73,8 @@ static void check_kernel(const kcase *c) {
     float *wrow = malloc(sizeof(float) * (size_t)K);
     for (int64_t r = 0; r < R; r++) {
         t->dequant_row_ref(&w, r, wrow);
-        for (int64_t i = 0; i < NX; i++) {
-            double a = 0, m = 0;
-            for (int64_t k = 0; k < K; k++) {
-                a += (double)wrow[k] * xf[i * K + k];
-                m += fabs((double)wrow[k] * xf[i * K + k]);
-            }
-            ref[i * R + r] = a;
-            mag[i * R + r] = m;
-        }
+        for (int64_t i = 0; i < NX; i++)
+            ref[i * R + r] = test_dot_ref(wrow, xf + i * K, K, &mag[i * R + r]);
     }
 
     /* Full call, then ranges and chunk sizes. */

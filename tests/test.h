@@ -76,6 +76,9 @@ void     test_fill_normal(test_rng *r, float *x, size_t n, float sigma);
 /* Sum (a-b)^2 / sum b^2 (b the reference); 0 when both are all zero. */
 double test_nmse(const float *a, const double *ref, size_t n);
 double test_nmse_f(const float *a, const float *ref, size_t n);
+/* sum_k a[k] * b[k] in fp64 (the reference of a kernel's dot product);
+ * *mag = sum_k |a[k] * b[k]|, the scale its rounding error is judged by. */
+double test_dot_ref(const float *a, const float *b, int64_t n, double *mag);
 /* Index of the first NaN in x, or -1. */
 long   test_find_nan(const float *x, size_t n);
 void   test_poison(float *x, size_t n);          /* fill with NaN       */

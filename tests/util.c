@@ -49,6 +49,16 @@ double test_nmse_f(const float *a, const float *ref, size_t n) {
     return num / den;
 }
 
+double test_dot_ref(const float *a, const float *b, int64_t n, double *mag) {
+    double d = 0, m = 0;
+    for (int64_t k = 0; k < n; k++) {
+        d += (double)a[k] * b[k];
+        m += fabs((double)a[k] * b[k]);
+    }
+    *mag = m;
+    return d;
+}
+
 long test_find_nan(const float *x, size_t n) {
     for (size_t i = 0; i < n; i++)
         if (isnan(x[i])) return (long)i;
