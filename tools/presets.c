@@ -11,9 +11,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#if defined(__linux__)
-#include <sys/mman.h>
-#endif
 
 const moe_preset moe_presets[] = {
     { "mixtral-8x7b", 4096, 14336, 8, 2, MOE_SCORING_SOFTMAX, 1, 0, 0, 0, 1.0f, 0, 0, MOE_ACT_SILU, 0 },
@@ -59,16 +56,9 @@ static moe_status synth_weights(moe_format f, int32_t n_experts, int64_t rows, i
     size_t total = (sz.data + sz.scales + sz.zeros) * (size_t)n_experts;
     char  *mem   = malloc(total ? total : 1);
     float *tmp   = malloc((size_t)(rows * cols) * sizeof(float));
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-    /* The experts borrow these tables; give them the transparent huge pages
-     * the library asks for on a copy it owns (moe_routed_experts_create), so
-     * that the figures are those of the default, copying path. */
-    if (mem && total >= (4u << 20)) {
-        const uintptr_t h = (uintptr_t)2 << 20, a = ((uintptr_t)mem + h - 1) & ~(h - 1);
-        const uintptr_t b = ((uintptr_t)mem + total) & ~(h - 1);
-        if (b > a) (void)madvise((void *)a, b - a, MADV_HUGEPAGE);
-    }
-#endif
+    /* The experts borrow these tables; give them the huge pages the library
+     * gives a copy it owns, so that the figures are the default path's. */
+    if (mem) moe_advise_huge_pages(mem, total);
     if (!mem || !tmp) {
         free(mem); free(tmp);
         snprintf(err, errlen, "out of memory for %.1f GB of weights", total / 1e9);

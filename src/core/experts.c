@@ -161,7 +161,7 @@ moe_status moe_routed_experts_create(const moe_experts_options *opts, moe_routed
                            total);
             goto fail;
         }
-        moe__advise_huge_pages(e->owned, total); /* decode streams these: fewer TLB misses */
+        moe_advise_huge_pages(e->owned, total); /* decode streams these: fewer TLB misses */
         char *p = e->owned;
         for (int t = 0; t < T_COUNT; t++) {
             const void **a = table_ptr(&e->opts.w13, t), **b = table_ptr(&e->opts.w2, t);

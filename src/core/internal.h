@@ -24,13 +24,6 @@ void  moe__free(void *p);
 /* 64-byte aligned block from moe__malloc; free with moe__aligned_free. */
 void *moe__aligned_alloc(size_t size);
 void  moe__aligned_free(void *p);
-/* Asks Linux for transparent huge pages on the 2 MiB-aligned inside of
- * [p, p + n) before it is first written (a hint; where THP is "madvise"
- * only, as on the CI machine, nothing else gives them): decode streams many
- * weight rows at once, and 4 KiB pages cost TLB misses (GPTQ packed,
- * qwen3-30b-a3b, 1 / 8 tokens: 67% / 70-74% of read bandwidth without,
- * 71-74% / 77-80% with). A no-op elsewhere. */
-void  moe__advise_huge_pages(void *p, size_t n);
 
 /* Writes "fmt ..." into err (if not NULL) and returns s. */
 moe_status moe__errf(char *err, size_t errlen, moe_status s, const char *fmt, ...)

@@ -78,7 +78,7 @@ void moe__aligned_free(void *p) {
     if (p) moe__free(((void **)p)[-1]);
 }
 
-void moe__advise_huge_pages(void *p, size_t n) {
+void moe_advise_huge_pages(void *p, size_t n) {
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
     const uintptr_t huge = (uintptr_t)2 << 20;
     const uintptr_t a    = ((uintptr_t)p + huge - 1) & ~(huge - 1);

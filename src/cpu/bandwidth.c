@@ -8,7 +8,7 @@
  * reads weights. The buffer is written first so that every page is backed by
  * real memory (reading untouched pages would read the shared zero page), on
  * transparent huge pages where Linux gives them, as the experts' own copy
- * of their weights is (moe__advise_huge_pages): the ceiling is the best the
+ * of their weights is (moe_advise_huge_pages): the ceiling is the best the
  * machine reads, not a 4 KiB-page figure the layer could beat.
  * Each pass is split into many chunks taken dynamically, so a late-starting
  * thread does not leave a whole slice to another; the result is the median
@@ -103,7 +103,7 @@ moe_status moe_measure_read_bandwidth(int n_threads, size_t bytes, double *gbps)
 
     moe__pool *pool = NULL;
     char      *buf  = moe__aligned_alloc(bytes);
-    if (buf) moe__advise_huge_pages(buf, bytes); /* as the experts' weights get them */
+    if (buf) moe_advise_huge_pages(buf, bytes); /* as the experts' weights get them */
     float     *sums = moe__calloc((size_t)n_chunks, sizeof *sums);
     moe_status st   = MOE_ERR_NOMEM;
     if (!buf || !sums) goto done;

@@ -432,7 +432,7 @@ static moe_status cpu_bind(moe_routed_experts *e, moe_context *ctx, char *err, s
                          "cpu: out of memory for the %zu bytes of packed %s weights", total,
                          moe_format_name(cf[0]->pack ? e->fmt13 : e->fmt2));
     }
-    moe__advise_huge_pages(cp->block, total);
+    moe_advise_huge_pages(cp->block, total);
     size_t off = 0;
     for (int32_t i = 0; i < n; i++) {
         const moe__wmat w[2] = { moe__experts_w13(e, i), moe__experts_w2(e, i) };
