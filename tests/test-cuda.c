@@ -226,7 +226,13 @@ static void layer_check(const lcase *c, uint64_t seed, bool graph) {
     cudaGraph_t g = NULL;
     cudaGraphExec_t ge = NULL;
 
-    test_fill_normal(&rng, x32, (size_t)(T * H), 1.0f);
+    /* fp8: the elementwise tolerance is defined on activations ~ randn/10
+     * (vLLM's convention, the issue's bar): larger inputs put more of the
+     * W13 outputs near an e4m3 rounding step, where any sum that is not the
+     * reference's fp64 one (the tensor cores' fp8 sums keep fewer bits)
+     * moves a value by a whole e4m3 step (up to 12%) and, after RELU2's
+     * square, the outputs it dominates out of atol. NMSE is checked too. */
+    test_fill_normal(&rng, x32, (size_t)(T * H), c->wfmt == FP8 ? 0.1f : 1.0f);
     test_fill_normal(&rng, logits, (size_t)(T * E), 1.5f);
     make_weights(&rng, c->wfmt, E, r13, H, 1.0f / sqrtf((float)H), &w13, &s13);
     make_weights(&rng, c->wfmt, E, H, I, 1.0f / sqrtf((float)I), &w2, &s2);
@@ -342,10 +348,12 @@ static void layer_check(const lcase *c, uint64_t seed, bool graph) {
                 bad++;
             }
         }
-        CHECK(bad == 0, "fp8 T=%lld H=%lld I=%lld E=%d k=%d act %d: %ld elements off, first %ld: "
+        const double nmse = test_nmse_f(gpu32, ref32, (size_t)(T * H));
+        CHECK(bad == 0 && nmse <= NMSE_HALF,
+              "fp8 T=%lld H=%lld I=%lld E=%d k=%d act %d: %ld elements off, first %ld: "
               "gpu %g ref %g (nmse %.3g)", (long long)T, (long long)H, (long long)I, E, k,
               (int)c->act, bad, first, first >= 0 ? (double)gpu32[first] : 0.0,
-              first >= 0 ? (double)ref32[first] : 0.0, test_nmse_f(gpu32, ref32, (size_t)(T * H)));
+              first >= 0 ? (double)ref32[first] : 0.0, nmse);
     } else {
         double nmse = test_nmse_f(gpu32, ref32, (size_t)(T * H));
         CHECK(nmse <= NMSE_HALF, "%s T=%lld H=%lld I=%lld E=%d k=%d act %d io %s: nmse %.3g",
@@ -355,8 +363,8 @@ static void layer_check(const lcase *c, uint64_t seed, bool graph) {
 
     if (T > 8) {
         /* batch invariance across regimes: the first 8 tokens alone (decode
-         * tiles, mma.sync) give the bits they got in the whole batch (prefill
-         * tiles, wgmma for bf16/f16 on sm_90a) */
+         * tiles: mma.sync, wgmma for fp8 on sm_90a) give the bits they got in
+         * the whole batch (prefill tiles: wgmma on sm_90a) */
         const size_t nb = (size_t)(8 * H) * io_size(c->io);
         CU(cudaMemset(d_out, 0xff, (size_t)(T * H) * 4));
         s = moe_layer_forward(lgpu, 8, d_x, lg_dev, sh, d_out, d_ws, dws);

@@ -16,6 +16,18 @@
  *                    2 stages instead of 8 fit several times the CTAs per SM, whose
  *                    warps hide each other's latency: qwen3 T=64 325 -> 215 us, v11)
  *   BM = 64 prefill: W13 BN = 256 / 128, W2 BN = 128; 8 warps (2 x 4)
+ *
+ * On sm_90a (g->wgmma) every fp8 tile runs on wgmma instead, decode included,
+ * so that a row gets the same bits in either regime (wgmma's fp8 sums differ
+ * from mma.sync's in their last bits; the tensor cores give an element the
+ * same sum whatever the tile width):
+ *
+ *   BM = 16 decode:  BN = 64, one warpgroup of m64n64 steps on the 16 activation rows
+ *                    padded to 64 with zero rows (the tile streams weights; the tensor
+ *                    cores idle either way), 3 stages (BN 32 / 128, 2 / 4 stages were
+ *                    slower: bench/results/2026-11-29-h200-cuda-fp8-wgmma.md)
+ *   BM = 64 prefill: warpgroups of m64n128 steps: W13 gated BN = 256 on two, 3 stages;
+ *                    W2 and RELU2 BN = 128 on one, 4 stages
  */
 #include "grouped-gemm.cuh"
 
@@ -27,9 +39,17 @@ static cudaError_t gemm8_launch(const moe__gemm_args *g, cudaStream_t st) {
     const bool relu2 = g->act == MOE_ACT_RELU2;
     switch (g->BM) {
     case 16:
+        if (g->wgmma)
+            return g->w13 ? gemm_launch<FP8, 16, 64, 4, 1, 3, true, true>(g, st)
+                          : gemm_launch<FP8, 16, 64, 4, 1, 3, false, true>(g, st);
         return g->w13 ? gemm_launch<FP8, 16, 32, 1, 2, 2, true>(g, st)
                       : gemm_launch<FP8, 16, 32, 1, 2, 2, false>(g, st);
     case 64:
+        if (g->wgmma) {
+            if (!g->w13) return gemm_launch<FP8, 64, 128, 4, 1, 4, false, true>(g, st);
+            return relu2 ? gemm_launch<FP8, 64, 128, 4, 1, 4, true, true>(g, st)
+                         : gemm_launch<FP8, 64, 256, 4, 2, 3, true, true>(g, st);
+        }
         if (!g->w13) return gemm_launch<FP8, 64, 128, 2, 4, 4, false>(g, st);
         return relu2 ? gemm_launch<FP8, 64, 128, 2, 4, 4, true>(g, st)
                      : gemm_launch<FP8, 64, 256, 2, 4, 3, true>(g, st);
@@ -50,5 +70,10 @@ cudaError_t moe__grouped_gemm_fp8_setup_cuda(void) {
     if ((e = gemm_setup<FP8, 16, 32, 1, 2, 2, true>()) != cudaSuccess) return e;
     if ((e = gemm_setup<FP8, 64, 128, 2, 4, 4, false>()) != cudaSuccess) return e;
     if ((e = gemm_setup<FP8, 64, 128, 2, 4, 4, true>()) != cudaSuccess) return e;
-    return gemm_setup<FP8, 64, 256, 2, 4, 3, true>();
+    if ((e = gemm_setup<FP8, 64, 256, 2, 4, 3, true>()) != cudaSuccess) return e;
+    if ((e = gemm_setup<FP8, 16, 64, 4, 1, 3, false, true>()) != cudaSuccess) return e;
+    if ((e = gemm_setup<FP8, 16, 64, 4, 1, 3, true, true>()) != cudaSuccess) return e;
+    if ((e = gemm_setup<FP8, 64, 128, 4, 1, 4, false, true>()) != cudaSuccess) return e;
+    if ((e = gemm_setup<FP8, 64, 128, 4, 1, 4, true, true>()) != cudaSuccess) return e;
+    return gemm_setup<FP8, 64, 256, 4, 2, 3, true, true>();
 }

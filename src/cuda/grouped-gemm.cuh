@@ -23,10 +23,11 @@
  * weight bytes are wasted on padding rows); BM = 64 / 128 are prefill tiles.
  *
  * Inner loop: mma.sync (any sm_90 build), or with WG Hopper's wgmma
- * (wgmma.cuh): warpgroups of 64 rows x 128 columns (WM / 4 along M, WN
+ * (wgmma.cuh): warpgroups of 64 rows x TN columns (WM / 4 along M, WN
  * along N) read the same swizzled stages through shared-memory descriptors;
  * the stages' base is then aligned to 1024 bytes (the swizzle is on address
- * bits).
+ * bits). A wgmma decode tile (BM = 16) keeps 64 activation rows per stage,
+ * the 48 past BM zero, since wgmma's A operand has 64 rows.
  */
 #ifndef MOE_CUDA_GROUPED_GEMM_CUH
 #define MOE_CUDA_GROUPED_GEMM_CUH
@@ -45,18 +46,26 @@ static __host__ __device__ __forceinline__ int gemm_out_cols(int act, int w13, i
     return (w13 && act != MOE_ACT_RELU2) ? BN / 2 : BN;
 }
 
+/* Activation rows of a stage in shared memory: the tile's BM, or 64 when
+ * wgmma (whose A operand is 64 rows) runs a decode tile of 16: rows BM..63
+ * stay zero. */
+template <int BM, bool WG> static __host__ __device__ constexpr int gemm_a_rows() {
+    return WG && BM < 64 ? 64 : BM;
+}
+
 /* Operand stages (aliased by the f32 accumulator tile in the epilogue). */
-template <int BM, int BN, int STAGES>
+template <int BM, int BN, int STAGES, bool WG>
 static __host__ __device__ constexpr size_t gemm_pipe_bytes() {
-    return (size_t)STAGES * (BM + BN) * 128 > (size_t)BM * (BN + 4) * 4
-               ? (size_t)STAGES * (BM + BN) * 128
+    constexpr int AM = gemm_a_rows<BM, WG>();
+    return (size_t)STAGES * (AM + BN) * 128 > (size_t)BM * (BN + 4) * 4
+               ? (size_t)STAGES * (AM + BN) * 128
                : (size_t)BM * (BN + 4) * 4;
 }
 /* + fp8 scale stages (BM + BN floats each) + the row and column tables
  * (+ room to align the stages to 1024 bytes for wgmma). */
 template <int BM, int BN, int STAGES, bool WG>
 static __host__ __device__ constexpr size_t gemm_smem_bytes() {
-    return gemm_pipe_bytes<BM, BN, STAGES>() + (size_t)STAGES * (BM + BN) * 4 +
+    return gemm_pipe_bytes<BM, BN, STAGES, WG>() + (size_t)STAGES * (BM + BN) * 4 +
            (size_t)(2 * BM + BN) * 4 + (WG ? 1024 : 0);
 }
 
@@ -77,21 +86,22 @@ template <int DT, int BM, int BN, int WM, int WN, int STAGES, bool W13, bool WG>
 static __global__ void __launch_bounds__(WM *WN * 32)
     grouped_gemm_kernel(const moe__gemm_args g) {
     constexpr int NTHR = WM * WN * 32;
-    constexpr int TM = BM / WM, TN = BN / WN;
+    constexpr int AM = gemm_a_rows<BM, WG>(); // activation rows per stage
+    constexpr int TM = AM / WM, TN = BN / WN;
     constexpr int MT = TM / 16, NTL = TN / 8;
     constexpr int LDC = BN + 4;
-    constexpr size_t PIPE = gemm_pipe_bytes<BM, BN, STAGES>();
+    constexpr size_t PIPE = gemm_pipe_bytes<BM, BN, STAGES, WG>();
     static_assert(MT >= 1 && NTL % 2 == 0, "warp tile");
-    static_assert(!WG || (TM == 16 && TN == 128 && WM % 4 == 0), "wgmma tile");
-    /* fp8 stays on mma.sync: wgmma's fp8 sums differ in their last bits from
-     * mma.sync's, and the decode tiles (BM = 16) are mma.sync, so a row's
-     * result would depend on the regime its expert's row count picked
-     * (expert parallelism promises the bits of one device). */
-    static_assert(!WG || DT != MOE_CUDA_FP8, "wgmma: bf16/f16 only");
+    static_assert(!WG || (TM == 16 && (TN == 128 || TN == 64 || TN == 32) && WM % 4 == 0),
+                  "wgmma tile");
+    /* fp8 on wgmma: its sums differ in their last bits from mma.sync's, so
+     * a build uses wgmma for every fp8 tile, decode included (a row's
+     * result must not depend on the regime its batch picked: expert
+     * parallelism promises the bits of one device). */
     extern __shared__ __align__(128) char smem_raw[];
     char *smem = smem_raw + (WG ? (1024 - (smem_u32(smem_raw) & 1023)) & 1023 : 0);
     char  *sA    = smem;
-    char  *sB    = smem + (size_t)STAGES * BM * 128;
+    char  *sB    = smem + (size_t)STAGES * AM * 128;
     float *sAs   = (float *)(smem + PIPE);      // (STAGES, BM + BN) fp8 scales
     // per stage: BM activation-row scales, then BN weight-column scales (fp8)
     int   *a_src = (int *)(sAs + STAGES * (BM + BN)); // (BM) A row of each tile row, -1 = padding
@@ -184,6 +194,13 @@ static __global__ void __launch_bounds__(WM *WN * 32)
         src_p[j] = src >= 0 ? (isA ? A : W) + (int64_t)src * kbytes + ch * 16 : nullptr;
         dst_o[j] = smem_u32(isA ? sA : sB) + r * 128 + ((ch ^ (r & 7)) << 4);
     }
+    /* wgmma decode tiles: the activation rows past BM read as zeros */
+    if constexpr (AM > BM) {
+        constexpr int PAD = (AM - BM) * 8; // 16-byte chunks per stage
+        for (int i = threadIdx.x; i < STAGES * PAD; i += NTHR)
+            *(int4 *)(sA + (size_t)(i / PAD) * AM * 128 + BM * 128 + (i % PAD) * 16) =
+                make_int4(0, 0, 0, 0);
+    }
     /* One stage: operand chunks and fp8 scales, the weight side (B) and the
      * activation side (A) separately (W2 issues B before its PDL wait). */
     auto load_B = [&](int kt, int st) {
@@ -209,7 +226,7 @@ static __global__ void __launch_bounds__(WM *WN * 32)
 #pragma unroll
         for (int j = 0; j < CA; j++) {
             const bool ok = kok && src_p[j] != nullptr;
-            cp_async16(dst_o[j] + (uint32_t)st * BM * 128, ok ? src_p[j] + kb : A, ok ? 16 : 0);
+            cp_async16(dst_o[j] + (uint32_t)st * AM * 128, ok ? src_p[j] + kb : A, ok ? 16 : 0);
         }
         if (DT == MOE_CUDA_FP8) {
             for (int i = threadIdx.x; i < BM; i += NTHR) {
@@ -234,11 +251,13 @@ static __global__ void __launch_bounds__(WM *WN * 32)
 #pragma unroll
             for (int q = 0; q < 4; q++) acc[i][j][q] = 0.0f;
 
-    /* Stages loaded ahead of the one computed. mma.sync: all but one (the
-     * computed stage is done when the barrier after it passes). wgmma: one
-     * fewer, because a warpgroup's batch of stage kt may still run while it
-     * issues kt + 1 (wait_group 1); stage kt - 2 is free at barrier kt. */
-    constexpr int AHEAD = WG ? STAGES - 2 : STAGES - 1;
+    /* Stages loaded ahead of the one computed. mma.sync and fp8 wgmma: all
+     * but one (the computed stage is done when the barrier after it passes).
+     * bf16/f16 wgmma: one fewer, because a warpgroup's batch of stage kt may
+     * still run while it issues kt + 1 (wait_group 1); stage kt - 2 is free
+     * at barrier kt. fp8 waits for each batch: its sums are scaled at once. */
+    constexpr bool F8 = DT == MOE_CUDA_FP8, WG_ASYNC = WG && !F8;
+    constexpr int  AHEAD = WG_ASYNC ? STAGES - 2 : STAGES - 1;
     static_assert(AHEAD >= 1, "stages");
     // prologue: B of the first stages (W2: before the wait), then A
 #pragma unroll
@@ -264,30 +283,41 @@ static __global__ void __launch_bounds__(WM *WN * 32)
         cp_async_commit();
 
         const int st = kt % STAGES;
-        const uint32_t a_base = smem_u32(sA + (size_t)st * BM * 128);
+        const uint32_t a_base = smem_u32(sA + (size_t)st * AM * 128);
         const uint32_t b_base = smem_u32(sB + (size_t)st * BN * 128);
-        // fp8: each 128-wide K block accumulates here, then is scaled into acc
-        constexpr int TMT = DT == MOE_CUDA_FP8 ? MT : 1, TNT = DT == MOE_CUDA_FP8 ? NTL : 1;
-        float tmp[TMT][TNT][4];
-        if (DT == MOE_CUDA_FP8) {
-#pragma unroll
-            for (int i = 0; i < MT; i++)
-#pragma unroll
-                for (int j = 0; j < NTL; j++)
-#pragma unroll
-                    for (int q = 0; q < 4; q++) tmp[i][j][q] = 0.0f;
-        }
+        /* fp8: the tensor cores sum each 128-wide K block into part, which
+         * then goes into acc times its activation-row scale and weight-block
+         * scale (an fp32 sum of the blocks: Hopper's fp8 MMA keeps fewer bits
+         * than fp32 in a running sum). */
+        constexpr int PT = F8 ? MT : 1, PN = F8 ? NTL : 1;
+        float part[PT][PN][4];
         if constexpr (WG) {
             const uint32_t a_wg = a_base + (uint32_t)(wm / 4) * 64 * 128;
-            const uint32_t b_wg = b_base + (uint32_t)wn * 128 * 128;
+            const uint32_t b_wg = b_base + (uint32_t)wn * TN * 128;
+            float *d = F8 ? &part[0][0][0] : &acc[0][0][0];
             wgmma_fence();
 #pragma unroll
-            for (int ks = 0; ks < 4; ks++)
-                wgmma_m64n128<DT>(&acc[0][0][0], wgmma_desc(a_wg + ks * 32),
-                                  wgmma_desc(b_wg + ks * 32));
+            for (int ks = 0; ks < 4; ks++) {
+                const uint64_t da = wgmma_desc(a_wg + ks * 32), db = wgmma_desc(b_wg + ks * 32);
+                if (F8 && ks == 0)
+                    wgmma_step<DT, TN, false>(d, da, db); // part = A . B
+                else
+                    wgmma_step<DT, TN, true>(d, da, db);
+            }
             wgmma_commit();
-            wgmma_wait<1>(); // the previous stage's batch is done
+            if (WG_ASYNC)
+                wgmma_wait<1>(); // the previous stage's batch is done
+            else
+                wgmma_wait<0>();
         } else {
+            if (F8) {
+#pragma unroll
+                for (int mt = 0; mt < PT; mt++)
+#pragma unroll
+                    for (int nt = 0; nt < PN; nt++)
+#pragma unroll
+                        for (int q = 0; q < 4; q++) part[mt][nt][q] = 0.0f;
+            }
 #pragma unroll
             for (int ks = 0; ks < 4; ks++) {
                 uint32_t af[MT][4], bfr[NTL][2];
@@ -309,37 +339,39 @@ static __global__ void __launch_bounds__(WM *WN * 32)
                 for (int mt = 0; mt < MT; mt++)
 #pragma unroll
                     for (int nt = 0; nt < NTL; nt++) {
-                        if constexpr (DT == MOE_CUDA_FP8)
-                            mma_16x8<DT>(tmp[mt % TMT][nt % TNT], af[mt], bfr[nt]);
+                        if constexpr (F8)
+                            mma_16x8<DT>(part[mt % PT][nt % PN], af[mt], bfr[nt]);
                         else
                             mma_16x8<DT>(acc[mt][nt], af[mt], bfr[nt]);
                     }
             }
         }
-        if (DT == MOE_CUDA_FP8) {
+        if (F8) {
             const float *ss = sAs + st * (BM + BN);
-            float sa[MT][2], sw[NTL][2];
+            float sa[PT][2], sw[PN][2];
 #pragma unroll
-            for (int mt = 0; mt < MT; mt++)
+            for (int mt = 0; mt < PT; mt++)
 #pragma unroll
-                for (int h = 0; h < 2; h++) sa[mt][h] = ss[wm * TM + mt * 16 + (lane >> 2) + 8 * h];
+                for (int h = 0; h < 2; h++) {
+                    const int r = wm * TM + mt * 16 + (lane >> 2) + 8 * h;
+                    sa[mt][h] = AM == BM || r < BM ? ss[r] : 0.0f; // zero rows past BM
+                }
 #pragma unroll
-            for (int nt = 0; nt < NTL; nt++)
+            for (int nt = 0; nt < PN; nt++)
 #pragma unroll
                 for (int h = 0; h < 2; h++)
                     sw[nt][h] = ss[BM + wn * TN + nt * 8 + (lane & 3) * 2 + h];
 #pragma unroll
-            for (int mt = 0; mt < MT; mt++)
+            for (int mt = 0; mt < PT; mt++)
 #pragma unroll
-                for (int nt = 0; nt < NTL; nt++)
+                for (int nt = 0; nt < PN; nt++)
 #pragma unroll
                     for (int q = 0; q < 4; q++)
-                        acc[mt][nt][q] += tmp[mt % TMT][nt % TNT][q] * sa[mt][q >> 1] *
-                                          sw[nt][q & 1];
+                        acc[mt][nt][q] += part[mt][nt][q] * sa[mt][q >> 1] * sw[nt][q & 1];
         }
     }
-    cp_async_wait<0>();
     if (WG) wgmma_wait<0>();
+    cp_async_wait<0>();
     __syncthreads();
 
     // accumulators -> shared tile (BM, LDC) f32
@@ -349,6 +381,7 @@ static __global__ void __launch_bounds__(WM *WN * 32)
 #pragma unroll
         for (int nt = 0; nt < NTL; nt++) {
             int r = wm * TM + mt * 16 + (lane >> 2);
+            if (AM > BM && r >= BM) continue; // the zero rows of a wgmma decode tile
             int c = wn * TN + nt * 8 + (lane & 3) * 2;
             sC[r * LDC + c]           = acc[mt][nt][0];
             sC[r * LDC + c + 1]       = acc[mt][nt][1];

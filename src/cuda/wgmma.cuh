@@ -1,10 +1,10 @@
 /*
- * wgmma.cuh - Hopper warpgroup MMA (sm_90a) for the grouped GEMM's prefill
- * tiles: shared-memory matrix descriptors and one m64n128 step per operand
- * type, with the accumulator in the same per-thread order as mma.sync's
- * m16n8 tiles (so the kernel's epilogue serves both inner loops).
+ * wgmma.cuh - Hopper warpgroup MMA (sm_90a) for the grouped GEMM: shared-
+ * memory matrix descriptors and one m64n128 or m64n32 step per operand type
+ * (bf16, f16, e4m3), with the accumulator in the same per-thread order as
+ * mma.sync's m16n8 tiles (so the kernel's epilogue serves both inner loops).
  *
- * Operands: K-major tiles of 128-byte rows (64 bf16/f16 values)
+ * Operands: K-major tiles of 128-byte rows (64 bf16/f16 or 128 e4m3 values)
  * whose 16-byte chunks are XOR-swizzled by row (chunk c of row r at
  * position c ^ (r & 7)), from a 1024-byte aligned base: exactly the layout
  * the hardware's 128-byte swizzle mode reads, so the cp.async loads of the
@@ -59,34 +59,69 @@ static __device__ __forceinline__ void fence_proxy_async() {
 #endif
 }
 
-/* The accumulator operands of an m64n128 wgmma: 64 f32 registers. */
+/* Accumulator operand lists: 8 f32 registers per group, %0.. in order. */
 #define WG_D8(i)                                                                              \
     "+f"(d[i]), "+f"(d[i + 1]), "+f"(d[i + 2]), "+f"(d[i + 3]), "+f"(d[i + 4]), "+f"(d[i + 5]), \
         "+f"(d[i + 6]), "+f"(d[i + 7])
-#define WG_REGS                                                                               \
-    "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, " \
-    "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, " \
-    "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, " \
-    "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
-/* D (%0..%63) += A . B^T with descriptors %64 %65; scales 1, both operands
- * K-major (no transpose). */
-#define WG_MMA(SHAPE_TYPES)                                                                   \
-    asm volatile("wgmma.mma_async.sync.aligned." SHAPE_TYPES " {" WG_REGS "}, %64, %65, 1, 1, 1, " \
-                 "0, 0;\n"                                                                    \
-                 : WG_D8(0), WG_D8(8), WG_D8(16), WG_D8(24), WG_D8(32), WG_D8(40), WG_D8(48),    \
-                   WG_D8(56)                                                                  \
-                 : "l"(da), "l"(db))
+#define WG_REGS16                                                                             \
+    "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15"
+#define WG_REGS32                                                                             \
+    WG_REGS16 ", %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31"
+#define WG_REGS64                                                                             \
+    WG_REGS16 ", %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, " \
+              "%31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, "   \
+              "%46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, "   \
+              "%61, %62, %63"
+/* D = A . B^T (+ D when ACC) with descriptors da, db; scales of A and B 1,
+ * both operands K-major: bf16/f16 name the (absent) transposes, e4m3 has
+ * no such operands. R f32 registers, then da, db and the scale of D. */
+#define WG_MMA(R, SHAPE_TYPES, TAIL, ...)                                                     \
+    asm volatile("wgmma.mma_async.sync.aligned." SHAPE_TYPES " {" WG_REGS##R "}, %" #R ", %" \
+                 WG_NEXT##R ", %" WG_SCALE##R ", " TAIL ";\n"                                 \
+                 : __VA_ARGS__                                                                \
+                 : "l"(da), "l"(db), "n"(ACC ? 1 : 0))
+#define WG_NEXT16  "17"
+#define WG_SCALE16 "18"
+#define WG_NEXT32  "33"
+#define WG_SCALE32 "34"
+#define WG_NEXT64  "65"
+#define WG_SCALE64 "66"
+#define WG_TAIL16  "1, 1, 0, 0"
+#define WG_TAIL8   "1, 1"
+#define WG_D16 WG_D8(0), WG_D8(8)
+#define WG_D32 WG_D8(0), WG_D8(8), WG_D8(16), WG_D8(24)
+#define WG_D64 WG_D8(0), WG_D8(8), WG_D8(16), WG_D8(24), WG_D8(32), WG_D8(40), WG_D8(48), WG_D8(56)
 
-/* d (64 floats: 16 tiles of 8 columns x 4) += A (64 x 16) . B (128 x 16)^T,
- * bf16 or f16 operands. Thread t of warp w holds, for tile j, rows 16w + t/4 (+8 for
- * d[4j+2..3]) and columns 8j + 2(t%4) + (0, 1). */
-template <int DT>
-static __device__ __forceinline__ void wgmma_m64n128(float *d, uint64_t da, uint64_t db) {
+/* d (N / 2 floats: N / 8 tiles of 8 columns x 4) = A (64 x K) . B (N x K)^T
+ * (+ d when ACC) for one 32-byte K step: k16 of bf16/f16, k32 of e4m3;
+ * N = 128, 64 or 32. Thread t of warp w holds, for tile j, rows 16w + t/4
+ * (+8 for d[4j+2..3]) and columns 8j + 2(t%4) + (0, 1). */
+template <int DT, int N, bool ACC = true>
+static __device__ __forceinline__ void wgmma_step(float *d, uint64_t da, uint64_t db) {
+    static_assert(N == 128 || N == 64 || N == 32, "wgmma width");
 #ifdef MOE_WGMMA
-    if (DT == MOE_CUDA_BF16)
-        WG_MMA("m64n128k16.f32.bf16.bf16");
-    else
-        WG_MMA("m64n128k16.f32.f16.f16");
+    if (N == 128) {
+        if (DT == MOE_CUDA_BF16)
+            WG_MMA(64, "m64n128k16.f32.bf16.bf16", WG_TAIL16, WG_D64);
+        else if (DT == MOE_CUDA_F16)
+            WG_MMA(64, "m64n128k16.f32.f16.f16", WG_TAIL16, WG_D64);
+        else
+            WG_MMA(64, "m64n128k32.f32.e4m3.e4m3", WG_TAIL8, WG_D64);
+    } else if (N == 64) {
+        if (DT == MOE_CUDA_BF16)
+            WG_MMA(32, "m64n64k16.f32.bf16.bf16", WG_TAIL16, WG_D32);
+        else if (DT == MOE_CUDA_F16)
+            WG_MMA(32, "m64n64k16.f32.f16.f16", WG_TAIL16, WG_D32);
+        else
+            WG_MMA(32, "m64n64k32.f32.e4m3.e4m3", WG_TAIL8, WG_D32);
+    } else {
+        if (DT == MOE_CUDA_BF16)
+            WG_MMA(16, "m64n32k16.f32.bf16.bf16", WG_TAIL16, WG_D16);
+        else if (DT == MOE_CUDA_F16)
+            WG_MMA(16, "m64n32k16.f32.f16.f16", WG_TAIL16, WG_D16);
+        else
+            WG_MMA(16, "m64n32k32.f32.e4m3.e4m3", WG_TAIL8, WG_D16);
+    }
 #else
     (void)d; (void)da; (void)db;
     __trap();
