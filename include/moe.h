@@ -589,8 +589,27 @@ int moe_cpu_count(void);
  * 8 bits, optional act-order g_idx; gate and up must share g_idx) and AWQ
  * (4 bits, GEMM layout, zero points), groups of 32, 64 or 128, their
  * qweight / scales / qzeros tables used as libmoe's INT4_GPTQ, INT8_GPTQ and
- * INT4_AWQ (W13 = gate and up side by side). Other quantization_config
- * variants fail at open with MOE_ERR_UNSUPPORTED naming the setting.
+ * INT4_AWQ (W13 = gate and up side by side). For the same families:
+ *   - ModelOpt (quantization_config.quant_method "modelopt", or
+ *     DIR/hf_quant_config.json): NVFP4 (weight U8 + weight_scale e4m3 +
+ *     weight_scale_2) runs as NVFP4, W4A16 with bf16 activations as vLLM's
+ *     Marlin path on Hopper does (input_scale, for W4A4, is not read); gate
+ *     and up of an expert must share weight_scale_2 (MOE_ERR_UNSUPPORTED
+ *     names both values otherwise). FP8 (per-tensor weight_scale, static
+ *     input_scale) runs as FP8_TENSOR: the W13 half with the smaller scale
+ *     is re-quantized to the larger, W13's input scale is max(gate's, up's).
+ *     FP8_PER_CHANNEL_PER_TOKEN runs as FP8_CHANNEL.
+ *   - compressed-tensors: float-quantized fp8 with channel weights and
+ *     dynamic per-token activations as FP8_CHANNEL, tensor weights as
+ *     FP8_TENSOR (static input scale, or dynamic: quantized per token);
+ *     pack-quantized symmetric int4/int8 in groups of 32, 64 or 128 without
+ *     activation quantization as INT4_GPTQ / INT8_GPTQ (weight_packed
+ *     transposed into GPTQ's qweight order).
+ * Modules a checkpoint leaves unquantized (router gate, bf16 shared experts,
+ * excluded layers) load in their stored type. Scales are checked at open
+ * (scalars) and when a layer is built (block and row scales): MOE_ERR_SCALE
+ * names the checkpoint tensor. Other quantization_config variants fail at
+ * open with MOE_ERR_UNSUPPORTED naming the setting.
  *
  * Files are untrusted input: every size is computed with checked arithmetic
  * and checked against the bytes present before anything is allocated, so

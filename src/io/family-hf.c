@@ -15,6 +15,13 @@
  *                (E, 2I, H/32, 16) / (E, 2I, H/32)
  *   llama4       [language_model.]model.layers.L.feed_forward.{router, experts.gate_up_proj
  *                (E, H, 2I) gate then up, experts.down_proj (E, I, H), shared_expert.*_proj}
+ *
+ * Quantized per-expert projections (families but gpt_oss and llama4), by
+ * config: GPTQ / AWQ (proj.{qweight, scales, qzeros, g_idx}); ModelOpt NVFP4
+ * / FP8 / FP8_PER_CHANNEL_PER_TOKEN and compressed-tensors fp8 / int
+ * pack-quantized (proj.{weight or weight_packed, weight_scale, weight_scale_2,
+ * input_scale, weight_shape}, see bind_sproj). Modules such a checkpoint
+ * leaves unquantized keep a plain proj.weight and load as such.
  */
 #include "model.h"
 
@@ -102,16 +109,231 @@ static moe_status family_list(char *err, size_t errlen, const char *what, const 
                      "family; supported: %s", what, name, list);
 }
 
-/* quantization_config of GPTQ and AWQ checkpoints: what the loader runs
- * (symmetric GPTQ 4/8-bit, AWQ 4-bit gemm with zero points, groups of
- * 32/64/128) into m->cfg; other methods are left to the tensors (fp8,
- * mxfp4) or to the binding, which fails on the names it does not find. */
+/* ===== ModelOpt and compressed-tensors checkpoints =====
+ *
+ * Both store each expert projection as its own weight tensor with scale
+ * tensors beside it (names in bind_sproj). The configuration says the
+ * scheme; the layers it excludes keep a plain `weight` and load as such. */
+
+static moe_status scaled_family_ok(const moe__mcfg *c, char *err, size_t errlen) {
+    if (c->family == MOE__FAM_GPT_OSS || c->family == MOE__FAM_LLAMA4)
+        return moe__errf(err, errlen, MOE_ERR_UNSUPPORTED, "%s checkpoints of %s are not "
+                         "supported (fused expert tensors)", c->quant_name,
+                         moe__family_names[c->family]);
+    return MOE_OK;
+}
+
+/* ModelOpt: quant_algo (and group_size) of object q in j, from config.json's
+ * quantization_config or hf_quant_config.json's "quantization". */
+static moe_status hf_modelopt(moe_model *m, const moe__json *j, uint32_t q, char *err,
+                              size_t errlen) {
+    moe__mcfg *c = &m->cfg;
+    const char *algo = NULL;
+    int64_t group = 16;
+    moe_status s;
+    if (!q || j->nodes[q].type != MOE__JSON_OBJECT)
+        return moe__errf(err, errlen, MOE_ERR_CONFIG, "ModelOpt checkpoint without a "
+                         "quantization object (config.json quantization_config or "
+                         "hf_quant_config.json \"quantization\")");
+    uint32_t an = moe__json_get(j, q, "quant_algo");
+    if (an && j->nodes[an].type == MOE__JSON_NULL) return MOE_OK; /* e.g. kv cache only */
+    if ((s = moe__json_get_str(j, q, "quant_algo", &algo, err, errlen))) {
+        if (s == MOE_ERR_MISSING)
+            return moe__errf(err, errlen, MOE_ERR_CONFIG, "ModelOpt quantization config has no "
+                             "\"quant_algo\"");
+        return s;
+    }
+    if ((s = moe__json_get_i64(j, q, "group_size", 1, 1 << 20, &group, err, errlen)) &&
+        s != MOE_ERR_MISSING)
+        return s;
+    snprintf(c->quant_name, sizeof c->quant_name, "ModelOpt %.48s", algo);
+    if (!strcmp(algo, "NVFP4")) {
+        if (group != 16)
+            return moe__errf(err, errlen, MOE_ERR_UNSUPPORTED, "ModelOpt NVFP4 with group_size "
+                             "%lld: NVFP4 blocks are 16 weights", (long long)group);
+        c->quant_format = MOE_FORMAT_NVFP4;
+    } else if (!strcmp(algo, "FP8")) {
+        c->quant_format = MOE_FORMAT_FP8_TENSOR;
+        c->quant_static_in = 1;
+    } else if (!strcmp(algo, "FP8_PER_CHANNEL_PER_TOKEN")) {
+        c->quant_format = MOE_FORMAT_FP8_CHANNEL;
+    } else {
+        return moe__errf(err, errlen, MOE_ERR_UNSUPPORTED, "ModelOpt quant_algo \"%.48s\": "
+                         "libmoe loads NVFP4, FP8 and FP8_PER_CHANNEL_PER_TOKEN", algo);
+    }
+    c->quant = MOE__QUANT_SCALED;
+    return scaled_family_ok(c, err, errlen);
+}
+
+/* String member key of object n, or def when absent or null. */
+static moe_status str_or_null(const moe__json *j, uint32_t n, const char *key, const char *def,
+                              const char **v, char *err, size_t errlen) {
+    uint32_t k = moe__json_get(j, n, key);
+    *v = def;
+    if (!k || j->nodes[k].type == MOE__JSON_NULL) return MOE_OK;
+    return moe__json_get_str(j, n, key, v, err, errlen);
+}
+
+/* One compressed-tensors quantization args object (weights or
+ * input_activations), as far as the loader reads it. */
+typedef struct ct_args {
+    int         present;
+    int64_t     bits, group;
+    const char *type, *strategy, *actorder;
+    int         symmetric, dynamic;
+} ct_args;
+
+static moe_status ct_read_args(const moe__json *j, uint32_t n, ct_args *a, char *err,
+                               size_t errlen) {
+    memset(a, 0, sizeof *a);
+    a->type = "int";
+    a->strategy = "tensor";
+    a->actorder = "";
+    a->symmetric = 1;
+    a->bits = 8;
+    a->group = -1;
+    if (!n || j->nodes[n].type == MOE__JSON_NULL) return MOE_OK;
+    if (j->nodes[n].type != MOE__JSON_OBJECT)
+        return moe__errf(err, errlen, MOE_ERR_CONFIG, "compressed-tensors: quantization args "
+                         "must be objects");
+    a->present = 1;
+    moe_status s;
+    uint32_t g = moe__json_get(j, n, "group_size"), ao = moe__json_get(j, n, "actorder");
+    if ((s = moe__json_get_i64(j, n, "num_bits", 1, 64, &a->bits, err, errlen)) &&
+        s != MOE_ERR_MISSING)
+        return s;
+    if (g && j->nodes[g].type != MOE__JSON_NULL &&
+        (s = moe__json_get_i64(j, n, "group_size", -1, 1 << 20, &a->group, err, errlen)))
+        return s;
+    if (((s = moe__json_get_str(j, n, "type", &a->type, err, errlen)) && s != MOE_ERR_MISSING) ||
+        ((s = moe__json_get_str(j, n, "strategy", &a->strategy, err, errlen)) &&
+         s != MOE_ERR_MISSING) ||
+        ((s = moe__json_get_bool(j, n, "symmetric", &a->symmetric, err, errlen)) &&
+         s != MOE_ERR_MISSING) ||
+        ((s = moe__json_get_bool(j, n, "dynamic", &a->dynamic, err, errlen)) &&
+         s != MOE_ERR_MISSING))
+        return s;
+    /* actorder: a string, null, or (older versions) a bool meaning "group" */
+    if (ao && j->nodes[ao].type == MOE__JSON_TRUE) a->actorder = "group";
+    if (ao && (j->nodes[ao].type == MOE__JSON_TRUE || j->nodes[ao].type == MOE__JSON_FALSE))
+        return MOE_OK;
+    return str_or_null(j, n, "actorder", "", &a->actorder, err, errlen);
+}
+
+/* compressed-tensors (llm-compressor): one weights scheme for the model's
+ * quantized linears (config_groups may repeat it), mapped onto a libmoe
+ * format; anything else is named in the error. */
+static moe_status hf_ct(moe_model *m, uint32_t q, char *err, size_t errlen) {
+    const moe__json *j = &m->config;
+    moe__mcfg *c = &m->cfg;
+    const char *fmt;
+    moe_status s;
+    if ((s = str_or_null(j, q, "format", "dense", &fmt, err, errlen))) return s;
+    uint32_t groups = moe__json_get(j, q, "config_groups");
+    if (!groups || j->nodes[groups].type != MOE__JSON_OBJECT || !j->nodes[groups].n_children)
+        return moe__errf(err, errlen, MOE_ERR_CONFIG, "compressed-tensors config without "
+                         "config_groups");
+    ct_args w = {0}, in = {0};
+    const char *gfmt = fmt;
+    int first = 1;
+    for (uint32_t g = moe__json_child(j, groups); g; g = j->nodes[g].next) {
+        ct_args gw, gi;
+        const char *f = fmt;
+        if (j->nodes[g].type != MOE__JSON_OBJECT)
+            return moe__errf(err, errlen, MOE_ERR_CONFIG, "compressed-tensors: config_groups "
+                             "entries must be objects");
+        if ((s = ct_read_args(j, moe__json_get(j, g, "weights"), &gw, err, errlen)) ||
+            (s = ct_read_args(j, moe__json_get(j, g, "input_activations"), &gi, err, errlen)))
+            return s;
+        if ((s = str_or_null(j, g, "format", fmt, &f, err, errlen))) return s;
+        if (!gw.present)
+            return moe__errf(err, errlen, MOE_ERR_UNSUPPORTED, "compressed-tensors config group "
+                             "without weights quantization");
+        if (first) {
+            w = gw, in = gi, gfmt = f, first = 0;
+        } else if (gw.bits != w.bits || strcmp(gw.type, w.type) ||
+                   strcmp(gw.strategy, w.strategy) ||
+                   gw.group != w.group || gw.symmetric != w.symmetric || strcmp(f, gfmt) ||
+                   gi.present != in.present || (in.present && (gi.dynamic != in.dynamic ||
+                                                               strcmp(gi.strategy, in.strategy)))) {
+            return moe__errf(err, errlen, MOE_ERR_UNSUPPORTED, "compressed-tensors config with "
+                             "config_groups of different schemes: libmoe loads one scheme for "
+                             "all quantized layers");
+        }
+    }
+    snprintf(c->quant_name, sizeof c->quant_name, "compressed-tensors %.24s %s%lld %.16s",
+             gfmt, w.type, (long long)w.bits, w.strategy);
+    const int fp8 = !strcmp(w.type, "float") && w.bits == 8;
+    if (fp8 && (!strcmp(gfmt, "float-quantized") || !strcmp(gfmt, "naive-quantized")) &&
+        w.symmetric && !w.dynamic &&
+        (!strcmp(w.strategy, "channel") || !strcmp(w.strategy, "tensor"))) {
+        if (!in.present)
+            return moe__errf(err, errlen, MOE_ERR_UNSUPPORTED, "%s weight-only (no "
+                             "input_activations): libmoe's fp8 formats quantize activations "
+                             "to fp8", c->quant_name);
+        if (strcmp(in.type, "float") || in.bits != 8 ||
+            (strcmp(in.strategy, "token") && strcmp(in.strategy, "tensor")) ||
+            (!in.dynamic && strcmp(in.strategy, "tensor")))
+            return moe__errf(err, errlen, MOE_ERR_UNSUPPORTED, "%s with %s%lld %s %s activations: "
+                             "libmoe runs fp8 activations per token (dynamic) or per tensor "
+                             "(static)", c->quant_name, in.type, (long long)in.bits, in.strategy,
+                             in.dynamic ? "dynamic" : "static");
+        if (!strcmp(w.strategy, "channel")) {
+            if (!in.dynamic)
+                return moe__errf(err, errlen, MOE_ERR_UNSUPPORTED, "%s with static activations: "
+                                 "libmoe's fp8-channel quantizes activations per token",
+                                 c->quant_name);
+            c->quant_format = MOE_FORMAT_FP8_CHANNEL;
+        } else {
+            c->quant_format = MOE_FORMAT_FP8_TENSOR;
+            c->quant_static_in = !in.dynamic;
+        }
+    } else if (!strcmp(w.type, "int") && (w.bits == 4 || w.bits == 8) &&
+               !strcmp(gfmt, "pack-quantized") && w.symmetric && !w.dynamic &&
+               !strcmp(w.strategy, "group") && !in.present) {
+        if (w.group != 32 && w.group != 64 && w.group != 128)
+            return moe__errf(err, errlen, MOE_ERR_UNSUPPORTED, "%s with group_size %lld: libmoe "
+                             "runs groups of 32, 64 and 128", c->quant_name, (long long)w.group);
+        if (!strcmp(w.actorder, "group") || !strcmp(w.actorder, "dynamic"))
+            return moe__errf(err, errlen, MOE_ERR_UNSUPPORTED, "%s with actorder \"%s\" "
+                             "(weight_g_idx) is not supported", c->quant_name, w.actorder);
+        c->quant_format = w.bits == 4 ? MOE_FORMAT_INT4_GPTQ : MOE_FORMAT_INT8_GPTQ;
+        c->quant_bits = (int32_t)w.bits;
+        c->quant_group = (int32_t)w.group;
+    } else {
+        return moe__errf(err, errlen, MOE_ERR_UNSUPPORTED, "%s (symmetric %s%s%s): libmoe loads "
+                         "float-quantized fp8 channel/tensor with fp8 activations and "
+                         "pack-quantized symmetric int4/int8 groups without activation "
+                         "quantization", c->quant_name, w.symmetric ? "true" : "false",
+                         in.present ? ", activations " : "", in.present ? in.strategy : "");
+    }
+    c->quant = MOE__QUANT_SCALED;
+    return scaled_family_ok(c, err, errlen);
+}
+
+/* quantization_config (or, for ModelOpt exports, hf_quant_config.json):
+ * what the loader runs into m->cfg. GPTQ (symmetric 4/8-bit) and AWQ (4-bit
+ * gemm with zero points), groups of 32/64/128, here; ModelOpt and
+ * compressed-tensors in hf_modelopt / hf_ct; other methods are left to the
+ * tensors (fp8 block, mxfp4) or to the binding, which fails on the names it
+ * does not find. */
 static moe_status hf_quant(moe_model *m, char *err, size_t errlen) {
     const moe__json *j = &m->config;
     moe__mcfg *c = &m->cfg;
     uint32_t q = moe__json_get(j, 0, "quantization_config");
     const char *qm = NULL;
+    if (!q && m->has_hfq) /* a ModelOpt export with hf_quant_config.json alone */
+        return hf_modelopt(m, &m->hfq, moe__json_get(&m->hfq, 0, "quantization"), err, errlen);
     if (!q || moe__json_get_str(j, q, "quant_method", &qm, NULL, 0) != MOE_OK) return MOE_OK;
+    if (!strcmp(qm, "modelopt")) {
+        /* quant_algo in quantization_config itself, or in hf_quant_config.json */
+        if (!moe__json_get(j, q, "quant_algo") && m->has_hfq)
+            return hf_modelopt(m, &m->hfq, moe__json_get(&m->hfq, 0, "quantization"), err,
+                               errlen);
+        uint32_t inner = moe__json_get(j, q, "quantization");
+        return hf_modelopt(m, j, inner ? inner : q, err, errlen);
+    }
+    if (!strcmp(qm, "compressed-tensors")) return hf_ct(m, q, err, errlen);
     const int gptq = !strcmp(qm, "gptq"), awq = !strcmp(qm, "awq");
     if (!gptq && !awq) return MOE_OK;
     int64_t bits = 4, group = 128;
@@ -426,6 +648,220 @@ static moe_status bind_split_quant(const moe_model *m, int32_t L, const char *fm
     return MOE_OK;
 }
 
+/* A one-element tensor: PyTorch scalars are stored with shape () or (1). */
+static int is_scalar(const moe__mtensor *t) {
+    return t->n_dims == 0 || (t->n_dims == 1 && t->shape[0] == 1);
+}
+
+/* The value of a one-element plain tensor (memcpy: file data may be unaligned). */
+static float scalar_f32(const moe__mtensor *t) {
+    if (t->dtype == MOE__DT_F32) {
+        float f;
+        memcpy(&f, t->data, 4);
+        return f;
+    }
+    uint16_t h;
+    memcpy(&h, t->data, 2);
+    return t->dtype == MOE__DT_BF16 ? moe__bf16_to_f32(h) : moe__f16_to_f32(h);
+}
+
+/* A scalar scale tensor: plain float, one element, finite and > 0. */
+static moe_status check_scalar_scale(const moe__mtensor *t, char *err, size_t errlen) {
+    moe_status s;
+    if ((s = check_plain(t, err, errlen))) return s;
+    if (!is_scalar(t)) return MOE__SHAPE(t, 1);
+    float v = scalar_f32(t);
+    if (!(isfinite(v) && v > 0))
+        return moe__errf(err, errlen, MOE_ERR_SCALE, "tensor %s: scale %g is not finite and > 0",
+                         t->name, (double)v);
+    return MOE_OK;
+}
+
+static moe_status want_dtype(const moe__mtensor *t, moe__dtype dt, char *err, size_t errlen) {
+    if (t->dtype == dt) return MOE_OK;
+    return moe__errf(err, errlen, MOE_ERR_DTYPE, "tensor %s: %s, expected %s", t->name,
+                     moe__dtype_get(t->dtype)->name, moe__dtype_get(dt)->name);
+}
+
+/* ModelOpt / compressed-tensors projection `proj` (N outputs, K inputs) of
+ * expert e (-1: the shared MLP) under fmt, as m->cfg.quant_format stores it:
+ *   NVFP4        weight U8 (N, K/2), weight_scale F8_E4M3 (N, K/16),
+ *                weight_scale_2 scalar; input_scale (W4A4) is not read
+ *   FP8_TENSOR   weight F8_E4M3 (N, K), weight_scale scalar, input_scale
+ *                scalar (static activations) or absent (dynamic)
+ *   FP8_CHANNEL  weight F8_E4M3 (N, K), weight_scale (N, 1) or (N)
+ *   INT*_GPTQ    weight_packed I32 (N, K*bits/32), weight_scale F16/BF16
+ *                (N, K/g), weight_shape (2) = (N, K) when present
+ * Scalar scales are checked here (finite, > 0); block and row scales when
+ * the layer is built. */
+static moe_status bind_sproj(const moe_model *m, const char *fmt, int32_t L, int e,
+                             const char *proj, int64_t N, int64_t K, moe__sproj *p, char *err,
+                             size_t errlen) {
+    const moe__mcfg *c = &m->cfg;
+    const moe_format f = c->quant_format;
+    const int packed = f == MOE_FORMAT_INT4_GPTQ || f == MOE_FORMAT_INT8_GPTQ;
+    char sfx[5][64], name[512];
+    static const char *const part[5] = { "weight", "weight_scale", "weight_scale_2",
+                                         "input_scale", "weight_shape" };
+    for (int i = 0; i < 5; i++) snprintf(sfx[i], sizeof sfx[i], "%s.%s", proj, part[i]);
+    if (packed) snprintf(sfx[0], sizeof sfx[0], "%s.weight_packed", proj);
+    moe_status s = MOE_OK;
+    memset(p, 0, sizeof *p);
+    p->w = need(m, &s, err, errlen, fmt, L, e, sfx[0]);
+    p->s = need(m, &s, err, errlen, fmt, L, e, sfx[1]);
+    if (f == MOE_FORMAT_NVFP4) p->s2 = need(m, &s, err, errlen, fmt, L, e, sfx[2]);
+    if (f == MOE_FORMAT_FP8_TENSOR && c->quant_static_in)
+        p->in = need(m, &s, err, errlen, fmt, L, e, sfx[3]);
+    if (s) return s;
+    switch (f) {
+    case MOE_FORMAT_NVFP4:
+        if (K % 16)
+            return moe__errf(err, errlen, MOE_ERR_SHAPE, "tensor %s: %lld inputs, not a multiple "
+                             "of NVFP4's blocks of 16", p->w->name, (long long)K);
+        if ((s = want_dtype(p->w, MOE__DT_U8, err, errlen)) ||
+            (s = want_dtype(p->s, MOE__DT_F8_E4M3, err, errlen)) ||
+            (s = MOE__SHAPE(p->w, N, K / 2)) || (s = MOE__SHAPE(p->s, N, K / 16)) ||
+            (s = check_scalar_scale(p->s2, err, errlen)))
+            return s;
+        break;
+    case MOE_FORMAT_FP8_TENSOR:
+    case MOE_FORMAT_FP8_CHANNEL:
+        if ((s = want_dtype(p->w, MOE__DT_F8_E4M3, err, errlen)) || (s = MOE__SHAPE(p->w, N, K)))
+            return s;
+        if (f == MOE_FORMAT_FP8_TENSOR) {
+            if ((s = check_scalar_scale(p->s, err, errlen)) ||
+                (p->in && (s = check_scalar_scale(p->in, err, errlen))))
+                return s;
+        } else if ((s = check_plain(p->s, err, errlen)) ||
+                   (s = p->s->n_dims == 2 ? MOE__SHAPE(p->s, N, 1) : MOE__SHAPE(p->s, N))) {
+            return s;
+        }
+        break;
+    case MOE_FORMAT_INT4_GPTQ:
+    case MOE_FORMAT_INT8_GPTQ: {
+        const int64_t g = c->quant_group, per = 32 / c->quant_bits;
+        if (K % g)
+            return moe__errf(err, errlen, MOE_ERR_SHAPE, "tensor %s: %lld inputs, not a multiple "
+                             "of the group size %lld", p->w->name, (long long)K, (long long)g);
+        if ((s = want_dtype(p->w, MOE__DT_I32, err, errlen)) ||
+            (s = MOE__SHAPE(p->w, N, K / per)) || (s = MOE__SHAPE(p->s, N, K / g)))
+            return s;
+        if (p->s->dtype != MOE__DT_F16 && p->s->dtype != MOE__DT_BF16)
+            return moe__errf(err, errlen, MOE_ERR_DTYPE, "tensor %s: %s, expected F16 or BF16",
+                             p->s->name, moe__dtype_get(p->s->dtype)->name);
+        if (e >= 0) snprintf(name, sizeof name, fmt, m->prefix, L, e, sfx[4]);
+        else snprintf(name, sizeof name, fmt, m->prefix, L, sfx[4]);
+        const moe__mtensor *ws = moe__model_find(m, name);
+        if (ws) {
+            int64_t v[2] = { 0, 0 };
+            if ((ws->dtype != MOE__DT_I32 && ws->dtype != MOE__DT_I64) || (s = MOE__SHAPE(ws, 2)))
+                return s ? s : moe__errf(err, errlen, MOE_ERR_DTYPE, "tensor %s: %s, expected I32 "
+                                         "or I64", ws->name, moe__dtype_get(ws->dtype)->name);
+            for (int i = 0; i < 2; i++) {
+                if (ws->dtype == MOE__DT_I64) {
+                    memcpy(&v[i], ws->data + 8 * i, 8);
+                } else {
+                    int32_t x;
+                    memcpy(&x, ws->data + 4 * i, 4);
+                    v[i] = x;
+                }
+            }
+            if (v[0] != N || v[1] != K)
+                return moe__errf(err, errlen, MOE_ERR_SHAPE, "tensor %s says (%lld, %lld), "
+                                 "expected (%lld, %lld)", ws->name, (long long)v[0],
+                                 (long long)v[1], (long long)N, (long long)K);
+        }
+        break;
+    }
+    default:
+        return moe__errf(err, errlen, MOE_ERR_INTERNAL, "quant format %d", (int)f);
+    }
+    return MOE_OK;
+}
+
+/* 1 when projection `proj` of expert e (-1: shared) is stored unquantized:
+ * a module the checkpoint excluded from quantization (e.g. shared experts
+ * kept in bf16) has a plain `weight` and no weight_packed. */
+static int plain_proj(const moe_model *m, const char *fmt, int32_t L, int e, const char *proj) {
+    char sfx[64], name[512];
+    snprintf(sfx, sizeof sfx, "%s.weight", proj);
+    if (e >= 0) snprintf(name, sizeof name, fmt, m->prefix, L, e, sfx);
+    else snprintf(name, sizeof name, fmt, m->prefix, L, sfx);
+    const moe__mtensor *t = moe__model_find(m, name);
+    return t && plain_float(t->dtype);
+}
+
+/* NVFP4 runs W13 with one global scale per expert: gate and up must agree. */
+static moe_status same_scale2(const moe__sproj *g, const moe__sproj *u, const char *who, int e,
+                              char *err, size_t errlen) {
+    float a = scalar_f32(g->s2), b = scalar_f32(u->s2);
+    if (a == b) return MOE_OK;
+    char which[32] = "the shared expert";
+    if (e >= 0) snprintf(which, sizeof which, "expert %d", e);
+    return moe__errf(err, errlen, MOE_ERR_UNSUPPORTED, "%s %s: gate and up have different NVFP4 "
+                     "global scales (%s = %.9g, %s = %.9g); libmoe fuses them into one W13 "
+                     "with one global scale", who, which, g->s2->name, (double)a, u->s2->name,
+                     (double)b);
+}
+
+/* Per-expert ModelOpt / compressed-tensors gate/up/down under fmt. */
+static moe_status bind_split_scaled(const moe_model *m, int32_t L, const char *fmt,
+                                    const char *const proj[3], moe__mlayer *b, char *err,
+                                    size_t errlen) {
+    const moe__mcfg *c = &m->cfg;
+    const int32_t E = c->n_experts;
+    const int64_t H = c->d_model, I = c->d_ff;
+    char who[32];
+    moe_status s;
+    snprintf(who, sizeof who, "layer %d", L);
+    b->layout = MOE__LAYOUT_SPLIT;
+    b->sgate = moe__calloc((size_t)E, sizeof *b->sgate);
+    b->sup = moe__calloc((size_t)E, sizeof *b->sup);
+    b->sdown = moe__calloc((size_t)E, sizeof *b->sdown);
+    b->gate = moe__calloc((size_t)E, sizeof *b->gate);
+    b->up = moe__calloc((size_t)E, sizeof *b->up);
+    b->down = moe__calloc((size_t)E, sizeof *b->down);
+    if (!b->sgate || !b->sup || !b->sdown || !b->gate || !b->up || !b->down)
+        return moe__errf(err, errlen, MOE_ERR_NOMEM, "out of memory");
+    for (int32_t e = 0; e < E; e++) {
+        if ((s = bind_sproj(m, fmt, L, e, proj[0], I, H, &b->sgate[e], err, errlen)) ||
+            (s = bind_sproj(m, fmt, L, e, proj[1], I, H, &b->sup[e], err, errlen)) ||
+            (s = bind_sproj(m, fmt, L, e, proj[2], H, I, &b->sdown[e], err, errlen)))
+            return s;
+        if (c->quant_format == MOE_FORMAT_NVFP4 &&
+            (s = same_scale2(&b->sgate[e], &b->sup[e], who, e, err, errlen)))
+            return s;
+        b->gate[e] = b->sgate[e].w;
+        b->up[e] = b->sup[e].w;
+        b->down[e] = b->sdown[e].w;
+    }
+    b->format = c->quant_format;
+    return MOE_OK;
+}
+
+/* Shared MLP of a ModelOpt / compressed-tensors checkpoint under fmt. */
+static moe_status bind_shared_scaled(const moe_model *m, int32_t L, const char *fmt,
+                                     moe__mlayer *b, char *err, size_t errlen) {
+    const moe__mcfg *c = &m->cfg;
+    const int64_t H = c->d_model, S = c->d_ff_shared;
+    static const char *const gud[3] = { "gate_proj", "up_proj", "down_proj" };
+    char who[32];
+    moe_status s;
+    snprintf(who, sizeof who, "layer %d", L);
+    for (int p = 0; p < 3; p++)
+        if ((s = bind_sproj(m, fmt, L, -1, gud[p], p < 2 ? S : H, p < 2 ? H : S, &b->sh_s[p],
+                            err, errlen)))
+            return s;
+    if (c->quant_format == MOE_FORMAT_NVFP4 &&
+        (s = same_scale2(&b->sh_s[0], &b->sh_s[1], who, -1, err, errlen)))
+        return s;
+    b->sh_gate = b->sh_s[0].w;
+    b->sh_up = b->sh_s[1].w;
+    b->sh_down = b->sh_s[2].w;
+    b->sh_format = c->quant_format;
+    return MOE_OK;
+}
+
 /* Per-expert gate/up/down (and fp8 scales) under base "...experts.%d." */
 static moe_status bind_split(const moe_model *m, int32_t L, const char *fmt, const char *const proj[3],
                              moe__mlayer *b, char *err, size_t errlen) {
@@ -433,7 +869,10 @@ static moe_status bind_split(const moe_model *m, int32_t L, const char *fmt, con
     int32_t E = c->n_experts;
     int64_t H = c->d_model, I = c->d_ff;
     moe_status s = MOE_OK;
-    if (c->quant) return bind_split_quant(m, L, fmt, proj, b, err, errlen);
+    if (c->quant == MOE__QUANT_GPTQ || c->quant == MOE__QUANT_AWQ)
+        return bind_split_quant(m, L, fmt, proj, b, err, errlen);
+    if (c->quant == MOE__QUANT_SCALED && !plain_proj(m, fmt, L, 0, proj[0]))
+        return bind_split_scaled(m, L, fmt, proj, b, err, errlen);
     b->layout = MOE__LAYOUT_SPLIT;
     b->gate = moe__calloc((size_t)E, sizeof *b->gate);
     b->up = moe__calloc((size_t)E, sizeof *b->up);
@@ -489,7 +928,9 @@ static moe_status bind_shared(const moe_model *m, int32_t L, const char *fmt, mo
     const moe__mcfg *c = &m->cfg;
     int64_t H = c->d_model, S = c->d_ff_shared;
     moe_status s = MOE_OK;
-    if (c->quant) {
+    if (c->quant == MOE__QUANT_SCALED && !plain_proj(m, fmt, L, -1, "gate_proj"))
+        return bind_shared_scaled(m, L, fmt, b, err, errlen);
+    if (c->quant == MOE__QUANT_GPTQ || c->quant == MOE__QUANT_AWQ) {
         static const char *const gud[3] = { "gate_proj", "up_proj", "down_proj" };
         for (int p = 0; p < 3; p++)
             if ((s = bind_qproj(m, fmt, L, -1, gud[p], p < 2 ? S : H, p < 2 ? H : S, &b->sh_q[p],

@@ -6,9 +6,11 @@
  * Weights stay in the mapping (MOE_EXPERTS_BORROW) when the stored bytes are
  * already libmoe's layout and suitably aligned; otherwise they are converted
  * once into buffers this object owns (concatenating gate and up, or
- * transposing gpt-oss / Llama-4 experts). Router and bias tensors become f32.
+ * transposing gpt-oss / Llama-4 experts; ModelOpt and compressed-tensors
+ * projections as build_scaled says). Router and bias tensors become f32.
  */
 #include "model.h"
+#include "../quant/quant.h"
 
 #include <string.h>
 
@@ -208,6 +210,157 @@ static moe_status build_quant(moe_model_layer *ml, const moe__mcfg *c, moe_forma
     return MOE_OK;
 }
 
+/* Runs the library's check of format f's side tables (the one experts
+ * creation runs) on one projection, so that a bad scale is reported with the
+ * checkpoint tensor that holds it. */
+static moe_status check_proj(moe_format f, const moe__mcfg *c, moe_format sf, const moe__sproj *p,
+                             int64_t N, int64_t K, const void *scales, float scale2, char *err,
+                             size_t errlen) {
+    const moe__format_traits *tr = moe__format(f);
+    if (!tr || !tr->validate) return MOE_OK;
+    moe__wmat w = { .format = f, .rows = N, .cols = K, .group_size = c->quant_group,
+                    .scale_format = sf, .data = p->w->data, .scales = scales, .scale2 = scale2 };
+    char msg[256] = "";
+    moe_status s = tr->validate(&w, msg, sizeof msg);
+    if (s) return moe__errf(err, errlen, s, "tensor %s: %s", p->s->name, msg);
+    return MOE_OK;
+}
+
+/* Element i of a plain tensor, or of a one-element one (any index). */
+static float scalar(const moe__mtensor *t) { return elem(t->dtype, t->data, 0); }
+
+/* GPTQ-style tables of one compressed-tensors pack-quantized projection:
+ * weight_packed (N, K/per) holds K values of row n in words n*K/per + k/per
+ * (value k%per at bits (32/per)*(k%per), stored + 2^(bits-1)), which is GPTQ's
+ * word and bit order transposed: GPTQ's qweight is (K/per, N). Writes
+ * column col0 + n of qw (K/per, ld) and sc (K/g, ld) (2-byte scales). */
+static void ct_to_gptq(const moe__sproj *p, int64_t N, int64_t K, int64_t per, int64_t g,
+                       int64_t ld, int64_t col0, uint8_t *qw, uint8_t *sc) {
+    const int64_t kw = K / per, ng = K / g;
+    for (int64_t n = 0; n < N; n++) {
+        for (int64_t k = 0; k < kw; k++)
+            memcpy(qw + 4 * (size_t)(k * ld + col0 + n), p->w->data + 4 * (size_t)(n * kw + k), 4);
+        for (int64_t k = 0; k < ng; k++)
+            memcpy(sc + 2 * (size_t)(k * ld + col0 + n), p->s->data + 2 * (size_t)(n * ng + k), 2);
+    }
+}
+
+/* ModelOpt / compressed-tensors weights of n experts (expert i = the
+ * checkpoint's sel[i]) into eo, format f (quant_format). W13 stacks gate over
+ * up (gate rows [0, I), up rows [I, 2I)):
+ *   NVFP4        data and block scales concatenated; scale2 = weight_scale_2
+ *                (gate's, equal to up's: checked at binding), W4A16;
+ *   FP8_TENSOR   data concatenated, then the half with the smaller
+ *                weight_scale re-quantized to the larger (moe__fp8_merge_w13_scales);
+ *                input_scale = max(gate's, up's) (the input they share), 0 when
+ *                the activations are dynamic;
+ *   FP8_CHANNEL  data and row scales (as f32) concatenated;
+ *   INT*_GPTQ    compressed-tensors pack-quantized repacked into GPTQ's
+ *                transposed tables (ct_to_gptq), scales in their own type.
+ * Block and row scales are checked per tensor with the format's own check. */
+static moe_status build_scaled(moe_model_layer *ml, const moe__mcfg *c, moe_format f,
+                               const moe__sproj *gate, const moe__sproj *up,
+                               const moe__sproj *down, const int32_t *sel, int32_t n, int64_t H,
+                               int64_t I, moe_experts_options *eo, char *err, size_t errlen) {
+    const int gptq = f == MOE_FORMAT_INT4_GPTQ || f == MOE_FORMAT_INT8_GPTQ;
+    const moe_format sf = gptq && gate[sel[0]].s->dtype == MOE__DT_BF16 ? MOE_FORMAT_BF16
+                                                                        : MOE_FORMAT_F16;
+    const moe__format_traits *tr = moe__format(f);
+    moe__wsizes s13, s2;
+    moe_status s;
+    if (!tr || !tr->sizes)
+        return moe__errf(err, errlen, MOE_ERR_UNSUPPORTED, "format %d has no table entry", (int)f);
+    if ((s = tr->sizes(2 * I, H, c->quant_group, sf, &s13, err, errlen)) ||
+        (s = tr->sizes(H, I, c->quant_group, sf, &s2, err, errlen)))
+        return s;
+    uint8_t *w13 = own(ml, (size_t)n * s13.data), *w2 = own(ml, (size_t)n * s2.data);
+    uint8_t *sc13 = own(ml, (size_t)n * s13.scales), *sc2 = own(ml, (size_t)n * s2.scales);
+    float *g13 = NULL, *g2 = NULL, *in13 = NULL, *in2 = NULL;
+    if (f == MOE_FORMAT_NVFP4) {
+        g13 = own(ml, (size_t)n * sizeof(float));
+        g2 = own(ml, (size_t)n * sizeof(float));
+    }
+    if (f == MOE_FORMAT_FP8_TENSOR && gate[sel[0]].in) {
+        in13 = own(ml, (size_t)n * sizeof(float));
+        in2 = own(ml, (size_t)n * sizeof(float));
+    }
+    if (!w13 || !w2 || !sc13 || !sc2 || (f == MOE_FORMAT_NVFP4 && (!g13 || !g2)) ||
+        (f == MOE_FORMAT_FP8_TENSOR && gate[sel[0]].in && (!in13 || !in2)))
+        return moe__errf(err, errlen, MOE_ERR_NOMEM, "out of memory");
+    const size_t half = s13.data / 2, shalf = s13.scales / 2;
+    for (int32_t i = 0; i < n; i++) {
+        const moe__sproj *g = &gate[sel[i]], *u = &up[sel[i]], *d = &down[sel[i]];
+        uint8_t *d13 = w13 + (size_t)i * s13.data, *d2 = w2 + (size_t)i * s2.data;
+        uint8_t *t13 = sc13 + (size_t)i * s13.scales, *t2 = sc2 + (size_t)i * s2.scales;
+        if (gptq) {
+            const int64_t per = 32 / c->quant_bits;
+            const moe__sproj *ps[3] = { g, u, d };
+            for (int k = 0; k < 3; k++)
+                if (ps[k]->s->dtype != gate[sel[0]].s->dtype)
+                    return moe__errf(err, errlen, MOE_ERR_DTYPE, "tensor %s: scales of one layer "
+                                     "must share a type", ps[k]->s->name);
+            ct_to_gptq(g, I, H, per, c->quant_group, 2 * I, 0, d13, t13);
+            ct_to_gptq(u, I, H, per, c->quant_group, 2 * I, I, d13, t13);
+            ct_to_gptq(d, H, I, per, c->quant_group, H, 0, d2, t2);
+            /* the scale check reads only the scales: run it on the repacked tables */
+            moe__wmat w = { .format = f, .rows = 2 * I, .cols = H, .group_size = c->quant_group,
+                            .scale_format = sf, .data = d13, .scales = t13, .scale2 = 1 };
+            char msg[256] = "";
+            if (tr->validate && (s = tr->validate(&w, msg, sizeof msg)))
+                return moe__errf(err, errlen, s, "tensors %s / %s: %s", g->s->name, u->s->name,
+                                 msg);
+            w = (moe__wmat){ .format = f, .rows = H, .cols = I, .group_size = c->quant_group,
+                             .scale_format = sf, .data = d2, .scales = t2, .scale2 = 1 };
+            if (tr->validate && (s = tr->validate(&w, msg, sizeof msg)))
+                return moe__errf(err, errlen, s, "tensor %s: %s", d->s->name, msg);
+            continue;
+        }
+        memcpy(d13, g->w->data, half);
+        memcpy(d13 + half, u->w->data, half);
+        memcpy(d2, d->w->data, s2.data);
+        if (f == MOE_FORMAT_NVFP4) {
+            memcpy(t13, g->s->data, shalf);
+            memcpy(t13 + shalf, u->s->data, shalf);
+            memcpy(t2, d->s->data, s2.scales);
+            g13[i] = scalar(g->s2);
+            g2[i] = scalar(d->s2);
+            if ((s = check_proj(f, c, sf, g, I, H, t13, g13[i], err, errlen)) ||
+                (s = check_proj(f, c, sf, u, I, H, t13 + shalf, g13[i], err, errlen)) ||
+                (s = check_proj(f, c, sf, d, H, I, t2, g2[i], err, errlen)))
+                return s;
+        } else if (f == MOE_FORMAT_FP8_TENSOR) {
+            float s13v, s2v = scalar(d->s);
+            if ((s = moe__fp8_merge_w13_scales(d13, I, H, scalar(g->s), scalar(u->s), &s13v,
+                                               err, errlen)))
+                return s;
+            memcpy(t13, &s13v, 4);
+            memcpy(t2, &s2v, 4);
+            if (in13) {
+                float a = scalar(g->in), b = scalar(u->in);
+                in13[i] = a > b ? a : b;
+                in2[i] = scalar(d->in);
+            }
+        } else { /* FP8_CHANNEL: row scales to f32 */
+            float *f13 = (float *)(void *)t13, *f2 = (float *)(void *)t2;
+            for (int64_t r = 0; r < I; r++) {
+                f13[r] = elem(g->s->dtype, g->s->data, r);
+                f13[I + r] = elem(u->s->dtype, u->s->data, r);
+            }
+            for (int64_t r = 0; r < H; r++) f2[r] = elem(d->s->dtype, d->s->data, r);
+            if ((s = check_proj(f, c, sf, g, I, H, f13, 1, err, errlen)) ||
+                (s = check_proj(f, c, sf, u, I, H, f13 + I, 1, err, errlen)) ||
+                (s = check_proj(f, c, sf, d, H, I, f2, 1, err, errlen)))
+                return s;
+        }
+    }
+    eo->format = f;
+    eo->group_size = gptq ? c->quant_group : 0;
+    eo->scale_format = gptq ? sf : MOE_FORMAT_F32;
+    eo->w13 = (moe_weights){ .data = w13, .scales = sc13, .scale2 = g13, .input_scale = in13 };
+    eo->w2 = (moe_weights){ .data = w2, .scales = sc2, .scale2 = g2, .input_scale = in2 };
+    return MOE_OK;
+}
+
 /* Builds w13 / w2 weights (and biases) of the routed experts into eo: the
  * n_local experts held here, local expert i being the model's sel[i]. */
 static moe_status build_routed(moe_model_layer *ml, const moe_model *m, const moe__mlayer *b,
@@ -218,6 +371,13 @@ static moe_status build_routed(moe_model_layer *ml, const moe_model *m, const mo
     const int64_t H = c->d_model, I = c->d_ff;
     moe__wsizes s13, s2;
     moe_status s;
+    if (b->sgate) {
+        *eo = (moe_experts_options){ .n_experts = E, .d_model = H, .d_ff = I,
+                                     .w2_format = &b->format2, .activation = c->activation,
+                                     .flags = MOE_EXPERTS_BORROW };
+        return build_scaled(ml, c, b->format, b->sgate, b->sup, b->sdown, sel, E, H, I, eo, err,
+                            errlen);
+    }
     if (b->qgate) {
         *eo = (moe_experts_options){ .n_experts = E, .d_model = H, .d_ff = I,
                                      .w2_format = &b->format2, .activation = c->activation,
@@ -363,6 +523,19 @@ static moe_status build_shared(moe_model_layer *ml, const moe_model *m, const mo
         return moe__errf(err, errlen, MOE_ERR_UNSUPPORTED, "shared expert tensors of type %s/%s/%s "
                          "have no libmoe format", moe__dtype_get(b->sh_gate->dtype)->name,
                          moe__dtype_get(b->sh_up->dtype)->name, moe__dtype_get(b->sh_down->dtype)->name);
+    if (b->sh_s[0].w) {
+        const int32_t only = 0;
+        *so = (moe_shared_options){ .mlp = { .n_experts = 1, .d_model = H, .d_ff = S,
+                                             .w2_format = &b->sh_format2,
+                                             .activation = MOE_ACT_SILU,
+                                             .flags = MOE_EXPERTS_BORROW } };
+        if ((s = build_scaled(ml, c, b->sh_format, &b->sh_s[0], &b->sh_s[1], &b->sh_s[2], &only,
+                              1, H, S, &so->mlp, err, errlen)))
+            return s;
+        if (b->sh_gate_w && !(so->gate = to_f32(ml, b->sh_gate_w, H)))
+            return moe__errf(err, errlen, MOE_ERR_NOMEM, "out of memory");
+        return MOE_OK;
+    }
     if (b->sh_q[0].q) {
         const int32_t only = 0;
         *so = (moe_shared_options){ .mlp = { .n_experts = 1, .d_model = H, .d_ff = S,

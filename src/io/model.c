@@ -120,6 +120,9 @@ void moe__mlayer_free(moe__mlayer *b) {
     moe__free(b->qgate);
     moe__free(b->qup);
     moe__free(b->qdown);
+    moe__free(b->sgate);
+    moe__free(b->sup);
+    moe__free(b->sdown);
     memset(b, 0, sizeof *b);
 }
 
@@ -198,6 +201,12 @@ static moe_status open_safetensors(moe_model *m, const char *dir, const char *si
         return moe__errf(err, errlen, MOE_ERR_MISSING, "%s not found (safetensors checkpoints need "
                          "the model's config.json beside them)", path);
     if ((s = open_json(path, &m->lim, &m->config, err, errlen))) return s;
+    /* ModelOpt exports describe their quantization here (family-hf.c, hf_quant). */
+    if ((s = join(path, sizeof path, dir, "hf_quant_config.json", err, errlen))) return s;
+    if (is_file(path)) {
+        if ((s = open_json(path, &m->lim, &m->hfq, err, errlen))) return s;
+        m->has_hfq = 1;
+    }
     if (!one) {
         if ((s = join(path, sizeof path, dir, "model.safetensors.index.json", err, errlen))) return s;
         if (is_file(path)) {
@@ -441,6 +450,7 @@ void moe_model_close(moe_model *m) {
     moe__free(m->maps);
     moe__gguf_free(&m->gguf);
     moe__json_free(&m->config);
+    moe__json_free(&m->hfq);
     moe__free(m->tensors);
     moe__nameset_free(&m->names);
     moe__free(m->cfg.is_moe);

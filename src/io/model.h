@@ -60,9 +60,22 @@ typedef struct moe__mcfg {
      * layouts, which are libmoe's INT4_GPTQ, INT8_GPTQ and INT4_AWQ. */
     int            quant;           /* MOE__QUANT_*                                  */
     int32_t        quant_bits, quant_group;
+    /* MOE__QUANT_SCALED (ModelOpt, compressed-tensors): the experts'
+     * projections are weight (or weight_packed) + weight_scale (+
+     * weight_scale_2, input_scale) tensors, run as quant_format. */
+    moe_format     quant_format;    /* NVFP4, FP8_TENSOR, FP8_CHANNEL, INT4_GPTQ     */
+    int            quant_static_in; /* FP8_TENSOR: input_scale tensors required      */
+    char           quant_name[96];  /* "modelopt NVFP4", ... for messages            */
 } moe__mcfg;
 
-enum { MOE__QUANT_NONE = 0, MOE__QUANT_GPTQ, MOE__QUANT_AWQ };
+enum { MOE__QUANT_NONE = 0, MOE__QUANT_GPTQ, MOE__QUANT_AWQ, MOE__QUANT_SCALED };
+
+/* One ModelOpt / compressed-tensors projection of an expert: weight (or
+ * weight_packed), weight_scale, weight_scale_2 (NVFP4) and input_scale
+ * (static FP8), the last two NULL when absent. */
+typedef struct moe__sproj {
+    const moe__mtensor *w, *s, *s2, *in;
+} moe__sproj;
 
 /* One GPTQ / AWQ projection: qweight, scales, qzeros and g_idx (GPTQ, may be
  * NULL) tensors. */
@@ -91,6 +104,9 @@ typedef struct moe__mlayer {
     moe__qproj         *qgate, *qup, *qdown;                 /* SPLIT GPTQ / AWQ, (E) each,
                                                                 or NULL; gate[e] = qgate[e].q */
     moe__qproj          sh_q[3];                             /* shared gate, up, down      */
+    moe__sproj         *sgate, *sup, *sdown;                 /* SPLIT ModelOpt / compressed-
+                                                                tensors, (E) each, or NULL */
+    moe__sproj          sh_s[3];                             /* shared gate, up, down      */
     const moe__mtensor *b13, *b_gate, *b_up, *b2;            /* expert biases or NULL   */
     const moe__mtensor *sh_gate, *sh_up, *sh_down;           /* shared MLP or NULL      */
     const moe__mtensor *sh_gate_s, *sh_up_s, *sh_down_s;
@@ -108,6 +124,8 @@ struct moe_model {
     moe__st_file   *st;          /* (n_files) safetensors headers                    */
     moe__gguf       gguf;
     moe__json       config;      /* config.json (safetensors)                        */
+    moe__json       hfq;         /* hf_quant_config.json (ModelOpt), when present     */
+    int             has_hfq;
     uint32_t        cfg_root;    /* the object holding the text model's keys         */
     char            arch[64];    /* GGUF general.architecture                        */
     const char     *prefix;      /* HF tensor name prefix ("model.layers.")          */
