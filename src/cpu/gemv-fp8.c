@@ -19,9 +19,15 @@
  *
  * Order: per row, groups in increasing k; within a group the four 32-value
  * dot steps in a fixed order; one fixed reduction tree at the end. So a
- * result depends on its weight row and activation row only. Weight rows
- * are streamed as cpu-formats.h says (moe__cpu_stream_row order,
- * moe__cpu_prefetch).
+ * result depends on its weight row and activation row only.
+ *
+ * Streaming: a tile's rows are cut into four segments (as
+ * moe__cpu_stream_row does) and row t of each segment is decoded side by
+ * side, group by group: four sequential streams (each prefetched as
+ * moe__cpu_prefetch says) advance together. Visiting whole rows in turn
+ * instead left a 7 KiB DeepSeek-V3 row (d_model 7168) with only one
+ * stream's prefetch distance of work ahead: the W13 shape streamed at 25 of
+ * 30.5 GB/s (kernel alone, 2 threads), 29-31 side by side.
  */
 #include "cpu-formats.h"
 #include "../quant/quant.h"
@@ -35,7 +41,8 @@
 #define FP8_AVX512 1
 #endif
 
-enum { FP8_G = MOE_FP8_BLOCK, FP8_XG = 16 };
+/* Group size; weight rows and activation rows a kernel call holds at once. */
+enum { FP8_G = MOE_FP8_BLOCK, FP8_NRMAX = 4, FP8_NXMAX = 4 };
 
 static int64_t kp128(int64_t cols) { return (cols + FP8_G - 1) / FP8_G * FP8_G; }
 
@@ -172,16 +179,6 @@ static void act_block(const moe__wmat *w, const float *x, int64_t cols, void *xq
     fp8_act_store(x, cols, xq);
 }
 
-/* Weight scale of row r, group g. */
-static inline float wscale(const moe__wmat *w, int64_t r, int64_t g) {
-    const float *s = w->scales;
-    switch (w->format) {
-    case MOE_FORMAT_FP8_TENSOR: return s[0];
-    case MOE_FORMAT_FP8_CHANNEL: return s[r];
-    default: return s[(r / FP8_G) * ((w->cols + FP8_G - 1) / FP8_G) + g];
-    }
-}
-
 #if FP8_AVX512
 /* e4m3 code (7 bits) -> high and low byte of its bf16 pattern; 0x7F is NaN. */
 static const uint8_t bf16_hi[128] = {
@@ -219,6 +216,131 @@ static inline void decode64(const fp8_tables *t, __m512i q, __m512bh *a, __m512b
 }
 #endif
 
+/* Row r's weight scales: group g's is sw[g * step] (step 0 when one scale
+ * covers the row). */
+static inline const float *wscale_row(const moe__wmat *w, int64_t r, int64_t *step) {
+    const float *s = w->scales;
+    switch (w->format) {
+    case MOE_FORMAT_FP8_TENSOR:  *step = 0; return s;
+    case MOE_FORMAT_FP8_CHANNEL: *step = 0; return s + r;
+    default: *step = 1; return s + (r / FP8_G) * ((w->cols + FP8_G - 1) / FP8_G);
+    }
+}
+
+#if FP8_AVX512
+/* Group g of NR weight rows (q[j], 128 readable bytes each) against NX
+ * activation rows: acc[j][i] += cs[j][i][gl] * (the four 32-value dot
+ * steps of the group, in order, from zero), cs[j][i][gl] = the product of
+ * the two scales of group g (gl = g % 16). Every (row, input) pair takes
+ * the same steps whatever NR and NX are. */
+static inline __attribute__((always_inline)) void fp8_group(
+    const fp8_tables *t, const uint8_t *const *q, const float (*cs)[FP8_NXMAX][16], int64_t g,
+    int gl, const uint16_t *const *xb, __m512 (*acc)[FP8_NXMAX], int NR, int NX) {
+    if (NX <= 2) { /* the inputs in registers, then a row at a time (few registers) */
+        __m512bh xv[2][4];
+        for (int i = 0; i < NX; i++)
+            for (int c = 0; c < 4; c++)
+                xv[i][c] = (__m512bh)_mm512_load_si512(xb[i] + g * FP8_G + 32 * c);
+#pragma GCC unroll 4 /* accumulators in registers, not stack slots */
+        for (int j = 0; j < NR; j++) {
+            __m512bh w0, w1, w2, w3;
+            decode64(t, _mm512_loadu_si512(q[j]), &w0, &w1);
+            decode64(t, _mm512_loadu_si512(q[j] + 64), &w2, &w3);
+#pragma GCC unroll 4
+            for (int i = 0; i < NX; i++) {
+                __m512 d = _mm512_dpbf16_ps(_mm512_setzero_ps(), w0, xv[i][0]);
+                d = _mm512_dpbf16_ps(d, w1, xv[i][1]);
+                d = _mm512_dpbf16_ps(d, w2, xv[i][2]);
+                d = _mm512_dpbf16_ps(d, w3, xv[i][3]);
+                acc[j][i] = _mm512_fmadd_ps(d, _mm512_set1_ps(cs[j][i][gl]), acc[j][i]);
+            }
+        }
+        return;
+    }
+    /* more inputs: the rows' weights in registers, then an input at a time */
+    __m512bh wv[FP8_NRMAX][4];
+    for (int j = 0; j < NR; j++) {
+        decode64(t, _mm512_loadu_si512(q[j]), &wv[j][0], &wv[j][1]);
+        decode64(t, _mm512_loadu_si512(q[j] + 64), &wv[j][2], &wv[j][3]);
+    }
+#pragma GCC unroll 4 /* accumulators in registers, not stack slots */
+    for (int i = 0; i < NX; i++) {
+        const uint16_t *xg = xb[i] + g * FP8_G;
+        const __m512bh  x0 = (__m512bh)_mm512_load_si512(xg);
+        const __m512bh  x1 = (__m512bh)_mm512_load_si512(xg + 32);
+        const __m512bh  x2 = (__m512bh)_mm512_load_si512(xg + 64);
+        const __m512bh  x3 = (__m512bh)_mm512_load_si512(xg + 96);
+#pragma GCC unroll 4
+        for (int j = 0; j < NR; j++) {
+            __m512 d = _mm512_dpbf16_ps(_mm512_setzero_ps(), wv[j][0], x0);
+            d = _mm512_dpbf16_ps(d, wv[j][1], x1);
+            d = _mm512_dpbf16_ps(d, wv[j][2], x2);
+            d = _mm512_dpbf16_ps(d, wv[j][3], x3);
+            acc[j][i] = _mm512_fmadd_ps(d, _mm512_set1_ps(cs[j][i][gl]), acc[j][i]);
+        }
+    }
+}
+
+/* NR weight rows (q[j], K values, group g's scale sws[j][g * step])
+ * against NX activation rows, side by side group by group: out[j][i] =
+ * the dot product of row j with input i. Each row is its own prefetched
+ * stream, so NR streams advance together (a long row then has NR times
+ * the prefetch distance of work ahead of it). The scale products of 16
+ * groups are made at once (one vmulps, broadcast from memory later:
+ * the same products as one multiply per group). The whole groups run
+ * without a tail test; a short last group is copied into zeros first
+ * (a row is never read past its end). */
+static inline __attribute__((always_inline)) void fp8_rows(
+    const fp8_tables *t, const uint8_t *const *q, int64_t K, const float *const *sws,
+    int64_t step, const uint16_t *const *xb, const float *const *sx,
+    float (*out)[FP8_NXMAX], int NR, int NX) {
+    __m512               acc[FP8_NRMAX][FP8_NXMAX];
+    _Alignas(64) float   cs[FP8_NRMAX][FP8_NXMAX][16];
+    const int64_t        nf = K / FP8_G, ng = kp128(K) / FP8_G;
+    for (int j = 0; j < NR; j++)
+        for (int i = 0; i < NX; i++) acc[j][i] = _mm512_setzero_ps();
+    for (int64_t g0 = 0; g0 < ng; g0 += 16) {
+        const int64_t   n = ng - g0 < 16 ? ng - g0 : 16;
+        const __mmask16 m = (__mmask16)((1u << n) - 1);
+        for (int j = 0; j < NR; j++) {
+            const __m512 sv = step ? _mm512_maskz_loadu_ps(m, sws[j] + g0)
+                                   : _mm512_set1_ps(sws[j][0]);
+            for (int i = 0; i < NX; i++)
+                _mm512_store_ps(cs[j][i], _mm512_mul_ps(sv, _mm512_maskz_loadu_ps(m, sx[i] + g0)));
+        }
+        const int64_t g1 = g0 + n < nf ? g0 + n : nf;
+        for (int64_t g = g0; g < g1; g++) {
+            const uint8_t *qg[FP8_NRMAX];
+            for (int j = 0; j < NR; j++) {
+                qg[j] = q[j] + g * FP8_G;
+                moe__cpu_prefetch(qg[j], FP8_G);
+            }
+            fp8_group(t, qg, (const float (*)[FP8_NXMAX][16])cs, g, (int)(g - g0), xb, acc, NR, NX);
+        }
+        if (g1 < g0 + n) { /* K % 128 != 0: the last group, short */
+            _Alignas(64) uint8_t tail[FP8_NRMAX][FP8_G];
+            const uint8_t       *qg[FP8_NRMAX];
+            for (int j = 0; j < NR; j++) {
+                memset(tail[j], 0, FP8_G);
+                memcpy(tail[j], q[j] + nf * FP8_G, (size_t)(K % FP8_G));
+                qg[j] = tail[j];
+            }
+            fp8_group(t, qg, (const float (*)[FP8_NXMAX][16])cs, nf, (int)(nf - g0), xb, acc, NR,
+                      NX);
+        }
+    }
+    for (int j = 0; j < NR; j++)
+        for (int i = 0; i < NX; i++) out[j][i] = _mm512_reduce_add_ps(acc[j][i]);
+}
+#endif
+
+/* Rows: the tile is cut into FP8_NRMAX segments (as moe__cpu_stream_row
+ * does) and row t of every segment is computed together (one row alone
+ * where the last segment is short), against the activation rows in
+ * blocks of up to FP8_NXMAX (fewer rows at once for more inputs, so that
+ * the accumulators stay in registers). Every (row, input) pair takes the
+ * same steps in every variant, so the block it falls in does not change
+ * its value. */
 static void gemm_fp8(const moe__wmat *w, int64_t r0, int64_t r1, const void *xq, size_t xq_stride,
                      int64_t n_x, float *y, int64_t y_stride) {
     const int64_t K = w->cols, kp = kp128(K), ng = kp / FP8_G;
@@ -226,68 +348,77 @@ static void gemm_fp8(const moe__wmat *w, int64_t r0, int64_t r1, const void *xq,
     const fp8_tables t = { _mm512_loadu_si512(bf16_hi), _mm512_loadu_si512(bf16_hi + 64),
                            _mm512_loadu_si512(bf16_lo), _mm512_loadu_si512(bf16_lo + 64),
                            _mm512_set1_epi8((char)0x80) };
-#endif
-    const int64_t seg = moe__cpu_stream_seg(r0, r1);
-    for (int64_t step = 0; step < seg * MOE_CPU_STREAMS; step++) {
-        const int64_t r = moe__cpu_stream_row(r0, seg, step);
-        if (r >= r1) continue;
-        const uint8_t *q = (const uint8_t *)w->data + r * K; // (K)
-        for (int64_t i0 = 0; i0 < n_x; i0 += FP8_XG) {
-            const int64_t nx = n_x - i0 < FP8_XG ? n_x - i0 : FP8_XG;
-#if FP8_AVX512
-            __m512 acc[FP8_XG];
-            for (int64_t i = 0; i < nx; i++) acc[i] = _mm512_setzero_ps();
-            for (int64_t g = 0; g < ng; g++) {
-                _Alignas(64) uint8_t tail[FP8_G];
-                const uint8_t *qg = q + g * FP8_G;
-                moe__cpu_prefetch(qg, FP8_G);
-                if (K - g * FP8_G < FP8_G) { /* never read past the row */
-                    memset(tail, 0, sizeof tail);
-                    memcpy(tail, qg, (size_t)(K - g * FP8_G));
-                    qg = tail;
-                }
-                __m512bh w0, w1, w2, w3;
-                decode64(&t, _mm512_loadu_si512(qg), &w0, &w1);
-                decode64(&t, _mm512_loadu_si512(qg + 64), &w2, &w3);
-                const float sw = wscale(w, r, g);
-                for (int64_t i = 0; i < nx; i++) {
-                    const uint16_t *xb = (const uint16_t *)((const char *)xq +
-                                                            (size_t)(i0 + i) * xq_stride);
-                    const float *sx = (const float *)(xb + kp);
-                    const uint16_t *xg = xb + g * FP8_G;
-                    __m512 d = _mm512_dpbf16_ps(_mm512_setzero_ps(), w0,
-                                                (__m512bh)_mm512_loadu_si512(xg));
-                    d = _mm512_dpbf16_ps(d, w1, (__m512bh)_mm512_loadu_si512(xg + 32));
-                    d = _mm512_dpbf16_ps(d, w2, (__m512bh)_mm512_loadu_si512(xg + 64));
-                    d = _mm512_dpbf16_ps(d, w3, (__m512bh)_mm512_loadu_si512(xg + 96));
-                    acc[i] = _mm512_fmadd_ps(d, _mm512_set1_ps(sw * sx[g]), acc[i]);
-                }
-            }
-            for (int64_t i = 0; i < nx; i++)
-                y[(i0 + i) * y_stride + (r - r0)] = _mm512_reduce_add_ps(acc[i]);
-#else
+    const int64_t seg = (r1 - r0 + FP8_NRMAX - 1) / FP8_NRMAX;
+    for (int64_t s = 0; s < seg; s++) {
+        int64_t rows[FP8_NRMAX];
+        int     nr = 0;
+        for (int j = 0; j < FP8_NRMAX; j++)
+            if (r0 + j * seg + s < r1) rows[nr++] = r0 + j * seg + s;
+        for (int64_t i0 = 0; i0 < n_x;) {
+            const int64_t   nx = n_x - i0 >= FP8_NXMAX ? FP8_NXMAX : n_x - i0;
+            const uint16_t *xb[FP8_NXMAX];
+            const float    *sx[FP8_NXMAX];
             for (int64_t i = 0; i < nx; i++) {
-                const uint16_t *xb = (const uint16_t *)((const char *)xq +
-                                                        (size_t)(i0 + i) * xq_stride);
-                const float *sx = (const float *)(xb + kp);
-                float acc = 0;
-                for (int64_t g = 0; g < ng; g++) {
-                    float d = 0;
-                    for (int e = 0; e < FP8_G; e++) {
-                        int64_t k = g * FP8_G + e;
-                        if (k >= K) break;
-                        uint32_t u = (uint32_t)xb[g * FP8_G + 64 * (e / 64) + perm64(e % 64)] << 16;
-                        float xv;
-                        memcpy(&xv, &u, 4);
-                        d += moe__e4m3_to_f32(q[k]) * xv;
-                    }
-                    acc += d * (wscale(w, r, g) * sx[g]);
-                }
-                y[(i0 + i) * y_stride + (r - r0)] = acc;
+                xb[i] = (const uint16_t *)((const char *)xq + (size_t)(i0 + i) * xq_stride);
+                sx[i] = (const float *)(xb[i] + kp);
             }
-#endif
+            /* rows at once: 4 for one or two inputs, 2 for three or four */
+            const int nrb = nx <= 2 ? FP8_NRMAX : 2;
+            for (int j0 = 0; j0 < nr;) {
+                const int      n = nr - j0 >= nrb ? nrb : 1;
+                const uint8_t *q[FP8_NRMAX];
+                const float   *sws[FP8_NRMAX];
+                int64_t        step = 0;
+                float          out[FP8_NRMAX][FP8_NXMAX];
+                for (int j = 0; j < n; j++) {
+                    q[j]   = (const uint8_t *)w->data + rows[j0 + j] * K; // (K)
+                    sws[j] = wscale_row(w, rows[j0 + j], &step);
+                }
+                if (n == 4 && nx == 1)  fp8_rows(&t, q, K, sws, step, xb, sx, out, 4, 1);
+                else if (n == 4)        fp8_rows(&t, q, K, sws, step, xb, sx, out, 4, 2);
+                else if (n == 2 && nx == 3) fp8_rows(&t, q, K, sws, step, xb, sx, out, 2, 3);
+                else if (n == 2)        fp8_rows(&t, q, K, sws, step, xb, sx, out, 2, 4);
+                else
+                    switch (nx) {
+                    case 1:  fp8_rows(&t, q, K, sws, step, xb, sx, out, 1, 1); break;
+                    case 2:  fp8_rows(&t, q, K, sws, step, xb, sx, out, 1, 2); break;
+                    case 3:  fp8_rows(&t, q, K, sws, step, xb, sx, out, 1, 3); break;
+                    default: fp8_rows(&t, q, K, sws, step, xb, sx, out, 1, 4); break;
+                    }
+                for (int j = 0; j < n; j++)
+                    for (int64_t i = 0; i < nx; i++)
+                        y[(i0 + i) * y_stride + (rows[j0 + j] - r0)] = out[j][i];
+                j0 += n;
+            }
+            i0 += nx;
         }
     }
+    (void)ng;
+#else
+    for (int64_t r = r0; r < r1; r++) {
+        const uint8_t *q = (const uint8_t *)w->data + r * K; // (K)
+        int64_t        sws;
+        const float   *sw = wscale_row(w, r, &sws);
+        for (int64_t i = 0; i < n_x; i++) {
+            const uint16_t *xb = (const uint16_t *)((const char *)xq + (size_t)i * xq_stride);
+            const float *sx = (const float *)(xb + kp);
+            float acc = 0;
+            for (int64_t g = 0; g < ng; g++) {
+                float d = 0;
+                for (int e = 0; e < FP8_G; e++) {
+                    int64_t k = g * FP8_G + e;
+                    if (k >= K) break;
+                    uint32_t u = (uint32_t)xb[g * FP8_G + 64 * (e / 64) + perm64(e % 64)] << 16;
+                    float xv;
+                    memcpy(&xv, &u, 4);
+                    d += moe__e4m3_to_f32(q[k]) * xv;
+                }
+                acc += d * (sw[g * sws] * sx[g]);
+            }
+            y[i * y_stride + (r - r0)] = acc;
+        }
+    }
+#endif
 }
 
 const moe__cpu_format moe__cpu_fp8_tensor  = { .act_row_bytes = fp8_act_row_bytes,

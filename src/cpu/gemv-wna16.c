@@ -486,17 +486,22 @@ static void gemm_int4_awq(const moe__wmat *w, int64_t r0, int64_t r1, const void
  * row and sums exactly as gemm_wv / awq_block do: per group, (q - zero) * x
  * fused-added in increasing k from 0 (times the act-order scale of each k
  * when g_idx is set), then acc = fma(group sum, group scale (1 with
- * g_idx), acc); so gemm_packed and gemm give the same bits. The stream is
- * prefetched as cpu-formats.h says, and its first MOE_CPU_PF_FAR bytes
- * (which that prefetch never asks for) when a panel starts.
+ * g_idx), acc); so gemm_packed and gemm give the same bits. Each panel's
+ * stream is prefetched as cpu-formats.h says, and its first
+ * MOE_CPU_PF_FAR bytes (which that prefetch never asks for) when a run
+ * starts; near a panel's end the prefetch goes on in the same panel of
+ * the next run (pk_prefetch): the qwen3-30b-a3b W2 shape (K = 768, 12 KiB
+ * panels) went from 24 to 28 GB/s of 30.5 (kernel alone, 2 threads), the
+ * K = 2048 shape from 29 to 31. Prefetching the next run's first bytes all
+ * at once when a run starts gained nothing.
  *
  * One activation row costs per 16 values a shift, a vpermps and an FMA
  * (ports 0 and 5): about 20 GB/s of 4-bit weights per core with the
  * weights in L2 on the CI machine, against about 15 GB/s of memory per
  * core, so the decode is kept to that. Tried and dropped there: loads at
  * byte offsets instead of the shifts (the split loads cost more: -20% in
- * L2), and prefetching the next run of panels during the current one (no
- * gain in the layer).
+ * L2). 8 panels at once for one activation row: AWQ slower (register
+ * spills), GPTQ no faster.
  */
 enum { PK_NP = 4, PK_XMAX = 8 };
 
@@ -526,6 +531,22 @@ static inline __m512 pk_awq_val(__m512i bytes, int b) {
         _mm512_set_ps(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0));
 }
 
+/* moe__cpu_prefetch of the 128 bytes at wp of the panel at base, except
+ * that a distance reaching past the panel's end continues in the same
+ * panel of the next run of np (the run that pk_gemm reads next), not in
+ * the next panel (read now): with short panels (K = 768: 12 KB) every run
+ * otherwise starts on memory latency in all but its first stream. */
+static inline void pk_prefetch(const char *base, const char *wp, size_t pan, int np) {
+    const size_t off  = (size_t)(wp - base);
+    const size_t far  = off + MOE_CPU_PF_FAR, near = off + MOE_CPU_PF_NEAR;
+    const char  *pf = base + far + (far >= pan ? (size_t)(np - 1) * pan : 0);
+    const char  *pn = base + near + (near >= pan ? (size_t)(np - 1) * pan : 0);
+    for (size_t o = 0; o < PK_WROW; o += 64) {
+        __builtin_prefetch(pf + o, 0, 2);
+        __builtin_prefetch(pn + o, 0, 3);
+    }
+}
+
 /* Panels P, P + pan, ... (NP of them) against NX activation rows xs: out[p][v][i]
  * lane l = row 32p + 16v + l of the run. */
 static inline __attribute__((always_inline)) void pk_kernel(
@@ -533,12 +554,14 @@ static inline __attribute__((always_inline)) void pk_kernel(
     __m512 (*out)[2][PK_XMAX], int NP, int NX, int bits, bool awq, bool act) {
     const int64_t G = w->group_size, per = 32 / bits, spg = G / per;
     const bool    bf = w->scale_format == MOE_FORMAT_BF16;
-    __m512        acc[PK_NP][2][PK_XMAX];
+    /* The row sums accumulate in out (memory, touched once per group), so
+     * that the group sums alone hold the registers: with both in registers
+     * the 4-panel, 2-row variant needed all 32 and spilled in the k loop. */
     for (int p = 0; p < NP; p++) {
         for (size_t o = 0; o < MOE_CPU_PF_FAR; o += 64)
             __builtin_prefetch(P + (size_t)p * pg->pan + o, 0, 2);
         for (int v = 0; v < 2; v++)
-            for (int i = 0; i < NX; i++) acc[p][v][i] = _mm512_setzero_ps();
+            for (int i = 0; i < NX; i++) out[p][v][i] = _mm512_setzero_ps();
     }
     for (int64_t g = 0; g < pg->ng; g++) {
         const char *wl[PK_NP];
@@ -563,7 +586,7 @@ static inline __attribute__((always_inline)) void pk_kernel(
 #pragma GCC unroll 4
             for (int p = 0; p < NP; p++) {
                 const char *wp = wl[p] + (size_t)s * PK_WROW;
-                moe__cpu_prefetch(wp, PK_WROW);
+                pk_prefetch(P + (size_t)p * pg->pan, wp, pg->pan, NP);
                 const __m512i w0 = _mm512_load_si512(wp), w1 = _mm512_load_si512(wp + 64);
                 /* AWQ: the even values (bytes of e) and the odd ones (bytes of o),
                  * plus 16 - z, are each one byte in 1 .. 31: a 32-entry table of
@@ -594,6 +617,9 @@ static inline __attribute__((always_inline)) void pk_kernel(
                         v0 = _mm512_mul_ps(v0, pk_scales(sl, 0, bf));
                         v1 = _mm512_mul_ps(v1, pk_scales(sl, 1, bf));
                     }
+                    /* unrolled, or the group sums of NX >= 3 went to the stack
+                     * (4 rows: 3.5 GB/s per core from L2, now 8.6) */
+#pragma GCC unroll 8
                     for (int i = 0; i < NX; i++) {
                         const __m512 xb = _mm512_set1_ps(xs[i][k + j]);
                         ga[p][0][i] = _mm512_fmadd_ps(v0, xb, ga[p][0][i]);
@@ -607,18 +633,16 @@ static inline __attribute__((always_inline)) void pk_kernel(
             for (int v = 0; v < 2; v++) {
                 const __m512 sv = act ? _mm512_set1_ps(1.0f) : pk_scales(sl, v, bf);
                 for (int i = 0; i < NX; i++)
-                    acc[p][v][i] = _mm512_fmadd_ps(ga[p][v][i], sv, acc[p][v][i]);
+                    out[p][v][i] = _mm512_fmadd_ps(ga[p][v][i], sv, out[p][v][i]);
             }
         }
     }
-    for (int p = 0; p < NP; p++)
-        for (int v = 0; v < 2; v++)
-            for (int i = 0; i < NX; i++) out[p][v][i] = acc[p][v][i];
 }
 
 /* The (NP, NX) variants a format uses: 4 panels for 1 or 2 activation rows,
- * 2 for 4, 1 for 8 (NP * 2 * NX group sums stay in registers), and 1 panel
- * for the tail of a tile. */
+ * 2 for 3 or 4 (3 rows in one pass rather than 2 + 1: one decode), 1 for 8
+ * (NP * 2 * NX group sums stay in registers), and 1 panel for the tail of
+ * a tile. */
 #define PK_VARIANTS(name, bits, awq, act)                                                     \
     static void pk_##name(const moe__wmat *w, const pk_geom *pg, const char *P,              \
                           const float *const *xs, __m512 (*out)[2][PK_XMAX], int np, int nx) { \
@@ -626,6 +650,8 @@ static inline __attribute__((always_inline)) void pk_kernel(
         else if (nx == 1)            pk_kernel(w, pg, P, xs, out, 1, 1, bits, awq, act);        \
         else if (nx == 2 && np == 4) pk_kernel(w, pg, P, xs, out, 4, 2, bits, awq, act);        \
         else if (nx == 2)            pk_kernel(w, pg, P, xs, out, 1, 2, bits, awq, act);        \
+        else if (nx == 3 && np == 2) pk_kernel(w, pg, P, xs, out, 2, 3, bits, awq, act);        \
+        else if (nx == 3)            pk_kernel(w, pg, P, xs, out, 1, 3, bits, awq, act);        \
         else if (nx == 4 && np == 2) pk_kernel(w, pg, P, xs, out, 2, 4, bits, awq, act);        \
         else if (nx == 4)            pk_kernel(w, pg, P, xs, out, 1, 4, bits, awq, act);        \
         else                         pk_kernel(w, pg, P, xs, out, 1, 8, bits, awq, act);        \
@@ -640,6 +666,7 @@ static inline __attribute__((always_inline)) void pk_act(
     __m512 (*out)[2][PK_XMAX], int nx, int bits) {
     if (nx == 1)      pk_kernel(w, pg, P, xs, out, 1, 1, bits, false, true);
     else if (nx == 2) pk_kernel(w, pg, P, xs, out, 1, 2, bits, false, true);
+    else if (nx == 3) pk_kernel(w, pg, P, xs, out, 1, 3, bits, false, true);
     else if (nx == 4) pk_kernel(w, pg, P, xs, out, 1, 4, bits, false, true);
     else              pk_kernel(w, pg, P, xs, out, 1, 8, bits, false, true);
 }
@@ -668,8 +695,8 @@ static void pk_gemm(const moe__wmat *w, int64_t r0, int64_t r1, const void *xq, 
         const int64_t pe = pc + PK_NP < p1 ? pc + PK_NP : p1;
         for (int64_t i0 = 0; i0 < n_x;) {
             const int64_t left = n_x - i0;
-            const int     nx   = left >= 8 ? 8 : left >= 4 ? 4 : left >= 2 ? 2 : 1;
-            int           npw  = nx <= 2 ? 4 : nx == 4 ? 2 : 1;
+            const int     nx   = left >= 8 ? 8 : left >= 4 ? 4 : left == 3 ? 3 : left >= 2 ? 2 : 1;
+            int           npw  = nx <= 2 ? 4 : nx <= 4 ? 2 : 1;
             if (npw > np_max_act) npw = np_max_act;
             const float  *xs[PK_XMAX];
             for (int i = 0; i < PK_XMAX; i++)
