@@ -499,7 +499,9 @@ typedef struct moe_layer moe_layer;
  * weights (whose checkpoint layout spreads a block of rows over every page)
  * are re-laid out here into row panels, once per experts object (routed and
  * opts->shared): a copy as large as their packed weights, kept and freed
- * with the experts; the weights must not change afterwards. */
+ * with the experts; the weights must not change afterwards. MXFP4 gets such
+ * a copy too (16-row panels for the AMX tiles) where the CPU has AMX-BF16
+ * and the OS grants it (Sapphire Rapids and later, Linux 5.16+). */
 moe_status moe_layer_create(const moe_layer_options *opts, moe_layer **out, char *err, size_t errlen);
 void       moe_layer_destroy(moe_layer *l);
 

@@ -49,8 +49,10 @@
  * - act_quantize must depend on its own row (and w's static scales) only.
  *
  * Kernels are selected at compile time from the compiler's -march macros
- * (__AVX512F__, __AVX2__, plain C otherwise): each build has one kernel per
- * format, so determinism holds within a build, not across ISAs.
+ * (__AVX512F__, __AVX2__, plain C otherwise), and AMX kernels once per
+ * process (moe__cpu_amx_ready, whether the OS grants the tiles): one kernel
+ * per format in a process, so determinism holds within a build and
+ * machine, not across ISAs.
  */
 #ifndef MOE_CPU_FORMATS_H
 #define MOE_CPU_FORMATS_H
@@ -121,6 +123,20 @@ extern const moe__cpu_format moe__cpu_q8_0, moe__cpu_q4_0, moe__cpu_q4_k, moe__c
                              moe__cpu_mxfp4_gguf; /* gemv-q8_0.c, gemv-q4k.c, gemv-q6k.c */
 
 /* ===== Helpers shared by the CPU files ===== */
+
+/* AMX tiles (src/cpu/amx.c): MOE_CPU_AMX is 1 when the build targets them;
+ * moe__cpu_amx_ready() says whether this process may run them (asked of the
+ * OS once; the same answer for the life of the process). A kernel using
+ * tiles loads its tile configuration on entry and releases the tiles before
+ * it returns (the configuration is per thread, and released tiles keep
+ * context switches cheap). */
+#if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__AVX512BF16__) && \
+    defined(__x86_64__) && defined(__linux__)
+#define MOE_CPU_AMX 1
+#else
+#define MOE_CPU_AMX 0
+#endif
+bool moe__cpu_amx_ready(void);
 
 /* Software prefetch of a weight stream, for kernels that read their weight
  * rows front to back: called with the bytes [p, p + n) the kernel is about

@@ -26,7 +26,11 @@
  * first), so value e is stored at 32 * (e % 4) + e / 4. vdpbf16ps pairs
  * words 2m and 2m + 1, so fp32 lane m of a unit's sum holds the values
  * 8m..8m+7: MXFP4 block b (32 values) is lanes 4b..4b+3, NVFP4 block b (16
- * values) lanes 2b, 2b+1.
+ * values) lanes 2b, 2b+1. Where the build has the AMX path
+ * (gemv-fp4-amx.h) the plain bf16 row follows (act_row_bytes doubles): the
+ * K order of its tiles. MXFP4 runs on the tiles where the process may use
+ * them (gemv-fp4-amx.c, with a bind-time packed copy), NVFP4 and MXFP4
+ * elsewhere on the kernel below.
  *
  * Order: per row, units of 128 values in increasing k, fixed steps inside,
  * one reduction tree at the end: a result depends on its rows only. The
@@ -35,6 +39,7 @@
  * (moe__cpu_stream_row order, moe__cpu_prefetch).
  */
 #include "cpu-formats.h"
+#include "gemv-fp4-amx.h"
 #include "../quant/quant.h"
 
 #include <string.h>
@@ -48,7 +53,8 @@ enum { FP4_U = 128 };
 
 static int64_t kp128(int64_t cols) { return (cols + FP4_U - 1) / FP4_U * FP4_U; }
 
-static size_t fp4_act_row_bytes(int64_t cols) { return (size_t)kp128(cols) * 2; }
+/* With the AMX path the plain bf16 row follows (gemv-fp4-amx.h). */
+static size_t fp4_act_row_bytes(int64_t cols) { return (size_t)kp128(cols) * (FP4_AMX ? 4 : 2); }
 
 /* Stored position (0..127) of value e of a 128-value unit. */
 static inline int perm128(int e) { return 32 * (e % 4) + e / 4; }
@@ -60,6 +66,10 @@ static void act_bf16(const moe__wmat *w, const float *x, int64_t cols, void *xq)
     for (int64_t k0 = 0; k0 < kp; k0 += FP4_U)
         for (int e = 0; e < FP4_U; e++)
             xb[k0 + perm128(e)] = k0 + e < cols ? moe__f32_to_bf16(x[k0 + e]) : 0;
+#if FP4_AMX
+    uint16_t *xp = (uint16_t *)((char *)xq + FP4_AMX_XOFF(cols)); // (kp) plain order
+    for (int64_t k = 0; k < kp; k++) xp[k] = xb[k / FP4_U * FP4_U + perm128((int)(k % FP4_U))];
+#endif
 }
 
 static float bf16_at(const uint16_t *xb, int64_t k) {
@@ -169,8 +179,8 @@ static inline __attribute__((always_inline)) void fp4_rows(
 }
 #endif
 
-static void gemm_fp4(const moe__wmat *w, int64_t r0, int64_t r1, const void *xq, size_t xq_stride,
-                     int64_t n_x, float *y, int64_t y_stride) {
+static void gemm_fp4_vec(const moe__wmat *w, int64_t r0, int64_t r1, const void *xq,
+                         size_t xq_stride, int64_t n_x, float *y, int64_t y_stride) {
     const int64_t K = w->cols;
     const bool mx = w->format == MOE_FORMAT_MXFP4;
 #if FP4_AVX512
@@ -237,7 +247,49 @@ static void gemm_fp4(const moe__wmat *w, int64_t r0, int64_t r1, const void *xq,
     (void)bf16_at;
 }
 
+/* MXFP4 takes the AMX path where the process may use tiles (the same
+ * answer for its whole life, so every call runs the same kernel), else the
+ * kernel above. NVFP4 stays on the kernel above: its AMX decode (two
+ * scale tables per tile row, gemv-fp4-amx.c) measured slower than it on
+ * the qwen3-30b-a3b shapes and no faster on deepseek-v3's
+ * (`moe bench`, 2 threads, 2026-11-29). */
+static void gemm_mxfp4(const moe__wmat *w, int64_t r0, int64_t r1, const void *xq,
+                       size_t xq_stride, int64_t n_x, float *y, int64_t y_stride) {
+#if FP4_AMX
+    if (moe__cpu_amx_ready()) {
+        moe__fp4_amx_gemm(w, false, r0, r1, xq, xq_stride, n_x, y, y_stride);
+        return;
+    }
+#endif
+    gemm_fp4_vec(w, r0, r1, xq, xq_stride, n_x, y, y_stride);
+}
+
+#if FP4_AMX
+/* MXFP4 pack hooks: the AMX panels (gemv-fp4-amx.c); where the OS refuses
+ * the tiles, a plain copy of the codes that gemm_fp4_vec reads as it reads
+ * the checkpoint (the view keeps w's scales). */
+static size_t mxfp4_packed_bytes(const moe__wmat *w) {
+    return moe__cpu_amx_ready() ? moe__fp4_amx_packed_bytes(w) : (size_t)(w->rows * w->cols / 2);
+}
+
+static void mxfp4_pack(const moe__wmat *w, void *dst) {
+    if (moe__cpu_amx_ready()) moe__fp4_amx_pack(w, dst);
+    else                      memcpy(dst, w->data, (size_t)(w->rows * w->cols / 2));
+}
+
+static void gemm_mxfp4_packed(const moe__wmat *w, int64_t r0, int64_t r1, const void *xq,
+                              size_t xq_stride, int64_t n_x, float *y, int64_t y_stride) {
+    if (moe__cpu_amx_ready()) moe__fp4_amx_gemm(w, true, r0, r1, xq, xq_stride, n_x, y, y_stride);
+    else gemm_fp4_vec(w, r0, r1, xq, xq_stride, n_x, y, y_stride);
+}
+#define MXFP4_PACK_HOOKS .packed_bytes = mxfp4_packed_bytes, .pack = mxfp4_pack, \
+                         .gemm_packed = gemm_mxfp4_packed,
+#else
+#define MXFP4_PACK_HOOKS
+#endif
+
 const moe__cpu_format moe__cpu_mxfp4 = { .act_row_bytes = fp4_act_row_bytes,
-                                         .act_quantize = act_bf16, .gemm = gemm_fp4 };
+                                         .act_quantize = act_bf16, .gemm = gemm_mxfp4,
+                                         MXFP4_PACK_HOOKS };
 const moe__cpu_format moe__cpu_nvfp4 = { .act_row_bytes = fp4_act_row_bytes,
-                                         .act_quantize = act_bf16, .gemm = gemm_fp4 };
+                                         .act_quantize = act_bf16, .gemm = gemm_fp4_vec };
