@@ -79,6 +79,12 @@ double test_nmse_f(const float *a, const float *ref, size_t n);
 /* sum_k a[k] * b[k] in fp64 (the reference of a kernel's dot product);
  * *mag = sum_k |a[k] * b[k]|, the scale its rounding error is judged by. */
 double test_dot_ref(const float *a, const float *b, int64_t n, double *mag);
+/* test_dot_ref of every row of w (dequantized by its format's scalar
+ * reference) with each of the nx input rows x (nx, w->cols): ref and mag
+ * (nx, w->rows). */
+struct moe__wmat;
+void   test_gemm_ref(const struct moe__wmat *w, const float *x, int64_t nx, double *ref,
+                     double *mag);
 /* Index of the first NaN in x, or -1. */
 long   test_find_nan(const float *x, size_t n);
 void   test_poison(float *x, size_t n);          /* fill with NaN       */

@@ -3,6 +3,7 @@
  * NaN poisoning.
  */
 #include "test.h"
+#include "internal.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -57,6 +58,17 @@ double test_dot_ref(const float *a, const float *b, int64_t n, double *mag) {
     }
     *mag = m;
     return d;
+}
+
+void test_gemm_ref(const moe__wmat *w, const float *x, int64_t nx, double *ref, double *mag) {
+    const int64_t R = w->rows, K = w->cols;
+    float        *wrow = malloc(sizeof(float) * (size_t)K);
+    for (int64_t r = 0; r < R; r++) {
+        moe__format(w->format)->dequant_row_ref(w, r, wrow);
+        for (int64_t i = 0; i < nx; i++)
+            ref[i * R + r] = test_dot_ref(wrow, x + i * K, K, &mag[i * R + r]);
+    }
+    free(wrow);
 }
 
 long test_find_nan(const float *x, size_t n) {
