@@ -39,39 +39,6 @@ static int read_cases(model_case *cs, int cap) {
     return n;
 }
 
-/* Runs one model layer on `backend`; returns the NMSE against ref, or -1. */
-static double run_layer(const moe_model *m, const model_case *c, moe_backend backend, const moe_npy *x,
-                        const moe_npy *ref, int *unsupported) {
-    char err[512];
-    int64_t T = x->shape[0];
-    moe_layer_options base = { .backend = backend, .max_tokens = T };
-    moe_model_layer *ml = NULL;
-    moe_status s = moe_model_layer_create(m, c->layer, &base, &ml, err, sizeof err);
-    *unsupported = s == MOE_ERR_UNSUPPORTED;
-    if (s) {
-        if (!*unsupported || backend == MOE_BACKEND_REF)
-            test_fail(__FILE__, __LINE__, "%s: layer %d: %s: %s", c->name, c->layer, moe_status_name(s), err);
-        return -1;
-    }
-    moe_layer *l = moe_model_layer_layer(ml);
-    size_t ws_size = moe_layer_workspace_size(l, T);
-    void *ws = aligned_alloc(64, (ws_size + 63) / 64 * 64 + 64);
-    float *out = malloc((size_t)T * (size_t)c->d_model * sizeof(float));
-    double nmse = -1;
-    test_poison(out, (size_t)T * (size_t)c->d_model);
-    s = moe_layer_forward(l, T, x->data, NULL, moe_model_layer_shared(ml), out, ws, ws_size);
-    if (s) {
-        test_fail(__FILE__, __LINE__, "%s: forward: %s: %s", c->name, moe_status_name(s),
-                  moe_layer_last_error(l));
-    } else {
-        nmse = test_nmse_f(out, ref->data, (size_t)T * (size_t)c->d_model);
-    }
-    free(out);
-    free(ws);
-    moe_model_layer_destroy(ml);
-    return nmse;
-}
-
 TEST(io_models_forward_matches_reference) {
     model_case cs[64];
     int n = read_cases(cs, 64);
@@ -101,8 +68,8 @@ TEST(io_models_forward_matches_reference) {
         CHECK(x.format == MOE_FORMAT_F32 && x.n_dims == 2 && x.shape[1] == c->d_model, "%s: x", c->name);
         static const moe_backend backends[2] = { MOE_BACKEND_REF, MOE_BACKEND_CPU };
         for (int b = 0; b < 2; b++) {
-            int unsup;
-            double e = run_layer(m, c, backends[b], &x, &ref, &unsup);
+            double e = test_model_layer_nmse(m, c->name, c->layer, c->d_model, backends[b], &x,
+                                             &ref, true);
             if (e < 0) continue;
             CHECK(e <= c->tol, "%s layer %d on %s: NMSE %.3g > %.3g", c->name, c->layer,
                   b ? "cpu" : "ref", e, c->tol);

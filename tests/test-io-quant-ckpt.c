@@ -42,31 +42,6 @@ static int read_qcases(qcase *cs, int cap) {
     return n;
 }
 
-/* Layer c->layer of m on backend; NMSE against ref, or -1 after a failure. */
-static double run_qlayer(const moe_model *m, const qcase *c, moe_backend backend, const moe_npy *x,
-                         const moe_npy *ref) {
-    char err[512];
-    const int64_t T = x->shape[0];
-    moe_layer_options base = { .backend = backend, .max_tokens = T };
-    moe_model_layer *ml = NULL;
-    moe_status s = moe_model_layer_create(m, c->layer, &base, &ml, err, sizeof err);
-    CHECK(s == MOE_OK, "%s: layer %d: %s: %s", c->name, c->layer, moe_status_name(s), err);
-    if (s) return -1;
-    moe_layer *l = moe_model_layer_layer(ml);
-    size_t ws_size = moe_layer_workspace_size(l, T);
-    void *ws = aligned_alloc(64, (ws_size + 63) / 64 * 64 + 64);
-    float *out = malloc((size_t)T * (size_t)c->d_model * sizeof(float));
-    double nmse = -1;
-    test_poison(out, (size_t)T * (size_t)c->d_model);
-    s = moe_layer_forward(l, T, x->data, NULL, moe_model_layer_shared(ml), out, ws, ws_size);
-    CHECK(s == MOE_OK, "%s: forward: %s: %s", c->name, moe_status_name(s), moe_layer_last_error(l));
-    if (!s) nmse = test_nmse_f(out, ref->data, (size_t)T * (size_t)c->d_model);
-    free(out);
-    free(ws);
-    moe_model_layer_destroy(ml);
-    return nmse;
-}
-
 TEST(io_quant_ckpt_forward_matches_reference) {
     qcase cs[16];
     int n = read_qcases(cs, 16);
@@ -100,7 +75,8 @@ TEST(io_quant_ckpt_forward_matches_reference) {
         REQUIRE(moe_npy_read(path, &ref, err, sizeof err) == MOE_OK, "%s", err);
         static const moe_backend backends[2] = { MOE_BACKEND_REF, MOE_BACKEND_CPU };
         for (int b = 0; b < 2; b++) {
-            double e = run_qlayer(m, c, backends[b], &x, &ref);
+            double e = test_model_layer_nmse(m, c->name, c->layer, c->d_model, backends[b], &x,
+                                             &ref, false);
             if (e < 0) continue;
             CHECK(e <= c->tol, "%s layer %d on %s: NMSE %.3g > %.3g", c->name, c->layer,
                   b ? "cpu" : "ref", e, c->tol);

@@ -85,6 +85,14 @@ double test_dot_ref(const float *a, const float *b, int64_t n, double *mag);
 struct moe__wmat;
 void   test_gemm_ref(const struct moe__wmat *w, const float *x, int64_t nx, double *ref,
                      double *mag);
+/* Builds layer `layer` of model m on backend, runs x (T, d_model) through it
+ * and returns the NMSE of the output against ref (T, d_model); -1 after a
+ * failure, which is reported under `name` unless it is the layer's creation
+ * failing with MOE_ERR_UNSUPPORTED on a backend other than the reference and
+ * unsupported_ok is set. */
+double test_model_layer_nmse(const moe_model *m, const char *name, int32_t layer, int64_t d_model,
+                             moe_backend backend, const moe_npy *x, const moe_npy *ref,
+                             bool unsupported_ok);
 /* Index of the first NaN in x, or -1. */
 long   test_find_nan(const float *x, size_t n);
 void   test_poison(float *x, size_t n);          /* fill with NaN       */

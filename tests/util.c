@@ -71,6 +71,38 @@ void test_gemm_ref(const moe__wmat *w, const float *x, int64_t nx, double *ref, 
     free(wrow);
 }
 
+double test_model_layer_nmse(const moe_model *m, const char *name, int32_t layer, int64_t d_model,
+                             moe_backend backend, const moe_npy *x, const moe_npy *ref,
+                             bool unsupported_ok) {
+    char             err[512];
+    const int64_t    T    = x->shape[0];
+    moe_layer_options base = { .backend = backend, .max_tokens = T };
+    moe_model_layer  *ml   = NULL;
+    moe_status        s    = moe_model_layer_create(m, layer, &base, &ml, err, sizeof err);
+    if (s) {
+        if (!(unsupported_ok && s == MOE_ERR_UNSUPPORTED && backend != MOE_BACKEND_REF))
+            test_fail(__FILE__, __LINE__, "%s: layer %d: %s: %s", name, layer, moe_status_name(s),
+                      err);
+        return -1;
+    }
+    moe_layer *l       = moe_model_layer_layer(ml);
+    size_t     ws_size = moe_layer_workspace_size(l, T);
+    void      *ws      = aligned_alloc(64, (ws_size + 63) / 64 * 64 + 64);
+    float     *out     = malloc((size_t)T * (size_t)d_model * sizeof(float));
+    double     nmse    = -1;
+    test_poison(out, (size_t)T * (size_t)d_model);
+    s = moe_layer_forward(l, T, x->data, NULL, moe_model_layer_shared(ml), out, ws, ws_size);
+    if (s)
+        test_fail(__FILE__, __LINE__, "%s: forward: %s: %s", name, moe_status_name(s),
+                  moe_layer_last_error(l));
+    else
+        nmse = test_nmse_f(out, ref->data, (size_t)T * (size_t)d_model);
+    free(out);
+    free(ws);
+    moe_model_layer_destroy(ml);
+    return nmse;
+}
+
 long test_find_nan(const float *x, size_t n) {
     for (size_t i = 0; i < n; i++)
         if (isnan(x[i])) return (long)i;
