@@ -73,42 +73,12 @@ static void check_kernel(const kcase *c) {
     test_gemm_ref(&w, xf, NX, ref, mag);
 
     /* Full call, then ranges and chunk sizes. */
-    float *full = malloc(sizeof(float) * (size_t)(NX * R));
-    float *part = malloc(sizeof(float) * (size_t)(NX * R));
-    cf->gemm(&w, 0, R, xq, xs, NX, full, R);
-    long bad = 0;
-    for (int64_t i = 0; i < NX; i++)
-        for (int64_t r = 0; r < R; r++) {
-            double d = fabs((double)full[i * R + r] - ref[i * R + r]);
-            if (!(d <= 1e-5 * mag[i * R + r] + 1e-30) && bad++ < 3)
-                test_fail(__FILE__, __LINE__, "%s: y[%lld][%lld] = %.9g, ref %.9g", name,
-                          (long long)i, (long long)r, full[i * R + r], ref[i * R + r]);
-        }
-    CHECK(bad == 0, "%s: %ld outputs off the reference", name, bad);
     const int64_t ranges[][2] = { { 0, 1 }, { 3, 11 }, { 5, R }, { R - 1, R }, { 1, R - 2 } };
     const int64_t chunks[] = { 1, 3, NX };
-    for (size_t ri = 0; ri < sizeof ranges / sizeof ranges[0]; ri++) {
-        const int64_t r0 = ranges[ri][0], r1 = ranges[ri][1];
-        for (size_t ci = 0; ci < sizeof chunks / sizeof chunks[0]; ci++) {
-            for (int64_t i0 = 0; i0 < NX; i0 += chunks[ci]) {
-                int64_t n = NX - i0 < chunks[ci] ? NX - i0 : chunks[ci];
-                for (int64_t j = 0; j < n * (r1 - r0); j++) part[j] = NAN;
-                cf->gemm(&w, r0, r1, xq + (size_t)i0 * xs, xs, n, part, r1 - r0);
-                for (int64_t i = 0; i < n; i++)
-                    for (int64_t r = r0; r < r1; r++)
-                        if (memcmp(&part[i * (r1 - r0) + (r - r0)], &full[(i0 + i) * R + r], 4)) {
-                            test_fail(__FILE__, __LINE__, "%s: rows [%lld, %lld), %lld inputs: "
-                                      "y[%lld][%lld] differs from the full call", name,
-                                      (long long)r0, (long long)r1, (long long)n,
-                                      (long long)(i0 + i), (long long)r);
-                            goto next;
-                        }
-            }
-        next:;
-        }
-    }
+    test_check_gemm(cf, &w, xq, xs, NX, ref, mag, ranges, sizeof ranges / sizeof ranges[0],
+                    chunks, sizeof chunks / sizeof chunks[0], name);
     free(src); free(data); free(sc); free(zp); free(g_idx); free(x); free(xf); free(xq);
-    free(ref); free(mag); free(full); free(part);
+    free(ref); free(mag);
 }
 
 TEST(quant_cpu_kernels_vs_reference) {

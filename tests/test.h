@@ -85,6 +85,16 @@ double test_dot_ref(const float *a, const float *b, int64_t n, double *mag);
 struct moe__wmat;
 void   test_gemm_ref(const struct moe__wmat *w, const float *x, int64_t nx, double *ref,
                      double *mag);
+/* A CPU kernel's gemm (cpu, a moe__cpu_format) on w and nx input rows xq
+ * (xs bytes apart) against ref and mag from test_gemm_ref: every output of
+ * the full call within 1e-5 * mag + 1e-30, then the same bits per output
+ * from each row range [ranges[i][0], ranges[i][1]) and each input chunk
+ * size. `what` names the case in failures. */
+struct moe__cpu_format;
+void test_check_gemm(const struct moe__cpu_format *cpu, const struct moe__wmat *w, const char *xq,
+                     size_t xs, int64_t nx, const double *ref, const double *mag,
+                     const int64_t (*ranges)[2], size_t n_ranges, const int64_t *chunks,
+                     size_t n_chunks, const char *what);
 /* Builds layer `layer` of model m on backend, runs x (T, d_model) through it
  * and returns the NMSE of the output against ref (T, d_model); -1 after a
  * failure, which is reported under `name` unless it is the layer's creation

@@ -4,6 +4,7 @@
  */
 #include "test.h"
 #include "internal.h"
+#include "../src/cpu/cpu-formats.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -69,6 +70,47 @@ void test_gemm_ref(const moe__wmat *w, const float *x, int64_t nx, double *ref, 
             ref[i * R + r] = test_dot_ref(wrow, x + i * K, K, &mag[i * R + r]);
     }
     free(wrow);
+}
+
+void test_check_gemm(const moe__cpu_format *cpu, const moe__wmat *w, const char *xq, size_t xs,
+                     int64_t nx, const double *ref, const double *mag,
+                     const int64_t (*ranges)[2], size_t n_ranges, const int64_t *chunks,
+                     size_t n_chunks, const char *what) {
+    const int64_t R    = w->rows;
+    float        *full = malloc(sizeof(float) * (size_t)(nx * R));
+    float        *part = malloc(sizeof(float) * (size_t)(nx * R));
+    cpu->gemm(w, 0, R, xq, xs, nx, full, R);
+    long bad = 0;
+    for (int64_t i = 0; i < nx; i++)
+        for (int64_t r = 0; r < R; r++) {
+            const double d = fabs((double)full[i * R + r] - ref[i * R + r]);
+            if (!(d <= 1e-5 * mag[i * R + r] + 1e-30) && bad++ < 3)
+                test_fail(__FILE__, __LINE__, "%s: y[%lld][%lld] = %.9g, ref %.9g", what,
+                          (long long)i, (long long)r, full[i * R + r], ref[i * R + r]);
+        }
+    CHECK(bad == 0, "%s: %ld outputs off the reference", what, bad);
+    for (size_t ri = 0; ri < n_ranges; ri++) {
+        const int64_t r0 = ranges[ri][0], r1 = ranges[ri][1], nr = r1 - r0;
+        for (size_t ci = 0; ci < n_chunks; ci++) {
+            for (int64_t i0 = 0; i0 < nx; i0 += chunks[ci]) {
+                const int64_t n = nx - i0 < chunks[ci] ? nx - i0 : chunks[ci];
+                for (int64_t j = 0; j < n * nr; j++) part[j] = NAN;
+                cpu->gemm(w, r0, r1, xq + (size_t)i0 * xs, xs, n, part, nr);
+                for (int64_t i = 0; i < n; i++)
+                    for (int64_t r = r0; r < r1; r++)
+                        if (memcmp(&part[i * nr + (r - r0)], &full[(i0 + i) * R + r], 4)) {
+                            test_fail(__FILE__, __LINE__, "%s: rows [%lld, %lld), %lld inputs: "
+                                      "y[%lld][%lld] differs from the full call", what,
+                                      (long long)r0, (long long)r1, (long long)n,
+                                      (long long)(i0 + i), (long long)r);
+                            goto next;
+                        }
+            }
+        next:;
+        }
+    }
+    free(full);
+    free(part);
 }
 
 double test_model_layer_nmse(const moe_model *m, const char *name, int32_t layer, int64_t d_model,
