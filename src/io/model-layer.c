@@ -12,6 +12,7 @@
 #include "model.h"
 #include "../quant/quant.h"
 
+#include <stdio.h>
 #include <string.h>
 
 #define MAX_OWNED 24
@@ -211,19 +212,28 @@ static moe_status build_quant(moe_model_layer *ml, const moe__mcfg *c, moe_forma
 }
 
 /* Runs the library's check of format f's side tables (the one experts
- * creation runs) on one projection, so that a bad scale is reported with the
- * checkpoint tensor that holds it. */
-static moe_status check_proj(moe_format f, const moe__mcfg *c, moe_format sf, const moe__sproj *p,
-                             int64_t N, int64_t K, const void *scales, float scale2, char *err,
-                             size_t errlen) {
+ * creation runs) on an (N, K) matrix, so that a bad scale is reported with
+ * the checkpoint tensors that hold it (`what`). */
+static moe_status check_scales(moe_format f, const moe__mcfg *c, moe_format sf, const char *what,
+                               int64_t N, int64_t K, const void *data, const void *scales,
+                               float scale2, char *err, size_t errlen) {
     const moe__format_traits *tr = moe__format(f);
     if (!tr || !tr->validate) return MOE_OK;
     moe__wmat w = { .format = f, .rows = N, .cols = K, .group_size = c->quant_group,
-                    .scale_format = sf, .data = p->w->data, .scales = scales, .scale2 = scale2 };
+                    .scale_format = sf, .data = data, .scales = scales, .scale2 = scale2 };
     char msg[256] = "";
     moe_status s = tr->validate(&w, msg, sizeof msg);
-    if (s) return moe__errf(err, errlen, s, "tensor %s: %s", p->s->name, msg);
+    if (s) return moe__errf(err, errlen, s, "%s: %s", what, msg);
     return MOE_OK;
+}
+
+/* check_scales of one checkpoint projection p. */
+static moe_status check_proj(moe_format f, const moe__mcfg *c, moe_format sf, const moe__sproj *p,
+                             int64_t N, int64_t K, const void *scales, float scale2, char *err,
+                             size_t errlen) {
+    char what[160];
+    snprintf(what, sizeof what, "tensor %s", p->s->name);
+    return check_scales(f, c, sf, what, N, K, p->w->data, scales, scale2, err, errlen);
 }
 
 /* Element i of a plain tensor, or of a one-element one (any index). */
@@ -303,16 +313,12 @@ static moe_status build_scaled(moe_model_layer *ml, const moe__mcfg *c, moe_form
             ct_to_gptq(u, I, H, per, c->quant_group, 2 * I, I, d13, t13);
             ct_to_gptq(d, H, I, per, c->quant_group, H, 0, d2, t2);
             /* the scale check reads only the scales: run it on the repacked tables */
-            moe__wmat w = { .format = f, .rows = 2 * I, .cols = H, .group_size = c->quant_group,
-                            .scale_format = sf, .data = d13, .scales = t13, .scale2 = 1 };
-            char msg[256] = "";
-            if (tr->validate && (s = tr->validate(&w, msg, sizeof msg)))
-                return moe__errf(err, errlen, s, "tensors %s / %s: %s", g->s->name, u->s->name,
-                                 msg);
-            w = (moe__wmat){ .format = f, .rows = H, .cols = I, .group_size = c->quant_group,
-                             .scale_format = sf, .data = d2, .scales = t2, .scale2 = 1 };
-            if (tr->validate && (s = tr->validate(&w, msg, sizeof msg)))
-                return moe__errf(err, errlen, s, "tensor %s: %s", d->s->name, msg);
+            char what[160];
+            snprintf(what, sizeof what, "tensors %s / %s", g->s->name, u->s->name);
+            if ((s = check_scales(f, c, sf, what, 2 * I, H, d13, t13, 1, err, errlen)))
+                return s;
+            snprintf(what, sizeof what, "tensor %s", d->s->name);
+            if ((s = check_scales(f, c, sf, what, H, I, d2, t2, 1, err, errlen))) return s;
             continue;
         }
         memcpy(d13, g->w->data, half);
