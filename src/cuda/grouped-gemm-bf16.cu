@@ -7,6 +7,8 @@
  *
  *   BM = 16  decode:  BN =  32, 2 warps (1 x 2), 8 stages: many small CTAs, so that
  *                     every SM streams weights and none is left with a long tail
+ *   BM = 32  decode of busier experts: BN = 32, 2 warps (1 x 2), 8 stages (an
+ *                     expert with 17..32 rows streams its weights once, not twice)
  *   BM = 64  middle:  BN = 128, 4 warps (2 x 2), 4 stages
  *   BM = 128 prefill: BN = 128, 8 warps (2 x 4), 3 stages (two CTAs per SM)
  */
@@ -19,6 +21,9 @@ template <int DT> static cudaError_t gemm16_launch(const moe__gemm_args *g, cuda
     case 16:
         return g->w13 ? gemm_launch<DT, 16, 32, 1, 2, 8, true>(g, st)
                       : gemm_launch<DT, 16, 32, 1, 2, 8, false>(g, st);
+    case 32:
+        return g->w13 ? gemm_launch<DT, 32, 32, 1, 2, 8, true>(g, st)
+                      : gemm_launch<DT, 32, 32, 1, 2, 8, false>(g, st);
     case 64:
         if (g->wgmma)
             return g->w13 ? gemm_launch<DT, 64, 128, 4, 1, 4, true, true>(g, st)
@@ -39,6 +44,8 @@ template <int DT> static cudaError_t gemm16_setup(void) {
     cudaError_t e;
     if ((e = gemm_setup<DT, 16, 32, 1, 2, 8, true>()) != cudaSuccess) return e;
     if ((e = gemm_setup<DT, 16, 32, 1, 2, 8, false>()) != cudaSuccess) return e;
+    if ((e = gemm_setup<DT, 32, 32, 1, 2, 8, true>()) != cudaSuccess) return e;
+    if ((e = gemm_setup<DT, 32, 32, 1, 2, 8, false>()) != cudaSuccess) return e;
     if ((e = gemm_setup<DT, 64, 128, 2, 2, 4, true>()) != cudaSuccess) return e;
     if ((e = gemm_setup<DT, 64, 128, 2, 2, 4, false>()) != cudaSuccess) return e;
     if ((e = gemm_setup<DT, 128, 128, 2, 4, 3, true>()) != cudaSuccess) return e;

@@ -11,7 +11,8 @@
  * experts at full bandwidth), so there W13 stores f32 rows and one small
  * prepare launch quantizes them (cuda.cu), with the same numerics.
  *
- *   BM = 16 decode:  BN = 32, 2 warps (1 x 2), 2 stages, W13 output f32 (BN = 64 with 4
+ *   BM = 16 decode:  BN = 32, 2 warps (1 x 2), 2 stages, W13 output f32 (BM = 32:
+ *                    2 x 2 warps) (BN = 64 with 4
  *                    warps was measured 4-7% slower at T = 64: dev/cuda/NOTES.md v5;
  *                    2 stages instead of 8 fit several times the CTAs per SM, whose
  *                    warps hide each other's latency: qwen3 T=64 325 -> 215 us, v11)
@@ -26,7 +27,8 @@
  *                    padded to 64 with zero rows (the tile streams weights; the tensor
  *                    cores idle either way), 3 stages (BN 32 / 128, 2 / 4 stages were
  *                    slower: bench/results/2026-11-29-h200-cuda-fp8-wgmma.md)
- *   BM = 64 prefill: warpgroups of m64n128 steps: W13 gated BN = 256 on two, 3 stages;
+ *   BM = 32 decode:  the same on 32 rows (busier experts: one tile for 17..32 rows)
+ *   BM = 64 prefill: warpgroups of m64n128 steps: W13 gated BN = 256 on two, 4 stages;
  *                    W2 and RELU2 BN = 128 on one, 4 stages
  */
 #include "grouped-gemm.cuh"
@@ -44,11 +46,17 @@ static cudaError_t gemm8_launch(const moe__gemm_args *g, cudaStream_t st) {
                           : gemm_launch<FP8, 16, 64, 4, 1, 3, false, true>(g, st);
         return g->w13 ? gemm_launch<FP8, 16, 32, 1, 2, 2, true>(g, st)
                       : gemm_launch<FP8, 16, 32, 1, 2, 2, false>(g, st);
+    case 32:
+        if (g->wgmma)
+            return g->w13 ? gemm_launch<FP8, 32, 64, 4, 1, 3, true, true>(g, st)
+                          : gemm_launch<FP8, 32, 64, 4, 1, 3, false, true>(g, st);
+        return g->w13 ? gemm_launch<FP8, 32, 32, 2, 2, 2, true>(g, st)
+                      : gemm_launch<FP8, 32, 32, 2, 2, 2, false>(g, st);
     case 64:
         if (g->wgmma) {
             if (!g->w13) return gemm_launch<FP8, 64, 128, 4, 1, 4, false, true>(g, st);
             return relu2 ? gemm_launch<FP8, 64, 128, 4, 1, 4, true, true>(g, st)
-                         : gemm_launch<FP8, 64, 256, 4, 2, 3, true, true>(g, st);
+                         : gemm_launch<FP8, 64, 256, 4, 2, 4, true, true>(g, st);
         }
         if (!g->w13) return gemm_launch<FP8, 64, 128, 2, 4, 4, false>(g, st);
         return relu2 ? gemm_launch<FP8, 64, 128, 2, 4, 4, true>(g, st)
@@ -68,6 +76,10 @@ cudaError_t moe__grouped_gemm_fp8_setup_cuda(void) {
     cudaError_t e;
     if ((e = gemm_setup<FP8, 16, 32, 1, 2, 2, false>()) != cudaSuccess) return e;
     if ((e = gemm_setup<FP8, 16, 32, 1, 2, 2, true>()) != cudaSuccess) return e;
+    if ((e = gemm_setup<FP8, 32, 32, 2, 2, 2, false>()) != cudaSuccess) return e;
+    if ((e = gemm_setup<FP8, 32, 32, 2, 2, 2, true>()) != cudaSuccess) return e;
+    if ((e = gemm_setup<FP8, 32, 64, 4, 1, 3, false, true>()) != cudaSuccess) return e;
+    if ((e = gemm_setup<FP8, 32, 64, 4, 1, 3, true, true>()) != cudaSuccess) return e;
     if ((e = gemm_setup<FP8, 64, 128, 2, 4, 4, false>()) != cudaSuccess) return e;
     if ((e = gemm_setup<FP8, 64, 128, 2, 4, 4, true>()) != cudaSuccess) return e;
     if ((e = gemm_setup<FP8, 64, 256, 2, 4, 3, true>()) != cudaSuccess) return e;
@@ -75,5 +87,5 @@ cudaError_t moe__grouped_gemm_fp8_setup_cuda(void) {
     if ((e = gemm_setup<FP8, 16, 64, 4, 1, 3, true, true>()) != cudaSuccess) return e;
     if ((e = gemm_setup<FP8, 64, 128, 4, 1, 4, false, true>()) != cudaSuccess) return e;
     if ((e = gemm_setup<FP8, 64, 128, 4, 1, 4, true, true>()) != cudaSuccess) return e;
-    return gemm_setup<FP8, 64, 256, 4, 2, 3, true, true>();
+    return gemm_setup<FP8, 64, 256, 4, 2, 4, true, true>();
 }

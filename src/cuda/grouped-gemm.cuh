@@ -18,7 +18,7 @@
  * epilogue is row-wise: activation and the fp8 group-128 quantization of the
  * output rows (the activations of W2) in one place, coalesced stores.
  *
- * Regimes: BM = 16 is the decode kernel (few rows per expert: each touched
+ * Regimes: BM = 16 and 32 are decode tiles (few rows per expert: each touched
  * weight row is streamed once, a deep pipeline keeps bytes in flight, no
  * weight bytes are wasted on padding rows); BM = 64 / 128 are prefill tiles.
  *
@@ -26,8 +26,8 @@
  * (wgmma.cuh): warpgroups of 64 rows x TN columns (WM / 4 along M, WN
  * along N) read the same swizzled stages through shared-memory descriptors;
  * the stages' base is then aligned to 1024 bytes (the swizzle is on address
- * bits). A wgmma decode tile (BM = 16) keeps 64 activation rows per stage,
- * the 48 past BM zero, since wgmma's A operand has 64 rows.
+ * bits). A wgmma decode tile (BM = 16 or 32) keeps 64 activation rows per
+ * stage, those past BM zero, since wgmma's A operand has 64 rows.
  */
 #ifndef MOE_CUDA_GROUPED_GEMM_CUH
 #define MOE_CUDA_GROUPED_GEMM_CUH
@@ -47,7 +47,7 @@ static __host__ __device__ __forceinline__ int gemm_out_cols(int act, int w13, i
 }
 
 /* Activation rows of a stage in shared memory: the tile's BM, or 64 when
- * wgmma (whose A operand is 64 rows) runs a decode tile of 16: rows BM..63
+ * wgmma (whose A operand is 64 rows) runs a decode tile of 16 or 32: rows BM..63
  * stay zero. */
 template <int BM, bool WG> static __host__ __device__ constexpr int gemm_a_rows() {
     return WG && BM < 64 ? 64 : BM;
