@@ -12,44 +12,53 @@
 
 // ---- device helpers
 
-/* (key, id) a beats (key, id) b: larger key, then lower id; NaN keys are
- * taken slots and never win; id INT32_MAX means "none". */
-static __device__ __forceinline__ bool pair_better(float ka, int ia, float kb, int ib) {
-    if (ia == INT32_MAX) return false;
-    if (ib == INT32_MAX) return true;
-    return ka > kb || (ka == kb && ia < ib);
+/* A key as an unsigned code with the same order (larger key, larger code);
+ * -0 and +0, which compare equal, get one code. Codes of non-NaN keys are at
+ * least 0x007fffff (-inf): 0 means "no entry". */
+static __device__ __forceinline__ uint32_t key_code(float v) {
+    const uint32_t u = __float_as_uint(v + 0.0f); // -0 -> +0
+    return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+
+/* The key of a code (code 0, no entry: -inf). */
+static __device__ __forceinline__ float code_key(uint32_t c) {
+    if (c == 0) return -INFINITY;
+    return __uint_as_float((c & 0x80000000u) ? (c & 0x7fffffffu) : ~c);
 }
 
 /* This lane's best entry among key[lane], key[lane + 32], ... skipping
- * taken (NaN) entries: larger key, then lower index (the scan ascends). */
-static __device__ __forceinline__ void lane_best(const float *key, int n, float *bk, int *bi) {
-    float k = -INFINITY;
-    int   i = INT32_MAX;
-#pragma unroll 1
+ * taken (NaN) entries: larger key, then lower index (the scan ascends);
+ * code 0 and id INT32_MAX when it has none. */
+static __device__ __forceinline__ void lane_best(const float *key, int n, uint32_t *bc, int *bi) {
+    uint32_t c = 0;
+    int      i = INT32_MAX;
+#pragma unroll 4
     for (int e = threadIdx.x & 31; e < n; e += 32) {
-        float v = key[e];
-        if (v != v) continue; // taken
-        if (i == INT32_MAX || v > k) { k = v; i = e; }
+        const float    v  = key[e];
+        const uint32_t ce = v != v ? 0u : key_code(v);
+        if (ce > c) { c = ce; i = e; }
     }
-    *bk = k;
+    *bc = c;
     *bi = i;
 }
 
-/* The best (key, id) over the warp's lanes (pair_better); all lanes get it. */
-static __device__ __forceinline__ void warp_best(float *bk, int *bi) {
-    for (int o = 16; o > 0; o >>= 1) {
-        float ok = __shfl_xor_sync(0xffffffffu, *bk, o);
-        int   oi = __shfl_xor_sync(0xffffffffu, *bi, o);
-        if (pair_better(ok, oi, *bk, *bi)) { *bk = ok; *bi = oi; }
-    }
+/* The warp's best of the lanes' (code, id): larger code, then lower id; all
+ * lanes get its id (INT32_MAX: no lane has an entry) and code (*best). Two
+ * warp reductions instead of a five-level butterfly of (key, id) pairs: the
+ * top-k loop of a decode step is a chain of these. */
+static __device__ __forceinline__ int warp_winner(uint32_t code, int id, uint32_t *best) {
+    const uint32_t m = __reduce_max_sync(0xffffffffu, code);
+    *best = m;
+    const uint32_t c = m != 0 && code == m ? (uint32_t)id : (uint32_t)INT32_MAX;
+    return (int)__reduce_min_sync(0xffffffffu, c);
 }
 
-/* Warp argmax over key[0..n) skipping NaN keys; all lanes get the winner. */
-static __device__ __forceinline__ int warp_argmax(const float *key, int n, float *best_key) {
-    int bi;
-    lane_best(key, n, best_key, &bi);
-    warp_best(best_key, &bi);
-    return bi;
+/* w[0] + w[1] + ... + w[n - 1], added in that order. */
+static __device__ __forceinline__ float slot_sum(const float *w, int n) {
+    float sum = 0.0f;
+#pragma unroll 8
+    for (int j = 0; j < n; j++) sum += w[j];
+    return sum;
 }
 
 static __device__ __forceinline__ float sigmoid_f(float x) { return 1.0f / (1.0f + expf(-x)); }
@@ -76,7 +85,7 @@ static __device__ void route_token_warp(const moe_router_options &o, const float
         m = warp_max(m);
         n_inf = warp_sum(n_inf);
         float sum = 0.0f;
-#pragma unroll 1
+#pragma unroll 4
         for (int e = lane; e < E; e += 32) {
             float v = l[e], p;
             if (n_inf > 0.0f) p = v == INFINITY ? 1.0f / n_inf : 0.0f;
@@ -87,7 +96,7 @@ static __device__ void route_token_warp(const moe_router_options &o, const float
         }
         sum = warp_sum(sum);
         if (n_inf == 0.0f && m != -INFINITY)
-#pragma unroll 1
+#pragma unroll 4
             for (int e = lane; e < E; e += 32) score[e] /= sum;
     } else if (o.scoring == MOE_SCORING_SIGMOID) {
 #pragma unroll 4
@@ -113,7 +122,7 @@ static __device__ void route_token_warp(const moe_router_options &o, const float
         for (int gi = lane; gi < ng; gi += 32) {
             const float *kk = key + gi * m;
             float best = kk[0], second = -INFINITY;
-#pragma unroll 1
+#pragma unroll 8
             for (int i = 1; i < m; i++) {
                 if (kk[i] > best) { second = best; best = kk[i]; }
                 else if (kk[i] > second) second = kk[i];
@@ -124,14 +133,16 @@ static __device__ void route_token_warp(const moe_router_options &o, const float
         // keep topk_group groups (taken groups marked NaN in gsc: kept)
 #pragma unroll 1
         for (int r = 0; r < o.topk_group; r++) {
-            float bk;
-            int g = warp_argmax(gsc, ng, &bk);
+            uint32_t lc, bc;
+            int      li;
+            lane_best(gsc, ng, &lc, &li);
+            const int g = warp_winner(lc, li, &bc);
             __syncwarp();
             if (lane == 0) gsc[g] = NAN;
             __syncwarp();
         }
         // exclude experts of groups not kept
-#pragma unroll 1
+#pragma unroll 4
         for (int e = lane; e < E; e += 32) {
             float gs = gsc[e / m];
             if (gs == gs) key[e] = NAN;
@@ -140,78 +151,79 @@ static __device__ void route_token_warp(const moe_router_options &o, const float
     }
 
     /* The selection and its weights stay in shared memory (sid, swt: k
-     * each, after the group scores) until the final coalesced store: lane 0's
-     * serial weight math then never waits on global memory. */
+     * each, after the group scores) until the final coalesced store: the
+     * weight math never waits on global memory. */
     int32_t *sid = (int32_t *)(gsc + ng);
     float   *swt = (float *)(sid + k);
     /* k rounds of a warp argmax over each lane's best remaining entry; lane
      * l owns entries e = l (mod 32), so only the round's winner touches
-     * shared memory (marks its entry taken, rescans its own entries): one
-     * butterfly per round instead of a scan of all E keys. */
-    float lk;
-    int   li;
-    lane_best(key, E, &lk, &li);
+     * shared memory (marks its entry taken, rescans its own entries): two
+     * warp reductions per round instead of a scan of all E keys. */
+    uint32_t lc;
+    int      li;
+    lane_best(key, E, &lc, &li);
 #pragma unroll 1
     for (int j = 0; j < k; j++) {
-        float bk = lk;
-        int   bi = li;
-        warp_best(&bk, &bi);
+        uint32_t bc;
+        const int bi = warp_winner(lc, li, &bc);
         if (lane == 0) {
             sid[j] = bi;
-            swt[j] = bk; // selected key, replaced by the weight below
+            swt[j] = code_key(bc); // selected key, replaced by the weight below
         }
         if (bi == li && bi != INT32_MAX) { // this lane's entry won
             key[bi] = NAN;
-            lane_best(key, E, &lk, &li);
+            lane_best(key, E, &lc, &li);
         }
     }
     __syncwarp();
-    if (lane == 0) {
-        float *w = swt;
-        const bool masked_row = w[0] == -INFINITY;
-        bool normalized;
-        if (o.scoring == MOE_SCORING_SOFTMAX_TOPK) {
-            normalized = true;
-            if (!masked_row) {
-                const float m = w[0];
-                if (m == INFINITY) {
-                    float n_inf = 0.0f;
+    /* The weights: element-wise steps by the lanes (slot j by lane j mod 32),
+     * sums serial in slot order as router.c adds them (every lane reads the
+     * k weights from shared memory and gets the same sum). */
+    const float first = swt[0];
+    const bool  masked_row = first == -INFINITY;
+    bool        normalized;
+    if (o.scoring == MOE_SCORING_SOFTMAX_TOPK) {
+        normalized = true;
+        if (!masked_row) {
+            if (first == INFINITY) {
+                float n_inf = 0.0f;
+#pragma unroll 8
+                for (int j = 0; j < k; j++) n_inf += swt[j] == INFINITY ? 1.0f : 0.0f;
+                __syncwarp(); // every lane has read before any writes
 #pragma unroll 1
-                    for (int j = 0; j < k; j++) n_inf += w[j] == INFINITY ? 1.0f : 0.0f;
+                for (int j = lane; j < k; j += 32) swt[j] = swt[j] == INFINITY ? 1.0f / n_inf : 0.0f;
+            } else {
 #pragma unroll 1
-                    for (int j = 0; j < k; j++) w[j] = w[j] == INFINITY ? 1.0f / n_inf : 0.0f;
-                } else {
-                    float sum = 0.0f;
+                for (int j = lane; j < k; j += 32) swt[j] = expf(swt[j] - first);
+                __syncwarp();
+                const float sum = slot_sum(swt, k);
+                __syncwarp();
 #pragma unroll 1
-                    for (int j = 0; j < k; j++) { w[j] = expf(w[j] - m); sum += w[j]; }
-#pragma unroll 1
-                    for (int j = 0; j < k; j++) w[j] /= sum;
-                }
-            }
-        } else if (o.scoring == MOE_SCORING_LLAMA4) {
-            normalized = false;
-#pragma unroll 1
-            for (int j = 0; j < k; j++) w[j] = sigmoid_f(w[j]);
-        } else {
-            normalized = o.renormalize != 0;
-#pragma unroll 1
-            for (int j = 0; j < k; j++) w[j] = score[sid[j]];
-            if (normalized && !masked_row) {
-                float sum = 0.0f;
-#pragma unroll 1
-                for (int j = 0; j < k; j++) sum += w[j];
-                if (sum == 0.0f) sum = 1.0f;
-#pragma unroll 1
-                for (int j = 0; j < k; j++) w[j] /= sum;
+                for (int j = lane; j < k; j += 32) swt[j] /= sum;
             }
         }
-        if (masked_row)
+    } else if (o.scoring == MOE_SCORING_LLAMA4) {
+        normalized = false;
 #pragma unroll 1
-            for (int j = 0; j < k; j++) w[j] = normalized ? 1.0f / (float)k : 0.0f;
-        const float f = o.routed_scaling_factor == 0.0f ? 1.0f : o.routed_scaling_factor;
-        if (f != 1.0f)
+        for (int j = lane; j < k; j += 32) swt[j] = sigmoid_f(swt[j]);
+    } else {
+        normalized = o.renormalize != 0;
 #pragma unroll 1
-            for (int j = 0; j < k; j++) w[j] *= f;
+        for (int j = lane; j < k; j += 32) swt[j] = score[sid[j]];
+        if (normalized && !masked_row) {
+            __syncwarp();
+            float sum = slot_sum(swt, k);
+            if (sum == 0.0f) sum = 1.0f;
+            __syncwarp();
+#pragma unroll 1
+            for (int j = lane; j < k; j += 32) swt[j] /= sum;
+        }
+    }
+    const float f = o.routed_scaling_factor == 0.0f ? 1.0f : o.routed_scaling_factor;
+#pragma unroll 1
+    for (int j = lane; j < k; j += 32) {
+        if (masked_row) swt[j] = normalized ? 1.0f / (float)k : 0.0f;
+        if (f != 1.0f) swt[j] *= f;
     }
     __syncwarp();
 #pragma unroll 1
