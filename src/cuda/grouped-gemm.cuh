@@ -346,7 +346,8 @@ static __global__ void __launch_bounds__(WM *WN * 32)
                     }
             }
         }
-        if (F8) {
+        /* (the warps of a wgmma decode tile's zero rows have nothing to scale) */
+        if (F8 && (AM == BM || wm * TM < BM)) {
             const float *ss = sAs + st * (BM + BN);
             float sa[PT][2], sw[PN][2];
 #pragma unroll
