@@ -119,6 +119,7 @@ ws_bufs moe__cuda_carve(const ws_plan *p, char **cur);
 typedef struct moe__cuda_inputs {
     const void  *xa, *xa_sh;
     const float *logits;
+    bool         prepared; /* the last launch on st was a prepare (finalize.cu) */
 } moe__cuda_inputs;
 moe_status moe__cuda_prepare_inputs(moe_layer *l, int64_t T, const void *x,
                                     const float *logits, bool route, const cuda_experts *ex,

@@ -261,6 +261,8 @@ typedef struct moe__prologue_args {
     int                BM;
     int64_t            max_tiles;
     moe__align_out     ao;
+    int                after_prepare; /* the previous launch is prepare (x -> xq): run
+                                       * alongside it, done only when it is */
 } moe__prologue_args;
 /* Shared-memory bytes the prologue needs; 0 when it cannot run (too large). */
 size_t      moe__decode_prologue_smem(const moe_router_options *o, int32_t n_local);

@@ -506,12 +506,17 @@ moe_status moe__cuda_prepare_inputs(moe_layer *l, int64_t T, const void *x,
     in->xa = conv ? (const void *)b->xq : x;
     char *xq_sh = two_types ? b->xq + (size_t)(T * H) * 2 : b->xq;
     in->xa_sh = sx && (!x16 || !same_type(io, sx->dtype)) ? (const void *)xq_sh : x;
-    if (conv || (sx && sx->gate))
+    in->prepared = false;
+    if (conv || (sx && sx->gate)) {
         MOE_CUDA_TRY(moe__prepare_x_cuda(x, io, T, H, ex->dtype, conv ? b->xq : NULL, b->xs,
                                          sx ? sx->gate : NULL, b->sg, st), err, errlen);
-    if (two_types && in->xa_sh != x)
+        in->prepared = true;
+    }
+    if (two_types && in->xa_sh != x) {
         MOE_CUDA_TRY(moe__prepare_x_cuda(x, io, T, H, sx->dtype, xq_sh, b->xs, NULL, NULL, st),
                      err, errlen);
+        in->prepared = true;
+    }
     return MOE_OK;
 }
 
@@ -573,6 +578,7 @@ moe_status moe__cuda_forward_one(moe_layer *l, int64_t T, const void *x, const f
         pa.BM = bm;
         pa.max_tiles = mt;
         pa.ao = ao;
+        pa.after_prepare = in.prepared;
         MOE_CUDA_TRY(moe__decode_prologue_cuda(&pa, st), err, errlen);
         if (!ids_in) {
             ids_in = ids;

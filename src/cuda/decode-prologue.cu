@@ -42,6 +42,9 @@ static __global__ void __launch_bounds__(PRO_THREADS)
         align_one_block(a.ids, a.T * k, a.map, a.n_global, a.n_local, a.BM, a.max_tiles, a.ao,
                         (int *)psm);
     }
+    /* After a prepare launch this grid ran alongside it (it reads neither xq
+     * nor xs); W13, which waits for this grid only, must find them done. */
+    pdl_wait();
 }
 
 // ---- launchers
@@ -65,6 +68,18 @@ cudaError_t moe__decode_prologue_cuda(const moe__prologue_args *a, cudaStream_t 
     /* a warp per token, up to 32: a 1-token step is one warp, and nobody
      * waits at the block barriers for the one routing warp */
     const int warps = a->T < 1 ? 1 : a->T > PRO_THREADS / 32 ? PRO_THREADS / 32 : (int)a->T;
-    decode_prologue_kernel<<<1, 32 * warps, smem, st>>>(*a);
-    return cudaGetLastError();
+    cudaLaunchConfig_t cfg = {};
+    cudaLaunchAttribute attr[1];
+    cfg.gridDim = dim3(1);
+    cfg.blockDim = dim3(32 * warps);
+    cfg.dynamicSmemBytes = smem;
+    cfg.stream = st;
+    if (a->after_prepare) { // routing overlaps the quantization of x
+        attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+        attr[0].val.programmaticStreamSerializationAllowed = 1;
+        cfg.attrs = attr;
+        cfg.numAttrs = 1;
+    }
+    cudaError_t e = cudaLaunchKernelEx(&cfg, decode_prologue_kernel, *a);
+    return e != cudaSuccess ? e : cudaGetLastError();
 }

@@ -381,7 +381,7 @@ static moe_status ep_forward_call(moe_layer *l, int64_t T, const void *x, const 
     moe_status s;
 
     // 1. inputs and routing (a rank without tokens still serves its experts)
-    moe__cuda_inputs in = { NULL, NULL, NULL };
+    moe__cuda_inputs in = { NULL, NULL, NULL, false };
     if (T && (s = moe__cuda_prepare_inputs(l, T, x, logits, !ids_in, ex, sx, &b, st, &in)))
         return s;
     if (!ids_in && T) {

@@ -25,6 +25,9 @@ static __global__ void __launch_bounds__(PREP_THREADS)
     const int64_t t = blockIdx.x;
     const int tid = threadIdx.x, lane = tid & 31, wid = tid >> 5;
     const void *xr = x; // (T, H) row t at t * H
+    /* A programmatic dependent (the decode prologue; W2 after the fp8 decode
+     * quantization) may start now: it does not read xq before it waits. */
+    pdl_launch();
     if (!xq) {
         // x already has the compute type: only the gate below
     } else if (dtype == MOE_CUDA_FP8) {
