@@ -182,6 +182,7 @@ static __device__ void route_token_warp(const moe_router_options &o, const float
     const float first = swt[0];
     const bool  masked_row = first == -INFINITY;
     bool        normalized;
+    __syncwarp(); // every lane has read swt[0] before lane 0 rewrites it
     if (o.scoring == MOE_SCORING_SOFTMAX_TOPK) {
         normalized = true;
         if (!masked_row) {
