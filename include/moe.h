@@ -606,7 +606,8 @@ int moe_cpu_count(void);
  *     FP8_TENSOR (static input scale, or dynamic: quantized per token);
  *     pack-quantized symmetric int4/int8 in groups of 32, 64 or 128 without
  *     activation quantization as INT4_GPTQ / INT8_GPTQ (weight_packed
- *     transposed into GPTQ's qweight order).
+ *     transposed into GPTQ's qweight order; with actorder "group" each
+ *     projection's weight_g_idx is its g_idx, gate and up must share it).
  * Modules a checkpoint leaves unquantized (router gate, bf16 shared experts,
  * excluded layers) load in their stored type. Scales are checked at open
  * (scalars) and when a layer is built (block and row scales): MOE_ERR_SCALE

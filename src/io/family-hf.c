@@ -20,8 +20,8 @@
  * config: GPTQ / AWQ (proj.{qweight, scales, qzeros, g_idx}); ModelOpt NVFP4
  * / FP8 / FP8_PER_CHANNEL_PER_TOKEN and compressed-tensors fp8 / int
  * pack-quantized (proj.{weight or weight_packed, weight_scale, weight_scale_2,
- * input_scale, weight_shape}, see bind_sproj). Modules such a checkpoint
- * leaves unquantized keep a plain proj.weight and load as such.
+ * input_scale, weight_shape, weight_g_idx}, see bind_sproj). Modules such a
+ * checkpoint leaves unquantized keep a plain proj.weight and load as such.
  */
 #include "model.h"
 
@@ -294,9 +294,9 @@ static moe_status hf_ct(moe_model *m, uint32_t q, char *err, size_t errlen) {
         if (w.group != 32 && w.group != 64 && w.group != 128)
             return moe__errf(err, errlen, MOE_ERR_UNSUPPORTED, "%s with group_size %lld: libmoe "
                              "runs groups of 32, 64 and 128", c->quant_name, (long long)w.group);
-        if (!strcmp(w.actorder, "group") || !strcmp(w.actorder, "dynamic"))
-            return moe__errf(err, errlen, MOE_ERR_UNSUPPORTED, "%s with actorder \"%s\" "
-                             "(weight_g_idx) is not supported", c->quant_name, w.actorder);
+        /* "group" (alias "dynamic"): groups in activation order, one weight_g_idx
+         * (K) per projection; "weight" / "static" leave the groups contiguous */
+        c->quant_gidx = !strcmp(w.actorder, "group") || !strcmp(w.actorder, "dynamic");
         c->quant_format = w.bits == 4 ? MOE_FORMAT_INT4_GPTQ : MOE_FORMAT_INT8_GPTQ;
         c->quant_bits = (int32_t)w.bits;
         c->quant_group = (int32_t)w.group;
@@ -691,7 +691,9 @@ static moe_status want_dtype(const moe__mtensor *t, moe__dtype dt, char *err, si
  *                scalar (static activations) or absent (dynamic)
  *   FP8_CHANNEL  weight F8_E4M3 (N, K), weight_scale (N, 1) or (N)
  *   INT*_GPTQ    weight_packed I32 (N, K*bits/32), weight_scale F16/BF16
- *                (N, K/g), weight_shape (2) = (N, K) when present
+ *                (N, K/g), weight_shape (2) = (N, K) when present,
+ *                weight_g_idx I32 (K) with actorder group (its values are
+ *                checked when the experts are created)
  * Scalar scales are checked here (finite, > 0); block and row scales when
  * the layer is built. */
 static moe_status bind_sproj(const moe_model *m, const char *fmt, int32_t L, int e,
@@ -700,10 +702,10 @@ static moe_status bind_sproj(const moe_model *m, const char *fmt, int32_t L, int
     const moe__mcfg *c = &m->cfg;
     const moe_format f = c->quant_format;
     const int packed = f == MOE_FORMAT_INT4_GPTQ || f == MOE_FORMAT_INT8_GPTQ;
-    char sfx[5][64], name[512];
-    static const char *const part[5] = { "weight", "weight_scale", "weight_scale_2",
-                                         "input_scale", "weight_shape" };
-    for (int i = 0; i < 5; i++) snprintf(sfx[i], sizeof sfx[i], "%s.%s", proj, part[i]);
+    char sfx[6][64], name[512];
+    static const char *const part[6] = { "weight", "weight_scale", "weight_scale_2",
+                                         "input_scale", "weight_shape", "weight_g_idx" };
+    for (int i = 0; i < 6; i++) snprintf(sfx[i], sizeof sfx[i], "%s.%s", proj, part[i]);
     if (packed) snprintf(sfx[0], sizeof sfx[0], "%s.weight_packed", proj);
     moe_status s = MOE_OK;
     memset(p, 0, sizeof *p);
@@ -712,6 +714,7 @@ static moe_status bind_sproj(const moe_model *m, const char *fmt, int32_t L, int
     if (f == MOE_FORMAT_NVFP4) p->s2 = need(m, &s, err, errlen, fmt, L, e, sfx[2]);
     if (f == MOE_FORMAT_FP8_TENSOR && c->quant_static_in)
         p->in = need(m, &s, err, errlen, fmt, L, e, sfx[3]);
+    if (packed && c->quant_gidx) p->g = need(m, &s, err, errlen, fmt, L, e, sfx[5]);
     if (s) return s;
     switch (f) {
     case MOE_FORMAT_NVFP4:
@@ -749,6 +752,9 @@ static moe_status bind_sproj(const moe_model *m, const char *fmt, int32_t L, int
         if (p->s->dtype != MOE__DT_F16 && p->s->dtype != MOE__DT_BF16)
             return moe__errf(err, errlen, MOE_ERR_DTYPE, "tensor %s: %s, expected F16 or BF16",
                              p->s->name, moe__dtype_get(p->s->dtype)->name);
+        if (p->g && ((s = want_dtype(p->g, MOE__DT_I32, err, errlen)) ||
+                     (s = MOE__SHAPE(p->g, K))))
+            return s;
         if (e >= 0) snprintf(name, sizeof name, fmt, m->prefix, L, e, sfx[4]);
         else snprintf(name, sizeof name, fmt, m->prefix, L, sfx[4]);
         const moe__mtensor *ws = moe__model_find(m, name);

@@ -65,16 +65,19 @@ typedef struct moe__mcfg {
      * weight_scale_2, input_scale) tensors, run as quant_format. */
     moe_format     quant_format;    /* NVFP4, FP8_TENSOR, FP8_CHANNEL, INT4_GPTQ     */
     int            quant_static_in; /* FP8_TENSOR: input_scale tensors required      */
+    int            quant_gidx;      /* INT*_GPTQ from compressed-tensors with actorder
+                                     * group: weight_g_idx tensors required          */
     char           quant_name[96];  /* "modelopt NVFP4", ... for messages            */
 } moe__mcfg;
 
 enum { MOE__QUANT_NONE = 0, MOE__QUANT_GPTQ, MOE__QUANT_AWQ, MOE__QUANT_SCALED };
 
 /* One ModelOpt / compressed-tensors projection of an expert: weight (or
- * weight_packed), weight_scale, weight_scale_2 (NVFP4) and input_scale
- * (static FP8), the last two NULL when absent. */
+ * weight_packed), weight_scale, weight_scale_2 (NVFP4), input_scale
+ * (static FP8) and weight_g_idx (int groups in activation order), the last
+ * three NULL when absent. */
 typedef struct moe__sproj {
-    const moe__mtensor *w, *s, *s2, *in;
+    const moe__mtensor *w, *s, *s2, *in, *g;
 } moe__sproj;
 
 /* One GPTQ / AWQ projection: qweight, scales, qzeros and g_idx (GPTQ, may be

@@ -13,6 +13,8 @@ Layouts (ModelOpt unified HF export; compressed-tensors as llm-compressor saves 
   ct_fp8_channel   weight e4m3 (N, K), weight_scale bf16 (N, 1), dynamic per-token activations
   ct_fp8_tensor    weight e4m3 (N, K), weight_scale f32 (1), input_scale (not read: dynamic)
   ct_int4/8        weight_packed i32 (N, K*bits/32), weight_scale bf16 (N, K/g), weight_shape
+  ct_int4_act      ct_int4 with actorder "group": + weight_g_idx i32 (K), the group of each
+                   input column (one map for gate and up, which read the same input)
 
 Writes OUTDIR/quant_ckpt/<name>/ (config.json, model.safetensors, maybe hf_quant_config.json),
 <name>.L<layer>.x.npy (n_tokens, d_model) f32 and <name>.L<layer>.ref.npy (n_tokens, d_model) f32
@@ -84,18 +86,28 @@ def fp8_channel(w):
     return q, s, q.astype(np.float64) * s.astype(np.float64)
 
 
-def ct_pack_int(w, g, bits):
-    """compressed-tensors pack-quantized, symmetric int groups of g: -> (weight_packed int32
-    (N, K*bits/32), value k of row n at bits bits*(k%per) of word k/per (per = 32/bits), stored
-    as q + 2^(bits-1); weight_scale bf16 (N, K/g); dequantized float64 = q * scale)."""
+def act_gidx(K, g):
+    """An act-order group map as GPTQ makes it: the columns in a random (activation) order,
+    g per group; column k is in group gidx[k]."""
+    gidx = np.empty(K, np.int32)
+    gidx[rng.permutation(K)] = np.arange(K) // g
+    return gidx
+
+
+def ct_pack_int(w, g, bits, gidx=None):
+    """compressed-tensors pack-quantized, symmetric int groups of g (columns k with one gidx[k];
+    k // g without a map): -> (weight_packed int32 (N, K*bits/32), value k of row n at bits
+    bits*(k%per) of word k/per (per = 32/bits), stored as q + 2^(bits-1); weight_scale bf16
+    (N, K/g); dequantized float64 = q * scale of the column's group)."""
     N, K = w.shape
     per, half = 32 // bits, 1 << (bits - 1)
-    wg = w.reshape(N, K // g, g)
-    sc = (np.abs(wg).max(axis=2) / (half - 1)).astype(BF16)
-    s64 = sc.astype(np.float64)
-    q = np.clip(np.rint(wg / s64[:, :, None]), -half, half - 1).astype(np.int64)
-    deq = (q * s64[:, :, None]).reshape(N, K)
-    u = (q.reshape(N, K) + half).astype(np.uint32)
+    gi = np.arange(K) // g if gidx is None else gidx
+    amax = np.stack([np.abs(w[:, gi == j]).max(axis=1) for j in range(K // g)], axis=1)
+    sc = (amax / (half - 1)).astype(BF16)
+    sk = sc.astype(np.float64)[:, gi]  # (N, K): each column's scale
+    q = np.clip(np.rint(w / sk), -half, half - 1).astype(np.int64)
+    deq = q * sk
+    u = (q + half).astype(np.uint32)
     packed = np.zeros((N, K // per), np.uint32)
     for i in range(per):
         packed |= u[:, i::per] << np.uint32(bits * i)
@@ -233,13 +245,19 @@ def quant_mlp(kind, pe, ws, t):
                 t[pe + n + ".weight_scale"] = np.ascontiguousarray(s[:, 0])
                 deq[n] = q.astype(np.float64) * s.astype(np.float64)
         return deq, "fp8tok", "fp8tok"
-    if kind in ("ct_int4", "ct_int8"):
-        bits, g = (4, 32) if kind == "ct_int4" else (8, 32)
+    if kind in ("ct_int4", "ct_int8", "ct_int4_act"):
+        bits, g = (8, 32) if kind == "ct_int8" else (4, 32)
+        gi = {}
+        if kind == "ct_int4_act":  # gate and up quantize the same input: one map
+            gi["gate_proj"] = gi["up_proj"] = act_gidx(ws["gate_proj"].shape[1], g)
+            gi["down_proj"] = act_gidx(ws["down_proj"].shape[1], g)
         for n, w in ws.items():
-            q, s, deq[n] = ct_pack_int(w, g, bits)
+            q, s, deq[n] = ct_pack_int(w, g, bits, gi.get(n))
             t[pe + n + ".weight_packed"] = q
             t[pe + n + ".weight_scale"] = s
             t[pe + n + ".weight_shape"] = np.array(w.shape, np.int64)
+            if n in gi:
+                t[pe + n + ".weight_g_idx"] = gi[n]
         return deq, None, None
     raise ValueError(kind)
 
@@ -342,13 +360,16 @@ FP8_TN = ct_cfg("float-quantized",
 W4A16 = ct_cfg("pack-quantized",
                {"num_bits": 4, "type": "int", "strategy": "group", "group_size": 32,
                 "symmetric": True, "dynamic": False, "actorder": "weight"}, None)
+W4A16_ACT = ct_cfg("pack-quantized",
+                   {"num_bits": 4, "type": "int", "strategy": "group", "group_size": 32,
+                    "symmetric": True, "dynamic": False, "actorder": "group"}, None)
 W8A16 = ct_cfg("pack-quantized",
                {"num_bits": 8, "type": "int", "strategy": "group", "group_size": 32,
                 "symmetric": True, "dynamic": False, "actorder": None}, None)
 
 
-def bad(name, kind, cfg, mutate=None, hf_quant=None):
-    t, _, _ = build(kind, mutate=mutate)
+def bad(name, kind, cfg, mutate=None, hf_quant=None, shared=None):
+    t, _, _ = build(kind, shared, mutate=mutate)
     write(name, cfg, t, hf_quant)
 
 
@@ -368,6 +389,9 @@ def main():
     good("ct_fp8_tensor", "ct_fp8_tensor", base_cfg(FP8_TN), 1e-6, "fp8-tensor")
     good("ct_int4", "ct_int4", base_cfg(W4A16, "qwen2_moe"), 1e-8, "int4-gptq", shared="quant")
     good("ct_int8", "ct_int8", base_cfg(W8A16), 1e-8, "int8-gptq")
+    # act order: the routed down_proj (K = I = 32) has one group, the shared one (K = S) two
+    good("ct_int4_act", "ct_int4_act", base_cfg(W4A16_ACT, "qwen2_moe"), 1e-8, "int4-gptq",
+         shared="quant")
 
     def up_scale2(t):  # expert 2 of layer 1: up's global scale != gate's
         k = "model.layers.1.mlp.experts.2.up_proj.weight_scale_2"
@@ -398,11 +422,27 @@ def main():
     def drop_input_scale(t):
         del t["model.layers.1.mlp.experts.2.up_proj.input_scale"]
 
+    def gidx_mismatch(t):  # layer 1 expert 3: up's map differs from gate's
+        k = "model.layers.1.mlp.experts.3.up_proj.weight_g_idx"
+        t[k] = np.ascontiguousarray(t[k][::-1])
+
+    def gidx_range(t):  # layer 0's shared down_proj: column 5 in group K/g (one past the last)
+        k = "model.layers.0.mlp.shared_expert.down_proj.weight_g_idx"
+        t[k] = t[k].copy()
+        t[k][5] = S // 32
+
+    def drop_gidx(t):
+        del t["model.layers.0.mlp.experts.2.down_proj.weight_g_idx"]
+
     def signed_bytes(t):
         k = "model.layers.0.mlp.experts.0.gate_proj.weight"
         t[k] = t[k].view(np.int8)
 
     bad("bad_ct_weight_shape", "ct_int4", base_cfg(W4A16), bad_weight_shape)
+    bad("bad_ct_gidx_mismatch", "ct_int4_act", base_cfg(W4A16_ACT), gidx_mismatch)
+    bad("bad_ct_gidx_range", "ct_int4_act", base_cfg(W4A16_ACT, "qwen2_moe"), gidx_range,
+        shared="quant")
+    bad("bad_ct_gidx_missing", "ct_int4_act", base_cfg(W4A16_ACT), drop_gidx)
     bad("bad_fp8_missing_input_scale", "mo_fp8", base_cfg(MO_FP8), drop_input_scale)
     bad("bad_nvfp4_dtype", "nvfp4", base_cfg(MO_NVFP4), signed_bytes)
     weight_only = dict(FP8_CH)
