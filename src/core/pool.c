@@ -4,7 +4,15 @@
  * Workers sleep on a condition variable between runs, after spinning briefly:
  * a layer forward runs several short parallel phases back to back (decode
  * phases take tens of microseconds), and waking a sleeping thread costs about
- * as much. Tasks are handed out by an atomic counter in increasing order.
+ * as much.
+ *
+ * A run is over when its tasks are done, not when every worker has looked
+ * at it: a worker that wakes late (waking a sleeping thread took ~0.5 ms on
+ * a loaded 2-vCPU VM, longer than a whole 1-token phase) finds the tasks
+ * taken and does not hold the caller. Tasks are handed out in increasing
+ * order from one 64-bit ticket, (run << 32) | next task: a worker claims a
+ * task by advancing the ticket of the run it woke for, so a worker still
+ * looking at an old run cannot take a task of a newer one.
  */
 #include "internal.h"
 
@@ -21,19 +29,26 @@
 
 enum { SPIN_ITERS = 20000 };
 
+/* Tasks of one run: the ticket's low 32 bits count them; all ones is a
+ * closed run (see moe__pool_run). */
+#define RUN_MAX_TASKS ((int64_t)0x7fffffff)
+#define RUN_CLOSED    ((uint64_t)0xffffffff)
+
 struct moe__pool {
-    int              n_threads;        /* including the caller                     */
-    pthread_t       *threads;          /* (n_threads - 1) workers                  */
+    int              n_threads;        /* including the caller                      */
+    pthread_t       *threads;          /* (n_threads - 1) workers                   */
     pthread_mutex_t  mu;
     pthread_cond_t   cv_start, cv_done;
-    atomic_uint_fast64_t generation;   /* bumped once per run                      */
+    atomic_uint_fast64_t ticket;       /* (run << 32) | next task to hand out        */
     atomic_bool      stop;
-    /* The current run. */
+    /* The current run: set before its ticket is published, read by a worker
+     * only after it claimed one of its tasks (the run cannot end before that
+     * task does, so they stay valid). */
     moe__task_fn     fn;
     void            *arg;
-    int64_t          n_tasks;
-    atomic_int_fast64_t next;          /* next task index to hand out              */
-    atomic_int       active;           /* workers still inside the current run     */
+    atomic_int_fast64_t n_tasks;       /* (atomic: a late worker reads it unclaimed)  */
+    atomic_int_fast64_t done;          /* tasks of the current run finished          */
+    atomic_int       waiting;          /* the caller sleeps on cv_done               */
 };
 
 typedef struct worker_arg {
@@ -41,11 +56,27 @@ typedef struct worker_arg {
     int        thread;
 } worker_arg;
 
-static void run_tasks(moe__pool *p, int thread) {
+static uint32_t run_of(uint64_t ticket) { return (uint32_t)(ticket >> 32); }
+
+/* Runs tasks of run `run` until none is left. */
+static void run_tasks(moe__pool *p, uint32_t run, int thread) {
+    uint64_t cur = atomic_load_explicit(&p->ticket, memory_order_acquire);
     for (;;) {
-        int64_t t = atomic_fetch_add_explicit(&p->next, 1, memory_order_relaxed);
-        if (t >= p->n_tasks) break;
-        p->fn(p->arg, t, thread);
+        /* n_tasks may already be a newer run's: then the ticket moved on
+         * too, and the claim below fails */
+        const int64_t n = atomic_load_explicit(&p->n_tasks, memory_order_acquire);
+        if (run_of(cur) != run || (int64_t)(uint32_t)cur >= n) break;
+        if (!atomic_compare_exchange_weak_explicit(&p->ticket, &cur, cur + 1,
+                                                   memory_order_acq_rel, memory_order_acquire))
+            continue; // cur reloaded
+        p->fn(p->arg, (int64_t)(uint32_t)cur, thread);
+        /* seq_cst, against the caller's store to waiting then load of done */
+        if (atomic_fetch_add(&p->done, 1) + 1 == n && atomic_load(&p->waiting)) {
+            pthread_mutex_lock(&p->mu);
+            pthread_cond_broadcast(&p->cv_done);
+            pthread_mutex_unlock(&p->mu);
+        }
+        cur = atomic_load_explicit(&p->ticket, memory_order_acquire);
     }
 }
 
@@ -53,26 +84,21 @@ static void *worker_main(void *varg) {
     worker_arg *wa     = varg;
     moe__pool  *p      = wa->p;
     int         thread = wa->thread;
-    uint64_t    seen   = 0;
+    uint32_t    seen   = run_of(atomic_load(&p->ticket));
     for (;;) {
         int spins = 0;
-        while (atomic_load_explicit(&p->generation, memory_order_acquire) == seen &&
+        while (run_of(atomic_load_explicit(&p->ticket, memory_order_acquire)) == seen &&
                !atomic_load(&p->stop) && spins < SPIN_ITERS) {
             cpu_relax();
             spins++;
         }
         pthread_mutex_lock(&p->mu);
-        while (atomic_load(&p->generation) == seen && !atomic_load(&p->stop))
+        while (run_of(atomic_load(&p->ticket)) == seen && !atomic_load(&p->stop))
             pthread_cond_wait(&p->cv_start, &p->mu);
         pthread_mutex_unlock(&p->mu);
         if (atomic_load(&p->stop)) break;
-        seen = atomic_load(&p->generation);
-        run_tasks(p, thread);
-        if (atomic_fetch_sub(&p->active, 1) == 1) {
-            pthread_mutex_lock(&p->mu);
-            pthread_cond_broadcast(&p->cv_done);
-            pthread_mutex_unlock(&p->mu);
-        }
+        seen = run_of(atomic_load(&p->ticket));
+        run_tasks(p, seen, thread);
     }
     moe__free(wa);
     return NULL;
@@ -123,30 +149,60 @@ void moe__pool_destroy(moe__pool *p) {
 
 int moe__pool_n_threads(const moe__pool *p) { return p ? p->n_threads : 1; }
 
+/* Task t + base of fn, for runs longer than a ticket counts. */
+typedef struct offset_run {
+    moe__task_fn fn;
+    void        *arg;
+    int64_t      base;
+} offset_run;
+
+static void offset_task(void *arg, int64_t t, int thread) {
+    const offset_run *o = arg;
+    o->fn(o->arg, o->base + t, thread);
+}
+
 void moe__pool_run(moe__pool *p, int64_t n_tasks, moe__task_fn fn, void *arg) {
     if (n_tasks <= 0) return;
     if (!p || p->n_threads == 1 || n_tasks == 1) {
         for (int64_t t = 0; t < n_tasks; t++) fn(arg, t, 0);
         return;
     }
-    p->fn      = fn;
-    p->arg     = arg;
-    p->n_tasks = n_tasks;
-    atomic_store(&p->next, 0);
-    atomic_store(&p->active, p->n_threads - 1);
+    if (n_tasks > RUN_MAX_TASKS) { // in order, RUN_MAX_TASKS at a time
+        for (int64_t b = 0; b < n_tasks; b += RUN_MAX_TASKS) {
+            offset_run o = { fn, arg, b };
+            moe__pool_run(p, n_tasks - b < RUN_MAX_TASKS ? n_tasks - b : RUN_MAX_TASKS,
+                          offset_task, &o);
+        }
+        return;
+    }
+    /* The previous run is over (all its tasks done), but a worker may still
+     * hold its exhausted ticket and read a larger n_tasks below: the ticket
+     * is closed first, so that claim fails. No worker reads the fields
+     * until it claims a task of the new run. */
+    const uint64_t old = atomic_load(&p->ticket);
+    atomic_store(&p->ticket, (old & ~RUN_CLOSED) | RUN_CLOSED);
+    p->fn  = fn;
+    p->arg = arg;
+    atomic_store(&p->done, 0);
+    atomic_store_explicit(&p->n_tasks, n_tasks, memory_order_release);
+    const uint32_t run = run_of(old) + 1;
     pthread_mutex_lock(&p->mu);
-    atomic_fetch_add_explicit(&p->generation, 1, memory_order_release);
+    atomic_store_explicit(&p->ticket, (uint64_t)run << 32, memory_order_release);
     pthread_cond_broadcast(&p->cv_start);
     pthread_mutex_unlock(&p->mu);
 
-    run_tasks(p, 0);
+    run_tasks(p, run, 0);
 
     int spins = 0;
-    while (atomic_load_explicit(&p->active, memory_order_acquire) > 0 && spins < SPIN_ITERS) {
+    while (atomic_load_explicit(&p->done, memory_order_acquire) < n_tasks && spins < SPIN_ITERS) {
         cpu_relax();
         spins++;
     }
-    pthread_mutex_lock(&p->mu);
-    while (atomic_load(&p->active) > 0) pthread_cond_wait(&p->cv_done, &p->mu);
-    pthread_mutex_unlock(&p->mu);
+    if (atomic_load_explicit(&p->done, memory_order_acquire) < n_tasks) {
+        pthread_mutex_lock(&p->mu);
+        atomic_store(&p->waiting, 1);
+        while (atomic_load(&p->done) < n_tasks) pthread_cond_wait(&p->cv_done, &p->mu);
+        atomic_store(&p->waiting, 0);
+        pthread_mutex_unlock(&p->mu);
+    }
 }
