@@ -81,6 +81,26 @@ static __device__ __forceinline__ void pdl_launch() {
     asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
 }
 
+/* A launch on st; with pdl, as a programmatic dependent of the stream's
+ * previous kernel (*attr holds the attribute: it must outlive the launch
+ * call). */
+static inline cudaLaunchConfig_t launch_config(dim3 grid, dim3 block, size_t smem,
+                                               cudaStream_t st, bool pdl,
+                                               cudaLaunchAttribute *attr) {
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim          = grid;
+    cfg.blockDim         = block;
+    cfg.dynamicSmemBytes = smem;
+    cfg.stream           = st;
+    if (pdl) {
+        attr->id = cudaLaunchAttributeProgrammaticStreamSerialization;
+        attr->val.programmaticStreamSerializationAllowed = 1;
+        cfg.attrs    = attr;
+        cfg.numAttrs = 1;
+    }
+    return cfg;
+}
+
 static __device__ __forceinline__ uint32_t smem_u32(const void *p) {
     return (uint32_t)__cvta_generic_to_shared(p);
 }

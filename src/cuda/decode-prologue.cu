@@ -68,18 +68,10 @@ cudaError_t moe__decode_prologue_cuda(const moe__prologue_args *a, cudaStream_t 
     /* a warp per token, up to 32: a 1-token step is one warp, and nobody
      * waits at the block barriers for the one routing warp */
     const int warps = a->T < 1 ? 1 : a->T > PRO_THREADS / 32 ? PRO_THREADS / 32 : (int)a->T;
-    cudaLaunchConfig_t cfg = {};
-    cudaLaunchAttribute attr[1];
-    cfg.gridDim = dim3(1);
-    cfg.blockDim = dim3(32 * warps);
-    cfg.dynamicSmemBytes = smem;
-    cfg.stream = st;
-    if (a->after_prepare) { // routing overlaps the quantization of x
-        attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-        attr[0].val.programmaticStreamSerializationAllowed = 1;
-        cfg.attrs = attr;
-        cfg.numAttrs = 1;
-    }
+    cudaLaunchAttribute attr;
+    // after a prepare launch: routing overlaps the quantization of x
+    const cudaLaunchConfig_t cfg =
+        launch_config(dim3(1), dim3(32 * warps), smem, st, a->after_prepare, &attr);
     cudaError_t e = cudaLaunchKernelEx(&cfg, decode_prologue_kernel, *a);
     return e != cudaSuccess ? e : cudaGetLastError();
 }

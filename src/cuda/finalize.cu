@@ -130,17 +130,9 @@ cudaError_t moe__finalize_cuda(const float *y, const int32_t *slot_row, const fl
     if (T == 0) return cudaSuccess;
     const bool v4 = H % 4 == 0;
     const int64_t n = T * (v4 ? H / 4 : H);
-    cudaLaunchConfig_t cfg = {};
-    cudaLaunchAttribute attr[1];
-    cfg.gridDim = dim3((unsigned)((n + 255) / 256));
-    cfg.blockDim = dim3(256);
-    cfg.stream = st;
-    if (pdl) {
-        attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-        attr[0].val.programmaticStreamSerializationAllowed = 1;
-        cfg.attrs = attr;
-        cfg.numAttrs = 1;
-    }
+    cudaLaunchAttribute attr;
+    const cudaLaunchConfig_t cfg =
+        launch_config(dim3((unsigned)((n + 255) / 256)), dim3(256), 0, st, pdl, &attr);
     cudaError_t e = v4 ? cudaLaunchKernelEx(&cfg, finalize_kernel<4>, y, slot_row, shared_y, T, k,
                                             H, out, io_fmt, by_row)
                        : cudaLaunchKernelEx(&cfg, finalize_kernel<1>, y, slot_row, shared_y, T, k,

@@ -503,18 +503,9 @@ static cudaError_t gemm_launch(const moe__gemm_args *g, cudaStream_t st) {
     int64_t n_cta = (int64_t)a.grid_n * g->max_tiles;
     if (n_cta == 0) return cudaSuccess;
     if (n_cta > 0x7fffffff) return cudaErrorInvalidConfiguration;
-    cudaLaunchConfig_t cfg = {};
-    cudaLaunchAttribute attr[1];
-    cfg.gridDim = dim3((unsigned)n_cta);
-    cfg.blockDim = dim3(WM * WN * 32);
-    cfg.dynamicSmemBytes = smem;
-    cfg.stream = st;
-    if (g->pdl) {
-        attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-        attr[0].val.programmaticStreamSerializationAllowed = 1;
-        cfg.attrs = attr;
-        cfg.numAttrs = 1;
-    }
+    cudaLaunchAttribute attr;
+    const cudaLaunchConfig_t cfg =
+        launch_config(dim3((unsigned)n_cta), dim3(WM * WN * 32), smem, st, g->pdl, &attr);
     cudaError_t e =
         cudaLaunchKernelEx(&cfg, grouped_gemm_kernel<DT, BM, BN, WM, WN, STAGES, W13, WG>, a);
     return e != cudaSuccess ? e : cudaGetLastError();
