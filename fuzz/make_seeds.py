@@ -2,7 +2,7 @@
 """make_seeds.py OUTDIR TESTDATA BADDIR - seed corpora for the fuzz targets.
 
 OUTDIR/<target>/ gets the valid files the generators wrote (TESTDATA/models: safetensors,
-index JSON, config.json, GGUF, npy), the malformed corpus (BADDIR), and synthetic seeds made
+index JSON, config.json, GGUF, npy; TESTDATA/quant_ckpt: quantized checkpoints, bad ones too), the malformed corpus (BADDIR), and synthetic seeds made
 here: a GGUF with one pair of every value type (nested arrays included) and tensors of several
 ggml types, and safetensors edge cases (leading whitespace, zero-size and rank-0 tensors).
 fuzz-model inputs that are not GGUF are u32 n + n bytes of config.json + one safetensors file.
@@ -30,11 +30,14 @@ def copy(target, path, prefix=""):
 
 
 models = os.path.join(testdata, "models")
-for p in glob.glob(models + "/**/*.safetensors", recursive=True) + glob.glob(bad + "/**/*.safetensors", recursive=True):
+quant = os.path.join(testdata, "quant_ckpt")  # ModelOpt / compressed-tensors checkpoints
+for p in (glob.glob(models + "/**/*.safetensors", recursive=True) + glob.glob(quant + "/*/*.safetensors")
+          + glob.glob(bad + "/**/*.safetensors", recursive=True)):
     copy("safetensors", p)
 for p in glob.glob(models + "/**/*.index.json", recursive=True) + glob.glob(bad + "/**/*.index.json", recursive=True):
     copy("index", p)
-for p in glob.glob(models + "/**/config.json", recursive=True) + glob.glob(bad + "/**/config.json", recursive=True):
+for p in (glob.glob(models + "/**/config.json", recursive=True) + glob.glob(quant + "/*/config.json")
+          + glob.glob(bad + "/**/config.json", recursive=True)):
     copy("config", p)
     copy("json", p)
 for p in glob.glob(models + "/*.gguf") + glob.glob(bad + "/*.gguf"):
@@ -42,7 +45,7 @@ for p in glob.glob(models + "/*.gguf") + glob.glob(bad + "/*.gguf"):
     copy("model", p)
 for p in glob.glob(models + "/*.npy") + glob.glob(bad + "/*.npy"):
     copy("npy", p)
-for d in glob.glob(models + "/*/") + glob.glob(bad + "/*.d/"):
+for d in glob.glob(models + "/*/") + glob.glob(quant + "/*/") + glob.glob(bad + "/*.d/"):
     cfg, st = os.path.join(d, "config.json"), os.path.join(d, "model.safetensors")
     if os.path.exists(cfg) and os.path.exists(st):
         c, s = open(cfg, "rb").read(), open(st, "rb").read()
