@@ -66,16 +66,7 @@ TEST(io_models_forward_matches_reference) {
         snprintf(path, sizeof path, "%s/models/%s.ref.npy", test_data_dir(), c->name);
         REQUIRE(moe_npy_read(path, &ref, err, sizeof err) == MOE_OK, "%s", err);
         CHECK(x.format == MOE_FORMAT_F32 && x.n_dims == 2 && x.shape[1] == c->d_model, "%s: x", c->name);
-        static const moe_backend backends[2] = { MOE_BACKEND_REF, MOE_BACKEND_CPU };
-        for (int b = 0; b < 2; b++) {
-            double e = test_model_layer_nmse(m, c->name, c->layer, c->d_model, backends[b], &x,
-                                             &ref, true);
-            if (e < 0) continue;
-            CHECK(e <= c->tol, "%s layer %d on %s: NMSE %.3g > %.3g", c->name, c->layer,
-                  b ? "cpu" : "ref", e, c->tol);
-            if (getenv("MOE_TEST_VERBOSE"))
-                fprintf(stderr, "    %-20s %s NMSE %.3g (bound %.3g)\n", c->name, b ? "cpu" : "ref", e, c->tol);
-        }
+        test_model_layer_check(m, c->name, c->layer, c->d_model, &x, &ref, c->tol, true);
         moe_npy_free(&x);
         moe_npy_free(&ref);
         moe_model_close(m);

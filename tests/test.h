@@ -95,14 +95,14 @@ void test_check_gemm(const struct moe__cpu_format *cpu, const struct moe__wmat *
                      size_t xs, int64_t nx, const double *ref, const double *mag,
                      const int64_t (*ranges)[2], size_t n_ranges, const int64_t *chunks,
                      size_t n_chunks, const char *what);
-/* Builds layer `layer` of model m on backend, runs x (T, d_model) through it
- * and returns the NMSE of the output against ref (T, d_model); -1 after a
- * failure, which is reported under `name` unless it is the layer's creation
- * failing with MOE_ERR_UNSUPPORTED on a backend other than the reference and
- * unsupported_ok is set. */
-double test_model_layer_nmse(const moe_model *m, const char *name, int32_t layer, int64_t d_model,
-                             moe_backend backend, const moe_npy *x, const moe_npy *ref,
-                             bool unsupported_ok);
+/* Builds layer `layer` of model m on the reference and the CPU backend,
+ * runs x (T, d_model) through each and fails under `name` unless the output's
+ * NMSE against ref (T, d_model) is at most tol. A layer the CPU backend
+ * refuses with MOE_ERR_UNSUPPORTED is skipped when unsupported_ok is set.
+ * MOE_TEST_VERBOSE prints each NMSE. */
+void test_model_layer_check(const moe_model *m, const char *name, int32_t layer, int64_t d_model,
+                            const moe_npy *x, const moe_npy *ref, double tol,
+                            bool unsupported_ok);
 /* Index of the first NaN in x, or -1. */
 long   test_find_nan(const float *x, size_t n);
 void   test_poison(float *x, size_t n);          /* fill with NaN       */

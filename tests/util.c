@@ -113,9 +113,11 @@ void test_check_gemm(const moe__cpu_format *cpu, const moe__wmat *w, const char 
     free(part);
 }
 
-double test_model_layer_nmse(const moe_model *m, const char *name, int32_t layer, int64_t d_model,
-                             moe_backend backend, const moe_npy *x, const moe_npy *ref,
-                             bool unsupported_ok) {
+/* The NMSE of one backend's output (test_model_layer_check); -1 after a
+ * failure, reported unless unsupported_ok excuses it. */
+static double model_layer_nmse(const moe_model *m, const char *name, int32_t layer,
+                               int64_t d_model, moe_backend backend, const moe_npy *x,
+                               const moe_npy *ref, bool unsupported_ok) {
     char             err[512];
     const int64_t    T    = x->shape[0];
     moe_layer_options base = { .backend = backend, .max_tokens = T };
@@ -143,6 +145,22 @@ double test_model_layer_nmse(const moe_model *m, const char *name, int32_t layer
     free(ws);
     moe_model_layer_destroy(ml);
     return nmse;
+}
+
+void test_model_layer_check(const moe_model *m, const char *name, int32_t layer, int64_t d_model,
+                            const moe_npy *x, const moe_npy *ref, double tol,
+                            bool unsupported_ok) {
+    static const moe_backend backends[2] = { MOE_BACKEND_REF, MOE_BACKEND_CPU };
+    static const char *const names[2] = { "ref", "cpu" };
+    for (int b = 0; b < 2; b++) {
+        double e = model_layer_nmse(m, name, layer, d_model, backends[b], x, ref, unsupported_ok);
+        if (e < 0) continue;
+        if (!(e <= tol))
+            test_fail(__FILE__, __LINE__, "%s layer %d on %s: NMSE %.3g > %.3g", name, layer,
+                      names[b], e, tol);
+        if (getenv("MOE_TEST_VERBOSE"))
+            fprintf(stderr, "    %-20s %s NMSE %.3g (bound %.3g)\n", name, names[b], e, tol);
+    }
 }
 
 long test_find_nan(const float *x, size_t n) {
