@@ -195,6 +195,17 @@ static void check_case(const fcase *c) {
 
 #endif /* FP4_AMX */
 
+/* Every case of a test (none in a build without the AMX path: the test
+ * skips there before calling this). */
+static void check_cases(const fcase *cs, size_t n) {
+#if FP4_AMX
+    for (size_t i = 0; i < n; i++) check_case(&cs[i]);
+#else
+    (void)cs;
+    (void)n;
+#endif
+}
+
 TEST(cpu_fp4_amx_mxfp4) {
     if (!amx_usable()) TEST_SKIP("no AMX-BF16 path in this build or process");
     const fcase cases[] = {
@@ -204,11 +215,7 @@ TEST(cpu_fp4_amx_mxfp4) {
         { MOE_FORMAT_MXFP4, 5, 7168, 0 },   /* fewer rows than a panel, long K     */
         { MOE_FORMAT_MXFP4, 33, 1376, 0 },  /* odd section count                   */
     };
-#if FP4_AMX
-    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) check_case(&cases[i]);
-#else
-    (void)cases;
-#endif
+    check_cases(cases, sizeof cases / sizeof cases[0]);
 }
 
 TEST(cpu_fp4_amx_nvfp4) {
@@ -220,11 +227,7 @@ TEST(cpu_fp4_amx_nvfp4) {
         { MOE_FORMAT_NVFP4, 5, 7168, 0 },
         { MOE_FORMAT_NVFP4, 33, 1376, 0 },
     };
-#if FP4_AMX
-    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) check_case(&cases[i]);
-#else
-    (void)cases;
-#endif
+    check_cases(cases, sizeof cases / sizeof cases[0]);
 }
 
 TEST(cpu_fp4_amx_mxfp4_scale_fallback) {
@@ -234,9 +237,5 @@ TEST(cpu_fp4_amx_mxfp4_scale_fallback) {
         { MOE_FORMAT_MXFP4, 40, 2880, 1 },
         { MOE_FORMAT_MXFP4, 21, 96, 1 },
     };
-#if FP4_AMX
-    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) check_case(&cases[i]);
-#else
-    (void)cases;
-#endif
+    check_cases(cases, sizeof cases / sizeof cases[0]);
 }
