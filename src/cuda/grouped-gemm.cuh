@@ -180,12 +180,21 @@ static __global__ void __launch_bounds__(WM *WN * 32)
     const int64_t kblocks = (g.K + MOE_CUDA_QBLOCK - 1) / MOE_CUDA_QBLOCK;
     const int64_t nblk    = (g.N_w + MOE_CUDA_QBLOCK - 1) / MOE_CUDA_QBLOCK;
     /* Each thread copies CH fixed 16-byte columns (chunk ch of CH rows) of
-     * every stage: their global addresses are computed once here. */
+     * every stage, and for fp8 the scales of up to SA activation rows and SB
+     * weight columns: their addresses are computed once here (the fp8 tiles
+     * are bound by issued instructions: the index math of a scale, redone
+     * per stage, cost ~20 instructions a copy). A chunk without a source
+     * (padding row, past N, the K tail) copies zero bytes. */
+    constexpr bool F8 = DT == MOE_CUDA_FP8;
     constexpr int CH = (BM + BN) * 8 / NTHR, CA = BM * 8 / NTHR;
+    constexpr int SA = F8 ? (BM + NTHR - 1) / NTHR : 0, SB = F8 ? (BN + NTHR - 1) / NTHR : 0;
     static_assert((BM * 8) % NTHR == 0 && (BN * 8) % NTHR == 0, "chunk split");
+    static_assert(SA + SB <= 32, "one validity bit per scale copy");
     const int ch = threadIdx.x & 7;
-    const char *src_p[CH];
-    uint32_t    dst_o[CH];
+    const char  *src_p[CH];
+    uint32_t     dst_o[CH];
+    const float *scale_p[SA + SB + 1];
+    uint32_t     scale_ok = 0; // bit j: scale copy j has a source
 #pragma unroll
     for (int j = 0; j < CH; j++) {
         const bool isA = j < CA;
@@ -193,6 +202,18 @@ static __global__ void __launch_bounds__(WM *WN * 32)
         const int  src = isA ? a_src[r] : b_src[r];
         src_p[j] = src >= 0 ? (isA ? A : W) + (int64_t)src * kbytes + ch * 16 : nullptr;
         dst_o[j] = smem_u32(isA ? sA : sB) + r * 128 + ((ch ^ (r & 7)) << 4);
+    }
+#pragma unroll
+    for (int j = 0; j < SA + SB; j++) {
+        const bool isA = j < SA;
+        const int  i   = threadIdx.x + (isA ? j : j - SA) * NTHR;
+        const int  src = isA ? (i < BM ? a_src[i] : -1) : (i < BN ? b_src[i] : -1);
+        if (isA)
+            scale_p[j] = g.a_scale + (src >= 0 ? (int64_t)src * kblocks : 0);
+        else
+            scale_p[j] = g.w_scale +
+                         (src >= 0 ? ((int64_t)e * nblk + src / MOE_CUDA_QBLOCK) * kblocks : 0);
+        scale_ok |= (src >= 0 ? 1u : 0u) << j;
     }
     /* wgmma decode tiles: the activation rows past BM read as zeros */
     if constexpr (AM > BM) {
@@ -202,40 +223,27 @@ static __global__ void __launch_bounds__(WM *WN * 32)
                 make_int4(0, 0, 0, 0);
     }
     /* One stage: operand chunks and fp8 scales, the weight side (B) and the
-     * activation side (A) separately (W2 issues B before its PDL wait). */
-    auto load_B = [&](int kt, int st) {
+     * activation side (A) separately (W2 issues B before its PDL wait). The
+     * scale slots of a stage: BM activation rows, then BN weight columns. */
+    auto load_side = [&](int kt, int st, bool isA) {
         const int64_t kb  = (int64_t)kt * 128;
         const bool    kok = kb + ch * 16 < kbytes;
 #pragma unroll
-        for (int j = CA; j < CH; j++) {
+        for (int j = isA ? 0 : CA; j < (isA ? CA : CH); j++) {
             const bool ok = kok && src_p[j] != nullptr;
-            cp_async16(dst_o[j] + (uint32_t)st * BN * 128, ok ? src_p[j] + kb : W, ok ? 16 : 0);
+            cp_async16(dst_o[j] + (uint32_t)st * (j < CA ? AM : BN) * 128,
+                       ok ? src_p[j] + kb : (isA ? A : W), ok ? 16 : 0);
         }
-        if (DT == MOE_CUDA_FP8) {
-            for (int i = threadIdx.x; i < BN; i += NTHR) {
-                const int src = b_src[i];
-                const int64_t o = ((int64_t)e * nblk + src / MOE_CUDA_QBLOCK) * kblocks + kt;
-                const float  *p = g.w_scale + (src >= 0 ? o : 0);
-                cp_async4(smem_u32(sAs + st * (BM + BN) + BM + i), p, src >= 0 ? 4 : 0);
-            }
-        }
-    };
-    auto load_A = [&](int kt, int st) {
-        const int64_t kb  = (int64_t)kt * 128;
-        const bool    kok = kb + ch * 16 < kbytes;
 #pragma unroll
-        for (int j = 0; j < CA; j++) {
-            const bool ok = kok && src_p[j] != nullptr;
-            cp_async16(dst_o[j] + (uint32_t)st * AM * 128, ok ? src_p[j] + kb : A, ok ? 16 : 0);
-        }
-        if (DT == MOE_CUDA_FP8) {
-            for (int i = threadIdx.x; i < BM; i += NTHR) {
-                const int src = a_src[i];
-                const float *p = g.a_scale + (src >= 0 ? (int64_t)src * kblocks + kt : 0);
-                cp_async4(smem_u32(sAs + st * (BM + BN) + i), p, src >= 0 ? 4 : 0);
-            }
+        for (int j = isA ? 0 : SA; j < (isA ? SA : SA + SB); j++) {
+            const int i = threadIdx.x + (j < SA ? j : j - SA) * NTHR;
+            if (i < (j < SA ? BM : BN))
+                cp_async4(smem_u32(sAs + st * (BM + BN) + (j < SA ? 0 : BM) + i), scale_p[j] + kt,
+                          (scale_ok >> j) & 1 ? 4 : 0);
         }
     };
+    auto load_B = [&](int kt, int st) { load_side(kt, st, false); };
+    auto load_A = [&](int kt, int st) { load_side(kt, st, true); };
 
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     /* The warp's 16-row group (wm) and TN-column group (wn). wgmma: warpgroup
@@ -256,7 +264,7 @@ static __global__ void __launch_bounds__(WM *WN * 32)
      * bf16/f16 wgmma: one fewer, because a warpgroup's batch of stage kt may
      * still run while it issues kt + 1 (wait_group 1); stage kt - 2 is free
      * at barrier kt. fp8 waits for each batch: its sums are scaled at once. */
-    constexpr bool F8 = DT == MOE_CUDA_FP8, WG_ASYNC = WG && !F8;
+    constexpr bool WG_ASYNC = WG && !F8;
     constexpr int  AHEAD = WG_ASYNC ? STAGES - 2 : STAGES - 1;
     static_assert(AHEAD >= 1, "stages");
     // prologue: B of the first stages (W2: before the wait), then A
