@@ -138,7 +138,7 @@ static __device__ void route_token_warp(const moe_router_options &o, const float
             lane_best(gsc, ng, &lc, &li);
             const int g = warp_winner(lc, li, &bc);
             __syncwarp();
-            if (lane == 0) gsc[g] = NAN;
+            if (lane == 0 && g != INT32_MAX) gsc[g] = NAN; // (none left: NaN scores)
             __syncwarp();
         }
         // exclude experts of groups not kept
