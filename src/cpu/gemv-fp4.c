@@ -91,11 +91,11 @@ static __m512i fp4_table(void) {
 /* 64 packed bytes -> 4 x 32 bf16 weights in the activation's stored order
  * (w[s] word j = value 4j + s). */
 static inline void decode_unit(__m512i t, const uint8_t *p, __m512bh w[4]) {
-    const __m512i q = _mm512_loadu_si512(p);
+    const __m512i q = _mm512_loadu_si512(p), q4 = _mm512_srli_epi16(q, 4);
     w[0] = (__m512bh)_mm512_permutexvar_epi16(q, t);
-    w[1] = (__m512bh)_mm512_permutexvar_epi16(_mm512_srli_epi16(q, 4), t);
-    w[2] = (__m512bh)_mm512_permutexvar_epi16(_mm512_srli_epi16(q, 8), t);
-    w[3] = (__m512bh)_mm512_permutexvar_epi16(_mm512_srli_epi16(q, 12), t);
+    w[1] = (__m512bh)_mm512_permutexvar_epi16(q4, t);
+    w[2] = (__m512bh)_mm512_permutexvar_epi16(_mm512_bsrli_epi128(q, 1), t);
+    w[3] = (__m512bh)_mm512_permutexvar_epi16(_mm512_bsrli_epi128(q4, 1), t);
 }
 
 /* n <= 16 e8m0 scales -> 2^(e-127) in lanes 0..n-1, 2^-127 past n (e =
@@ -137,20 +137,53 @@ static inline void unit_scales(const moe__wmat *w, int64_t r, int64_t k0, int64_
 }
 
 #if FP4_AVX512
+/* One 128-value unit of weight codes (at qu) against NP activation rows
+ * (k0: the unit's K offset), times the unit's lane scales s, into acc. */
+static inline __attribute__((always_inline)) void fp4_unit(
+    __m512i t, const uint8_t *qu, __m512 s, int64_t k0, const char *xr, size_t xq_stride,
+    __m512 *acc, int NP) {
+    __m512bh wv[4];
+    decode_unit(t, qu, wv);
+#pragma GCC unroll 4
+    for (int i = 0; i < NP; i++) {
+        const uint16_t *x = (const uint16_t *)(xr + (size_t)i * xq_stride) + k0;
+        __m512 d = dp(_mm512_setzero_ps(), wv[0], x);
+        d = dp(d, wv[1], x + 32);
+        d = dp(d, wv[2], x + 64);
+        d = dp(d, wv[3], x + 96);
+        acc[i] = _mm512_fmadd_ps(d, s, acc[i]);
+    }
+}
+
 /* NP activation rows (at xr, xq_stride apart) against weight row q:
  * writes y[i * y_stride]. The 16 block scales of 4 (MXFP4) or 2 (NVFP4)
  * units are loaded at once; per unit one permute spreads them over the
- * lanes of its dot products (ix[u % units per load]). */
+ * lanes of its dot products (ix[u % units per load]). Whole groups of
+ * such units run unrolled (constant permute indices, one scale load and
+ * one prefetch per group, no tail test: the per-unit bookkeeping was a
+ * third of the loop); the rest of the row, unit by unit, in the same
+ * order. */
 static inline __attribute__((always_inline)) void fp4_rows(
     const moe__wmat *w, bool mx, __m512i t, const __m512i *ix, const uint8_t *q,
     const uint8_t *sc, int64_t K, const char *xr, size_t xq_stride, float *y, int64_t y_stride,
     int NP) {
     const int64_t kp = kp128(K), bs = mx ? MOE_QK_MXFP4 : MOE_QK_NVFP4, nbk = K / bs;
     const int     upg = mx ? 4 : 2; /* units per 16 scales */
+    const int64_t gk  = FP4_U * upg, kg = K / gk * gk; /* values per group; grouped part */
     __m512        acc[4];
+#pragma GCC unroll 4
     for (int i = 0; i < NP; i++) acc[i] = _mm512_setzero_ps();
+    for (int64_t k0 = 0; k0 < kg; k0 += gk) {
+        const __m512 sv = mx ? mx_scales16(sc + k0 / bs, 16)
+                             : nv_scales16(sc + k0 / bs, 16, w->scale2);
+        moe__cpu_prefetch(q + k0 / 2, (size_t)gk / 2);
+#pragma GCC unroll 4
+        for (int u = 0; u < upg; u++)
+            fp4_unit(t, q + (k0 + u * FP4_U) / 2, _mm512_permutexvar_ps(ix[u], sv),
+                     k0 + u * FP4_U, xr, xq_stride, acc, NP);
+    }
     __m512 sv = _mm512_setzero_ps();
-    for (int64_t k0 = 0, u = 0; k0 < kp; k0 += FP4_U, u++) {
+    for (int64_t k0 = kg, u = 0; k0 < kp; k0 += FP4_U, u++) {
         if (u % upg == 0) {
             const int64_t b0 = k0 / bs, n = nbk - b0 < 16 ? nbk - b0 : 16;
             sv = mx ? mx_scales16(sc + b0, (int)n) : nv_scales16(sc + b0, (int)n, w->scale2);
@@ -163,18 +196,9 @@ static inline __attribute__((always_inline)) void fp4_rows(
             memcpy(tail, qu, (size_t)(K - k0) / 2);
             qu = tail;
         }
-        __m512bh wv[4];
-        decode_unit(t, qu, wv);
-        const __m512 s = _mm512_permutexvar_ps(ix[u % upg], sv);
-        for (int i = 0; i < NP; i++) {
-            const uint16_t *x = (const uint16_t *)(xr + (size_t)i * xq_stride) + k0;
-            __m512 d = dp(_mm512_setzero_ps(), wv[0], x);
-            d = dp(d, wv[1], x + 32);
-            d = dp(d, wv[2], x + 64);
-            d = dp(d, wv[3], x + 96);
-            acc[i] = _mm512_fmadd_ps(d, s, acc[i]);
-        }
+        fp4_unit(t, qu, _mm512_permutexvar_ps(ix[u % upg], sv), k0, xr, xq_stride, acc, NP);
     }
+#pragma GCC unroll 4
     for (int i = 0; i < NP; i++) y[i * y_stride] = _mm512_reduce_add_ps(acc[i]);
 }
 #endif
