@@ -20,7 +20,7 @@ bin_of() { [ "$1" = v0 ] && echo build || echo "/tmp/moe-$1/build"; }
 
 make -j"$J" NO_MPI=1 NO_NCCL=1 build/moe-test build/moe >"$OUT/build-v0.log" 2>&1 ||
     tail -30 "$OUT/build-v0.log"
-echo "$VARIANTS" | {
+printf '%s\n' "$VARIANTS" | {
 while IFS='|' read -r name file expr; do
     [ -n "$name" ] || continue
     d=/tmp/moe-$name
@@ -31,7 +31,7 @@ while IFS='|' read -r name file expr; do
 done
 wait # inside the pipeline's subshell, whose children the builds are
 }
-names="v0 $(echo "$VARIANTS" | cut -d'|' -f1)"
+names="v0 $(printf '%s\n' "$VARIANTS" | cut -d'|' -f1)"
 for v in $TESTS; do
     b=$(bin_of "$v")
     (cd "$(dirname "$b")" && build/moe-test -o cuda) >"$OUT/test-$v.log" 2>&1
