@@ -14,10 +14,12 @@
  * Why one table: the decode, not memory, bounded these kernels (a core
  * decoded about 12 GB/s from L2 with two vpshufb byte tables and four
  * unpacks per 128 codes, less than its half of the read bandwidth). A
- * 64-byte load seen as 32 words gives four code vectors with shifts by 0,
- * 4, 8 and 12 bits and one vpermw each: 7 vector operations per 128 codes
- * instead of 11, and the four vdpbf16ps that follow are the floor of any
- * bf16-activation kernel.
+ * 64-byte load seen as 32 words gives four code vectors (the words, the
+ * words shifted by 4 bits, and both shifted by one byte within their
+ * 128-bit lanes, which puts bits 8 and 12 of each word at its bottom on
+ * the shuffle port instead of two more shifts) and one vpermw each: 7
+ * vector operations per 128 codes instead of 11, and the four vdpbf16ps
+ * that follow are the floor of any bf16-activation kernel.
  *
  * Activation row (act_row_bytes): uint16 xb[Kp], Kp = cols rounded up to
  * 128, zero past cols, each 128 values in the order the weight decode
@@ -170,7 +172,9 @@ static inline __attribute__((always_inline)) void fp4_rows(
     const int64_t kp = kp128(K), bs = mx ? MOE_QK_MXFP4 : MOE_QK_NVFP4, nbk = K / bs;
     const int     upg = mx ? 4 : 2; /* units per 16 scales */
     const int64_t gk  = FP4_U * upg, kg = K / gk * gk; /* values per group; grouped part */
-    __m512        acc[4];
+    __m512        acc[4]; /* the loops over NP are unrolled so that these stay in
+                           * registers: rolled, they went to the stack, a store-
+                           * to-load round trip per unit and row */
 #pragma GCC unroll 4
     for (int i = 0; i < NP; i++) acc[i] = _mm512_setzero_ps();
     for (int64_t k0 = 0; k0 < kg; k0 += gk) {

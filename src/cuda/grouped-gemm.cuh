@@ -254,7 +254,7 @@ static __global__ void __launch_bounds__(WM *WN * 32)
     /* fp8: whether this warp's TN columns all have a weight row in one
      * 128-row scale block (b_src is complete: the barrier above). */
     bool one_block = false;
-    if (DT == MOE_CUDA_FP8) {
+    if (F8) {
         const int blk = b_src[wn * TN] / MOE_CUDA_QBLOCK;
         bool      ok  = true;
         for (int c = lane; c < TN; c += 32) {
