@@ -214,30 +214,48 @@ static inline __attribute__((always_inline)) __m512i q80_pair_u8(const q80_pair_
     return _mm512_xor_si512(_mm512_permutex2var_epi8(a, ix->qs, b), _mm512_set1_epi8(-128));
 }
 
+/* Block pair p of the weight row against NP activation rows, into the
+ * accumulators a[i] (one of each row's two). */
+static inline __attribute__((always_inline)) void q80_step(
+    const q80_pair_idx *ix, const char *row, int64_t p, int64_t nb, int64_t kp, const char *xr,
+    size_t xq_stride, __m512 *a0, __m512 *a1, __m512 *a2, __m512 *a3, int NP) {
+    const uint8_t *pp = (const uint8_t *)row + (size_t)(2 * p) * 34;
+    moe__cpu_prefetch(pp, 68);
+    __m512 dw;
+    const __m512i wv = q80_pair_u8(ix, pp, 2 * p + 1 < nb ? 68 : 34, &dw);
+    __m512 *const a[4] = { a0, a1, a2, a3 };
+#pragma GCC unroll 4
+    for (int i = 0; i < NP; i++) {
+        const int8_t  *qa = (const int8_t *)(xr + (size_t)i * xq_stride);
+        const int32_t *ns = (const int32_t *)(qa + kp);
+        const float   *dl = (const float *)(ns + kp / 4);
+        __m512i init = _mm512_slli_epi32(_mm512_loadu_si512(ns + 16 * p), 7); /* off 128 */
+        __m512i sum  = _mm512_dpbusd_epi32(init, wv, _mm512_loadu_si512(qa + 64 * p));
+        __m512  t    = _mm512_mul_ps(_mm512_cvtepi32_ps(sum), dw);
+        *a[i] = _mm512_fmadd_ps(t, _mm512_loadu_ps(dl + 16 * p), *a[i]);
+    }
+}
+
 /* NP activation rows (at xr, xq_stride apart) against one weight row:
- * writes y[i * y_stride] for i < NP. */
+ * writes y[i * y_stride] for i < NP. Block pairs alternate between each
+ * row's two accumulators, in the same pairing as q4u_rows and for the
+ * same reason (registers, not the stack). */
 static inline __attribute__((always_inline)) void q80_rows(
     const q80_pair_idx *ix, const char *row, int64_t nb, int64_t kp, const char *xr,
     size_t xq_stride, float *y, int64_t y_stride, int NP) {
-    __m512 acc[4][2];
-    for (int i = 0; i < NP; i++) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
-    for (int64_t p = 0; p < (nb + 1) / 2; p++) {
-        const uint8_t *pp = (const uint8_t *)row + (size_t)(2 * p) * 34;
-        moe__cpu_prefetch(pp, 68);
-        __m512 dw;
-        const __m512i wv = q80_pair_u8(ix, pp, 2 * p + 1 < nb ? 68 : 34, &dw);
-        for (int i = 0; i < NP; i++) {
-            const int8_t  *qa = (const int8_t *)(xr + (size_t)i * xq_stride);
-            const int32_t *ns = (const int32_t *)(qa + kp);
-            const float   *dl = (const float *)(ns + kp / 4);
-            __m512i init = _mm512_slli_epi32(_mm512_loadu_si512(ns + 16 * p), 7); /* off 128 */
-            __m512i sum  = _mm512_dpbusd_epi32(init, wv, _mm512_loadu_si512(qa + 64 * p));
-            __m512  t    = _mm512_mul_ps(_mm512_cvtepi32_ps(sum), dw);
-            acc[i][p & 1] = _mm512_fmadd_ps(t, _mm512_loadu_ps(dl + 16 * p), acc[i][p & 1]);
-        }
+    const int64_t np = (nb + 1) / 2;
+    __m512 e0 = _mm512_setzero_ps(), e1 = e0, e2 = e0, e3 = e0; /* even pairs, rows 0..3 */
+    __m512 o0 = e0, o1 = e0, o2 = e0, o3 = e0;                  /* odd pairs */
+    int64_t p = 0;
+    for (; p + 1 < np; p += 2) {
+        q80_step(ix, row, p, nb, kp, xr, xq_stride, &e0, &e1, &e2, &e3, NP);
+        q80_step(ix, row, p + 1, nb, kp, xr, xq_stride, &o0, &o1, &o2, &o3, NP);
     }
-    for (int i = 0; i < NP; i++)
-        y[i * y_stride] = _mm512_reduce_add_ps(_mm512_add_ps(acc[i][0], acc[i][1]));
+    if (p < np) q80_step(ix, row, p, nb, kp, xr, xq_stride, &e0, &e1, &e2, &e3, NP);
+    const __m512 s[4] = { _mm512_add_ps(e0, o0), _mm512_add_ps(e1, o1), _mm512_add_ps(e2, o2),
+                          _mm512_add_ps(e3, o3) };
+#pragma GCC unroll 4
+    for (int i = 0; i < NP; i++) y[i * y_stride] = _mm512_reduce_add_ps(s[i]);
 }
 
 /* Gathers of one unit (4 blocks, ub = 4 * bb bytes at p) from the loads
@@ -294,32 +312,50 @@ static inline __attribute__((always_inline)) __m512 q4u_decode(
         _mm512_max_epu32(_mm512_slli_epi32(e, 23), _mm512_set1_epi32(0x00400000)));
 }
 
+/* Unit u (4 blocks) of the weight row against NP activation rows, into
+ * the accumulators a[i] (one of each row's two). */
+static inline __attribute__((always_inline)) void q4u_unit(
+    bool mx, const q4u_idx *ix, const uint8_t *row, int64_t u, int64_t nu, int64_t nb,
+    const char *xr, size_t xq_stride, __m512 *a0, __m512 *a1, __m512 *a2, __m512 *a3, int NP) {
+    const int      bb = mx ? 17 : 18, ub = 4 * bb;
+    const uint8_t *p  = row + u * ub;
+    const int      n  = u + 1 < nu || nb % 4 == 0 ? ub : (int)(nb % 4) * bb;
+    moe__cpu_prefetch(p, (size_t)ub);
+    __m512i lo, hi;
+    const __m512 dw = q4u_decode(mx, ix, p, n, ub, &lo, &hi);
+    __m512 *const a[4] = { a0, a1, a2, a3 };
+#pragma GCC unroll 4
+    for (int i = 0; i < NP; i++) {
+        const q4u_rec *x = (const q4u_rec *)(xr + (size_t)i * xq_stride) + u;
+        __m512i sum = _mm512_dpbusd_epi32(_mm512_load_si512(x->ns), lo, _mm512_load_si512(x->qa));
+        sum = _mm512_dpbusd_epi32(sum, hi, _mm512_load_si512(x->qa + 64));
+        const __m512 t = _mm512_mul_ps(_mm512_cvtepi32_ps(sum), _mm512_load_ps(x->dl));
+        *a[i] = _mm512_fmadd_ps(t, dw, *a[i]);
+    }
+}
+
 /* NP activation rows (at xr, xq_stride apart) against one weight row of nb
- * blocks: writes y[i * y_stride] for i < NP. */
+ * blocks: writes y[i * y_stride] for i < NP. Units alternate between each
+ * row's two accumulators; they go in pairs, and the row loops are
+ * unrolled, so that the accumulators are registers (with a runtime
+ * parity index and rolled loops the multi-row variants kept them on the
+ * stack: a store-to-load round trip per unit and row). */
 static inline __attribute__((always_inline)) void q4u_rows(
     bool mx, const q4u_idx *ix, const uint8_t *row, int64_t nb, const char *xr, size_t xq_stride,
     float *y, int64_t y_stride, int NP) {
-    const int     bb = mx ? 17 : 18, ub = 4 * bb;
     const int64_t nu = (nb + 3) / 4;
-    __m512 acc[4][2];
-    for (int i = 0; i < NP; i++) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
-    for (int64_t u = 0; u < nu; u++) {
-        const uint8_t *p = row + u * ub;
-        const int      n = u + 1 < nu || nb % 4 == 0 ? ub : (int)(nb % 4) * bb;
-        moe__cpu_prefetch(p, (size_t)ub);
-        __m512i lo, hi;
-        const __m512 dw = q4u_decode(mx, ix, p, n, ub, &lo, &hi);
-        for (int i = 0; i < NP; i++) {
-            const q4u_rec *x = (const q4u_rec *)(xr + (size_t)i * xq_stride) + u;
-            __m512i sum = _mm512_dpbusd_epi32(_mm512_load_si512(x->ns), lo,
-                                              _mm512_load_si512(x->qa));
-            sum = _mm512_dpbusd_epi32(sum, hi, _mm512_load_si512(x->qa + 64));
-            const __m512 t = _mm512_mul_ps(_mm512_cvtepi32_ps(sum), _mm512_load_ps(x->dl));
-            acc[i][u & 1] = _mm512_fmadd_ps(t, dw, acc[i][u & 1]);
-        }
+    __m512 e0 = _mm512_setzero_ps(), e1 = e0, e2 = e0, e3 = e0; /* even units, rows 0..3 */
+    __m512 o0 = e0, o1 = e0, o2 = e0, o3 = e0;                  /* odd units */
+    int64_t u = 0;
+    for (; u + 1 < nu; u += 2) {
+        q4u_unit(mx, ix, row, u, nu, nb, xr, xq_stride, &e0, &e1, &e2, &e3, NP);
+        q4u_unit(mx, ix, row, u + 1, nu, nb, xr, xq_stride, &o0, &o1, &o2, &o3, NP);
     }
-    for (int i = 0; i < NP; i++)
-        y[i * y_stride] = _mm512_reduce_add_ps(_mm512_add_ps(acc[i][0], acc[i][1]));
+    if (u < nu) q4u_unit(mx, ix, row, u, nu, nb, xr, xq_stride, &e0, &e1, &e2, &e3, NP);
+    const __m512 s[4] = { _mm512_add_ps(e0, o0), _mm512_add_ps(e1, o1), _mm512_add_ps(e2, o2),
+                          _mm512_add_ps(e3, o3) };
+#pragma GCC unroll 4
+    for (int i = 0; i < NP; i++) y[i * y_stride] = _mm512_reduce_add_ps(s[i]);
 }
 #endif
 
@@ -339,8 +375,9 @@ static void gemm_q4u(const moe__wmat *w, int64_t r0, int64_t r1, const void *xq,
         if (r >= r1) continue;
         const uint8_t *row = (const uint8_t *)base + (size_t)r * row_bytes; // (nb blocks)
 #if Q80_AVX512
-        /* Up to 4 activation rows per pass, all accumulators in registers;
-         * per output the operations are the same in every pass size. */
+        /* Up to 4 activation rows per pass, all accumulators in registers
+         * (q4u_rows); per output the operations are the same in every pass
+         * size. */
         for (int64_t i = 0; i < n_x;) {
             const int64_t left = n_x - i;
             const int     np   = left >= 4 ? 4 : left >= 2 ? 2 : 1;
@@ -396,9 +433,9 @@ static void gemm_q80(const moe__wmat *w, int64_t r0, int64_t r1, const void *xq,
         if (r >= r1) continue;
         const char *row = (const char *)w->data + (size_t)r * row_bytes; // (nb blocks)
 #if Q80_AVX512
-        /* Up to 4 activation rows per pass, all accumulators in registers;
-         * each pair of weight blocks is decoded once per pass. Per output
-         * the operations are the same in every pass size. */
+        /* Up to 4 activation rows per pass, all accumulators in registers
+         * (q80_rows); each pair of weight blocks is decoded once per pass.
+         * Per output the operations are the same in every pass size. */
         for (int64_t i = 0; i < n_x;) {
             const int64_t left = n_x - i;
             const int     np   = left >= 4 ? 4 : left >= 2 ? 2 : 1;
