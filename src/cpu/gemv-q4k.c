@@ -210,11 +210,13 @@ static inline __attribute__((always_inline)) void q4k_rows(const moe_block_q4_k 
                                                            int64_t y_stride, int NP) {
     const __m512i c01 = _mm512_load_si512(q4k_ctl[0]), c23 = _mm512_load_si512(q4k_ctl[1]);
     __m512 acc[8];
+#pragma GCC unroll 8
     for (int i = 0; i < NP; i++) acc[i] = _mm512_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
         moe__cpu_prefetch(&blk[b], sizeof blk[b]);
         q4k_wb o;
         q4k_decode(&blk[b], c01, c23, &o);
+#pragma GCC unroll 8
         for (int i = 0; i < NP; i++) {
             const int8_t  *qa = (const int8_t *)(xr + (size_t)i * xq_stride);
             const float   *dx = (const float *)(qa + K);
@@ -222,6 +224,7 @@ static inline __attribute__((always_inline)) void q4k_rows(const moe_block_q4_k 
             acc[i] = q4k_block(&o, qa + b * 256, bs + 8 * b, dx + b, acc[i]);
         }
     }
+#pragma GCC unroll 8
     for (int i = 0; i < NP; i++) y[i * y_stride] = _mm512_reduce_add_ps(acc[i]);
 }
 #endif

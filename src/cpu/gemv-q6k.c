@@ -120,11 +120,13 @@ static inline __attribute__((always_inline)) void q6k_rows(const moe_block_q6_k 
                                                            size_t xq_stride, float *y,
                                                            int64_t y_stride, int NP) {
     __m512 acc[4];
+#pragma GCC unroll 4
     for (int i = 0; i < NP; i++) acc[i] = _mm512_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
         moe__cpu_prefetch(&blk[b], sizeof blk[b]);
         q6k_wb o;
         q6k_decode(&blk[b], &o);
+#pragma GCC unroll 4
         for (int i = 0; i < NP; i++) {
             const q8_act   a  = q8_act_view(xr + (size_t)i * xq_stride, K);
             const int8_t  *qa = a.qa + 256 * b;
@@ -141,6 +143,7 @@ static inline __attribute__((always_inline)) void q6k_rows(const moe_block_q6_k 
                                      _mm512_set1_ps(a.ad[16 * b]), acc[i]);
         }
     }
+#pragma GCC unroll 4
     for (int i = 0; i < NP; i++) y[i * y_stride] = _mm512_reduce_add_ps(acc[i]);
 }
 
