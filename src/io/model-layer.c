@@ -135,54 +135,37 @@ static int trivial_gidx(const moe__mtensor *g, int32_t group) {
     return 1;
 }
 
-/* The g_idx tensors (NULL: absent) of one expert's gate, up and down, and
- * the names to give when gate and up disagree. */
-typedef struct gidx3 {
-    const moe__mtensor *g, *u, *d;
-    const char         *gname, *uname;
-} gidx3;
-
-/* Act-order tables of n experts (x[i]: expert i) in the experts options'
- * layout: (n, H) for W13, (n, I) for W2, an absent g_idx written as
- * k / group. Gate and up quantize the same input and are fused into one
- * matrix, so they must share g_idx. A projection whose every g_idx is
- * trivial runs without one: *t13 / *t2 stay NULL. */
-static moe_status gidx_tables(moe_model_layer *ml, const gidx3 *x, int32_t n, int32_t group,
-                              int64_t H, int64_t I, int32_t **t13, int32_t **t2, char *err,
-                              size_t errlen) {
-    int act13 = 0, act2 = 0;
-    for (int32_t i = 0; i < n; i++) {
-        if (!x[i].g != !x[i].u || (x[i].g && memcmp(x[i].g->data, x[i].u->data, x[i].g->nbytes)))
-            return moe__errf(err, errlen, MOE_ERR_UNSUPPORTED, "tensors %s and %s: gate and up "
-                             "have different g_idx (act order); libmoe fuses them into one "
-                             "matrix", x[i].gname, x[i].uname);
-        act13 |= !trivial_gidx(x[i].g, group);
-        act2 |= !trivial_gidx(x[i].d, group);
-    }
-    *t13 = act13 ? own(ml, (size_t)n * (size_t)H * 4) : NULL;
-    *t2 = act2 ? own(ml, (size_t)n * (size_t)I * 4) : NULL;
-    if ((act13 && !*t13) || (act2 && !*t2))
-        return moe__errf(err, errlen, MOE_ERR_NOMEM, "out of memory");
-    for (int32_t i = 0; i < n; i++) {
-        for (int64_t k = 0; act13 && k < H; k++) {
-            int32_t v = (int32_t)(k / group);
-            if (x[i].g) memcpy(&v, x[i].g->data + 4 * k, 4);
-            (*t13)[(size_t)i * (size_t)H + (size_t)k] = v;
-        }
-        for (int64_t k = 0; act2 && k < I; k++) {
-            int32_t v = (int32_t)(k / group);
-            if (x[i].d) memcpy(&v, x[i].d->data + 4 * k, 4);
-            (*t2)[(size_t)i * (size_t)I + (size_t)k] = v;
-        }
-    }
+/* Act order of one expert: gate and up quantize the same input and are
+ * fused into one matrix, so they must share g_idx (tensors named gname and
+ * uname in the message). Sets *act13 / *act2 when gate's / down's g_idx is
+ * not trivial: a projection whose every g_idx is trivial runs without one. */
+static moe_status gidx_check(const moe__mtensor *g, const moe__mtensor *u, const moe__mtensor *d,
+                             const char *gname, const char *uname, int32_t group, int *act13,
+                             int *act2, char *err, size_t errlen) {
+    if (!g != !u || (g && memcmp(g->data, u->data, g->nbytes)))
+        return moe__errf(err, errlen, MOE_ERR_UNSUPPORTED, "tensors %s and %s: gate and up have "
+                         "different g_idx (act order); libmoe fuses them into one matrix",
+                         gname, uname);
+    *act13 |= !trivial_gidx(g, group);
+    *act2 |= !trivial_gidx(d, group);
     return MOE_OK;
+}
+
+/* One expert's act-order table (K) in the experts options' layout: g_idx,
+ * or k / group where the projection has none. */
+static void gidx_put(int32_t *dst, const moe__mtensor *g, int64_t K, int32_t group) {
+    for (int64_t k = 0; k < K; k++) {
+        int32_t v = (int32_t)(k / group);
+        if (g) memcpy(&v, g->data + 4 * k, 4);
+        dst[k] = v;
+    }
 }
 
 /* GPTQ / AWQ weights of n experts (expert i = the checkpoint's sel[i]) into
  * eo, format f. W13 concatenates gate and up along the output dimension,
  * the fast (column) one of the quantizers' tables: each packed row, scale
  * row and (AWQ) zero row of gate is followed by the same row of up. W2 is
- * down's tables as they are; act order as gidx_tables says. GPTQ's qzeros
+ * down's tables as they are; act order as gidx_check says. GPTQ's qzeros
  * are not read: the format is symmetric (zero point 2^(bits-1)). */
 static moe_status build_quant(moe_model_layer *ml, const moe__mcfg *c, moe_format f,
                               const moe__qproj *gate, const moe__qproj *up,
@@ -195,6 +178,7 @@ static moe_status build_quant(moe_model_layer *ml, const moe__mcfg *c, moe_forma
     if ((s = tr->sizes(2 * I, H, c->quant_group, sf, &s13, err, errlen)) ||
         (s = tr->sizes(H, I, c->quant_group, sf, &s2, err, errlen)))
         return s;
+    int act13 = 0, act2 = 0;
     for (int32_t i = 0; i < n; i++) {
         const moe__qproj *g = &gate[sel[i]], *u = &up[sel[i]], *d = &down[sel[i]];
         const moe__mtensor *sc[3] = { g->s, u->s, d->s };
@@ -206,23 +190,19 @@ static moe_status build_quant(moe_model_layer *ml, const moe__mcfg *c, moe_forma
             return moe__errf(err, errlen, MOE_ERR_SHAPE, "tensor %s: %llu bytes, the format "
                              "needs %zu per projection", g->q->name,
                              (unsigned long long)g->q->nbytes, s13.data / 2);
+        if ((s = gidx_check(g->g, u->g, d->g, g->q->name, u->q->name, c->quant_group, &act13,
+                            &act2, err, errlen)))
+            return s;
     }
-    gidx3 *gx = moe__calloc((size_t)n, sizeof *gx);
-    if (!gx) return moe__errf(err, errlen, MOE_ERR_NOMEM, "out of memory");
-    for (int32_t i = 0; i < n; i++) {
-        const moe__qproj *g = &gate[sel[i]], *u = &up[sel[i]], *d = &down[sel[i]];
-        gx[i] = (gidx3){ g->g, u->g, d->g, g->q->name, u->q->name };
-    }
-    int32_t *g13, *g2;
-    s = gidx_tables(ml, gx, n, c->quant_group, H, I, &g13, &g2, err, errlen);
-    moe__free(gx);
-    if (s) return s;
     const int awq = f == MOE_FORMAT_INT4_AWQ;
     uint8_t *w13 = own(ml, (size_t)n * s13.data), *sc13 = own(ml, (size_t)n * s13.scales);
     uint8_t *w2 = own(ml, (size_t)n * s2.data), *sc2 = own(ml, (size_t)n * s2.scales);
     uint8_t *z13 = awq ? own(ml, (size_t)n * s13.zeros) : NULL;
     uint8_t *z2 = awq ? own(ml, (size_t)n * s2.zeros) : NULL;
-    if (!w13 || !sc13 || !w2 || !sc2 || (awq && (!z13 || !z2)))
+    int32_t *g13 = act13 ? own(ml, (size_t)n * (size_t)H * 4) : NULL;
+    int32_t *g2 = act2 ? own(ml, (size_t)n * (size_t)I * 4) : NULL;
+    if (!w13 || !sc13 || !w2 || !sc2 || (awq && (!z13 || !z2)) || (act13 && !g13) ||
+        (act2 && !g2))
         return moe__errf(err, errlen, MOE_ERR_NOMEM, "out of memory");
     for (int32_t i = 0; i < n; i++) {
         const moe__qproj *g = &gate[sel[i]], *u = &up[sel[i]], *d = &down[sel[i]];
@@ -234,6 +214,8 @@ static moe_status build_quant(moe_model_layer *ml, const moe__mcfg *c, moe_forma
             cat_rows(z13 + (size_t)i * s13.zeros, g->z, u->z, 4);
             memcpy(z2 + (size_t)i * s2.zeros, d->z->data, s2.zeros);
         }
+        if (g13) gidx_put(g13 + (size_t)i * (size_t)H, g->g, H, c->quant_group);
+        if (g2) gidx_put(g2 + (size_t)i * (size_t)I, d->g, I, c->quant_group);
     }
     eo->format = f;
     eo->group_size = c->quant_group;
@@ -299,7 +281,7 @@ static void ct_to_gptq(const moe__sproj *p, int64_t N, int64_t K, int64_t per, i
  *   FP8_CHANNEL  data and row scales (as f32) concatenated;
  *   INT*_GPTQ    compressed-tensors pack-quantized repacked into GPTQ's
  *                transposed tables (ct_to_gptq), scales in their own type;
- *                weight_g_idx (actorder group) as gidx_tables says.
+ *                weight_g_idx (actorder group) as gidx_check says.
  * Block and row scales are checked per tensor with the format's own check. */
 static moe_status build_scaled(moe_model_layer *ml, const moe__mcfg *c, moe_format f,
                                const moe__sproj *gate, const moe__sproj *up,
@@ -330,18 +312,17 @@ static moe_status build_scaled(moe_model_layer *ml, const moe__mcfg *c, moe_form
     if (!w13 || !w2 || !sc13 || !sc2 || (f == MOE_FORMAT_NVFP4 && (!g13 || !g2)) ||
         (f == MOE_FORMAT_FP8_TENSOR && gate[sel[0]].in && (!in13 || !in2)))
         return moe__errf(err, errlen, MOE_ERR_NOMEM, "out of memory");
-    int32_t *x13 = NULL, *x2 = NULL; /* act-order tables */
-    if (gptq && c->quant_gidx) {
-        gidx3 *gx = moe__calloc((size_t)n, sizeof *gx);
-        if (!gx) return moe__errf(err, errlen, MOE_ERR_NOMEM, "out of memory");
-        for (int32_t i = 0; i < n; i++) {
-            const moe__sproj *g = &gate[sel[i]], *u = &up[sel[i]], *d = &down[sel[i]];
-            gx[i] = (gidx3){ g->g, u->g, d->g, g->w->name, u->w->name };
-        }
-        s = gidx_tables(ml, gx, n, c->quant_group, H, I, &x13, &x2, err, errlen);
-        moe__free(gx);
-        if (s) return s;
+    int act13 = 0, act2 = 0; /* act order (absent tensors are trivial) */
+    for (int32_t i = 0; gptq && i < n; i++) {
+        const moe__sproj *g = &gate[sel[i]], *u = &up[sel[i]], *d = &down[sel[i]];
+        if ((s = gidx_check(g->g, u->g, d->g, g->w->name, u->w->name, c->quant_group, &act13,
+                            &act2, err, errlen)))
+            return s;
     }
+    int32_t *x13 = act13 ? own(ml, (size_t)n * (size_t)H * 4) : NULL;
+    int32_t *x2 = act2 ? own(ml, (size_t)n * (size_t)I * 4) : NULL;
+    if ((act13 && !x13) || (act2 && !x2))
+        return moe__errf(err, errlen, MOE_ERR_NOMEM, "out of memory");
     const size_t half = s13.data / 2, shalf = s13.scales / 2;
     for (int32_t i = 0; i < n; i++) {
         const moe__sproj *g = &gate[sel[i]], *u = &up[sel[i]], *d = &down[sel[i]];
@@ -357,6 +338,8 @@ static moe_status build_scaled(moe_model_layer *ml, const moe__mcfg *c, moe_form
             ct_to_gptq(g, I, H, per, c->quant_group, 2 * I, 0, d13, t13);
             ct_to_gptq(u, I, H, per, c->quant_group, 2 * I, I, d13, t13);
             ct_to_gptq(d, H, I, per, c->quant_group, H, 0, d2, t2);
+            if (x13) gidx_put(x13 + (size_t)i * (size_t)H, g->g, H, c->quant_group);
+            if (x2) gidx_put(x2 + (size_t)i * (size_t)I, d->g, I, c->quant_group);
             /* the scale check reads only the scales: run it on the repacked tables */
             char what[160];
             snprintf(what, sizeof what, "tensors %s / %s", g->s->name, u->s->name);
