@@ -1,11 +1,12 @@
 /*
  * test-io-quant-ckpt.c - quantized Hugging Face checkpoints as ModelOpt
  * (NVFP4, FP8, FP8 per channel) and compressed-tensors (fp8 channel / tensor,
- * pack-quantized int4 / int8, int4 with act-order groups) export them: tests/python/gen_quant_ckpt.py packs tiny 2-layer
- * checkpoints in NumPy and computes each MoE layer's output in float64 from
- * the weights as it dequantizes them; here the checkpoint is opened, each
- * listed layer is checked to bind to the expected format, built, run on the
- * reference and CPU backends and compared within the MANIFEST's NMSE bound
+ * pack-quantized int4 / int8, int4 with act-order groups) export them:
+ * tests/python/gen_quant_ckpt.py packs tiny 2-layer checkpoints in NumPy and
+ * computes each MoE layer's output in float64 from the weights as it
+ * dequantizes them; here the checkpoint is opened, each listed layer is
+ * checked to bind to the expected format, built, run on the reference and
+ * CPU backends and compared within the MANIFEST's NMSE bound
  * (layers a checkpoint excludes from quantization load in their own type).
  * The bad_* checkpoints must fail with a precise status and a message naming
  * the offending tensor or setting.

@@ -180,7 +180,7 @@ void moe__pool_run(moe__pool *p, int64_t n_tasks, moe__task_fn fn, void *arg) {
      * is closed first, so that claim fails. No worker reads the fields
      * until it claims a task of the new run. */
     const uint64_t old = atomic_load(&p->ticket);
-    atomic_store(&p->ticket, (old & ~RUN_CLOSED) | RUN_CLOSED);
+    atomic_store(&p->ticket, old | RUN_CLOSED);
     p->fn  = fn;
     p->arg = arg;
     atomic_store(&p->done, 0);

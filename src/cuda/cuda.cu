@@ -16,10 +16,11 @@
  * 4, 5 and 6 are launched as programmatic dependents (PDL): each may start
  * while its predecessor drains; W2 streams its first weight stages before it
  * waits (grouped-gemm.cuh). The one-launch decode prologue is one too when 2
- * ran: it routes while x is quantized and waits for that at its end. Shared experts (4-5 on one expert whose rows are
- * all tokens) run on the main stream before the routed ones, or with
- * MOE_SHARED_OVERLAPPED / IN_COMBINE on the aux stream between a fork event
- * (after 3) and a join event (before 6).
+ * ran: it routes while x is quantized and waits for that at its end. Shared
+ * experts (4-5 on one expert whose rows are all tokens) run on the main
+ * stream before the routed ones, or with MOE_SHARED_OVERLAPPED / IN_COMBINE
+ * on the aux stream between a fork event (after 3) and a join event (before
+ * 6).
  *
  * The regime is chosen from n_tokens alone: BM = 16 or 32 rows per tile
  * (decode: each touched weight row streamed once) when an expert gets up to
