@@ -29,7 +29,7 @@ TEST(cuda_ep) { TEST_SKIP("built without CUDA"); }
 #else
 
 #include "../src/ep/ep.h"
-#include "../src/cuda/cuda.h"
+#include "../src/cuda/entry.h"
 
 #include <cuda_runtime_api.h>
 #include <errno.h>

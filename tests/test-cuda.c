@@ -22,7 +22,7 @@ TEST(cuda_backend) { TEST_SKIP("built without CUDA"); }
 #else
 
 #include "internal.h"
-#include "../src/cuda/cuda.h"
+#include "../src/cuda/entry.h"
 
 #include <cuda_runtime_api.h>
 

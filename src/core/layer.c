@@ -18,7 +18,7 @@
 #include <string.h>
 
 #ifdef MOE_HAVE_CUDA
-#include "../cuda/cuda.h"
+#include "../cuda/entry.h"
 #define LAYER_CUDA 1
 #endif
 

@@ -36,6 +36,10 @@ typedef struct cuda_experts {
     int32_t *map;                 /* (n_global) or NULL (identity)                     */
     float   *gate;                /* shared experts' gate (H) or NULL                  */
     void    *block;
+    /* TMA maps of w13 and w2 for the wgmma tiles (moe__gemm_args.w_map),
+     * kept as bytes: CUtensorMap is 64-byte aligned, this struct is not */
+    int      tma;                 /* 1: both made                                      */
+    unsigned char tm13[sizeof(CUtensorMap)], tm2[sizeof(CUtensorMap)];
 } cuda_experts;
 
 /* Host staging (pinned) and device tables of a layer over a device

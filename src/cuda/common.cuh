@@ -13,6 +13,7 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_fp8.h>
+#include <cuda.h> /* CUtensorMap (a type only: the driver call goes through an entry point) */
 #include <cuda_runtime.h>
 #include <stdint.h>
 
@@ -220,7 +221,8 @@ typedef struct moe__gemm_args {
     int            act;           /* moe_activation (W13)                                 */
     float          alpha, limit;  /* SWIGLU_OAI                                           */
     int            BM;            /* tile rows: 16 (decode), 64 or 128                    */
-    int            wgmma;         /* 64/128-row tiles on wgmma (sm_90a device), else mma  */
+    int            wgmma;         /* wgmma + TMA tiles (sm_90a device, w_map made), else   
+                                   * mma.sync + cp.async                                  */
     /* A: rows of activations. gather: A row of layout row r is
      * row_slot[r] / a_div (tokens), else r. */
     const void    *a;             /* (a_rows, K) compute type                             */
@@ -253,6 +255,10 @@ typedef struct moe__gemm_args {
     int            grid_n;        /* set by the launcher: CTAs along N                  */
     int            pdl;           /* launch as a programmatic dependent of the previous
                                    * kernel in the stream (see grouped-gemm.cuh)         */
+    /* wgmma tiles: W's stages come by TMA through this map of W (tma.cuh;
+     * made at upload by cuda.cu): {K bytes, rows, halves, experts}, the
+     * halves of a gated W13 being its gate and up rows (N_out each). */
+    CUtensorMap    w_map;
 } moe__gemm_args;
 cudaError_t moe__grouped_gemm_bf16_cuda(const moe__gemm_args *g, cudaStream_t st);
 cudaError_t moe__grouped_gemm_fp8_cuda(const moe__gemm_args *g, cudaStream_t st);

@@ -29,8 +29,10 @@
  */
 #include "backend.cuh"
 
-#include "cuda.h"
+#include "entry.h"
+#include "tma.cuh"
 
+#include <cudaTypedefs.h> /* PFN_cuTensorMapEncodeTiled */
 #include <stdio.h>
 #include <string.h>
 
@@ -99,7 +101,36 @@ static void *place(char *block, size_t *off, size_t n) {
     return p;
 }
 
-static moe_status upload_experts(moe_routed_experts *e, const float *gate, char *err,
+/* The TMA map (tma.cuh) of a weight tensor w of n_experts x (halves x rows)
+ * rows of K esz-byte values, into out: {K bytes, rows, halves, experts},
+ * boxes of TMA_BOX_ROWS rows x 128 bytes in the 128-byte swizzle. False
+ * when the driver cannot make it (the tiles then run on mma.sync). */
+static bool make_weight_map(unsigned char *out, const void *w, int64_t n_experts, int64_t rows,
+                            int halves, int64_t K, int esz) {
+    void *fn = NULL;
+    cudaDriverEntryPointQueryResult q;
+    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000, cudaEnableDefault,
+                                         &q) != cudaSuccess ||
+        q != cudaDriverEntryPointSuccess || !fn || n_experts < 1) {
+        cudaGetLastError();
+        return false;
+    }
+    const cuuint64_t kb = (cuuint64_t)(K * esz);
+    const cuuint64_t dim[4] = { kb, (cuuint64_t)rows, (cuuint64_t)halves, (cuuint64_t)n_experts };
+    const cuuint64_t stride[3] = { kb, kb * rows, kb * rows * halves }; // bytes, dims 1..3
+    const cuuint32_t box[4] = { 128, TMA_BOX_ROWS, 1, 1 }, one[4] = { 1, 1, 1, 1 };
+    CUtensorMap m;
+    const CUresult r = ((PFN_cuTensorMapEncodeTiled_v12000)fn)(
+        &m, CU_TENSOR_MAP_DATA_TYPE_UINT8, 4, (void *)w, dim, stride, box, one,
+        CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+        CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+    memcpy(out, &m, sizeof m);
+    return r == CUDA_SUCCESS;
+}
+
+/* Uploads e's weights (and the shared experts' gate); with tma, makes the
+ * weights' TMA maps for the wgmma tiles. */
+static moe_status upload_experts(moe_routed_experts *e, const float *gate, bool tma, char *err,
                                  size_t errlen) {
     if (moe__cuda_experts_state(e)) return MOE_OK; // uploaded by an earlier layer
     int slot = -1;
@@ -163,6 +194,14 @@ static moe_status upload_experts(moe_routed_experts *e, const float *gate, char 
             return moe__errf(err, errlen, MOE_ERR_CUDA, "cuda: weight upload: %s",
                              cudaGetErrorString(ce));
         }
+    }
+    if (tma) {
+        const int  esz   = x->dtype == MOE_CUDA_FP8 ? 1 : 2;
+        const bool gated = o->activation == MOE_ACT_SILU || o->activation == MOE_ACT_GELU ||
+                           o->activation == MOE_ACT_GELU_TANH; // gate and up halves
+        x->tma = make_weight_map(x->tm13, x->w13, (int64_t)E, gated ? x->I : x->n13,
+                                 gated ? 2 : 1, x->H, esz) &&
+                 make_weight_map(x->tm2, x->w2, (int64_t)E, x->H, 1, x->I, esz);
     }
     e->impl_state[slot] = x;
     e->impl_free[slot]  = cuda_experts_free;
@@ -362,8 +401,9 @@ moe_status moe__cuda_layer_create(moe_layer *l, char *err, size_t errlen) {
     MOE_CUDA_TRY(moe__grouped_gemm_bf16_setup_cuda(), err, errlen);
     MOE_CUDA_TRY(moe__grouped_gemm_fp8_setup_cuda(), err, errlen);
     MOE_CUDA_TRY(moe__align_setup_cuda(l->opts.experts->opts.n_experts), err, errlen);
-    if ((st = upload_experts(l->opts.experts, NULL, err, errlen))) return st;
-    if (sh && (st = upload_experts(sh->mlp, sh->gate, err, errlen))) return st;
+    const bool tma = ((const cuda_ctx *)l->ctx->cuda)->wgmma;
+    if ((st = upload_experts(l->opts.experts, NULL, tma, err, errlen))) return st;
+    if (sh && (st = upload_experts(sh->mlp, sh->gate, tma, err, errlen))) return st;
     if ((st = upload_router(l, err, errlen))) return st;
     if (l->opts.parallel && (st = moe__cuda_ep_create(l, err, errlen))) return st;
     cuda_layer *cl = (cuda_layer *)l->cuda;
@@ -411,7 +451,7 @@ moe_status moe__cuda_run_experts(moe_layer *l, const cuda_experts *x, const moe_
     g.alpha = xo->swiglu_alpha != 0 ? xo->swiglu_alpha : 1.702f;
     g.limit = xo->swiglu_limit != 0 ? xo->swiglu_limit : 7.0f;
     g.BM = bm;
-    g.wgmma = ((const cuda_ctx *)l->ctx->cuda)->wgmma;
+    g.wgmma = ((const cuda_ctx *)l->ctx->cuda)->wgmma && x->tma;
     g.pdl = pdl;
     g.expert_start = estart;
     g.tiles = tiles;
@@ -432,6 +472,7 @@ moe_status moe__cuda_run_experts(moe_layer *l, const cuda_experts *x, const moe_
     g.N_w = x->n13;
     g.K = x->H;
     g.N_out = x->I;
+    memcpy(&g.w_map, x->tm13, sizeof g.w_map);
     g.in_scale = in_scale;
     g.out = fp8 && !decode8 ? h1q : h1;
     g.out_scale = h1s;
@@ -458,6 +499,7 @@ moe_status moe__cuda_run_experts(moe_layer *l, const cuda_experts *x, const moe_
     g.N_w = x->H;
     g.K = x->I;
     g.N_out = x->H;
+    memcpy(&g.w_map, x->tm2, sizeof g.w_map);
     g.in_scale = NULL;
     g.rw = rw;
     g.out = y;

@@ -37,7 +37,7 @@
  */
 #include "backend.cuh"
 
-#include "cuda.h"
+#include "entry.h"
 
 #include <string.h>
 

@@ -27,13 +27,17 @@
  * along N) read the same swizzled stages through shared-memory descriptors;
  * the stages' base is then aligned to 1024 bytes (the swizzle is on address
  * bits). A wgmma decode tile (BM = 16 or 32) keeps 64 activation rows per
- * stage, those past BM zero, since wgmma's A operand has 64 rows.
+ * stage, those past BM zero, since wgmma's A operand has 64 rows. The wgmma
+ * tiles take their weight stages by TMA (tma.cuh): thread 0 issues BN / 32
+ * bulk copies a stage, which land in the same swizzled layout, and every
+ * thread waits on the stage's mbarrier; the activation side stays on
+ * cp.async (W13 gathers its rows by token).
  */
 #ifndef MOE_CUDA_GROUPED_GEMM_CUH
 #define MOE_CUDA_GROUPED_GEMM_CUH
 
 #include "common.cuh"
-#include "wgmma.cuh"
+#include "tma.cuh"
 
 // ---- device helpers
 
@@ -62,11 +66,12 @@ static __host__ __device__ constexpr size_t gemm_pipe_bytes() {
                : (size_t)BM * (BN + 4) * 4;
 }
 /* + fp8 scale stages (BM + BN floats each) + the row and column tables
- * (+ room to align the stages to 1024 bytes for wgmma). */
+ * (+ for wgmma: room to align the stages to 1024 bytes, and a TMA mbarrier
+ * per stage, 8-byte aligned). */
 template <int BM, int BN, int STAGES, bool WG>
 static __host__ __device__ constexpr size_t gemm_smem_bytes() {
     return gemm_pipe_bytes<BM, BN, STAGES, WG>() + (size_t)STAGES * (BM + BN) * 4 +
-           (size_t)(2 * BM + BN) * 4 + (WG ? 1024 : 0);
+           (size_t)(2 * BM + BN) * 4 + (WG ? 1024 + 8 + (size_t)STAGES * 8 : 0);
 }
 
 /* 4-byte async copy (scales); src_bytes = 0 fills zeros. */
@@ -84,13 +89,14 @@ static __device__ __forceinline__ void cp_async4(uint32_t dst, const void *src, 
 
 template <int DT, int BM, int BN, int WM, int WN, int STAGES, bool W13, bool WG>
 static __global__ void __launch_bounds__(WM *WN * 32)
-    grouped_gemm_kernel(const moe__gemm_args g) {
+    grouped_gemm_kernel(const __grid_constant__ moe__gemm_args g) {
     constexpr int NTHR = WM * WN * 32;
     constexpr int AM = gemm_a_rows<BM, WG>(); // activation rows per stage
     constexpr int TM = AM / WM, TN = BN / WN;
     constexpr int MT = TM / 16, NTL = TN / 8;
     constexpr int LDC = BN + 4;
     constexpr size_t PIPE = gemm_pipe_bytes<BM, BN, STAGES, WG>();
+    constexpr bool TMA = WG; // the weight stages by TMA (tma.cuh)
     static_assert(MT >= 1 && NTL % 2 == 0, "warp tile");
     static_assert(!WG || (TM == 16 && (TN == 128 || TN == 64 || TN == 32) && WM % 4 == 0),
                   "wgmma tile");
@@ -107,6 +113,8 @@ static __global__ void __launch_bounds__(WM *WN * 32)
     int   *a_src = (int *)(sAs + STAGES * (BM + BN)); // (BM) A row of each tile row, -1 = padding
     int   *b_src = a_src + BM;                  // (BN) weight row of each tile column, -1 = none
     int   *slot  = b_src + BN;                  // (BM) slot (row_slot) of each tile row
+    // wgmma: the stages' TMA mbarriers (STAGES), 8-byte aligned
+    const uint32_t bar0 = (smem_u32(slot + BM) + 7) & ~7u;
 
     /* Programmatic dependent launch (cuda.cu launches with it): W13 reads
      * its predecessors' outputs from the start, so it waits first; W2 only
@@ -169,6 +177,10 @@ static __global__ void __launch_bounds__(WM *WN * 32)
         }
         b_src[c] = ok ? (int)wr : -1;
     }
+    if (TMA && threadIdx.x == 0) {
+        for (int s = 0; s < STAGES; s++) mbar_init(bar0 + 8 * s, 1);
+        mbar_init_fence();
+    }
     __syncthreads();
 
     const int64_t esz    = DT == MOE_CUDA_FP8 ? 1 : 2;
@@ -180,13 +192,14 @@ static __global__ void __launch_bounds__(WM *WN * 32)
     const int64_t kblocks = (g.K + MOE_CUDA_QBLOCK - 1) / MOE_CUDA_QBLOCK;
     const int64_t nblk    = (g.N_w + MOE_CUDA_QBLOCK - 1) / MOE_CUDA_QBLOCK;
     /* Each thread copies CH fixed 16-byte columns (chunk ch of CH rows) of
-     * every stage, and for fp8 the scales of up to SA activation rows and SB
-     * weight columns: their addresses are computed once here (the fp8 tiles
-     * are bound by issued instructions: the index math of a scale, redone
-     * per stage, cost ~20 instructions a copy). A chunk without a source
-     * (padding row, past N, the K tail) copies zero bytes. */
+     * every stage (the activation rows, and the weight rows unless TMA
+     * brings them), and for fp8 the scales of up to SA activation rows and
+     * SB weight columns: their addresses are computed once here (the fp8
+     * tiles are bound by issued instructions: the index math of a scale,
+     * redone per stage, cost ~20 instructions a copy). A chunk without a
+     * source (padding row, past N, the K tail) copies zero bytes. */
     constexpr bool F8 = DT == MOE_CUDA_FP8;
-    constexpr int CH = (BM + BN) * 8 / NTHR, CA = BM * 8 / NTHR;
+    constexpr int CA = BM * 8 / NTHR, CH = CA + (TMA ? 0 : BN * 8 / NTHR);
     constexpr int SA = F8 ? (BM + NTHR - 1) / NTHR : 0, SB = F8 ? (BN + NTHR - 1) / NTHR : 0;
     static_assert((BM * 8) % NTHR == 0 && (BN * 8) % NTHR == 0, "chunk split");
     static_assert(SA + SB <= 32, "one validity bit per scale copy");
@@ -224,9 +237,23 @@ static __global__ void __launch_bounds__(WM *WN * 32)
     }
     /* One stage: operand chunks and fp8 scales, the weight side (B) and the
      * activation side (A) separately (W2 issues B before its PDL wait). The
-     * scale slots of a stage: BM activation rows, then BN weight columns. */
+     * scale slots of a stage: BM activation rows, then BN weight columns.
+     * wgmma: thread 0 brings B's rows by TMA, BN / TMA_BOX_ROWS boxes (a
+     * gated W13 tile: half from the gate half of the map, half from up). */
     auto load_side = [&](int kt, int st, bool isA) {
         const int64_t kb  = (int64_t)kt * 128;
+        if (TMA && !isA && threadIdx.x == 0) {
+            const uint32_t bar = bar0 + 8 * st, dst = smem_u32(sB + (size_t)st * BN * 128);
+            constexpr int BOXES = BN / TMA_BOX_ROWS;
+            static_assert(!TMA || BN % (2 * TMA_BOX_ROWS) == 0, "TMA boxes per gated half");
+            mbar_expect_bytes(bar, BN * 128);
+#pragma unroll
+            for (int b = 0; b < BOXES; b++) {
+                const int h = gated && b >= BOXES / 2;
+                const int r = (int)(inter ? 2 * n0 : n0) + (b - h * BOXES / 2) * TMA_BOX_ROWS;
+                tma_load_4d(dst + b * TMA_BOX_ROWS * 128, &g.w_map, bar, (int)kb, r, h, e);
+            }
+        }
         const bool    kok = kb + ch * 16 < kbytes;
 #pragma unroll
         for (int j = isA ? 0 : CA; j < (isA ? CA : CH); j++) {
@@ -303,6 +330,7 @@ static __global__ void __launch_bounds__(WM *WN * 32)
         cp_async_commit();
 
         const int st = kt % STAGES;
+        if (TMA) mbar_wait(bar0 + 8 * st, (uint32_t)(kt / STAGES) & 1); // B's bytes landed
         const uint32_t a_base = smem_u32(sA + (size_t)st * AM * 128);
         const uint32_t b_base = smem_u32(sB + (size_t)st * BN * 128);
         /* fp8: the tensor cores sum each 128-wide K block into part, which

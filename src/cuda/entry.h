@@ -1,5 +1,5 @@
 /*
- * cuda.h - the CUDA backend's entry points, called by src/core/layer.c when a
+ * entry.h - the CUDA backend's entry points, called by src/core/layer.c when a
  * layer's backend is MOE_BACKEND_CUDA (C linkage; includable from C).
  *
  * Pointers given to the forward (x, logits, topk_ids, topk_w, out, ws) are
