@@ -138,17 +138,18 @@ static __host__ __device__ inline bool align_fits_warp(int64_t n_slots, int64_t 
  * lane j holds slot j; its row is the number of slots before it in
  * (expert, slot) order, found by comparing with every other lane's expert
  * through shuffles; expert starts are a shared-memory histogram (sm:
- * n_local ints) and a warp scan. A 1-token step thus groups in a few
+ * n_local ints) and a warp scan. id: the expert of the lane's slot (lanes
+ * from n_slots on: ignored). A 1-token step thus groups in a few
  * hundred instructions instead of the block version's ~2.5k of scans and
  * barriers (ncu: one warp's 15 us latency chain). Rows of an expert are in
  * slot order here and in atomic order there: results do not depend on it
  * (rows are independent, written back at their slot). */
-static __device__ void align_one_warp(const int32_t *ids, int n_slots, const int32_t *map,
+static __device__ void align_one_warp(int32_t id, int n_slots, const int32_t *map,
                                       int32_t n_global, int32_t n_local,
                                       const moe__align_out &o, int *sm) {
     const unsigned all = 0xffffffffu;
     const int lane = threadIdx.x & 31;
-    const int loc  = lane < n_slots ? local_of(ids[lane], map, n_global, n_local) : -1;
+    const int loc  = lane < n_slots ? local_of(id, map, n_global, n_local) : -1;
     int row = 0, same_before = 0;
 #pragma unroll 1
     for (int i = 0; i < n_slots; i++) {

@@ -63,6 +63,38 @@ static __device__ __forceinline__ float slot_sum(const float *w, int n) {
 
 static __device__ __forceinline__ float sigmoid_f(float x) { return 1.0f / (1.0f + expf(-x)); }
 
+/* Calls f(e, a[e], b[e]) for this lane's entries e = lane, lane + 32, ...
+ * below n, in that order, with up to 8 entries' loads of a and b (NULL:
+ * nothing to load, 0) issued before any call: the calls store to shared
+ * memory, which the compiler would otherwise order before the next load. */
+template <class F>
+static __device__ __forceinline__ void lane_entries(const float *a, const float *b, int n, F f) {
+    for (int e0 = threadIdx.x & 31; e0 < n; e0 += 8 * 32) {
+        float va[8], vb[8];
+#pragma unroll
+        for (int j = 0; j < 8; j++) {
+            const int e = e0 + 32 * j;
+            va[j] = a && e < n ? a[e] : 0.0f;
+            vb[j] = b && e < n ? b[e] : 0.0f;
+        }
+#pragma unroll
+        for (int j = 0; j < 8; j++)
+            if (e0 + 32 * j < n) f(e0 + 32 * j, va[j], vb[j]);
+    }
+}
+
+/* Shared memory floats one routing warp needs: key, score, group scores,
+ * selected ids and weights. */
+static __host__ __device__ inline size_t route_warp_floats(const moe_router_options *o) {
+    return (size_t)(2 * o->n_experts + (o->n_group > 1 ? o->n_group : 0) + 2 * o->top_k);
+}
+
+/* Where a routing warp with scratch at key leaves its selected ids (k). */
+static __device__ __forceinline__ int32_t *route_warp_ids(const moe_router_options *o,
+                                                          float *key) {
+    return (int32_t *)(key + 2 * o->n_experts + (o->n_group > 1 ? o->n_group : 0));
+}
+
 /* Routes one token: l (E) logits; key, score (E) and gsc (n_group + 2 k)
  * are the warp's shared-memory scratch; writes id, wt (k). Called by a whole
  * warp. */
@@ -73,21 +105,24 @@ static __device__ void route_token_warp(const moe_router_options &o, const float
     const int  ng = o.n_group > 1 ? o.n_group : 0;
     const bool raw_keys = o.scoring == MOE_SCORING_SOFTMAX_TOPK || o.scoring == MOE_SCORING_LLAMA4;
 
+    /* Every read of the logits and the bias goes through lane_entries, so
+     * that a lane's loads are in flight together: the logits are a cold
+     * read, and loads in a loop that stores to shared memory wait for each
+     * other (ncu, deepseek-v3 at T = 1: 10 of the prologue's 17 us). */
+    const float *kb = bias && !raw_keys ? bias : nullptr; // the bias the keys add
     if (o.scoring == MOE_SCORING_SOFTMAX) {
         float m = -INFINITY, n_inf = 0.0f;
-        // the one cold read of the logits: unrolled so that its loads overlap
-#pragma unroll 4
-        for (int e = lane; e < E; e += 32) {
-            float v = l[e];
+        lane_entries(l, nullptr, E, [&](int e, float v, float) {
             if (v == INFINITY) n_inf += 1.0f;
             if (v > m) m = v;
-        }
+            key[e] = v; // staged for the passes below
+        });
         m = warp_max(m);
         n_inf = warp_sum(n_inf);
         float sum = 0.0f;
 #pragma unroll 4
         for (int e = lane; e < E; e += 32) {
-            float v = l[e], p;
+            float v = key[e], p;
             if (n_inf > 0.0f) p = v == INFINITY ? 1.0f / n_inf : 0.0f;
             else if (m == -INFINITY || v != v || v == -INFINITY) p = 0.0f;
             else p = expf(v - m);
@@ -95,39 +130,51 @@ static __device__ void route_token_warp(const moe_router_options &o, const float
             sum += p;
         }
         sum = warp_sum(sum);
-        if (n_inf == 0.0f && m != -INFINITY)
-#pragma unroll 4
-            for (int e = lane; e < E; e += 32) score[e] /= sum;
-    } else if (o.scoring == MOE_SCORING_SIGMOID) {
-#pragma unroll 4
-        for (int e = lane; e < E; e += 32) {
-            float v = l[e];
-            score[e] = v != v ? 0.0f : sigmoid_f(v);
-        }
-    }
-    __syncwarp();
-#pragma unroll 4
-    for (int e = lane; e < E; e += 32) {
-        float v = l[e];
-        if (v != v || v == -INFINITY) key[e] = -INFINITY;
-        else if (raw_keys) key[e] = v;
-        else key[e] = bias ? score[e] + bias[e] : score[e];
+        const bool norm = n_inf == 0.0f && m != -INFINITY;
+        lane_entries(kb, nullptr, E, [&](int e, float b, float) {
+            const float v = key[e];
+            if (norm) score[e] /= sum;
+            key[e] = v != v || v == -INFINITY ? -INFINITY : kb ? score[e] + b : score[e];
+        });
+    } else {
+        const bool sig = o.scoring == MOE_SCORING_SIGMOID;
+        lane_entries(l, kb, E, [&](int e, float v, float b) {
+            float s = 0.0f;
+            if (sig) score[e] = s = v != v ? 0.0f : sigmoid_f(v);
+            key[e] = v != v || v == -INFINITY ? -INFINITY : raw_keys ? v : kb ? s + b : s;
+        });
     }
     __syncwarp();
 
     if (ng) {
-        // group scores as grouped.c: best, or best + second with a bias
+        /* group scores as grouped.c: best, or best + second with a bias.
+         * L lanes per group (32 / ng rounded down to a power of two) each
+         * take the group's best two of every L-th key, then merge them
+         * (the best two of a union: the larger best, and the larger of the
+         * smaller best and both seconds; the same values as one scan). */
         const int m = E / ng;
+        int L = 1;
+        while (2 * L * ng <= 32) L *= 2;
 #pragma unroll 1
-        for (int gi = lane; gi < ng; gi += 32) {
-            const float *kk = key + gi * m;
-            float best = kk[0], second = -INFINITY;
+        for (int g0 = 0; g0 < ng; g0 += 32 / L) {
+            const int gi = g0 + lane / L;
+            float best = -INFINITY, second = -INFINITY;
+            if (gi < ng) {
 #pragma unroll 8
-            for (int i = 1; i < m; i++) {
-                if (kk[i] > best) { second = best; best = kk[i]; }
-                else if (kk[i] > second) second = kk[i];
+                for (int i = lane % L; i < m; i += L) {
+                    const float v = key[gi * m + i];
+                    if (v > best) { second = best; best = v; }
+                    else if (v > second) second = v;
+                }
             }
-            gsc[gi] = (bias == nullptr || m == 1) ? best : best + second;
+            for (int d = L / 2; d > 0; d /= 2) {
+                const float ob = __shfl_xor_sync(0xffffffffu, best, d);
+                const float os = __shfl_xor_sync(0xffffffffu, second, d);
+                second = fmaxf(fminf(best, ob), fmaxf(second, os));
+                best = fmaxf(best, ob);
+            }
+            if (gi < ng && lane % L == 0)
+                gsc[gi] = (bias == nullptr || m == 1) ? best : best + second;
         }
         __syncwarp();
         // keep topk_group groups (taken groups marked NaN in gsc: kept)
@@ -153,7 +200,7 @@ static __device__ void route_token_warp(const moe_router_options &o, const float
     /* The selection and its weights stay in shared memory (sid, swt: k
      * each, after the group scores) until the final coalesced store: the
      * weight math never waits on global memory. */
-    int32_t *sid = (int32_t *)(gsc + ng);
+    int32_t *sid = route_warp_ids(&o, key);
     float   *swt = (float *)(sid + k);
     /* k rounds of a warp argmax over each lane's best remaining entry; lane
      * l owns entries e = l (mod 32), so only the round's winner touches
@@ -233,12 +280,6 @@ static __device__ void route_token_warp(const moe_router_options &o, const float
         wt[j] = swt[j];
     }
     __syncwarp();
-}
-
-/* Shared memory floats one routing warp needs: key, score, group scores,
- * selected ids and weights. */
-static __host__ __device__ inline size_t route_warp_floats(const moe_router_options *o) {
-    return (size_t)(2 * o->n_experts + (o->n_group > 1 ? o->n_group : 0) + 2 * o->top_k);
 }
 
 #endif /* MOE_CUDA_ROUTE_CUH */
