@@ -480,6 +480,10 @@ TEST(cuda_layer_fp8_block) {
         { 77, 320, 128, 6, 2, FP8, F32, MOE_ACT_RELU2, 0, 0, 0, 0, 0, 0, 0 },
         { 64, 256, 128, 8, 2, FP8, F32, MOE_ACT_SILU, 0, 0, 0, 256, 1, 0,
           MOE_SHARED_OVERLAPPED },
+        /* decode grids of at least 4 CTAs per SM of a 132-SM card: the wide
+         * (BN 128) decode tiles, 16 and 32 rows */
+        { 16, 1024, 512, 64, 8, FP8, F32, MOE_ACT_SILU, 0, 0, 0, 0, 0, 0, 0 },
+        { 48, 1536, 768, 32, 8, FP8, BF16, MOE_ACT_SILU, 0, 0, 0, 0, 0, 0, 0 },
     };
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++)
         layer_check(&cases[i], 500 + i, i == 5);

@@ -22,6 +22,7 @@ typedef struct cuda_ctx {
     int          own_main;
     cudaEvent_t  fork, join;
     int          wgmma;   /* compute capability 9.0: the build's sm_90a kernels run */
+    int          n_sm;    /* multiprocessors (the fp8 decode tile width)             */
 } cuda_ctx;
 
 /* One experts object on the device (routed experts, or the one expert of

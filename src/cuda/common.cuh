@@ -253,6 +253,7 @@ typedef struct moe__gemm_args {
     float         *out_scale;
     int            out_f32;       /* fp8 W13: store f32 rows (decode, quantized after)  */
     int            grid_n;        /* set by the launcher: CTAs along N                  */
+    int            n_sm;          /* the device's multiprocessors                       */
     int            pdl;           /* launch as a programmatic dependent of the previous
                                    * kernel in the stream (see grouped-gemm.cuh)         */
     /* wgmma tiles: W's stages come by TMA through this map of W (tma.cuh;

@@ -221,6 +221,8 @@ static moe_status make_ctx(moe_context *c, char *err, size_t errlen) {
                  err, errlen);
     MOE_CUDA_TRY(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, x->device),
                  err, errlen);
+    MOE_CUDA_TRY(cudaDeviceGetAttribute(&x->n_sm, cudaDevAttrMultiProcessorCount, x->device),
+                 err, errlen);
 #ifndef MOE_CUDA_NO_WGMMA
     x->wgmma = major == 9 && minor == 0;
 #endif
@@ -452,6 +454,7 @@ moe_status moe__cuda_run_experts(moe_layer *l, const cuda_experts *x, const moe_
     g.limit = xo->swiglu_limit != 0 ? xo->swiglu_limit : 7.0f;
     g.BM = bm;
     g.wgmma = ((const cuda_ctx *)l->ctx->cuda)->wgmma && x->tma;
+    g.n_sm  = ((const cuda_ctx *)l->ctx->cuda)->n_sm;
     g.pdl = pdl;
     g.expert_start = estart;
     g.tiles = tiles;

@@ -41,9 +41,10 @@ static __global__ void __launch_bounds__(PRO_THREADS)
          * memory, which it has just been written to. */
         const int s = threadIdx.x & 31, n_slots = (int)(a.T * k);
         int32_t id = -1;
-        if (warp == 0 && s < n_slots)
-            id = a.route ? route_warp_ids(&a.o, psm + (size_t)(s / k) * route_warp_floats(&a.o))[s % k]
-                         : a.ids[s];
+        if (warp == 0 && s < n_slots) {
+            float *scratch = psm + (size_t)(s / k) * route_warp_floats(&a.o);
+            id = a.route ? route_warp_ids(&a.o, scratch)[s % k] : a.ids[s];
+        }
         if (warp == 0) align_one_warp(id, n_slots, a.map, a.n_global, a.n_local, a.ao, (int *)psm);
     } else {
         align_one_block(a.ids, a.T * k, a.map, a.n_global, a.n_local, a.BM, a.max_tiles, a.ao,

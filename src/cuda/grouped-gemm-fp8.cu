@@ -25,8 +25,10 @@
  *
  *   BM = 16 decode:  BN = 64, one warpgroup of m64n64 steps on the 16 activation rows
  *                    padded to 64 with zero rows (the tile streams weights; the tensor
- *                    cores idle either way), 3 stages (BN 32 / 128, 2 / 4 stages were
- *                    slower: bench/results/2026-11-29-h200-cuda-fp8-wgmma.md)
+ *                    cores idle either way), 3 stages; BN = 128 with 2 stages (weights
+ *                    by TMA) once that grid gives every SM four CTAs: 2-7% faster from
+ *                    8 tokens on, 7-9% slower at 1 token, where its few CTAs leave SMs
+ *                    idle (bench/results/2026-11-29-h200-cuda-tma.md)
  *   BM = 32 decode:  the same on 32 rows (busier experts: one tile for 17..32 rows)
  *   BM = 64 prefill: warpgroups of m64n128 steps: W13 gated BN = 256 on two, 4 stages;
  *                    W2 and RELU2 BN = 128 on one, 4 stages
@@ -37,32 +39,33 @@
 
 // ---- launchers
 
+/* Every tile configuration, once; gemm8_launch picks one by index. */
+using fp8_tiles = gemm_tiles<gemm_tile<FP8, 16, 32, 1, 2, 2, false>,             // 0 decode
+                             gemm_tile<FP8, 32, 32, 2, 2, 2, false>,             // 1 decode 32
+                             gemm_tile<FP8, 64, 128, 2, 4, 4, false>,            // 2 W2, RELU2
+                             gemm_tile<FP8, 64, 256, 2, 4, 3, false, GEMM_W13>,  // 3 gated W13
+                             gemm_tile<FP8, 16, 64, 4, 1, 3, true>,              // 4 wgmma decode
+                             gemm_tile<FP8, 32, 64, 4, 1, 3, true>,              // 5 decode 32
+                             gemm_tile<FP8, 16, 128, 4, 1, 2, true>,             // 6 wide decode
+                             gemm_tile<FP8, 32, 128, 4, 1, 2, true>,             // 7 wide 32
+                             gemm_tile<FP8, 64, 128, 4, 1, 4, true>,             // 8 W2, RELU2
+                             gemm_tile<FP8, 64, 256, 4, 2, 4, true, GEMM_W13>>;  // 9 gated W13
+
 static cudaError_t gemm8_launch(const moe__gemm_args *g, cudaStream_t st) {
-    const bool relu2 = g->act == MOE_ACT_RELU2;
-    switch (g->BM) {
-    case 16:
-        if (g->wgmma)
-            return g->w13 ? gemm_launch<FP8, 16, 64, 4, 1, 3, true, true>(g, st)
-                          : gemm_launch<FP8, 16, 64, 4, 1, 3, false, true>(g, st);
-        return g->w13 ? gemm_launch<FP8, 16, 32, 1, 2, 2, true>(g, st)
-                      : gemm_launch<FP8, 16, 32, 1, 2, 2, false>(g, st);
-    case 32:
-        if (g->wgmma)
-            return g->w13 ? gemm_launch<FP8, 32, 64, 4, 1, 3, true, true>(g, st)
-                          : gemm_launch<FP8, 32, 64, 4, 1, 3, false, true>(g, st);
-        return g->w13 ? gemm_launch<FP8, 32, 32, 2, 2, 2, true>(g, st)
-                      : gemm_launch<FP8, 32, 32, 2, 2, 2, false>(g, st);
-    case 64:
-        if (g->wgmma) {
-            if (!g->w13) return gemm_launch<FP8, 64, 128, 4, 1, 4, false, true>(g, st);
-            return relu2 ? gemm_launch<FP8, 64, 128, 4, 1, 4, true, true>(g, st)
-                         : gemm_launch<FP8, 64, 256, 4, 2, 4, true, true>(g, st);
-        }
-        if (!g->w13) return gemm_launch<FP8, 64, 128, 2, 4, 4, false>(g, st);
-        return relu2 ? gemm_launch<FP8, 64, 128, 2, 4, 4, true>(g, st)
-                     : gemm_launch<FP8, 64, 256, 2, 4, 3, true>(g, st);
-    default: return cudaErrorInvalidValue;
-    }
+    using L = fp8_tiles;
+    const bool one_wg = !g->w13 || g->act == MOE_ACT_RELU2; // a 128-wide prefill tile
+    if (g->BM == 64)
+        return g->wgmma ? (one_wg ? L::launch<8>(g, st) : L::launch<9>(g, st))
+                        : (one_wg ? L::launch<2>(g, st) : L::launch<3>(g, st));
+    if (g->BM != 16 && g->BM != 32) return cudaErrorInvalidValue;
+    const bool b16 = g->BM == 16;
+    if (!g->wgmma) return b16 ? L::launch<0>(g, st) : L::launch<1>(g, st);
+    /* Wide decode tiles once they give every SM four CTAs (counting the
+     * table's every tile; those past the real count end at once). */
+    const int64_t wide_ctas = g->max_tiles * ((g->N_out + gemm_out_cols(g->act, g->w13, 128) - 1) /
+                                              gemm_out_cols(g->act, g->w13, 128));
+    if (wide_ctas >= 4 * (int64_t)g->n_sm) return b16 ? L::launch<6>(g, st) : L::launch<7>(g, st);
+    return b16 ? L::launch<4>(g, st) : L::launch<5>(g, st);
 }
 
 // ---- backend entry
@@ -72,20 +75,4 @@ cudaError_t moe__grouped_gemm_fp8_cuda(const moe__gemm_args *g, cudaStream_t st)
     return gemm8_launch(g, st);
 }
 
-cudaError_t moe__grouped_gemm_fp8_setup_cuda(void) {
-    cudaError_t e;
-    if ((e = gemm_setup<FP8, 16, 32, 1, 2, 2, false>()) != cudaSuccess) return e;
-    if ((e = gemm_setup<FP8, 16, 32, 1, 2, 2, true>()) != cudaSuccess) return e;
-    if ((e = gemm_setup<FP8, 32, 32, 2, 2, 2, false>()) != cudaSuccess) return e;
-    if ((e = gemm_setup<FP8, 32, 32, 2, 2, 2, true>()) != cudaSuccess) return e;
-    if ((e = gemm_setup<FP8, 32, 64, 4, 1, 3, false, true>()) != cudaSuccess) return e;
-    if ((e = gemm_setup<FP8, 32, 64, 4, 1, 3, true, true>()) != cudaSuccess) return e;
-    if ((e = gemm_setup<FP8, 64, 128, 2, 4, 4, false>()) != cudaSuccess) return e;
-    if ((e = gemm_setup<FP8, 64, 128, 2, 4, 4, true>()) != cudaSuccess) return e;
-    if ((e = gemm_setup<FP8, 64, 256, 2, 4, 3, true>()) != cudaSuccess) return e;
-    if ((e = gemm_setup<FP8, 16, 64, 4, 1, 3, false, true>()) != cudaSuccess) return e;
-    if ((e = gemm_setup<FP8, 16, 64, 4, 1, 3, true, true>()) != cudaSuccess) return e;
-    if ((e = gemm_setup<FP8, 64, 128, 4, 1, 4, false, true>()) != cudaSuccess) return e;
-    if ((e = gemm_setup<FP8, 64, 128, 4, 1, 4, true, true>()) != cudaSuccess) return e;
-    return gemm_setup<FP8, 64, 256, 4, 2, 4, true, true>();
-}
+cudaError_t moe__grouped_gemm_fp8_setup_cuda(void) { return fp8_tiles::setup(); }

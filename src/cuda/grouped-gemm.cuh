@@ -39,6 +39,8 @@
 #include "common.cuh"
 #include "tma.cuh"
 
+#include <tuple>
+
 // ---- device helpers
 
 static __device__ __forceinline__ bool act_is_gated(int act) {
@@ -578,5 +580,43 @@ static cudaError_t gemm_launch(const moe__gemm_args *g, cudaStream_t st) {
         cudaLaunchKernelEx(&cfg, grouped_gemm_kernel<DT, BM, BN, WM, WN, STAGES, W13, WG>, a);
     return e != cudaSuccess ? e : cudaGetLastError();
 }
+
+/* One tile configuration, named once: the kernels of its roles (bit 0:
+ * W13, bit 1: W2), their shared-memory limits raised by setup(). */
+#define GEMM_W13  1
+#define GEMM_W2   2
+#define GEMM_BOTH 3
+template <int DT, int BM, int BN, int WM, int WN, int STAGES, bool WG, int ROLES = GEMM_BOTH>
+struct gemm_tile {
+    static cudaError_t setup() {
+        cudaError_t e = cudaSuccess;
+        if constexpr ((ROLES & GEMM_W13) != 0)
+            e = gemm_setup<DT, BM, BN, WM, WN, STAGES, true, WG>();
+        if constexpr ((ROLES & GEMM_W2) != 0)
+            if (e == cudaSuccess) e = gemm_setup<DT, BM, BN, WM, WN, STAGES, false, WG>();
+        return e;
+    }
+    static cudaError_t launch(const moe__gemm_args *g, cudaStream_t st) {
+        if constexpr (ROLES == GEMM_BOTH)
+            return g->w13 ? gemm_launch<DT, BM, BN, WM, WN, STAGES, true, WG>(g, st)
+                          : gemm_launch<DT, BM, BN, WM, WN, STAGES, false, WG>(g, st);
+        else if (g->w13 == (ROLES == GEMM_W13))
+            return gemm_launch<DT, BM, BN, WM, WN, STAGES, ROLES == GEMM_W13, WG>(g, st);
+        return cudaErrorInvalidValue;
+    }
+};
+
+/* The tile configurations of one operand type: setup() for all of them
+ * (once, before any capture), launch<I>() for the I-th. */
+template <class... Tiles> struct gemm_tiles {
+    static cudaError_t setup() {
+        cudaError_t e = cudaSuccess;
+        ((e = e == cudaSuccess ? Tiles::setup() : e), ...);
+        return e;
+    }
+    template <int I> static cudaError_t launch(const moe__gemm_args *g, cudaStream_t st) {
+        return std::tuple_element_t<I, std::tuple<Tiles...>>::launch(g, st);
+    }
+};
 
 #endif /* MOE_CUDA_GROUPED_GEMM_CUH */
