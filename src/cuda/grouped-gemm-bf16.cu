@@ -13,7 +13,7 @@
  *                     warps (2 x 2) on mma.sync
  *   BM = 128 prefill: BN = 256 on four warpgroups (2 x 2 of 64 x 128), 4 stages; on
  *                     mma.sync BN = 128, 8 warps (2 x 4), 3 stages (two CTAs per SM).
- *                     64-row tiles in prefill (two or three CTAs per SM) were 14-25%
+ *                     64-row tiles in prefill (two or three CTAs per SM) were 11-29%
  *                     slower: the bigger tile reads fewer operand bytes per FLOP.
  */
 #include "grouped-gemm.cuh"
