@@ -221,7 +221,7 @@ typedef struct moe__gemm_args {
     int            act;           /* moe_activation (W13)                                 */
     float          alpha, limit;  /* SWIGLU_OAI                                           */
     int            BM;            /* tile rows: 16 (decode), 64 or 128                    */
-    int            wgmma;         /* wgmma + TMA tiles (sm_90a device, w_map made), else   
+    int            wgmma;         /* wgmma + TMA tiles (sm_90a device, w_map made), else
                                    * mma.sync + cp.async                                  */
     /* A: rows of activations. gather: A row of layout row r is
      * row_slot[r] / a_div (tokens), else r. */

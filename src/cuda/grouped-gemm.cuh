@@ -205,6 +205,7 @@ static __global__ void __launch_bounds__(WM *WN * 32)
     constexpr int SA = F8 ? (BM + NTHR - 1) / NTHR : 0, SB = F8 ? (BN + NTHR - 1) / NTHR : 0;
     static_assert((BM * 8) % NTHR == 0 && (BN * 8) % NTHR == 0, "chunk split");
     static_assert(SA + SB <= 32, "one validity bit per scale copy");
+    static_assert(!TMA || BN % (2 * TMA_BOX_ROWS) == 0, "whole TMA boxes per gated half");
     const int ch = threadIdx.x & 7;
     const char  *src_p[CH];
     uint32_t     dst_o[CH];
@@ -247,7 +248,6 @@ static __global__ void __launch_bounds__(WM *WN * 32)
         if (TMA && !isA && threadIdx.x == 0) {
             const uint32_t bar = bar0 + 8 * st, dst = smem_u32(sB + (size_t)st * BN * 128);
             constexpr int BOXES = BN / TMA_BOX_ROWS;
-            static_assert(!TMA || BN % (2 * TMA_BOX_ROWS) == 0, "TMA boxes per gated half");
             mbar_expect_bytes(bar, BN * 128);
 #pragma unroll
             for (int b = 0; b < BOXES; b++) {
