@@ -607,7 +607,12 @@ int moe_cpu_count(void);
  *     pack-quantized symmetric int4/int8 in groups of 32, 64 or 128 without
  *     activation quantization as INT4_GPTQ / INT8_GPTQ (weight_packed
  *     transposed into GPTQ's qweight order; with actorder "group" each
- *     projection's weight_g_idx is its g_idx, gate and up must share it).
+ *     projection's weight_g_idx is its g_idx, gate and up must share it);
+ *     nvfp4-pack-quantized (float 4-bit tensor_group weights, groups of
+ *     16; activations absent or fp4) as NVFP4, run W4A16 as ModelOpt's:
+ *     weight_packed + weight_scale e4m3 + weight_global_scale, whose
+ *     float32 reciprocal is the global scale (a global scale without a
+ *     finite reciprocal is MOE_ERR_SCALE).
  * Modules a checkpoint leaves unquantized (router gate, bf16 shared experts,
  * excluded layers) load in their stored type. Scales are checked at open
  * (scalars) and when a layer is built (block and row scales): MOE_ERR_SCALE

@@ -1,7 +1,7 @@
 /*
  * test-io-quant-ckpt.c - quantized Hugging Face checkpoints as ModelOpt
  * (NVFP4, FP8, FP8 per channel) and compressed-tensors (fp8 channel / tensor,
- * pack-quantized int4 / int8, int4 with act-order groups) export them:
+ * pack-quantized int4 / int8, int4 with act-order groups, nvfp4) export them:
  * tests/python/gen_quant_ckpt.py packs tiny 2-layer checkpoints in NumPy and
  * computes each MoE layer's output in float64 from the weights as it
  * dequantizes them; here the checkpoint is opened, each listed layer is
@@ -47,7 +47,7 @@ TEST(io_quant_ckpt_forward_matches_reference) {
     qcase cs[16];
     int n = read_qcases(cs, 16);
     if (n < 0) TEST_SKIP("no %s/quant_ckpt/MANIFEST (make testdata)", test_data_dir());
-    CHECK(n == 12, "%d layers in the MANIFEST, want 12", n);
+    CHECK(n == 13, "%d layers in the MANIFEST, want 13", n);
     for (int i = 0; i < n; i++) {
         const qcase *c = &cs[i];
         char path[4096], err[512];
@@ -173,4 +173,8 @@ TEST(io_quant_ckpt_bad_inputs) {
     expect_bad("bad_ct_gidx_range", 0, 0, MOE_ERR_RANGE, "g_idx[5] = 2 outside [0, 2)", NULL);
     expect_bad("bad_ct_gidx_missing", 1, 0, MOE_ERR_MISSING,
                "model.layers.0.mlp.experts.2.down_proj.weight_g_idx", NULL);
+    expect_bad("bad_ct_nvfp4_tiny_scale", 1, 0, MOE_ERR_SCALE,
+               "model.layers.1.mlp.experts.0.down_proj.weight_global_scale", "reciprocal", NULL);
+    expect_bad("bad_ct_nvfp4_group", 1, 0, MOE_ERR_UNSUPPORTED, "nvfp4-pack-quantized",
+               "group_size 32", NULL);
 }

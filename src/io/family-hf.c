@@ -19,8 +19,9 @@
  * Quantized per-expert projections (families but gpt_oss and llama4), by
  * config: GPTQ / AWQ (proj.{qweight, scales, qzeros, g_idx}); ModelOpt NVFP4
  * / FP8 / FP8_PER_CHANNEL_PER_TOKEN and compressed-tensors fp8 / int
- * pack-quantized (proj.{weight or weight_packed, weight_scale, weight_scale_2,
- * input_scale, weight_shape, weight_g_idx}, see bind_sproj). Modules such a
+ * pack-quantized / nvfp4-pack-quantized (proj.{weight or weight_packed,
+ * weight_scale, weight_scale_2 or weight_global_scale, input_scale,
+ * weight_shape, weight_g_idx}, see bind_sproj). Modules such a
  * checkpoint leaves unquantized keep a plain proj.weight and load as such.
  */
 #include "model.h"
@@ -199,6 +200,7 @@ static moe_status ct_read_args(const moe__json *j, uint32_t n, ct_args *a, char 
     a->present = 1;
     moe_status s;
     uint32_t g = moe__json_get(j, n, "group_size"), ao = moe__json_get(j, n, "actorder");
+    uint32_t dn = moe__json_get(j, n, "dynamic");
     if ((s = moe__json_get_i64(j, n, "num_bits", 1, 64, &a->bits, err, errlen)) &&
         s != MOE_ERR_MISSING)
         return s;
@@ -210,9 +212,20 @@ static moe_status ct_read_args(const moe__json *j, uint32_t n, ct_args *a, char 
          s != MOE_ERR_MISSING) ||
         ((s = moe__json_get_bool(j, n, "symmetric", &a->symmetric, err, errlen)) &&
          s != MOE_ERR_MISSING) ||
-        ((s = moe__json_get_bool(j, n, "dynamic", &a->dynamic, err, errlen)) &&
+        (!(dn && j->nodes[dn].type == MOE__JSON_STRING) &&
+         (s = moe__json_get_bool(j, n, "dynamic", &a->dynamic, err, errlen)) &&
          s != MOE_ERR_MISSING))
         return s;
+    /* dynamic "local" (nvfp4 activations): per-group scales made at run
+     * time under a global scale from the checkpoint */
+    if (dn && j->nodes[dn].type == MOE__JSON_STRING) {
+        const char *dv;
+        if ((s = moe__json_get_str(j, n, "dynamic", &dv, err, errlen))) return s;
+        if (strcmp(dv, "local"))
+            return moe__errf(err, errlen, MOE_ERR_CONFIG, "compressed-tensors: quantization args "
+                             "\"dynamic\": \"%.32s\" (true, false or \"local\")", dv);
+        a->dynamic = 1;
+    }
     /* actorder: a string, null, or (older versions) a bool meaning "group" */
     if (ao && j->nodes[ao].type == MOE__JSON_TRUE) a->actorder = "group";
     if (ao && (j->nodes[ao].type == MOE__JSON_TRUE || j->nodes[ao].type == MOE__JSON_FALSE))
@@ -300,12 +313,26 @@ static moe_status hf_ct(moe_model *m, uint32_t q, char *err, size_t errlen) {
         c->quant_format = w.bits == 4 ? MOE_FORMAT_INT4_GPTQ : MOE_FORMAT_INT8_GPTQ;
         c->quant_bits = (int32_t)w.bits;
         c->quant_group = (int32_t)w.group;
+    } else if (!strcmp(w.type, "float") && w.bits == 4 && !strcmp(gfmt, "nvfp4-pack-quantized") &&
+               !strcmp(w.strategy, "tensor_group") && w.symmetric && !w.dynamic) {
+        if (w.group != 16)
+            return moe__errf(err, errlen, MOE_ERR_UNSUPPORTED, "%s with group_size %lld: NVFP4 "
+                             "blocks are 16 weights", c->quant_name, (long long)w.group);
+        /* NVFP4A16, or W4A4 with fp4 activations: libmoe runs NVFP4 as W4A16
+         * (bf16 activations), as vLLM's Marlin path does on Hopper */
+        if (in.present && (strcmp(in.type, "float") || in.bits != 4))
+            return moe__errf(err, errlen, MOE_ERR_UNSUPPORTED, "%s with %s%lld activations: "
+                             "libmoe runs NVFP4 weights with bf16 activations (fp4 activations "
+                             "are run unquantized)", c->quant_name, in.type, (long long)in.bits);
+        c->quant_format = MOE_FORMAT_NVFP4;
+        c->quant_nvfp4_ct = 1;
     } else {
         return moe__errf(err, errlen, MOE_ERR_UNSUPPORTED, "%s (symmetric %s%s%s): libmoe loads "
-                         "float-quantized fp8 channel/tensor with fp8 activations and "
+                         "float-quantized fp8 channel/tensor with fp8 activations, "
                          "pack-quantized symmetric int4/int8 groups without activation "
-                         "quantization", c->quant_name, w.symmetric ? "true" : "false",
-                         in.present ? ", activations " : "", in.present ? in.strategy : "");
+                         "quantization and nvfp4-pack-quantized fp4 groups of 16", c->quant_name,
+                         w.symmetric ? "true" : "false", in.present ? ", activations " : "",
+                         in.present ? in.strategy : "");
     }
     c->quant = MOE__QUANT_SCALED;
     return scaled_family_ok(c, err, errlen);
@@ -686,7 +713,10 @@ static moe_status want_dtype(const moe__mtensor *t, moe__dtype dt, char *err, si
 /* ModelOpt / compressed-tensors projection `proj` (N outputs, K inputs) of
  * expert e (-1: the shared MLP) under fmt, as m->cfg.quant_format stores it:
  *   NVFP4        weight U8 (N, K/2), weight_scale F8_E4M3 (N, K/16),
- *                weight_scale_2 scalar; input_scale (W4A4) is not read
+ *                weight_scale_2 scalar; input_scale (W4A4) is not read.
+ *                compressed-tensors: weight_packed, weight_scale, and
+ *                weight_global_scale, the reciprocal of weight_scale_2
+ *                (w = e2m1 x block scale / weight_global_scale)
  *   FP8_TENSOR   weight F8_E4M3 (N, K), weight_scale scalar, input_scale
  *                scalar (static activations) or absent (dynamic)
  *   FP8_CHANNEL  weight F8_E4M3 (N, K), weight_scale (N, 1) or (N)
@@ -706,7 +736,8 @@ static moe_status bind_sproj(const moe_model *m, const char *fmt, int32_t L, int
     static const char *const part[6] = { "weight", "weight_scale", "weight_scale_2",
                                          "input_scale", "weight_shape", "weight_g_idx" };
     for (int i = 0; i < 6; i++) snprintf(sfx[i], sizeof sfx[i], "%s.%s", proj, part[i]);
-    if (packed) snprintf(sfx[0], sizeof sfx[0], "%s.weight_packed", proj);
+    if (packed || c->quant_nvfp4_ct) snprintf(sfx[0], sizeof sfx[0], "%s.weight_packed", proj);
+    if (c->quant_nvfp4_ct) snprintf(sfx[2], sizeof sfx[2], "%s.weight_global_scale", proj);
     moe_status s = MOE_OK;
     memset(p, 0, sizeof *p);
     p->w = need(m, &s, err, errlen, fmt, L, e, sfx[0]);
@@ -726,6 +757,9 @@ static moe_status bind_sproj(const moe_model *m, const char *fmt, int32_t L, int
             (s = MOE__SHAPE(p->w, N, K / 2)) || (s = MOE__SHAPE(p->s, N, K / 16)) ||
             (s = check_scalar_scale(p->s2, err, errlen)))
             return s;
+        if (c->quant_nvfp4_ct && !isfinite(1.0f / scalar_f32(p->s2)))
+            return moe__errf(err, errlen, MOE_ERR_SCALE, "tensor %s: global scale %g has no "
+                             "finite reciprocal", p->s2->name, (double)scalar_f32(p->s2));
         break;
     case MOE_FORMAT_FP8_TENSOR:
     case MOE_FORMAT_FP8_CHANNEL:

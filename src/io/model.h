@@ -67,13 +67,17 @@ typedef struct moe__mcfg {
     int            quant_static_in; /* FP8_TENSOR: input_scale tensors required      */
     int            quant_gidx;      /* INT*_GPTQ from compressed-tensors with actorder
                                      * group: weight_g_idx tensors required          */
+    int            quant_nvfp4_ct;  /* NVFP4 from compressed-tensors: weight_packed,
+                                     * and weight_global_scale (the reciprocal of
+                                     * ModelOpt's weight_scale_2)                    */
     char           quant_name[96];  /* "modelopt NVFP4", ... for messages            */
 } moe__mcfg;
 
 enum { MOE__QUANT_NONE = 0, MOE__QUANT_GPTQ, MOE__QUANT_AWQ, MOE__QUANT_SCALED };
 
 /* One ModelOpt / compressed-tensors projection of an expert: weight (or
- * weight_packed), weight_scale, weight_scale_2 (NVFP4), input_scale
+ * weight_packed), weight_scale, weight_scale_2 or weight_global_scale
+ * (NVFP4), input_scale
  * (static FP8) and weight_g_idx (int groups in activation order), the last
  * three NULL when absent. */
 typedef struct moe__sproj {

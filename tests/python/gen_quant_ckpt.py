@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """gen_quant_ckpt.py OUTDIR - tiny quantized Hugging Face MoE checkpoints in the layouts that
 ModelOpt (NVFP4, FP8, FP8 per channel) and compressed-tensors (fp8 channel / tensor,
-pack-quantized int4 / int8) export,
+pack-quantized int4 / int8, nvfp4-pack-quantized) export,
 packed here in NumPy (+ ml_dtypes for e4m3), with inputs and float64 reference outputs computed
 here from the weights as this script dequantizes them (independent of libmoe).
 
@@ -15,6 +15,9 @@ Layouts (ModelOpt unified HF export; compressed-tensors as llm-compressor saves 
   ct_int4/8        weight_packed i32 (N, K*bits/32), weight_scale bf16 (N, K/g), weight_shape
   ct_int4_act      ct_int4 with actorder "group": + weight_g_idx i32 (K), the group of each
                    input column (one map for gate and up, which read the same input)
+  ct_nvfp4         weight_packed u8 (N, K/2), weight_scale e4m3 (N, K/16), weight_global_scale
+                   f32 (1) = 6 * 448 / amax: the dequantization divides by it (its float32
+                   reciprocal is ModelOpt's weight_scale_2), input_global_scale f32 (1)
 
 Writes OUTDIR/quant_ckpt/<name>/ (config.json, model.safetensors, maybe hf_quant_config.json),
 <name>.L<layer>.x.npy (n_tokens, d_model) f32 and <name>.L<layer>.ref.npy (n_tokens, d_model) f32
@@ -200,18 +203,28 @@ def quant_mlp(kind, pe, ws, t):
     checkpoint `kind` stores it; returns (dequantized weights as libmoe runs them, activation
     rounding of W13's input, of W2's input)."""
     deq = {}
-    if kind == "nvfp4":
-        # ModelOpt gives gate and up of an expert one global scale (libmoe requires it)
-        g13 = np.float32(max(np.abs(ws["gate_proj"]).max(), np.abs(ws["up_proj"]).max())
-                         / (6.0 * 448.0))
-        g2 = np.float32(np.abs(ws["down_proj"]).max() / (6.0 * 448.0))
+    if kind in ("nvfp4", "ct_nvfp4"):
+        # gate and up of an expert share one global scale (libmoe requires it)
+        a13 = max(np.abs(ws["gate_proj"]).max(), np.abs(ws["up_proj"]).max())
+        a2 = np.abs(ws["down_proj"]).max()
+        if kind == "nvfp4":  # ModelOpt: the multiplier
+            g13, g2 = np.float32(a13 / (6.0 * 448.0)), np.float32(a2 / (6.0 * 448.0))
+        else:  # compressed-tensors stores 6 * 448 / amax; the multiplier is its reciprocal
+            c13, c2 = np.float32(6.0 * 448.0 / a13), np.float32(6.0 * 448.0 / a2)
+            g13, g2 = np.float32(1.0) / c13, np.float32(1.0) / c2
         for n, w in ws.items():
             gs = g2 if n == "down_proj" else g13
             q, bs, deq[n] = nvfp4(w, np.float64(gs))
-            t[pe + n + ".weight"] = q
             t[pe + n + ".weight_scale"] = bs
-            t[pe + n + ".weight_scale_2"] = np.array(gs, np.float32)  # shape ()
-            t[pe + n + ".input_scale"] = np.array(1.0 / 448.0, np.float32)  # W4A4 only: unused
+            if kind == "nvfp4":
+                t[pe + n + ".weight"] = q
+                t[pe + n + ".weight_scale_2"] = np.array(gs, np.float32)  # shape ()
+                t[pe + n + ".input_scale"] = np.array(1.0 / 448.0, np.float32)  # W4A4: unused
+            else:
+                t[pe + n + ".weight_packed"] = q
+                t[pe + n + ".weight_global_scale"] = np.array([c2 if n == "down_proj" else c13],
+                                                              np.float32)
+                t[pe + n + ".input_global_scale"] = np.array([448.0], np.float32)  # unused
         return deq, "bf16", "bf16"
     if kind in ("mo_fp8", "ct_fp8_tensor"):
         sc, ins = {}, {}
@@ -363,6 +376,11 @@ W4A16 = ct_cfg("pack-quantized",
 W4A16_ACT = ct_cfg("pack-quantized",
                    {"num_bits": 4, "type": "int", "strategy": "group", "group_size": 32,
                     "symmetric": True, "dynamic": False, "actorder": "group"}, None)
+NVFP4_CT = ct_cfg("nvfp4-pack-quantized",
+                  {"num_bits": 4, "type": "float", "strategy": "tensor_group", "group_size": 16,
+                   "symmetric": True, "dynamic": False, "actorder": None},
+                  {"num_bits": 4, "type": "float", "strategy": "tensor_group", "group_size": 16,
+                   "symmetric": True, "dynamic": "local"})
 W8A16 = ct_cfg("pack-quantized",
                {"num_bits": 8, "type": "int", "strategy": "group", "group_size": 32,
                 "symmetric": True, "dynamic": False, "actorder": None}, None)
@@ -392,6 +410,7 @@ def main():
     # act order: the routed down_proj (K = I = 32) has one group, the shared one (K = S) two
     good("ct_int4_act", "ct_int4_act", base_cfg(W4A16_ACT, "qwen2_moe"), 1e-8, "int4-gptq",
          shared="quant")
+    good("ct_nvfp4", "ct_nvfp4", base_cfg(NVFP4_CT, "qwen2_moe"), 1e-6, "nvfp4", shared="quant")
 
     def up_scale2(t):  # expert 2 of layer 1: up's global scale != gate's
         k = "model.layers.1.mlp.experts.2.up_proj.weight_scale_2"
@@ -434,6 +453,10 @@ def main():
     def drop_gidx(t):
         del t["model.layers.0.mlp.experts.2.down_proj.weight_g_idx"]
 
+    def tiny_global_scale(t):  # a subnormal weight_global_scale: no finite reciprocal
+        k = "model.layers.1.mlp.experts.0.down_proj.weight_global_scale"
+        t[k] = np.array([1e-45], np.float32)
+
     def signed_bytes(t):
         k = "model.layers.0.mlp.experts.0.gate_proj.weight"
         t[k] = t[k].view(np.int8)
@@ -445,6 +468,13 @@ def main():
     bad("bad_ct_gidx_missing", "ct_int4_act", base_cfg(W4A16_ACT), drop_gidx)
     bad("bad_fp8_missing_input_scale", "mo_fp8", base_cfg(MO_FP8), drop_input_scale)
     bad("bad_nvfp4_dtype", "nvfp4", base_cfg(MO_NVFP4), signed_bytes)
+    bad("bad_ct_nvfp4_tiny_scale", "ct_nvfp4", base_cfg(NVFP4_CT), tiny_global_scale)
+    nvfp4_g32 = dict(NVFP4_CT)
+    nvfp4_g32["config_groups"] = {"group_0": dict(NVFP4_CT["config_groups"]["group_0"],
+                                                  weights=dict(NVFP4_CT["config_groups"]
+                                                               ["group_0"]["weights"],
+                                                               group_size=32))}
+    bad("bad_ct_nvfp4_group", "ct_nvfp4", base_cfg(nvfp4_g32))
     weight_only = dict(FP8_CH)
     weight_only["config_groups"] = {"group_0": dict(FP8_CH["config_groups"]["group_0"],
                                                     input_activations=None)}
