@@ -177,4 +177,5 @@ TEST(io_quant_ckpt_bad_inputs) {
                "model.layers.1.mlp.experts.0.down_proj.weight_global_scale", "reciprocal", NULL);
     expect_bad("bad_ct_nvfp4_group", 1, 0, MOE_ERR_UNSUPPORTED, "nvfp4-pack-quantized",
                "group_size 32", NULL);
+    expect_bad("bad_ct_dynamic_string", 1, 0, MOE_ERR_CONFIG, "\"dynamic\": \"global\"", NULL);
 }

@@ -475,6 +475,12 @@ def main():
                                                                ["group_0"]["weights"],
                                                                group_size=32))}
     bad("bad_ct_nvfp4_group", "ct_nvfp4", base_cfg(nvfp4_g32))
+    nvfp4_dyn = dict(NVFP4_CT)
+    nvfp4_dyn["config_groups"] = {"group_0": dict(NVFP4_CT["config_groups"]["group_0"],
+                                                  input_activations=dict(
+                                                      NVFP4_CT["config_groups"]["group_0"]
+                                                      ["input_activations"], dynamic="global"))}
+    bad("bad_ct_dynamic_string", "ct_nvfp4", base_cfg(nvfp4_dyn))
     weight_only = dict(FP8_CH)
     weight_only["config_groups"] = {"group_0": dict(FP8_CH["config_groups"]["group_0"],
                                                     input_activations=None)}
