@@ -62,8 +62,8 @@ static cudaError_t gemm8_launch(const moe__gemm_args *g, cudaStream_t st) {
     if (!g->wgmma) return b16 ? L::launch<0>(g, st) : L::launch<1>(g, st);
     /* Wide decode tiles once they give every SM four CTAs (counting the
      * table's every tile; those past the real count end at once). */
-    const int64_t wide_ctas = g->max_tiles * ((g->N_out + gemm_out_cols(g->act, g->w13, 128) - 1) /
-                                              gemm_out_cols(g->act, g->w13, 128));
+    const int     outw = gemm_out_cols(g->act, g->w13, 128);
+    const int64_t wide_ctas = g->max_tiles * ((g->N_out + outw - 1) / outw);
     if (wide_ctas >= 4 * (int64_t)g->n_sm) return b16 ? L::launch<6>(g, st) : L::launch<7>(g, st);
     return b16 ? L::launch<4>(g, st) : L::launch<5>(g, st);
 }
