@@ -26,7 +26,7 @@
  *   BM = 16 decode:  BN = 64, one warpgroup of m64n64 steps on the 16 activation rows
  *                    padded to 64 with zero rows (the tile streams weights; the tensor
  *                    cores idle either way), 3 stages; BN = 128 with 2 stages (weights
- *                    by TMA) once that grid gives every SM four CTAs: 2-7% faster from
+ *                    by TMA) once that grid gives every SM four CTAs: 2-8% faster from
  *                    8 tokens on, 7-9% slower at 1 token, where its few CTAs leave SMs
  *                    idle (bench/results/2026-11-29-h200-cuda-tma.md)
  *   BM = 32 decode:  the same on 32 rows (busier experts: one tile for 17..32 rows)
