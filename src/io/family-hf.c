@@ -211,14 +211,15 @@ static moe_status ct_read_args(const moe__json *j, uint32_t n, ct_args *a, char 
         ((s = moe__json_get_str(j, n, "strategy", &a->strategy, err, errlen)) &&
          s != MOE_ERR_MISSING) ||
         ((s = moe__json_get_bool(j, n, "symmetric", &a->symmetric, err, errlen)) &&
-         s != MOE_ERR_MISSING) ||
-        (!(dn && j->nodes[dn].type == MOE__JSON_STRING) &&
-         (s = moe__json_get_bool(j, n, "dynamic", &a->dynamic, err, errlen)) &&
          s != MOE_ERR_MISSING))
         return s;
-    /* dynamic "local" (nvfp4 activations): per-group scales made at run
-     * time under a global scale from the checkpoint */
-    if (dn && j->nodes[dn].type == MOE__JSON_STRING) {
+    /* dynamic: a bool, or "local" (nvfp4 activations: per-group scales made
+     * at run time under a global scale from the checkpoint) */
+    if (!dn || j->nodes[dn].type != MOE__JSON_STRING) {
+        if ((s = moe__json_get_bool(j, n, "dynamic", &a->dynamic, err, errlen)) &&
+            s != MOE_ERR_MISSING)
+            return s;
+    } else {
         const char *dv;
         if ((s = moe__json_get_str(j, n, "dynamic", &dv, err, errlen))) return s;
         if (strcmp(dv, "local"))
@@ -757,7 +758,9 @@ static moe_status bind_sproj(const moe_model *m, const char *fmt, int32_t L, int
             (s = MOE__SHAPE(p->w, N, K / 2)) || (s = MOE__SHAPE(p->s, N, K / 16)) ||
             (s = check_scalar_scale(p->s2, err, errlen)))
             return s;
-        if (c->quant_nvfp4_ct && !isfinite(1.0f / scalar_f32(p->s2)))
+        /* compressed-tensors stores the reciprocal (its weight_global_scale) */
+        p->gscale = c->quant_nvfp4_ct ? 1.0f / scalar_f32(p->s2) : scalar_f32(p->s2);
+        if (!isfinite(p->gscale))
             return moe__errf(err, errlen, MOE_ERR_SCALE, "tensor %s: global scale %g has no "
                              "finite reciprocal", p->s2->name, (double)scalar_f32(p->s2));
         break;

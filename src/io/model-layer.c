@@ -356,9 +356,8 @@ static moe_status build_scaled(moe_model_layer *ml, const moe__mcfg *c, moe_form
             memcpy(t13, g->s->data, shalf);
             memcpy(t13 + shalf, u->s->data, shalf);
             memcpy(t2, d->s->data, s2.scales);
-            /* compressed-tensors stores the reciprocal (its weight_global_scale) */
-            g13[i] = c->quant_nvfp4_ct ? 1.0f / scalar(g->s2) : scalar(g->s2);
-            g2[i] = c->quant_nvfp4_ct ? 1.0f / scalar(d->s2) : scalar(d->s2);
+            g13[i] = g->gscale;
+            g2[i] = d->gscale;
             if ((s = check_proj(f, c, sf, g, I, H, t13, g13[i], err, errlen)) ||
                 (s = check_proj(f, c, sf, u, I, H, t13 + shalf, g13[i], err, errlen)) ||
                 (s = check_proj(f, c, sf, d, H, I, t2, g2[i], err, errlen)))

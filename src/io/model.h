@@ -77,11 +77,13 @@ enum { MOE__QUANT_NONE = 0, MOE__QUANT_GPTQ, MOE__QUANT_AWQ, MOE__QUANT_SCALED }
 
 /* One ModelOpt / compressed-tensors projection of an expert: weight (or
  * weight_packed), weight_scale, weight_scale_2 or weight_global_scale
- * (NVFP4), input_scale
- * (static FP8) and weight_g_idx (int groups in activation order), the last
- * three NULL when absent. */
+ * (NVFP4), input_scale (static FP8) and weight_g_idx (int groups in
+ * activation order), the last three NULL when absent; for NVFP4 the global
+ * scale s2 gives as a multiplier (bind_sproj knows each producer's
+ * convention). */
 typedef struct moe__sproj {
     const moe__mtensor *w, *s, *s2, *in, *g;
+    float               gscale;
 } moe__sproj;
 
 /* One GPTQ / AWQ projection: qweight, scales, qzeros and g_idx (GPTQ, may be
