@@ -426,6 +426,9 @@ TEST(cuda_layer_bf16_shape_grid) {
         { 33, 144, 48, 12, 3, MOE_FORMAT_F16, MOE_FORMAT_F32, MOE_ACT_SILU, 0, 0, 0, 0, 0, 0, 0 },
         { 200, 256, 128, 8, 2, MOE_FORMAT_F16, MOE_FORMAT_F16, MOE_ACT_GELU, 0, 0, 0, 0, 0, 0, 0 },
         { 1100, 256, 128, 16, 4, BF16, F32, MOE_ACT_SILU, 0, 0, 1, 0, 0, 0, 0 },
+        /* f16 and biases on the 128-row tiles; 160 columns: a gated tile partly empty */
+        { 600, 256, 160, 8, 2, MOE_FORMAT_F16, MOE_FORMAT_F16, MOE_ACT_GELU_TANH, 0, 1, 0, 0, 0,
+          0, 0 },
     };
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++)
         layer_check(&cases[i], 100 + i, false);

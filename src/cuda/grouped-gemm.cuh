@@ -32,6 +32,17 @@
  * bulk copies a stage, which land in the same swizzled layout, and every
  * thread waits on the stage's mbarrier; the activation side stays on
  * cp.async (W13 gathers its rows by token).
+ *
+ * Warp-specialized tiles (WS, the bf16/f16 prefill tile): the consumer
+ * warpgroups only issue wgmma (m64n256, a warpgroup per 64 rows), and one
+ * more warpgroup, the producer, fills the stages: its thread 0 by TMA (B),
+ * all 128 threads by cp.async (A), each announcing its copies' landing on
+ * the stage's "full" mbarrier; a consumer warp releases a stage on its
+ * "empty" mbarrier once the wgmma batch that read it is done. Nothing waits
+ * at a CTA-wide barrier inside the K loop: the producer refills a stage as
+ * soon as it is released, up to three stages ahead of the tensor cores. A
+ * consumer warpgroup whose 64 rows are all padding (an expert's last tile)
+ * issues no wgmma, and W2 writes its rows from the accumulators.
  */
 #ifndef MOE_CUDA_GROUPED_GEMM_CUH
 #define MOE_CUDA_GROUPED_GEMM_CUH
@@ -70,10 +81,16 @@ static __host__ __device__ constexpr size_t gemm_pipe_bytes() {
 /* + fp8 scale stages (BM + BN floats each) + the row and column tables
  * (+ for wgmma: room to align the stages to 1024 bytes, and a TMA mbarrier
  * per stage, 8-byte aligned). */
-template <int BM, int BN, int STAGES, bool WG>
+template <int BM, int BN, int STAGES, bool WG, bool WS = false>
 static __host__ __device__ constexpr size_t gemm_smem_bytes() {
     return gemm_pipe_bytes<BM, BN, STAGES, WG>() + (size_t)STAGES * (BM + BN) * 4 +
-           (size_t)(2 * BM + BN) * 4 + (WG ? 1024 + 8 + (size_t)STAGES * 8 : 0);
+           (size_t)(2 * BM + BN) * 4 + (WG ? 1024 + 8 + (size_t)STAGES * 8 : 0) +
+           (WS ? (size_t)STAGES * 8 : 0); // + WS: the stages' "empty" mbarriers
+}
+
+/* Threads of a CTA: the WM x WN compute warps, + a producer warpgroup (WS). */
+template <int WM, int WN, bool WS> static __host__ __device__ constexpr int gemm_threads() {
+    return WM * WN * 32 + (WS ? 128 : 0);
 }
 
 /* 4-byte async copy (scales); src_bytes = 0 fills zeros. */
@@ -87,12 +104,49 @@ static __device__ __forceinline__ void cp_async4(uint32_t dst, const void *src, 
  * all in L2, instead of streaming every weight tile once per M tile. */
 #define GEMM_GROUP_M 8
 
+/* The W2 epilogue of a warp-specialized tile, straight from a consumer
+ * warp's accumulators (16 rows x BN in m16n8 order: tile nt holds rows
+ * lane / 4 (+ 8) and columns 8 nt + 2 (lane % 4) + (0, 1)):
+ * y[slot, n0 + c] = (acc + b2) * rw[slot], f32. Staging the tile through
+ * shared memory, as the other tiles do, cost qwen3-30b-a3b's W2 a fifth of
+ * its time (an exposed 133 KB round trip and two CTA barriers per tile). */
+template <int BN>
+static __device__ __forceinline__ void ws_w2_epilogue(const moe__gemm_args &g,
+                                                      const float (*acc)[4], int row0, int lane,
+                                                      int e, int64_t n0, const int *a_src,
+                                                      const int *b_src, const int *slot) {
+    const float *bias = g.bias ? g.bias + (int64_t)e * g.N_w : nullptr;
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+        const int r = row0 + (lane >> 2) + 8 * h;
+        if (a_src[r] < 0) continue;
+        const int   s   = slot[r];
+        const float wgt = g.rw ? g.rw[s] : 1.0f;
+        float      *o   = (float *)g.out + (int64_t)s * g.N_out + n0;
+#pragma unroll
+        for (int nt = 0; nt < BN / 8; nt++) {
+            const int c  = nt * 8 + (lane & 3) * 2;
+            float     v0 = acc[nt][2 * h], v1 = acc[nt][2 * h + 1];
+            if (bias) {
+                v0 += b_src[c] >= 0 ? bias[b_src[c]] : 0.0f;
+                v1 += b_src[c + 1] >= 0 ? bias[b_src[c + 1]] : 0.0f;
+            }
+            if (b_src[c + 1] >= 0)
+                *(float2 *)(o + c) = make_float2(v0 * wgt, v1 * wgt);
+            else if (b_src[c] >= 0)
+                o[c] = v0 * wgt;
+        }
+    }
+}
+
 // ---- kernels
 
-template <int DT, int BM, int BN, int WM, int WN, int STAGES, bool W13, bool WG>
-static __global__ void __launch_bounds__(WM *WN * 32)
+template <int DT, int BM, int BN, int WM, int WN, int STAGES, bool W13, bool WG, bool WS>
+static __global__ void __launch_bounds__(gemm_threads<WM, WN, WS>())
     grouped_gemm_kernel(const __grid_constant__ moe__gemm_args g) {
-    constexpr int NTHR = WM * WN * 32;
+    constexpr int NTHR  = gemm_threads<WM, WN, WS>();
+    constexpr int NCONS = WM * WN * 32;    // threads that compute (all but WS's producer)
+    constexpr int PTHR  = WS ? 128 : NTHR; // threads that issue the copies
     constexpr int AM = gemm_a_rows<BM, WG>(); // activation rows per stage
     constexpr int TM = AM / WM, TN = BN / WN;
     constexpr int MT = TM / 16, NTL = TN / 8;
@@ -100,8 +154,10 @@ static __global__ void __launch_bounds__(WM *WN * 32)
     constexpr size_t PIPE = gemm_pipe_bytes<BM, BN, STAGES, WG>();
     constexpr bool TMA = WG; // the weight stages by TMA (tma.cuh)
     static_assert(MT >= 1 && NTL % 2 == 0, "warp tile");
-    static_assert(!WG || (TM == 16 && (TN == 128 || TN == 64 || TN == 32) && WM % 4 == 0),
+    static_assert(!WG || (TM == 16 && (TN == 128 || TN == 64 || TN == 32 || (WS && TN == 256)) &&
+                          WM % 4 == 0),
                   "wgmma tile");
+    static_assert(!WS || (WG && DT != MOE_CUDA_FP8 && AM == BM), "WS: bf16/f16 wgmma tiles");
     /* fp8 on wgmma: its sums differ in their last bits from mma.sync's, so
      * a build uses wgmma for every fp8 tile, decode included (a row's
      * result must not depend on the regime its batch picked: expert
@@ -115,8 +171,9 @@ static __global__ void __launch_bounds__(WM *WN * 32)
     int   *a_src = (int *)(sAs + STAGES * (BM + BN)); // (BM) A row of each tile row, -1 = padding
     int   *b_src = a_src + BM;                  // (BN) weight row of each tile column, -1 = none
     int   *slot  = b_src + BN;                  // (BM) slot (row_slot) of each tile row
-    // wgmma: the stages' TMA mbarriers (STAGES), 8-byte aligned
-    const uint32_t bar0 = (smem_u32(slot + BM) + 7) & ~7u;
+    // wgmma: the stages' TMA ("full") mbarriers (STAGES), 8-byte aligned; WS:
+    // then the "empty" ones (STAGES)
+    const uint32_t bar0 = (smem_u32(slot + BM) + 7) & ~7u, empty0 = bar0 + 8 * STAGES;
 
     /* Programmatic dependent launch (cuda.cu launches with it): W13 reads
      * its predecessors' outputs from the start, so it waits first; W2 only
@@ -180,7 +237,12 @@ static __global__ void __launch_bounds__(WM *WN * 32)
         b_src[c] = ok ? (int)wr : -1;
     }
     if (TMA && threadIdx.x == 0) {
-        for (int s = 0; s < STAGES; s++) mbar_init(bar0 + 8 * s, 1);
+        /* WS: a stage is full after the producer's 128 cp.async arrivals and
+         * thread 0's TMA arrival; empty after one arrival per compute warp */
+        for (int s = 0; s < STAGES; s++) {
+            mbar_init(bar0 + 8 * s, WS ? PTHR + 1 : 1);
+            if (WS) mbar_init(empty0 + 8 * s, NCONS / 32);
+        }
         mbar_init_fence();
     }
     __syncthreads();
@@ -201,12 +263,13 @@ static __global__ void __launch_bounds__(WM *WN * 32)
      * redone per stage, cost ~20 instructions a copy). A chunk without a
      * source (padding row, past N, the K tail) copies zero bytes. */
     constexpr bool F8 = DT == MOE_CUDA_FP8;
-    constexpr int CA = BM * 8 / NTHR, CH = CA + (TMA ? 0 : BN * 8 / NTHR);
+    constexpr int CA = BM * 8 / PTHR, CH = CA + (TMA ? 0 : BN * 8 / PTHR);
     constexpr int SA = F8 ? (BM + NTHR - 1) / NTHR : 0, SB = F8 ? (BN + NTHR - 1) / NTHR : 0;
-    static_assert((BM * 8) % NTHR == 0 && (BN * 8) % NTHR == 0, "chunk split");
+    static_assert((BM * 8) % PTHR == 0 && (BN * 8) % PTHR == 0, "chunk split");
     static_assert(SA + SB <= 32, "one validity bit per scale copy");
     static_assert(!TMA || BN % (2 * TMA_BOX_ROWS) == 0, "whole TMA boxes per gated half");
-    const int ch = threadIdx.x & 7;
+    const int ct = threadIdx.x % PTHR; // copier index (WS: within the producer warpgroup)
+    const int ch = ct & 7;
     const char  *src_p[CH];
     uint32_t     dst_o[CH];
     const float *scale_p[SA + SB + 1];
@@ -214,7 +277,7 @@ static __global__ void __launch_bounds__(WM *WN * 32)
 #pragma unroll
     for (int j = 0; j < CH; j++) {
         const bool isA = j < CA;
-        const int  r   = (threadIdx.x >> 3) + (isA ? j : j - CA) * (NTHR / 8);
+        const int  r   = (ct >> 3) + (isA ? j : j - CA) * (PTHR / 8);
         const int  src = isA ? a_src[r] : b_src[r];
         src_p[j] = src >= 0 ? (isA ? A : W) + (int64_t)src * kbytes + ch * 16 : nullptr;
         dst_o[j] = smem_u32(isA ? sA : sB) + r * 128 + ((ch ^ (r & 7)) << 4);
@@ -245,7 +308,7 @@ static __global__ void __launch_bounds__(WM *WN * 32)
      * gated W13 tile: half from the gate half of the map, half from up). */
     auto load_side = [&](int kt, int st, bool isA) {
         const int64_t kb  = (int64_t)kt * 128;
-        if (TMA && !isA && threadIdx.x == 0) {
+        if (TMA && !isA && threadIdx.x == NTHR - PTHR) {
             const uint32_t bar = bar0 + 8 * st, dst = smem_u32(sB + (size_t)st * BN * 128);
             constexpr int BOXES = BN / TMA_BOX_ROWS;
             mbar_expect_bytes(bar, BN * 128);
@@ -275,6 +338,10 @@ static __global__ void __launch_bounds__(WM *WN * 32)
     auto load_A = [&](int kt, int st) { load_side(kt, st, true); };
 
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    /* WS: whether this is the producer warpgroup, known warp-uniform to the
+     * compiler (a shuffle from lane 0): ptxas serializes every wgmma when
+     * wgmma or its accumulators sit on a path that may diverge in a warp */
+    const bool producer = WS && __shfl_sync(0xffffffffu, (int)threadIdx.x / 128, 0) >= NCONS / 128;
     /* The warp's 16-row group (wm) and TN-column group (wn). wgmma: warpgroup
      * warp / 4 computes rows 64 (wm / 4) .. + 63 and columns 128 wn .. + 127,
      * its 4 warps holding 16 rows each, as the mma.sync tiles would. */
@@ -300,165 +367,233 @@ static __global__ void __launch_bounds__(WM *WN * 32)
 #pragma unroll
             for (int q = 0; q < 4; q++) acc[i][j][q] = 0.0f;
 
-    /* Stages loaded ahead of the one computed. mma.sync and fp8 wgmma: all
-     * but one (the computed stage is done when the barrier after it passes).
-     * bf16/f16 wgmma: one fewer, because a warpgroup's batch of stage kt may
-     * still run while it issues kt + 1 (wait_group 1); stage kt - 2 is free
-     * at barrier kt. fp8 waits for each batch: its sums are scaled at once. */
-    constexpr bool WG_ASYNC = WG && !F8;
-    constexpr int  AHEAD = WG_ASYNC ? STAGES - 2 : STAGES - 1;
-    static_assert(AHEAD >= 1, "stages");
-    // prologue: B of the first stages (W2: before the wait), then A
-#pragma unroll
-    for (int s = 0; s < AHEAD; s++)
-        if (s < KT) load_B(s, s);
-    if (!W13) {
-        pdl_wait();
-        pdl_launch();
-    }
-#pragma unroll
-    for (int s = 0; s < AHEAD; s++) {
-        if (s < KT) load_A(s, s);
-        cp_async_commit();
-    }
-    for (int kt = 0; kt < KT; kt++) {
-        cp_async_wait<AHEAD - 1>();
-        if (WG) fence_proxy_async();
-        __syncthreads();
-        if (kt + AHEAD < KT) {
-            load_B(kt + AHEAD, (kt + AHEAD) % STAGES);
-            load_A(kt + AHEAD, (kt + AHEAD) % STAGES);
-        }
-        cp_async_commit();
-
-        const int st = kt % STAGES;
-        if (TMA) mbar_wait(bar0 + 8 * st, (uint32_t)(kt / STAGES) & 1); // B's bytes landed
-        const uint32_t a_base = smem_u32(sA + (size_t)st * AM * 128);
-        const uint32_t b_base = smem_u32(sB + (size_t)st * BN * 128);
-        /* fp8: the tensor cores sum each 128-wide K block into part, which
-         * then goes into acc times its activation-row scale and weight-block
-         * scale (an fp32 sum of the blocks: Hopper's fp8 MMA keeps fewer bits
-         * than fp32 in a running sum). */
-        constexpr int PT = F8 ? MT : 1, PN = F8 ? NTL : 1;
-        float part[PT][PN][4];
-        if constexpr (WG) {
-            const uint32_t a_wg = a_base + (uint32_t)(wm / 4) * 64 * 128;
-            const uint32_t b_wg = b_base + (uint32_t)wn * TN * 128;
-            float *d = F8 ? &part[0][0][0] : &acc[0][0][0];
-            wgmma_fence();
-#pragma unroll
-            for (int ks = 0; ks < 4; ks++) {
-                const uint64_t da = wgmma_desc(a_wg + ks * 32), db = wgmma_desc(b_wg + ks * 32);
-                if (F8 && ks == 0)
-                    wgmma_step<DT, TN, false>(d, da, db); // part = A . B
-                else
-                    wgmma_step<DT, TN, true>(d, da, db);
+    if constexpr (WS) {
+        if (producer) {
+            /* the producer: a stage's copies once its consumers released it
+             * (W2: the weight side of the first stages before the PDL wait) */
+            if (!W13) {
+                for (int s = 0; s < STAGES && s < KT; s++) load_B(s, s);
+                pdl_wait();
+                pdl_launch();
             }
-            wgmma_commit();
-            if (WG_ASYNC)
-                wgmma_wait<1>(); // the previous stage's batch is done
-            else
-                wgmma_wait<0>();
+            for (int kt = 0; kt < KT; kt++) {
+                const int st = kt % STAGES;
+                if (kt >= STAGES) mbar_wait(empty0 + 8 * st, (uint32_t)(kt / STAGES - 1) & 1);
+                if (W13 || kt >= STAGES) load_B(kt, st);
+                load_A(kt, st);
+                cp_async_arrive_noinc(bar0 + 8 * st);
+            }
         } else {
-            if (F8) {
-#pragma unroll
-                for (int mt = 0; mt < PT; mt++)
-#pragma unroll
-                    for (int nt = 0; nt < PN; nt++)
-#pragma unroll
-                        for (int q = 0; q < 4; q++) part[mt][nt][q] = 0.0f;
+            /* the consumers: one batch in flight; stage kt - 1 is released
+             * once the batch that read it is done. A warpgroup whose 64 rows
+             * are all padding (an expert's last tile) skips its wgmma, so
+             * that the other one has the tensor cores to itself, but keeps
+             * step with the stages. */
+            if (!W13) {
+                pdl_wait();
+                pdl_launch();
             }
+            const uint32_t a_off = (uint32_t)(warp / 4) * 64 * 128;
+            const bool busy = __shfl_sync(0xffffffffu, (warp / 4) * 64 < r1 - r0, 0);
+            auto full_wait = [&](int kt) {
+                mbar_wait(bar0 + 8 * (kt % STAGES), (uint32_t)(kt / STAGES) & 1);
+            };
+            auto release = [&](int kt) { // stage kt is read
+                if (lane == 0) mbar_arrive(empty0 + 8 * (kt % STAGES));
+            };
+            /* (two loops: a wgmma under a branch inside the loop is serialized) */
+            if (busy) {
+                for (int kt = 0; kt < KT; kt++) {
+                    const int st = kt % STAGES;
+                    full_wait(kt);
+                    fence_proxy_async(); // the producer's cp.async bytes, for wgmma's reads
+                    const uint32_t a_wg = smem_u32(sA + (size_t)st * AM * 128) + a_off;
+                    const uint32_t b_wg = smem_u32(sB + (size_t)st * BN * 128);
+                    wgmma_fence();
 #pragma unroll
-            for (int ks = 0; ks < 4; ks++) {
-                uint32_t af[MT][4], bfr[NTL][2];
-#pragma unroll
-                for (int mt = 0; mt < MT; mt++) {
-                    int row = wm * TM + mt * 16 + (lane & 7) + ((lane >> 3) & 1) * 8;
-                    int ch  = 2 * ks + (lane >> 4);
-                    ldmatrix_x4(a_base + row * 128 + ((ch ^ (row & 7)) << 4), af[mt][0], af[mt][1],
-                                af[mt][2], af[mt][3]);
+                    for (int ks = 0; ks < 4; ks++)
+                        wgmma_step<DT, TN, true>(&acc[0][0][0], wgmma_desc(a_wg + ks * 32),
+                                                 wgmma_desc(b_wg + ks * 32));
+                    wgmma_commit();
+                    wgmma_wait<1>();
+                    if (kt > 0) release(kt - 1);
                 }
-#pragma unroll
-                for (int np = 0; np < NTL / 2; np++) {
-                    int row = wn * TN + np * 16 + (lane & 7) + (lane >> 4) * 8;
-                    int ch  = 2 * ks + ((lane >> 3) & 1);
-                    ldmatrix_x4(b_base + row * 128 + ((ch ^ (row & 7)) << 4), bfr[2 * np][0],
-                                bfr[2 * np][1], bfr[2 * np + 1][0], bfr[2 * np + 1][1]);
+                wgmma_wait<0>();
+            } else {
+                for (int kt = 0; kt < KT; kt++) {
+                    full_wait(kt);
+                    release(kt);
                 }
-#pragma unroll
-                for (int mt = 0; mt < MT; mt++)
-#pragma unroll
-                    for (int nt = 0; nt < NTL; nt++) {
-                        if constexpr (F8)
-                            mma_16x8<DT>(part[mt % PT][nt % PN], af[mt], bfr[nt]);
-                        else
-                            mma_16x8<DT>(acc[mt][nt], af[mt], bfr[nt]);
-                    }
+            }
+            if constexpr (!W13) {
+                if (busy) ws_w2_epilogue<BN>(g, acc[0], wm * TM, lane, e, n0, a_src, b_src, slot);
+                return;
             }
         }
-        /* acc += part x (activation-row scale x weight-block scale), the
-         * product rounded once, so that a warp whose columns all read one
-         * weight block (every prefill tile of a model whose N is a multiple
-         * of 128) forms it once per row, not per element: the same bits
-         * with 64 fewer multiplies and one scale load instead of 16 a
-         * stage (the fp8 tiles are bound by issued instructions). The warps
-         * of a wgmma decode tile's zero rows have nothing to scale. */
-        if (F8 && (AM == BM || wm * TM < BM)) {
-            const float *ss = sAs + st * (BM + BN);
-            float sa[PT][2];
+        if constexpr (!W13) return; // W13: the epilogue below, through shared memory
+    } else {
+        /* Stages loaded ahead of the one computed. mma.sync and fp8 wgmma: all
+         * but one (the computed stage is done when the barrier after it passes).
+         * bf16/f16 wgmma: one fewer, because a warpgroup's batch of stage kt may
+         * still run while it issues kt + 1 (wait_group 1); stage kt - 2 is free
+         * at barrier kt. fp8 waits for each batch: its sums are scaled at once. */
+        constexpr bool WG_ASYNC = WG && !F8;
+        constexpr int  AHEAD = WG_ASYNC ? STAGES - 2 : STAGES - 1;
+        static_assert(AHEAD >= 1, "stages");
+        // prologue: B of the first stages (W2: before the wait), then A
 #pragma unroll
-            for (int mt = 0; mt < PT; mt++)
+        for (int s = 0; s < AHEAD; s++)
+            if (s < KT) load_B(s, s);
+        if (!W13) {
+            pdl_wait();
+            pdl_launch();
+        }
 #pragma unroll
-                for (int h = 0; h < 2; h++) {
-                    const int r = wm * TM + mt * 16 + (lane >> 2) + 8 * h;
-                    sa[mt][h] = AM == BM || r < BM ? ss[r] : 0.0f; // zero rows past BM
+        for (int s = 0; s < AHEAD; s++) {
+            if (s < KT) load_A(s, s);
+            cp_async_commit();
+        }
+        for (int kt = 0; kt < KT; kt++) {
+            cp_async_wait<AHEAD - 1>();
+            if (WG) fence_proxy_async();
+            __syncthreads();
+            if (kt + AHEAD < KT) {
+                load_B(kt + AHEAD, (kt + AHEAD) % STAGES);
+                load_A(kt + AHEAD, (kt + AHEAD) % STAGES);
+            }
+            cp_async_commit();
+
+            const int st = kt % STAGES;
+            if (TMA) mbar_wait(bar0 + 8 * st, (uint32_t)(kt / STAGES) & 1); // B's bytes landed
+            const uint32_t a_base = smem_u32(sA + (size_t)st * AM * 128);
+            const uint32_t b_base = smem_u32(sB + (size_t)st * BN * 128);
+            /* fp8: the tensor cores sum each 128-wide K block into part, which
+             * then goes into acc times its activation-row scale and weight-block
+             * scale (an fp32 sum of the blocks: Hopper's fp8 MMA keeps fewer bits
+             * than fp32 in a running sum). */
+            constexpr int PT = F8 ? MT : 1, PN = F8 ? NTL : 1;
+            float part[PT][PN][4];
+            if constexpr (WG) {
+                const uint32_t a_wg = a_base + (uint32_t)(wm / 4) * 64 * 128;
+                const uint32_t b_wg = b_base + (uint32_t)wn * TN * 128;
+                float *d = F8 ? &part[0][0][0] : &acc[0][0][0];
+                wgmma_fence();
+#pragma unroll
+                for (int ks = 0; ks < 4; ks++) {
+                    const uint64_t da = wgmma_desc(a_wg + ks * 32), db = wgmma_desc(b_wg + ks * 32);
+                    if (F8 && ks == 0)
+                        wgmma_step<DT, TN, false>(d, da, db); // part = A . B
+                    else
+                        wgmma_step<DT, TN, true>(d, da, db);
                 }
-            if (one_block) {
-                const float sw = ss[BM + wn * TN];
-#pragma unroll
-                for (int mt = 0; mt < PT; mt++) {
-                    const float s0 = __fmul_rn(sa[mt][0], sw), s1 = __fmul_rn(sa[mt][1], sw);
-#pragma unroll
-                    for (int nt = 0; nt < PN; nt++)
-#pragma unroll
-                        for (int q = 0; q < 4; q++)
-                            acc[mt][nt][q] =
-                                __fmaf_rn(part[mt][nt][q], q >> 1 ? s1 : s0, acc[mt][nt][q]);
-                }
+                wgmma_commit();
+                if (WG_ASYNC)
+                    wgmma_wait<1>(); // the previous stage's batch is done
+                else
+                    wgmma_wait<0>();
             } else {
-#pragma unroll
-                for (int nt = 0; nt < PN; nt++) {
-                    const int   c   = BM + wn * TN + nt * 8 + (lane & 3) * 2;
-                    const float sw0 = ss[c], sw1 = ss[c + 1];
+                if (F8) {
 #pragma unroll
                     for (int mt = 0; mt < PT; mt++)
 #pragma unroll
-                        for (int q = 0; q < 4; q++)
-                            acc[mt][nt][q] = __fmaf_rn(
-                                part[mt][nt][q], __fmul_rn(sa[mt][q >> 1], q & 1 ? sw1 : sw0),
-                                acc[mt][nt][q]);
+                        for (int nt = 0; nt < PN; nt++)
+#pragma unroll
+                            for (int q = 0; q < 4; q++) part[mt][nt][q] = 0.0f;
+                }
+#pragma unroll
+                for (int ks = 0; ks < 4; ks++) {
+                    uint32_t af[MT][4], bfr[NTL][2];
+#pragma unroll
+                    for (int mt = 0; mt < MT; mt++) {
+                        int row = wm * TM + mt * 16 + (lane & 7) + ((lane >> 3) & 1) * 8;
+                        int ch  = 2 * ks + (lane >> 4);
+                        ldmatrix_x4(a_base + row * 128 + ((ch ^ (row & 7)) << 4), af[mt][0], af[mt][1],
+                                    af[mt][2], af[mt][3]);
+                    }
+#pragma unroll
+                    for (int np = 0; np < NTL / 2; np++) {
+                        int row = wn * TN + np * 16 + (lane & 7) + (lane >> 4) * 8;
+                        int ch  = 2 * ks + ((lane >> 3) & 1);
+                        ldmatrix_x4(b_base + row * 128 + ((ch ^ (row & 7)) << 4), bfr[2 * np][0],
+                                    bfr[2 * np][1], bfr[2 * np + 1][0], bfr[2 * np + 1][1]);
+                    }
+#pragma unroll
+                    for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+                        for (int nt = 0; nt < NTL; nt++) {
+                            if constexpr (F8)
+                                mma_16x8<DT>(part[mt % PT][nt % PN], af[mt], bfr[nt]);
+                            else
+                                mma_16x8<DT>(acc[mt][nt], af[mt], bfr[nt]);
+                        }
+                }
+            }
+            /* acc += part x (activation-row scale x weight-block scale), the
+             * product rounded once, so that a warp whose columns all read one
+             * weight block (every prefill tile of a model whose N is a multiple
+             * of 128) forms it once per row, not per element: the same bits
+             * with 64 fewer multiplies and one scale load instead of 16 a
+             * stage (the fp8 tiles are bound by issued instructions). The warps
+             * of a wgmma decode tile's zero rows have nothing to scale. */
+            if (F8 && (AM == BM || wm * TM < BM)) {
+                const float *ss = sAs + st * (BM + BN);
+                float sa[PT][2];
+#pragma unroll
+                for (int mt = 0; mt < PT; mt++)
+#pragma unroll
+                    for (int h = 0; h < 2; h++) {
+                        const int r = wm * TM + mt * 16 + (lane >> 2) + 8 * h;
+                        sa[mt][h] = AM == BM || r < BM ? ss[r] : 0.0f; // zero rows past BM
+                    }
+                if (one_block) {
+                    const float sw = ss[BM + wn * TN];
+#pragma unroll
+                    for (int mt = 0; mt < PT; mt++) {
+                        const float s0 = __fmul_rn(sa[mt][0], sw), s1 = __fmul_rn(sa[mt][1], sw);
+#pragma unroll
+                        for (int nt = 0; nt < PN; nt++)
+#pragma unroll
+                            for (int q = 0; q < 4; q++)
+                                acc[mt][nt][q] =
+                                    __fmaf_rn(part[mt][nt][q], q >> 1 ? s1 : s0, acc[mt][nt][q]);
+                    }
+                } else {
+#pragma unroll
+                    for (int nt = 0; nt < PN; nt++) {
+                        const int   c   = BM + wn * TN + nt * 8 + (lane & 3) * 2;
+                        const float sw0 = ss[c], sw1 = ss[c + 1];
+#pragma unroll
+                        for (int mt = 0; mt < PT; mt++)
+#pragma unroll
+                            for (int q = 0; q < 4; q++)
+                                acc[mt][nt][q] = __fmaf_rn(
+                                    part[mt][nt][q], __fmul_rn(sa[mt][q >> 1], q & 1 ? sw1 : sw0),
+                                    acc[mt][nt][q]);
+                    }
                 }
             }
         }
     }
-    if (WG) wgmma_wait<0>();
+    if (WG && !WS) wgmma_wait<0>(); // (WS: the consumers waited at the end of their loop)
     cp_async_wait<0>();
     __syncthreads();
 
     // accumulators -> shared tile (BM, LDC) f32
     float *sC = (float *)smem;
+    if (!producer) {
 #pragma unroll
-    for (int mt = 0; mt < MT; mt++)
+        for (int mt = 0; mt < MT; mt++)
 #pragma unroll
-        for (int nt = 0; nt < NTL; nt++) {
-            int r = wm * TM + mt * 16 + (lane >> 2);
-            if (AM > BM && r >= BM) continue; // the zero rows of a wgmma decode tile
-            int c = wn * TN + nt * 8 + (lane & 3) * 2;
-            sC[r * LDC + c]           = acc[mt][nt][0];
-            sC[r * LDC + c + 1]       = acc[mt][nt][1];
-            sC[(r + 8) * LDC + c]     = acc[mt][nt][2];
-            sC[(r + 8) * LDC + c + 1] = acc[mt][nt][3];
-        }
+            for (int nt = 0; nt < NTL; nt++) {
+                int r = wm * TM + mt * 16 + (lane >> 2);
+                if (AM > BM && r >= BM) continue; // the zero rows of a wgmma decode tile
+                int c = wn * TN + nt * 8 + (lane & 3) * 2;
+                sC[r * LDC + c]           = acc[mt][nt][0];
+                sC[r * LDC + c + 1]       = acc[mt][nt][1];
+                sC[(r + 8) * LDC + c]     = acc[mt][nt][2];
+                sC[(r + 8) * LDC + c + 1] = acc[mt][nt][3];
+            }
+    }
     __syncthreads();
 
     if (!W13) {
@@ -557,16 +692,16 @@ static __global__ void __launch_bounds__(WM *WN * 32)
 
 // ---- launchers
 
-template <int DT, int BM, int BN, int WM, int WN, int STAGES, bool W13, bool WG = false>
+template <int DT, int BM, int BN, int WM, int WN, int STAGES, bool W13, bool WG, bool WS>
 static cudaError_t gemm_setup() {
-    constexpr size_t smem = gemm_smem_bytes<BM, BN, STAGES, WG>();
-    return cudaFuncSetAttribute(grouped_gemm_kernel<DT, BM, BN, WM, WN, STAGES, W13, WG>,
+    constexpr size_t smem = gemm_smem_bytes<BM, BN, STAGES, WG, WS>();
+    return cudaFuncSetAttribute(grouped_gemm_kernel<DT, BM, BN, WM, WN, STAGES, W13, WG, WS>,
                                 cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
 }
 
-template <int DT, int BM, int BN, int WM, int WN, int STAGES, bool W13, bool WG = false>
+template <int DT, int BM, int BN, int WM, int WN, int STAGES, bool W13, bool WG, bool WS>
 static cudaError_t gemm_launch(const moe__gemm_args *g, cudaStream_t st) {
-    constexpr size_t smem = gemm_smem_bytes<BM, BN, STAGES, WG>();
+    constexpr size_t smem = gemm_smem_bytes<BM, BN, STAGES, WG, WS>();
     int outw = gemm_out_cols(g->act, W13, BN);
     moe__gemm_args a = *g;
     a.grid_n = (int)((g->N_out + outw - 1) / outw);
@@ -575,33 +710,36 @@ static cudaError_t gemm_launch(const moe__gemm_args *g, cudaStream_t st) {
     if (n_cta > 0x7fffffff) return cudaErrorInvalidConfiguration;
     cudaLaunchAttribute attr;
     const cudaLaunchConfig_t cfg =
-        launch_config(dim3((unsigned)n_cta), dim3(WM * WN * 32), smem, st, g->pdl, &attr);
+        launch_config(dim3((unsigned)n_cta), dim3(gemm_threads<WM, WN, WS>()), smem, st, g->pdl,
+                      &attr);
     cudaError_t e =
-        cudaLaunchKernelEx(&cfg, grouped_gemm_kernel<DT, BM, BN, WM, WN, STAGES, W13, WG>, a);
+        cudaLaunchKernelEx(&cfg, grouped_gemm_kernel<DT, BM, BN, WM, WN, STAGES, W13, WG, WS>, a);
     return e != cudaSuccess ? e : cudaGetLastError();
 }
 
 /* One tile configuration, named once: the kernels of its roles (bit 0:
- * W13, bit 1: W2), their shared-memory limits raised by setup(). */
+ * W13, bit 1: W2), their shared-memory limits raised by setup(). WS: the
+ * warp-specialized form (wgmma, a producer warpgroup on top of WM x WN). */
 #define GEMM_W13  1
 #define GEMM_W2   2
 #define GEMM_BOTH 3
-template <int DT, int BM, int BN, int WM, int WN, int STAGES, bool WG, int ROLES = GEMM_BOTH>
+template <int DT, int BM, int BN, int WM, int WN, int STAGES, bool WG, int ROLES = GEMM_BOTH,
+          bool WS = false>
 struct gemm_tile {
     static cudaError_t setup() {
         cudaError_t e = cudaSuccess;
         if constexpr ((ROLES & GEMM_W13) != 0)
-            e = gemm_setup<DT, BM, BN, WM, WN, STAGES, true, WG>();
+            e = gemm_setup<DT, BM, BN, WM, WN, STAGES, true, WG, WS>();
         if constexpr ((ROLES & GEMM_W2) != 0)
-            if (e == cudaSuccess) e = gemm_setup<DT, BM, BN, WM, WN, STAGES, false, WG>();
+            if (e == cudaSuccess) e = gemm_setup<DT, BM, BN, WM, WN, STAGES, false, WG, WS>();
         return e;
     }
     static cudaError_t launch(const moe__gemm_args *g, cudaStream_t st) {
         if constexpr (ROLES == GEMM_BOTH)
-            return g->w13 ? gemm_launch<DT, BM, BN, WM, WN, STAGES, true, WG>(g, st)
-                          : gemm_launch<DT, BM, BN, WM, WN, STAGES, false, WG>(g, st);
+            return g->w13 ? gemm_launch<DT, BM, BN, WM, WN, STAGES, true, WG, WS>(g, st)
+                          : gemm_launch<DT, BM, BN, WM, WN, STAGES, false, WG, WS>(g, st);
         else if (g->w13 == (ROLES == GEMM_W13))
-            return gemm_launch<DT, BM, BN, WM, WN, STAGES, ROLES == GEMM_W13, WG>(g, st);
+            return gemm_launch<DT, BM, BN, WM, WN, STAGES, ROLES == GEMM_W13, WG, WS>(g, st);
         return cudaErrorInvalidValue;
     }
 };

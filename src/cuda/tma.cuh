@@ -51,6 +51,25 @@ static __device__ __forceinline__ void mbar_expect_bytes(uint32_t bar, uint32_t 
 #endif
 }
 
+/* One plain arrival on bar (a consumer releasing a stage). */
+static __device__ __forceinline__ void mbar_arrive(uint32_t bar) {
+#ifdef MOE_WGMMA
+    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
+#else
+    (void)bar;
+#endif
+}
+
+/* Arrives on bar once this thread's cp.async copies issued so far have
+ * landed; the arrival is one of the count bar was initialized with. */
+static __device__ __forceinline__ void cp_async_arrive_noinc(uint32_t bar) {
+#ifdef MOE_WGMMA
+    asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(bar) : "memory");
+#else
+    (void)bar;
+#endif
+}
+
 /* Waits until the phase of bar with this parity has completed. */
 static __device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
 #ifdef MOE_WGMMA

@@ -1,6 +1,6 @@
 /*
  * wgmma.cuh - Hopper warpgroup MMA (sm_90a) for the grouped GEMM: shared-
- * memory matrix descriptors and one m64n128 or m64n32 step per operand type
+ * memory matrix descriptors and one m64n{256,128,64,32} step per operand type
  * (bf16, f16, e4m3), with the accumulator in the same per-thread order as
  * mma.sync's m16n8 tiles (so the kernel's epilogue serves both inner loops).
  *
@@ -72,6 +72,13 @@ static __device__ __forceinline__ void fence_proxy_async() {
               "%31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, "   \
               "%46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, "   \
               "%61, %62, %63"
+#define WG_REGS128 WG_REGS64 ", " WG_REGS64_128
+#define WG_REGS64_128                                                                         \
+    "%64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, "  \
+    "%79, %80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, "  \
+    "%94, %95, %96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, "  \
+    "%109, %110, %111, %112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, "  \
+    "%124, %125, %126, %127"
 /* D = A . B^T (+ D when ACC) with descriptors da, db; scales of A and B 1,
  * both operands K-major: bf16/f16 name the (absent) transposes, e4m3 has
  * no such operands. R f32 registers, then da, db and the scale of D. */
@@ -86,21 +93,32 @@ static __device__ __forceinline__ void fence_proxy_async() {
 #define WG_SCALE32 "34"
 #define WG_NEXT64  "65"
 #define WG_SCALE64 "66"
+#define WG_NEXT128  "129"
+#define WG_SCALE128 "130"
 #define WG_TAIL16  "1, 1, 0, 0"
 #define WG_TAIL8   "1, 1"
 #define WG_D16 WG_D8(0), WG_D8(8)
 #define WG_D32 WG_D8(0), WG_D8(8), WG_D8(16), WG_D8(24)
 #define WG_D64 WG_D8(0), WG_D8(8), WG_D8(16), WG_D8(24), WG_D8(32), WG_D8(40), WG_D8(48), WG_D8(56)
+#define WG_D128                                                                               \
+    WG_D64, WG_D8(64), WG_D8(72), WG_D8(80), WG_D8(88), WG_D8(96), WG_D8(104), WG_D8(112),    \
+        WG_D8(120)
 
 /* d (N / 2 floats: N / 8 tiles of 8 columns x 4) = A (64 x K) . B (N x K)^T
  * (+ d when ACC) for one 32-byte K step: k16 of bf16/f16, k32 of e4m3;
- * N = 128, 64 or 32. Thread t of warp w holds, for tile j, rows 16w + t/4
+ * N = 256 (bf16/f16: the warp-specialized prefill tile), 128, 64 or 32. Thread t of warp w holds, for tile j, rows 16w + t/4
  * (+8 for d[4j+2..3]) and columns 8j + 2(t%4) + (0, 1). */
 template <int DT, int N, bool ACC = true>
 static __device__ __forceinline__ void wgmma_step(float *d, uint64_t da, uint64_t db) {
-    static_assert(N == 128 || N == 64 || N == 32, "wgmma width");
+    static_assert(N == 256 || N == 128 || N == 64 || N == 32, "wgmma width");
+    static_assert(N != 256 || DT != MOE_CUDA_FP8, "m64n256 steps are bf16/f16 only");
 #ifdef MOE_WGMMA
-    if (N == 128) {
+    if (N == 256) {
+        if (DT == MOE_CUDA_BF16)
+            WG_MMA(128, "m64n256k16.f32.bf16.bf16", WG_TAIL16, WG_D128);
+        else
+            WG_MMA(128, "m64n256k16.f32.f16.f16", WG_TAIL16, WG_D128);
+    } else if (N == 128) {
         if (DT == MOE_CUDA_BF16)
             WG_MMA(64, "m64n128k16.f32.bf16.bf16", WG_TAIL16, WG_D64);
         else if (DT == MOE_CUDA_F16)
