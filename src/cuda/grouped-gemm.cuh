@@ -33,16 +33,17 @@
  * thread waits on the stage's mbarrier; the activation side stays on
  * cp.async (W13 gathers its rows by token).
  *
- * Warp-specialized tiles (WS, the bf16/f16 prefill tile): the consumer
- * warpgroups only issue wgmma (m64n256, a warpgroup per 64 rows), and one
- * more warpgroup, the producer, fills the stages: its thread 0 by TMA (B),
- * all 128 threads by cp.async (A), each announcing its copies' landing on
- * the stage's "full" mbarrier; a consumer warp releases a stage on its
- * "empty" mbarrier once the wgmma batch that read it is done. Nothing waits
- * at a CTA-wide barrier inside the K loop: the producer refills a stage as
- * soon as it is released, up to three stages ahead of the tensor cores. A
- * consumer warpgroup whose 64 rows are all padding (an expert's last tile)
- * issues no wgmma, and W2 writes its rows from the accumulators.
+ * Warp-specialized tiles (WS: the bf16/f16 prefill tile, m64n256 steps, and
+ * the fp8 gated W13 prefill tile): the consumer warpgroups only issue wgmma
+ * (and fp8 scales its partial sums), and one more warpgroup, the producer,
+ * fills the stages: its thread 0 by TMA (B), all 128 threads by cp.async
+ * (A), each announcing its copies' landing on the stage's "full" mbarrier;
+ * a consumer warp releases a stage on its "empty" mbarrier once the wgmma
+ * batch that read it is done. Nothing waits at a CTA-wide barrier inside
+ * the K loop: the producer refills a stage as soon as it is released, up to
+ * three stages ahead of the tensor cores. A consumer warpgroup whose 64 rows
+ * are all padding (an expert's last tile) issues no wgmma, and a W2 tile
+ * writes its rows straight from the accumulators.
  */
 #ifndef MOE_CUDA_GROUPED_GEMM_CUH
 #define MOE_CUDA_GROUPED_GEMM_CUH
@@ -157,7 +158,7 @@ static __global__ void __launch_bounds__(gemm_threads<WM, WN, WS>())
     static_assert(!WG || (TM == 16 && (TN == 128 || TN == 64 || TN == 32 || (WS && TN == 256)) &&
                           WM % 4 == 0),
                   "wgmma tile");
-    static_assert(!WS || (WG && DT != MOE_CUDA_FP8 && AM == BM), "WS: bf16/f16 wgmma tiles");
+    static_assert(!WS || (WG && AM == BM), "WS: wgmma prefill tiles");
     /* fp8 on wgmma: its sums differ in their last bits from mma.sync's, so
      * a build uses wgmma for every fp8 tile, decode included (a row's
      * result must not depend on the regime its batch picked: expert
@@ -264,7 +265,7 @@ static __global__ void __launch_bounds__(gemm_threads<WM, WN, WS>())
      * source (padding row, past N, the K tail) copies zero bytes. */
     constexpr bool F8 = DT == MOE_CUDA_FP8;
     constexpr int CA = BM * 8 / PTHR, CH = CA + (TMA ? 0 : BN * 8 / PTHR);
-    constexpr int SA = F8 ? (BM + NTHR - 1) / NTHR : 0, SB = F8 ? (BN + NTHR - 1) / NTHR : 0;
+    constexpr int SA = F8 ? (BM + PTHR - 1) / PTHR : 0, SB = F8 ? (BN + PTHR - 1) / PTHR : 0;
     static_assert((BM * 8) % PTHR == 0 && (BN * 8) % PTHR == 0, "chunk split");
     static_assert(SA + SB <= 32, "one validity bit per scale copy");
     static_assert(!TMA || BN % (2 * TMA_BOX_ROWS) == 0, "whole TMA boxes per gated half");
@@ -285,7 +286,7 @@ static __global__ void __launch_bounds__(gemm_threads<WM, WN, WS>())
 #pragma unroll
     for (int j = 0; j < SA + SB; j++) {
         const bool isA = j < SA;
-        const int  i   = threadIdx.x + (isA ? j : j - SA) * NTHR;
+        const int  i   = ct + (isA ? j : j - SA) * PTHR;
         const int  src = isA ? (i < BM ? a_src[i] : -1) : (i < BN ? b_src[i] : -1);
         if (isA)
             scale_p[j] = g.a_scale + (src >= 0 ? (int64_t)src * kblocks : 0);
@@ -328,7 +329,7 @@ static __global__ void __launch_bounds__(gemm_threads<WM, WN, WS>())
         }
 #pragma unroll
         for (int j = isA ? 0 : SA; j < (isA ? SA : SA + SB); j++) {
-            const int i = threadIdx.x + (j < SA ? j : j - SA) * NTHR;
+            const int i = ct + (j < SA ? j : j - SA) * PTHR;
             if (i < (j < SA ? BM : BN))
                 cp_async4(smem_u32(sAs + st * (BM + BN) + (j < SA ? 0 : BM) + i), scale_p[j] + kt,
                           (scale_ok >> j) & 1 ? 4 : 0);
@@ -367,6 +368,53 @@ static __global__ void __launch_bounds__(gemm_threads<WM, WN, WS>())
 #pragma unroll
             for (int q = 0; q < 4; q++) acc[i][j][q] = 0.0f;
 
+    constexpr int PT = F8 ? MT : 1, PN = F8 ? NTL : 1; // fp8: the stage's partial tile
+    /* acc += part x (activation-row scale x weight-block scale), the
+     * product rounded once, so that a warp whose columns all read one
+     * weight block (every prefill tile of a model whose N is a multiple
+     * of 128) forms it once per row, not per element: the same bits
+     * with 64 fewer multiplies and one scale load instead of 16 a
+     * stage (the fp8 tiles are bound by issued instructions). The warps
+     * of a wgmma decode tile's zero rows have nothing to scale. */
+    auto fold = [&](const float (&part)[PT][PN][4], int st) {
+        if (!F8 || (AM > BM && wm * TM >= BM)) return;
+        const float *ss = sAs + st * (BM + BN);
+        float sa[PT][2];
+#pragma unroll
+        for (int mt = 0; mt < PT; mt++)
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                const int r = wm * TM + mt * 16 + (lane >> 2) + 8 * h;
+                sa[mt][h] = AM == BM || r < BM ? ss[r] : 0.0f; // zero rows past BM
+            }
+        if (one_block) {
+            const float sw = ss[BM + wn * TN];
+#pragma unroll
+            for (int mt = 0; mt < PT; mt++) {
+                const float s0 = __fmul_rn(sa[mt][0], sw), s1 = __fmul_rn(sa[mt][1], sw);
+#pragma unroll
+                for (int nt = 0; nt < PN; nt++)
+#pragma unroll
+                    for (int q = 0; q < 4; q++)
+                        acc[mt][nt][q] =
+                            __fmaf_rn(part[mt][nt][q], q >> 1 ? s1 : s0, acc[mt][nt][q]);
+            }
+        } else {
+#pragma unroll
+            for (int nt = 0; nt < PN; nt++) {
+                const int   c   = BM + wn * TN + nt * 8 + (lane & 3) * 2;
+                const float sw0 = ss[c], sw1 = ss[c + 1];
+#pragma unroll
+                for (int mt = 0; mt < PT; mt++)
+#pragma unroll
+                    for (int q = 0; q < 4; q++)
+                        acc[mt][nt][q] = __fmaf_rn(
+                            part[mt][nt][q], __fmul_rn(sa[mt][q >> 1], q & 1 ? sw1 : sw0),
+                            acc[mt][nt][q]);
+            }
+        }
+    };
+
     if constexpr (WS) {
         if (producer) {
             /* the producer: a stage's copies once its consumers released it
@@ -384,17 +432,19 @@ static __global__ void __launch_bounds__(gemm_threads<WM, WN, WS>())
                 cp_async_arrive_noinc(bar0 + 8 * st);
             }
         } else {
-            /* the consumers: one batch in flight; stage kt - 1 is released
-             * once the batch that read it is done. A warpgroup whose 64 rows
-             * are all padding (an expert's last tile) skips its wgmma, so
-             * that the other one has the tensor cores to itself, but keeps
-             * step with the stages. */
+            /* the consumers: bf16/f16 keep one batch in flight, stage kt - 1
+             * is released once the batch that read it is done; fp8 waits for
+             * each batch and scales it, while the other warpgroup's batch
+             * runs. A warpgroup whose 64 rows are all padding (an expert's
+             * last tile) skips its wgmma, so that the other one has the
+             * tensor cores to itself, but keeps step with the stages. */
             if (!W13) {
                 pdl_wait();
                 pdl_launch();
             }
-            const uint32_t a_off = (uint32_t)(warp / 4) * 64 * 128;
-            const bool busy = __shfl_sync(0xffffffffu, (warp / 4) * 64 < r1 - r0, 0);
+            const int      wg_row = (warp / 4) / WN; // the warpgroup's 64-row group
+            const uint32_t a_off  = (uint32_t)wg_row * 64 * 128, b_off = (uint32_t)wn * TN * 128;
+            const bool     busy   = __shfl_sync(0xffffffffu, wg_row * 64 < r1 - r0, 0);
             auto full_wait = [&](int kt) {
                 mbar_wait(bar0 + 8 * (kt % STAGES), (uint32_t)(kt / STAGES) & 1);
             };
@@ -408,15 +458,28 @@ static __global__ void __launch_bounds__(gemm_threads<WM, WN, WS>())
                     full_wait(kt);
                     fence_proxy_async(); // the producer's cp.async bytes, for wgmma's reads
                     const uint32_t a_wg = smem_u32(sA + (size_t)st * AM * 128) + a_off;
-                    const uint32_t b_wg = smem_u32(sB + (size_t)st * BN * 128);
+                    const uint32_t b_wg = smem_u32(sB + (size_t)st * BN * 128) + b_off;
+                    float          part[PT][PN][4];
+                    float         *d = F8 ? &part[0][0][0] : &acc[0][0][0];
                     wgmma_fence();
 #pragma unroll
-                    for (int ks = 0; ks < 4; ks++)
-                        wgmma_step<DT, TN, true>(&acc[0][0][0], wgmma_desc(a_wg + ks * 32),
-                                                 wgmma_desc(b_wg + ks * 32));
+                    for (int ks = 0; ks < 4; ks++) {
+                        const uint64_t da = wgmma_desc(a_wg + ks * 32);
+                        const uint64_t db = wgmma_desc(b_wg + ks * 32);
+                        if (F8 && ks == 0)
+                            wgmma_step<DT, TN, false>(d, da, db); // part = A . B
+                        else
+                            wgmma_step<DT, TN, true>(d, da, db);
+                    }
                     wgmma_commit();
-                    wgmma_wait<1>();
-                    if (kt > 0) release(kt - 1);
+                    if constexpr (F8) {
+                        wgmma_wait<0>();
+                        fold(part, st);
+                        release(kt);
+                    } else {
+                        wgmma_wait<1>();
+                        if (kt > 0) release(kt - 1);
+                    }
                 }
                 wgmma_wait<0>();
             } else {
@@ -471,7 +534,6 @@ static __global__ void __launch_bounds__(gemm_threads<WM, WN, WS>())
              * then goes into acc times its activation-row scale and weight-block
              * scale (an fp32 sum of the blocks: Hopper's fp8 MMA keeps fewer bits
              * than fp32 in a running sum). */
-            constexpr int PT = F8 ? MT : 1, PN = F8 ? NTL : 1;
             float part[PT][PN][4];
             if constexpr (WG) {
                 const uint32_t a_wg = a_base + (uint32_t)(wm / 4) * 64 * 128;
@@ -528,50 +590,7 @@ static __global__ void __launch_bounds__(gemm_threads<WM, WN, WS>())
                         }
                 }
             }
-            /* acc += part x (activation-row scale x weight-block scale), the
-             * product rounded once, so that a warp whose columns all read one
-             * weight block (every prefill tile of a model whose N is a multiple
-             * of 128) forms it once per row, not per element: the same bits
-             * with 64 fewer multiplies and one scale load instead of 16 a
-             * stage (the fp8 tiles are bound by issued instructions). The warps
-             * of a wgmma decode tile's zero rows have nothing to scale. */
-            if (F8 && (AM == BM || wm * TM < BM)) {
-                const float *ss = sAs + st * (BM + BN);
-                float sa[PT][2];
-#pragma unroll
-                for (int mt = 0; mt < PT; mt++)
-#pragma unroll
-                    for (int h = 0; h < 2; h++) {
-                        const int r = wm * TM + mt * 16 + (lane >> 2) + 8 * h;
-                        sa[mt][h] = AM == BM || r < BM ? ss[r] : 0.0f; // zero rows past BM
-                    }
-                if (one_block) {
-                    const float sw = ss[BM + wn * TN];
-#pragma unroll
-                    for (int mt = 0; mt < PT; mt++) {
-                        const float s0 = __fmul_rn(sa[mt][0], sw), s1 = __fmul_rn(sa[mt][1], sw);
-#pragma unroll
-                        for (int nt = 0; nt < PN; nt++)
-#pragma unroll
-                            for (int q = 0; q < 4; q++)
-                                acc[mt][nt][q] =
-                                    __fmaf_rn(part[mt][nt][q], q >> 1 ? s1 : s0, acc[mt][nt][q]);
-                    }
-                } else {
-#pragma unroll
-                    for (int nt = 0; nt < PN; nt++) {
-                        const int   c   = BM + wn * TN + nt * 8 + (lane & 3) * 2;
-                        const float sw0 = ss[c], sw1 = ss[c + 1];
-#pragma unroll
-                        for (int mt = 0; mt < PT; mt++)
-#pragma unroll
-                            for (int q = 0; q < 4; q++)
-                                acc[mt][nt][q] = __fmaf_rn(
-                                    part[mt][nt][q], __fmul_rn(sa[mt][q >> 1], q & 1 ? sw1 : sw0),
-                                    acc[mt][nt][q]);
-                    }
-                }
-            }
+            if constexpr (F8) fold(part, st);
         }
     }
     if (WG && !WS) wgmma_wait<0>(); // (WS: the consumers waited at the end of their loop)
