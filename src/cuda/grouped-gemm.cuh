@@ -569,8 +569,8 @@ static __global__ void __launch_bounds__(gemm_threads<WM, WN, WS>())
                     for (int mt = 0; mt < MT; mt++) {
                         int row = wm * TM + mt * 16 + (lane & 7) + ((lane >> 3) & 1) * 8;
                         int ch  = 2 * ks + (lane >> 4);
-                        ldmatrix_x4(a_base + row * 128 + ((ch ^ (row & 7)) << 4), af[mt][0], af[mt][1],
-                                    af[mt][2], af[mt][3]);
+                        ldmatrix_x4(a_base + row * 128 + ((ch ^ (row & 7)) << 4), af[mt][0],
+                                    af[mt][1], af[mt][2], af[mt][3]);
                     }
 #pragma unroll
                     for (int np = 0; np < NTL / 2; np++) {

@@ -72,13 +72,12 @@ static __device__ __forceinline__ void fence_proxy_async() {
               "%31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, "   \
               "%46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, "   \
               "%61, %62, %63"
-#define WG_REGS128 WG_REGS64 ", " WG_REGS64_128
-#define WG_REGS64_128                                                                         \
-    "%64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, "  \
-    "%79, %80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, "  \
-    "%94, %95, %96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, "  \
-    "%109, %110, %111, %112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, "  \
-    "%124, %125, %126, %127"
+#define WG_REGS128                                                                            \
+    WG_REGS64 ", %64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, "  \
+              "%79, %80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, "   \
+              "%94, %95, %96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, "      \
+              "%107, %108, %109, %110, %111, %112, %113, %114, %115, %116, %117, %118, "      \
+              "%119, %120, %121, %122, %123, %124, %125, %126, %127"
 /* D = A . B^T (+ D when ACC) with descriptors da, db; scales of A and B 1,
  * both operands K-major: bf16/f16 name the (absent) transposes, e4m3 has
  * no such operands. R f32 registers, then da, db and the scale of D. */
@@ -106,8 +105,9 @@ static __device__ __forceinline__ void fence_proxy_async() {
 
 /* d (N / 2 floats: N / 8 tiles of 8 columns x 4) = A (64 x K) . B (N x K)^T
  * (+ d when ACC) for one 32-byte K step: k16 of bf16/f16, k32 of e4m3;
- * N = 256 (bf16/f16: the warp-specialized prefill tile), 128, 64 or 32. Thread t of warp w holds, for tile j, rows 16w + t/4
- * (+8 for d[4j+2..3]) and columns 8j + 2(t%4) + (0, 1). */
+ * N = 256 (bf16/f16 only: the warp-specialized prefill tile), 128, 64 or
+ * 32. Thread t of warp w holds, for tile j, rows 16w + t/4 (+8 for
+ * d[4j+2..3]) and columns 8j + 2(t%4) + (0, 1). */
 template <int DT, int N, bool ACC = true>
 static __device__ __forceinline__ void wgmma_step(float *d, uint64_t da, uint64_t db) {
     static_assert(N == 256 || N == 128 || N == 64 || N == 32, "wgmma width");
