@@ -429,6 +429,10 @@ TEST(cuda_layer_bf16_shape_grid) {
         /* f16 and biases on the 128-row tiles; 160 columns: a gated tile partly empty */
         { 600, 256, 160, 8, 2, MOE_FORMAT_F16, MOE_FORMAT_F16, MOE_ACT_GELU_TANH, 0, 1, 0, 0, 0,
           0, 0 },
+        /* long K on the 128-row tiles (16 stages of W13, then of W2): every stage
+         * buffer refilled three times, both phases of its mbarriers */
+        { 400, 1024, 256, 8, 2, BF16, F32, MOE_ACT_SILU, 0, 0, 0, 0, 0, 0, 0 },
+        { 300, 256, 1024, 4, 2, BF16, F32, MOE_ACT_GELU, 0, 1, 0, 0, 0, 0, 0 },
     };
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++)
         layer_check(&cases[i], 100 + i, false);
@@ -487,6 +491,8 @@ TEST(cuda_layer_fp8_block) {
          * (BN 128) decode tiles, 16 and 32 rows */
         { 16, 1024, 512, 64, 8, FP8, F32, MOE_ACT_SILU, 0, 0, 0, 0, 0, 0, 0 },
         { 48, 1536, 768, 32, 8, FP8, BF16, MOE_ACT_SILU, 0, 0, 0, 0, 0, 0, 0 },
+        /* long K on the prefill tiles (10 stages of W13): stage buffers refilled */
+        { 200, 1280, 256, 8, 2, FP8, F32, MOE_ACT_SILU, 0, 0, 0, 0, 0, 0, 0 },
     };
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++)
         layer_check(&cases[i], 500 + i, i == 5);
