@@ -162,6 +162,12 @@ static __device__ __forceinline__ float quant_group_warp(const float *v, int n_v
     return scale;
 }
 
+/* Whether act reads W13 as a gate half then an up half (SWIGLU_OAI
+ * interleaves them, RELU2 has no gate). */
+static __host__ __device__ __forceinline__ bool act_is_gated(int act) {
+    return act == MOE_ACT_SILU || act == MOE_ACT_GELU || act == MOE_ACT_GELU_TANH;
+}
+
 /* Activation of the W13 epilogue, fp32. g = gate (or the single value of
  * RELU2), u = up. */
 static __device__ __forceinline__ float act_apply(int act, float g, float u, float alpha,

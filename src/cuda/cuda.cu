@@ -197,8 +197,7 @@ static moe_status upload_experts(moe_routed_experts *e, const float *gate, bool 
     }
     if (tma) {
         const int  esz   = x->dtype == MOE_CUDA_FP8 ? 1 : 2;
-        const bool gated = o->activation == MOE_ACT_SILU || o->activation == MOE_ACT_GELU ||
-                           o->activation == MOE_ACT_GELU_TANH; // gate and up halves
+        const bool gated = act_is_gated(o->activation); // gate and up halves
         x->tma = make_weight_map(x->tm13, x->w13, (int64_t)E, gated ? x->I : x->n13,
                                  gated ? 2 : 1, x->H, esz) &&
                  make_weight_map(x->tm2, x->w2, (int64_t)E, x->H, 1, x->I, esz);

@@ -55,10 +55,6 @@
 
 // ---- device helpers
 
-static __device__ __forceinline__ bool act_is_gated(int act) {
-    return act == MOE_ACT_SILU || act == MOE_ACT_GELU || act == MOE_ACT_GELU_TANH;
-}
-
 /* Output columns one W13 CTA produces from its BN weight rows. */
 static __host__ __device__ __forceinline__ int gemm_out_cols(int act, int w13, int BN) {
     return (w13 && act != MOE_ACT_RELU2) ? BN / 2 : BN;
