@@ -681,24 +681,12 @@ static int is_scalar(const moe__mtensor *t) {
     return t->n_dims == 0 || (t->n_dims == 1 && t->shape[0] == 1);
 }
 
-/* The value of a one-element plain tensor (memcpy: file data may be unaligned). */
-static float scalar_f32(const moe__mtensor *t) {
-    if (t->dtype == MOE__DT_F32) {
-        float f;
-        memcpy(&f, t->data, 4);
-        return f;
-    }
-    uint16_t h;
-    memcpy(&h, t->data, 2);
-    return t->dtype == MOE__DT_BF16 ? moe__bf16_to_f32(h) : moe__f16_to_f32(h);
-}
-
 /* A scalar scale tensor: plain float, one element, finite and > 0. */
 static moe_status check_scalar_scale(const moe__mtensor *t, char *err, size_t errlen) {
     moe_status s;
     if ((s = check_plain(t, err, errlen))) return s;
     if (!is_scalar(t)) return MOE__SHAPE(t, 1);
-    float v = scalar_f32(t);
+    float v = moe__mtensor_f32(t, 0);
     if (!(isfinite(v) && v > 0))
         return moe__errf(err, errlen, MOE_ERR_SCALE, "tensor %s: scale %g is not finite and > 0",
                          t->name, (double)v);
@@ -759,10 +747,11 @@ static moe_status bind_sproj(const moe_model *m, const char *fmt, int32_t L, int
             (s = check_scalar_scale(p->s2, err, errlen)))
             return s;
         /* compressed-tensors stores the reciprocal (its weight_global_scale) */
-        p->gscale = c->quant_nvfp4_ct ? 1.0f / scalar_f32(p->s2) : scalar_f32(p->s2);
+        const float s2 = moe__mtensor_f32(p->s2, 0);
+        p->gscale = c->quant_nvfp4_ct ? 1.0f / s2 : s2;
         if (!isfinite(p->gscale))
             return moe__errf(err, errlen, MOE_ERR_SCALE, "tensor %s: global scale %g has no "
-                             "finite reciprocal", p->s2->name, (double)scalar_f32(p->s2));
+                             "finite reciprocal", p->s2->name, (double)s2);
         break;
     case MOE_FORMAT_FP8_TENSOR:
     case MOE_FORMAT_FP8_CHANNEL:
@@ -837,7 +826,7 @@ static int plain_proj(const moe_model *m, const char *fmt, int32_t L, int e, con
 /* NVFP4 runs W13 with one global scale per expert: gate and up must agree. */
 static moe_status same_scale2(const moe__sproj *g, const moe__sproj *u, const char *who, int e,
                               char *err, size_t errlen) {
-    float a = scalar_f32(g->s2), b = scalar_f32(u->s2);
+    float a = moe__mtensor_f32(g->s2, 0), b = moe__mtensor_f32(u->s2, 0);
     if (a == b) return MOE_OK;
     char which[32] = "the shared expert";
     if (e >= 0) snprintf(which, sizeof which, "expert %d", e);

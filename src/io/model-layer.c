@@ -33,25 +33,12 @@ static void *own(moe_model_layer *ml, size_t bytes) {
     return p;
 }
 
-/* Element i of a plain-typed tensor as f32; memcpy because file data may be
- * unaligned. */
-static float elem(moe__dtype dt, const uint8_t *p, int64_t i) {
-    if (dt == MOE__DT_F32) {
-        float f;
-        memcpy(&f, p + 4 * i, 4);
-        return f;
-    }
-    uint16_t h;
-    memcpy(&h, p + 2 * i, 2);
-    return dt == MOE__DT_BF16 ? moe__bf16_to_f32(h) : moe__f16_to_f32(h);
-}
-
 /* f32 copy of a whole plain tensor (n elements; shape already checked). */
 static float *to_f32(moe_model_layer *ml, const moe__mtensor *t, int64_t n) {
     if (!t) return NULL;
     float *o = own(ml, (size_t)n * sizeof(float));
     if (!o) return NULL;
-    for (int64_t i = 0; i < n; i++) o[i] = elem(t->dtype, t->data, i);
+    for (int64_t i = 0; i < n; i++) o[i] = moe__mtensor_f32(t, i);
     return o;
 }
 
@@ -250,9 +237,6 @@ static moe_status check_proj(moe_format f, const moe__mcfg *c, moe_format sf, co
     return check_scales(f, c, sf, what, N, K, p->w->data, scales, scale2, err, errlen);
 }
 
-/* Element i of a plain tensor, or of a one-element one (any index). */
-static float scalar(const moe__mtensor *t) { return elem(t->dtype, t->data, 0); }
-
 /* GPTQ-style tables of one compressed-tensors pack-quantized projection:
  * weight_packed (N, K/per) holds K values of row n in words n*K/per + k/per
  * (value k%per at bits (32/per)*(k%per), stored + 2^(bits-1)), which is GPTQ's
@@ -363,24 +347,24 @@ static moe_status build_scaled(moe_model_layer *ml, const moe__mcfg *c, moe_form
                 (s = check_proj(f, c, sf, d, H, I, t2, g2[i], err, errlen)))
                 return s;
         } else if (f == MOE_FORMAT_FP8_TENSOR) {
-            float s13v, s2v = scalar(d->s);
-            if ((s = moe__fp8_merge_w13_scales(d13, I, H, scalar(g->s), scalar(u->s), &s13v,
-                                               err, errlen)))
+            float s13v, s2v = moe__mtensor_f32(d->s, 0);
+            if ((s = moe__fp8_merge_w13_scales(d13, I, H, moe__mtensor_f32(g->s, 0),
+                                               moe__mtensor_f32(u->s, 0), &s13v, err, errlen)))
                 return s;
             memcpy(t13, &s13v, 4);
             memcpy(t2, &s2v, 4);
             if (in13) {
-                float a = scalar(g->in), b = scalar(u->in);
+                float a = moe__mtensor_f32(g->in, 0), b = moe__mtensor_f32(u->in, 0);
                 in13[i] = a > b ? a : b;
-                in2[i] = scalar(d->in);
+                in2[i] = moe__mtensor_f32(d->in, 0);
             }
         } else { /* FP8_CHANNEL: row scales to f32 */
             float *f13 = (float *)(void *)t13, *f2 = (float *)(void *)t2;
             for (int64_t r = 0; r < I; r++) {
-                f13[r] = elem(g->s->dtype, g->s->data, r);
-                f13[I + r] = elem(u->s->dtype, u->s->data, r);
+                f13[r] = moe__mtensor_f32(g->s, r);
+                f13[I + r] = moe__mtensor_f32(u->s, r);
             }
-            for (int64_t r = 0; r < H; r++) f2[r] = elem(d->s->dtype, d->s->data, r);
+            for (int64_t r = 0; r < H; r++) f2[r] = moe__mtensor_f32(d->s, r);
             if ((s = check_proj(f, c, sf, g, I, H, f13, 1, err, errlen)) ||
                 (s = check_proj(f, c, sf, u, I, H, f13 + I, 1, err, errlen)) ||
                 (s = check_proj(f, c, sf, d, H, I, f2, 1, err, errlen)))
@@ -526,12 +510,12 @@ static moe_status build_routed(moe_model_layer *ml, const moe_model *m, const mo
             float *row = bias + (size_t)e * (size_t)(2 * I);
             const int64_t x = sel[e];
             if (b->b13) {
-                for (int64_t r = 0; r < 2 * I; r++) row[r] = elem(b->b13->dtype, b->b13->data, x * 2 * I + r);
+                for (int64_t r = 0; r < 2 * I; r++) row[r] = moe__mtensor_f32(b->b13, x * 2 * I + r);
                 continue;
             }
             for (int64_t i = 0; i < I; i++) {
-                float g = elem(b->b_gate->dtype, b->b_gate->data, x * I + i);
-                float u = elem(b->b_up->dtype, b->b_up->data, x * I + i);
+                float g = moe__mtensor_f32(b->b_gate, x * I + i);
+                float u = moe__mtensor_f32(b->b_up, x * I + i);
                 if (b->interleave) { row[2 * i] = g; row[2 * i + 1] = u; }
                 else { row[i] = g; row[I + i] = u; }
             }
@@ -543,7 +527,7 @@ static moe_status build_routed(moe_model_layer *ml, const moe_model *m, const mo
         if (!bias) return moe__errf(err, errlen, MOE_ERR_NOMEM, "out of memory");
         for (int32_t e = 0; e < E; e++)
             for (int64_t h = 0; h < H; h++)
-                bias[(size_t)e * (size_t)H + (size_t)h] = elem(b->b2->dtype, b->b2->data, (int64_t)sel[e] * H + h);
+                bias[(size_t)e * (size_t)H + (size_t)h] = moe__mtensor_f32(b->b2, (int64_t)sel[e] * H + h);
         eo->w2.bias = bias;
     }
     return MOE_OK;

@@ -31,6 +31,17 @@ const moe__mtensor *moe__model_find(const moe_model *m, const char *name) {
     return i < 0 ? NULL : &m->tensors[i];
 }
 
+float moe__mtensor_f32(const moe__mtensor *t, int64_t i) {
+    if (t->dtype == MOE__DT_F32) {
+        float f;
+        memcpy(&f, t->data + 4 * i, 4);
+        return f;
+    }
+    uint16_t h;
+    memcpy(&h, t->data + 2 * i, 2);
+    return t->dtype == MOE__DT_BF16 ? moe__bf16_to_f32(h) : moe__f16_to_f32(h);
+}
+
 const moe__mtensor *moe__model_findf(const moe_model *m, const char *fmt, ...) {
     char buf[512];
     va_list ap;

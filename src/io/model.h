@@ -156,6 +156,9 @@ moe_status moe__model_open_st_buffer(const char *config, size_t config_len, cons
 
 /* The tensor with this name, or NULL. */
 const moe__mtensor *moe__model_find(const moe_model *m, const char *name);
+/* Element i of a plain (F32, F16, BF16) tensor as f32; a one-element tensor's
+ * value at i = 0. Read with memcpy: file data may be unaligned. */
+float moe__mtensor_f32(const moe__mtensor *t, int64_t i);
 /* printf-style name lookup. */
 const moe__mtensor *moe__model_findf(const moe_model *m, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
