@@ -376,6 +376,15 @@ W4A16 = ct_cfg("pack-quantized",
 W4A16_ACT = ct_cfg("pack-quantized",
                    {"num_bits": 4, "type": "int", "strategy": "group", "group_size": 32,
                     "symmetric": True, "dynamic": False, "actorder": "group"}, None)
+def with_group(cfg, **fields):
+    """cfg with fields of its config group group_0 replaced: a dict value updates that field's
+    quantization args, anything else (None) replaces the field."""
+    g = dict(cfg["config_groups"]["group_0"])
+    for k, v in fields.items():
+        g[k] = dict(g[k], **v) if isinstance(v, dict) else v
+    return dict(cfg, config_groups={"group_0": g})
+
+
 NVFP4_CT = ct_cfg("nvfp4-pack-quantized",
                   {"num_bits": 4, "type": "float", "strategy": "tensor_group", "group_size": 16,
                    "symmetric": True, "dynamic": False, "actorder": None},
@@ -469,22 +478,12 @@ def main():
     bad("bad_fp8_missing_input_scale", "mo_fp8", base_cfg(MO_FP8), drop_input_scale)
     bad("bad_nvfp4_dtype", "nvfp4", base_cfg(MO_NVFP4), signed_bytes)
     bad("bad_ct_nvfp4_tiny_scale", "ct_nvfp4", base_cfg(NVFP4_CT), tiny_global_scale)
-    nvfp4_g32 = dict(NVFP4_CT)
-    nvfp4_g32["config_groups"] = {"group_0": dict(NVFP4_CT["config_groups"]["group_0"],
-                                                  weights=dict(NVFP4_CT["config_groups"]
-                                                               ["group_0"]["weights"],
-                                                               group_size=32))}
-    bad("bad_ct_nvfp4_group", "ct_nvfp4", base_cfg(nvfp4_g32))
-    nvfp4_dyn = dict(NVFP4_CT)
-    nvfp4_dyn["config_groups"] = {"group_0": dict(NVFP4_CT["config_groups"]["group_0"],
-                                                  input_activations=dict(
-                                                      NVFP4_CT["config_groups"]["group_0"]
-                                                      ["input_activations"], dynamic="global"))}
-    bad("bad_ct_dynamic_string", "ct_nvfp4", base_cfg(nvfp4_dyn))
-    weight_only = dict(FP8_CH)
-    weight_only["config_groups"] = {"group_0": dict(FP8_CH["config_groups"]["group_0"],
-                                                    input_activations=None)}
-    bad("bad_ct_fp8_weight_only", "ct_fp8_channel", base_cfg(weight_only))
+    bad("bad_ct_nvfp4_group", "ct_nvfp4",
+        base_cfg(with_group(NVFP4_CT, weights={"group_size": 32})))
+    bad("bad_ct_dynamic_string", "ct_nvfp4",
+        base_cfg(with_group(NVFP4_CT, input_activations={"dynamic": "global"})))
+    bad("bad_ct_fp8_weight_only", "ct_fp8_channel",
+        base_cfg(with_group(FP8_CH, input_activations=None)))
     mixed = dict(W4A16)
     mixed["config_groups"] = {"group_0": W4A16["config_groups"]["group_0"],
                               "group_1": W8A16["config_groups"]["group_0"]}
