@@ -458,6 +458,9 @@ TEST(cuda_layer_router_variants_and_gate) {
     lcase c = { 50, 256, 128, 16, 1, MOE_FORMAT_BF16, MOE_FORMAT_F32, MOE_ACT_SILU,
                 MOE_SCORING_LLAMA4, 0, 0, 64, 0, 0, MOE_SHARED_BEFORE };
     layer_check(&c, 300, false);
+    c.T = 1200; /* 75 rows per expert: the 128-row tiles scale W13's input per slot */
+    layer_check(&c, 303, false);
+    c.T = 50;
     c.scoring = MOE_SCORING_SIGMOID; c.k = 4; c.use_gate_logits = 1;
     layer_check(&c, 301, false);
     c.scoring = MOE_SCORING_SOFTMAX_TOPK; c.T = 3;

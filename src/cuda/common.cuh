@@ -164,7 +164,7 @@ static __device__ __forceinline__ float quant_group_warp(const float *v, int n_v
 
 /* Whether act reads W13 as a gate half then an up half (SWIGLU_OAI
  * interleaves them, RELU2 has no gate). */
-static __host__ __device__ __forceinline__ bool act_is_gated(int act) {
+static __host__ __device__ constexpr bool act_is_gated(int act) {
     return act == MOE_ACT_SILU || act == MOE_ACT_GELU || act == MOE_ACT_GELU_TANH;
 }
 

@@ -42,8 +42,10 @@
  * batch that read it is done. Nothing waits at a CTA-wide barrier inside
  * the K loop: the producer refills a stage as soon as it is released, up to
  * three stages ahead of the tensor cores. A consumer warpgroup whose 64 rows
- * are all padding (an expert's last tile) issues no wgmma, and a W2 tile
- * writes its rows straight from the accumulators.
+ * are all padding (an expert's last tile) issues no wgmma. The epilogue
+ * starts from the accumulators: a W2 tile writes its f32 rows from them, a
+ * bf16/f16 W13 tile computes the activation there and stages only its
+ * output rows (bf16/f16) for 16-byte stores.
  */
 #ifndef MOE_CUDA_GROUPED_GEMM_CUH
 #define MOE_CUDA_GROUPED_GEMM_CUH
@@ -52,6 +54,7 @@
 #include "tma.cuh"
 
 #include <tuple>
+#include <type_traits>
 
 // ---- device helpers
 
@@ -132,6 +135,58 @@ static __device__ __forceinline__ void ws_w2_epilogue(const moe__gemm_args &g,
                 *(float2 *)(o + c) = make_float2(v0 * wgt, v1 * wgt);
             else if (b_src[c] >= 0)
                 o[c] = v0 * wgt;
+        }
+    }
+}
+
+/* The W13 activation of a warp-specialized bf16/f16 tile, from a consumer
+ * warp's accumulators (m16n8 order, as above) into the tile's output rows
+ * in shared memory (sO: BM rows of LDO elements, T = bf16 or f16): a
+ * gated tile holds gate in column tiles 0 .. NTL/2 - 1 and up in the next
+ * NTL/2, so a thread has both halves of its output columns; SWIGLU_OAI has
+ * them as neighbours (one output per pair), RELU2 has no gate. The same
+ * expressions as the staged f32 path, so the same bits. ACT is a template
+ * argument: with act_apply's switch inside the loop (64 inlined copies of
+ * it, a 650 KB kernel) W13 measured 40% slower than staging, this way 5%
+ * faster (dev/cuda/NOTES.md v17). */
+static __device__ __forceinline__ void store2(__nv_bfloat16 *p, float a, float b) {
+    *(__nv_bfloat162 *)p = __floats2bfloat162_rn(a, b);
+}
+static __device__ __forceinline__ void store2(__half *p, float a, float b) {
+    *(__half2 *)p = __floats2half2_rn(a, b);
+}
+
+template <int ACT, int NTL, class T>
+static __device__ __forceinline__ void ws_w13_act(const moe__gemm_args &g, const float (*acc)[4],
+                                                  int row0, int lane, const float *bias,
+                                                  const int *b_src, const int *slot, T *sO,
+                                                  int ldo) {
+    constexpr bool GATED = act_is_gated(ACT), INTER = ACT == MOE_ACT_SWIGLU_OAI;
+    constexpr int  NO    = GATED ? NTL / 2 : NTL; // column tiles that give outputs
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+        const int   r  = row0 + (lane >> 2) + 8 * h;
+        const float sc = g.in_scale && slot[r] >= 0 ? g.in_scale[slot[r]] : 1.0f;
+        T          *o  = sO + r * ldo;
+#pragma unroll
+        for (int nt = 0; nt < NO; nt++) {
+            const int c = nt * 8 + (lane & 3) * 2; // this thread's two columns
+            float     v[2];
+#pragma unroll
+            for (int q = 0; q < (INTER ? 1 : 2); q++) {
+                const int gi = INTER ? c : c + q, ui = GATED ? gi + NTL * 4 : INTER ? c + 1 : gi;
+                float gv = acc[nt][2 * h + (INTER ? 0 : q)] * sc;
+                float uv = (GATED ? acc[nt + NO][2 * h + q] : acc[nt][2 * h + (INTER ? 1 : q)]) * sc;
+                if (bias) {
+                    gv += b_src[gi] >= 0 ? bias[b_src[gi]] : 0.0f;
+                    uv += b_src[ui] >= 0 ? bias[b_src[ui]] : 0.0f;
+                }
+                v[q] = act_apply(ACT, gv, uv, g.alpha, g.limit);
+            }
+            if constexpr (INTER)
+                o[c / 2] = T(v[0]);
+            else
+                store2(o + c, v[0], v[1]);
         }
     }
 }
@@ -592,6 +647,53 @@ static __global__ void __launch_bounds__(gemm_threads<WM, WN, WS>())
     if (WG && !WS) wgmma_wait<0>(); // (WS: the consumers waited at the end of their loop)
     cp_async_wait<0>();
     __syncthreads();
+
+    if constexpr (WS && W13 && !F8) {
+        /* bf16/f16 W13 of a warp-specialized tile: the activation from the
+         * accumulators (ws_w13_act), the output rows through shared memory
+         * (aliasing the stages) for 16-byte stores */
+        using T = std::conditional_t<DT == MOE_CUDA_F16, __half, __nv_bfloat16>;
+        constexpr int VEC = 16 / sizeof(T);
+        const int     outw = gemm_out_cols(g.act, 1, BN), ldo = outw + VEC; // (bank spread)
+        T            *sO   = (T *)smem;
+        if (!producer && wm * TM < r1 - r0) { // (a warp whose rows are all padding: none)
+            const float *bias = g.bias ? g.bias + (int64_t)e * g.N_w : nullptr;
+            const int    row0 = wm * TM;
+            switch (g.act) {
+            case MOE_ACT_SILU:
+                ws_w13_act<MOE_ACT_SILU, NTL>(g, acc[0], row0, lane, bias, b_src, slot, sO, ldo);
+                break;
+            case MOE_ACT_GELU:
+                ws_w13_act<MOE_ACT_GELU, NTL>(g, acc[0], row0, lane, bias, b_src, slot, sO, ldo);
+                break;
+            case MOE_ACT_GELU_TANH:
+                ws_w13_act<MOE_ACT_GELU_TANH, NTL>(g, acc[0], row0, lane, bias, b_src, slot, sO,
+                                                   ldo);
+                break;
+            case MOE_ACT_SWIGLU_OAI:
+                ws_w13_act<MOE_ACT_SWIGLU_OAI, NTL>(g, acc[0], row0, lane, bias, b_src, slot, sO,
+                                                    ldo);
+                break;
+            default:
+                ws_w13_act<MOE_ACT_RELU2, NTL>(g, acc[0], row0, lane, bias, b_src, slot, sO, ldo);
+            }
+        }
+        __syncthreads();
+        const int  cpr    = outw / VEC;           // 16-byte chunks per row
+        /* (true whenever the TMA maps exist: they need 16-byte rows of I) */
+        const bool vec_ok = g.N_out % VEC == 0 && ((uintptr_t)g.out & 15) == 0;
+        for (int i = threadIdx.x; i < BM * cpr; i += NTHR) {
+            const int r = i / cpr, j = (i % cpr) * VEC;
+            if (a_src[r] < 0 || n0 + j >= g.N_out) continue;
+            T       *o = (T *)g.out + (int64_t)(r0 + r) * g.N_out + n0 + j;
+            const T *s = sO + r * ldo + j;
+            if (vec_ok)
+                *(int4 *)o = *(const int4 *)s;
+            else
+                for (int q = 0; q < VEC && n0 + j + q < g.N_out; q++) o[q] = s[q];
+        }
+        return;
+    }
 
     // accumulators -> shared tile (BM, LDC) f32
     float *sC = (float *)smem;
