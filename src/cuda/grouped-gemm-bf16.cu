@@ -11,14 +11,15 @@
  *                     expert with 17..32 rows streams its weights once, not twice)
  *   BM = 64  middle:  BN = 128, 4 stages: one warpgroup on wgmma (sm_90a), else 4
  *                     warps (2 x 2) on mma.sync
- *   BM = 128 prefill: BN = 256, 4 stages, warp-specialized on wgmma (a producer
+ *   BM = 128 prefill: BN = 256, 4 stages, on wgmma the persistent warp-specialized
+ *                     kernel of grouped-gemm-ws.cuh (one CTA per SM: a producer
  *                     warpgroup and two consumer warpgroups of 64 x 256; an expert's
  *                     last tile with 64 rows or fewer runs on one of them); on
  *                     mma.sync BN = 128, 8 warps (2 x 4), 3 stages (two CTAs per SM).
  *                     64-row tiles in prefill (two or three CTAs per SM) were 11-29%
  *                     slower: the bigger tile reads fewer operand bytes per FLOP.
  */
-#include "grouped-gemm.cuh"
+#include "grouped-gemm-ws.cuh"
 
 // ---- launchers
 
@@ -28,7 +29,7 @@ using bf16_tiles = gemm_tiles<gemm_tile<DT, 16, 32, 1, 2, 8, false>,    // 0 dec
                               gemm_tile<DT, 32, 32, 1, 2, 8, false>,    // 1 decode, busier
                               gemm_tile<DT, 64, 128, 4, 1, 4, true>,    // 2 middle, wgmma
                               gemm_tile<DT, 64, 128, 2, 2, 4, false>,   // 3 middle, mma.sync
-                              gemm_tile<DT, 128, 256, 8, 1, 4, true, GEMM_BOTH, true>, // 4 prefill
+                              gemm_ws_tile<DT>,                         // 4 prefill, wgmma
                               gemm_tile<DT, 128, 128, 2, 4, 3, false>>; // 5 prefill, mma.sync
 
 template <int DT> static cudaError_t gemm16_launch(const moe__gemm_args *g, cudaStream_t st) {

@@ -33,19 +33,15 @@
  * thread waits on the stage's mbarrier; the activation side stays on
  * cp.async (W13 gathers its rows by token).
  *
- * Warp-specialized tiles (WS: the bf16/f16 prefill tile, m64n256 steps, and
- * the fp8 gated W13 prefill tile): the consumer warpgroups only issue wgmma
- * (and fp8 scales its partial sums), and one more warpgroup, the producer,
- * fills the stages: its thread 0 by TMA (B), all 128 threads by cp.async
- * (A), each announcing its copies' landing on the stage's "full" mbarrier;
- * a consumer warp releases a stage on its "empty" mbarrier once the wgmma
- * batch that read it is done. Nothing waits at a CTA-wide barrier inside
- * the K loop: the producer refills a stage as soon as it is released, up to
- * three stages ahead of the tensor cores. A consumer warpgroup whose 64 rows
- * are all padding (an expert's last tile) issues no wgmma. The epilogue
- * starts from the accumulators: a W2 tile writes its f32 rows from them, a
- * bf16/f16 W13 tile computes the activation there and stages only its
- * output rows (bf16/f16) for 16-byte stores.
+ * The warp-specialized fp8 gated W13 prefill tile (WS): two consumer
+ * warpgroups only issue wgmma and scale their partial sums (one scales while
+ * the other's batch runs), and one more warpgroup, the producer, fills the
+ * stages: its thread 0 by TMA (B), all 128 threads by cp.async (A), each
+ * announcing its copies' landing on the stage's "full" mbarrier; a consumer
+ * warp releases a stage on its "empty" mbarrier once it has scaled the
+ * batch that read it. Nothing waits at a CTA-wide barrier inside the K
+ * loop. (The bf16/f16 prefill tile is a persistent form of the same scheme:
+ * grouped-gemm-ws.cuh.)
  */
 #ifndef MOE_CUDA_GROUPED_GEMM_CUH
 #define MOE_CUDA_GROUPED_GEMM_CUH
@@ -54,9 +50,36 @@
 #include "tma.cuh"
 
 #include <tuple>
-#include <type_traits>
 
 // ---- device helpers
+
+/* Tiles along M handled by consecutive CTAs before moving along N: a wave of
+ * CTAs shares GROUP_M activation tiles and about 132 / GROUP_M weight tiles,
+ * all in L2, instead of streaming every weight tile once per M tile. */
+#define GEMM_GROUP_M 8
+
+/* Tile number lin (a CTA's, or a persistent CTA's step) -> M tile m (of
+ * n_m) and N tile n (of grid_n), grouped along M. */
+static __device__ __forceinline__ void gemm_tile_at(int lin, int n_m, int grid_n, int &m, int &n) {
+    const int per_group = GEMM_GROUP_M * grid_n, first_m = lin / per_group * GEMM_GROUP_M;
+    const int gm = min(GEMM_GROUP_M, n_m - first_m), in_group = lin % per_group;
+    m = first_m + in_group % gm;
+    n = in_group / gm;
+}
+
+/* M tile m -> its expert and layout rows [r0, r1) (at most BM). */
+static __device__ __forceinline__ void gemm_tile_rows(const moe__gemm_args &g, int m, int BM,
+                                                      int &e, int &r0, int &r1) {
+    if (g.tiles) {
+        e  = g.tiles[2 * m];
+        r0 = g.tiles[2 * m + 1];
+        r1 = min(g.expert_start[e + 1], r0 + BM);
+    } else {
+        e  = 0;
+        r0 = m * BM;
+        r1 = (int)min((int64_t)r0 + BM, g.n_rows);
+    }
+}
 
 /* Output columns one W13 CTA produces from its BN weight rows. */
 static __host__ __device__ __forceinline__ int gemm_out_cols(int act, int w13, int BN) {
@@ -99,98 +122,6 @@ static __device__ __forceinline__ void cp_async4(uint32_t dst, const void *src, 
                  "r"(src_bytes));
 }
 
-/* Tiles along M handled by consecutive CTAs before moving along N: a wave of
- * CTAs shares GROUP_M activation tiles and about 132 / GROUP_M weight tiles,
- * all in L2, instead of streaming every weight tile once per M tile. */
-#define GEMM_GROUP_M 8
-
-/* The W2 epilogue of a warp-specialized tile, straight from a consumer
- * warp's accumulators (16 rows x BN in m16n8 order: tile nt holds rows
- * lane / 4 (+ 8) and columns 8 nt + 2 (lane % 4) + (0, 1)):
- * y[slot, n0 + c] = (acc + b2) * rw[slot], f32. Staging the tile through
- * shared memory, as the other tiles do, cost qwen3-30b-a3b's W2 a fifth of
- * its time (an exposed 133 KB round trip and two CTA barriers per tile). */
-template <int BN>
-static __device__ __forceinline__ void ws_w2_epilogue(const moe__gemm_args &g,
-                                                      const float (*acc)[4], int row0, int lane,
-                                                      int e, int64_t n0, const int *a_src,
-                                                      const int *b_src, const int *slot) {
-    const float *bias = g.bias ? g.bias + (int64_t)e * g.N_w : nullptr;
-#pragma unroll
-    for (int h = 0; h < 2; h++) {
-        const int r = row0 + (lane >> 2) + 8 * h;
-        if (a_src[r] < 0) continue;
-        const int   s   = slot[r];
-        const float wgt = g.rw ? g.rw[s] : 1.0f;
-        float      *o   = (float *)g.out + (int64_t)s * g.N_out + n0;
-#pragma unroll
-        for (int nt = 0; nt < BN / 8; nt++) {
-            const int c  = nt * 8 + (lane & 3) * 2;
-            float     v0 = acc[nt][2 * h], v1 = acc[nt][2 * h + 1];
-            if (bias) {
-                v0 += b_src[c] >= 0 ? bias[b_src[c]] : 0.0f;
-                v1 += b_src[c + 1] >= 0 ? bias[b_src[c + 1]] : 0.0f;
-            }
-            if (b_src[c + 1] >= 0)
-                *(float2 *)(o + c) = make_float2(v0 * wgt, v1 * wgt);
-            else if (b_src[c] >= 0)
-                o[c] = v0 * wgt;
-        }
-    }
-}
-
-/* The W13 activation of a warp-specialized bf16/f16 tile, from a consumer
- * warp's accumulators (m16n8 order, as above) into the tile's output rows
- * in shared memory (sO: BM rows of LDO elements, T = bf16 or f16): a
- * gated tile holds gate in column tiles 0 .. NTL/2 - 1 and up in the next
- * NTL/2, so a thread has both halves of its output columns; SWIGLU_OAI has
- * them as neighbours (one output per pair), RELU2 has no gate. The same
- * expressions as the staged f32 path, so the same bits. ACT is a template
- * argument: with act_apply's switch inside the loop (64 inlined copies of
- * it, a 650 KB kernel) W13 measured 40% slower than staging, this way 5%
- * faster (dev/cuda/NOTES.md v17). */
-static __device__ __forceinline__ void store2(__nv_bfloat16 *p, float a, float b) {
-    *(__nv_bfloat162 *)p = __floats2bfloat162_rn(a, b);
-}
-static __device__ __forceinline__ void store2(__half *p, float a, float b) {
-    *(__half2 *)p = __floats2half2_rn(a, b);
-}
-
-template <int ACT, int NTL, class T>
-static __device__ __forceinline__ void ws_w13_act(const moe__gemm_args &g, const float (*acc)[4],
-                                                  int row0, int lane, const float *bias,
-                                                  const int *b_src, const int *slot, T *sO,
-                                                  int ldo) {
-    constexpr bool GATED = act_is_gated(ACT), INTER = ACT == MOE_ACT_SWIGLU_OAI;
-    constexpr int  NO    = GATED ? NTL / 2 : NTL; // column tiles that give outputs
-#pragma unroll
-    for (int h = 0; h < 2; h++) {
-        const int   r  = row0 + (lane >> 2) + 8 * h;
-        const float sc = g.in_scale && slot[r] >= 0 ? g.in_scale[slot[r]] : 1.0f;
-        T          *o  = sO + r * ldo;
-#pragma unroll
-        for (int nt = 0; nt < NO; nt++) {
-            const int c = nt * 8 + (lane & 3) * 2; // this thread's two columns
-            float     v[2];
-#pragma unroll
-            for (int q = 0; q < (INTER ? 1 : 2); q++) {
-                const int gi = INTER ? c : c + q, ui = GATED ? gi + NTL * 4 : INTER ? c + 1 : gi;
-                float gv = acc[nt][2 * h + (INTER ? 0 : q)] * sc;
-                float uv = (GATED ? acc[nt + NO][2 * h + q] : acc[nt][2 * h + (INTER ? 1 : q)]) * sc;
-                if (bias) {
-                    gv += b_src[gi] >= 0 ? bias[b_src[gi]] : 0.0f;
-                    uv += b_src[ui] >= 0 ? bias[b_src[ui]] : 0.0f;
-                }
-                v[q] = act_apply(ACT, gv, uv, g.alpha, g.limit);
-            }
-            if constexpr (INTER)
-                o[c / 2] = T(v[0]);
-            else
-                store2(o + c, v[0], v[1]);
-        }
-    }
-}
-
 // ---- kernels
 
 template <int DT, int BM, int BN, int WM, int WN, int STAGES, bool W13, bool WG, bool WS>
@@ -209,7 +140,9 @@ static __global__ void __launch_bounds__(gemm_threads<WM, WN, WS>())
     static_assert(!WG || (TM == 16 && (TN == 128 || TN == 64 || TN == 32 || (WS && TN == 256)) &&
                           WM % 4 == 0),
                   "wgmma tile");
-    static_assert(!WS || (WG && AM == BM), "WS: wgmma prefill tiles");
+    /* WS: the fp8 gated W13 prefill tile, one 64-row warpgroup row (the
+     * bf16/f16 prefill tile is grouped-gemm-ws.cuh's persistent kernel) */
+    static_assert(!WS || (WG && BM == 64 && WM == 4 && DT == MOE_CUDA_FP8 && W13), "WS tile");
     /* fp8 on wgmma: its sums differ in their last bits from mma.sync's, so
      * a build uses wgmma for every fp8 tile, decode included (a row's
      * result must not depend on the regime its batch picked: expert
@@ -237,26 +170,12 @@ static __global__ void __launch_bounds__(gemm_threads<WM, WN, WS>())
         pdl_launch();
     }
 
-    // CTA -> (M tile, N tile), grouped along M
-    const int per_group = GEMM_GROUP_M * g.grid_n;
-    const int group = blockIdx.x / per_group, first_m = group * GEMM_GROUP_M;
-    const int gm = min(GEMM_GROUP_M, (int)g.max_tiles - first_m);
-    const int in_group = blockIdx.x % per_group;
-    const int tile = first_m + in_group % gm, n_tile = in_group / gm;
-
-    // tile -> expert and rows
-    int e, r0, r1;
-    if (g.tiles) {
-        if (tile >= *g.n_tiles) return; // guard: fewer tiles than the grid
-        e  = g.tiles[2 * tile];
-        r0 = g.tiles[2 * tile + 1];
-        r1 = min(g.expert_start[e + 1], r0 + BM);
-    } else {
-        e  = 0;
-        r0 = tile * BM;
-        if (r0 >= g.n_rows) return; // guard
-        r1 = (int)min((int64_t)r0 + BM, g.n_rows);
-    }
+    // CTA -> (M tile, N tile) -> expert and rows; the grid is sized for the
+    // most tiles the layout can have
+    int tile, n_tile, e, r0, r1;
+    gemm_tile_at((int)blockIdx.x, (int)g.max_tiles, g.grid_n, tile, n_tile);
+    if (g.tiles ? tile >= *g.n_tiles : (int64_t)tile * BM >= g.n_rows) return;
+    gemm_tile_rows(g, tile, BM, e, r0, r1);
     const bool gated = W13 && act_is_gated(g.act);
     const bool inter = W13 && g.act == MOE_ACT_SWIGLU_OAI;
     const int  half  = BN / 2;
@@ -468,83 +387,41 @@ static __global__ void __launch_bounds__(gemm_threads<WM, WN, WS>())
 
     if constexpr (WS) {
         if (producer) {
-            /* the producer: a stage's copies once its consumers released it
-             * (W2: the weight side of the first stages before the PDL wait) */
-            if (!W13) {
-                for (int s = 0; s < STAGES && s < KT; s++) load_B(s, s);
-                pdl_wait();
-                pdl_launch();
-            }
+            // the producer: a stage's copies once its consumers released it
             for (int kt = 0; kt < KT; kt++) {
                 const int st = kt % STAGES;
                 if (kt >= STAGES) mbar_wait(empty0 + 8 * st, (uint32_t)(kt / STAGES - 1) & 1);
-                if (W13 || kt >= STAGES) load_B(kt, st);
+                load_B(kt, st);
                 load_A(kt, st);
                 cp_async_arrive_noinc(bar0 + 8 * st);
             }
         } else {
-            /* the consumers: bf16/f16 keep one batch in flight, stage kt - 1
-             * is released once the batch that read it is done; fp8 waits for
-             * each batch and scales it, while the other warpgroup's batch
-             * runs. A warpgroup whose 64 rows are all padding (an expert's
-             * last tile) skips its wgmma, so that the other one has the
-             * tensor cores to itself, but keeps step with the stages. */
-            if (!W13) {
-                pdl_wait();
-                pdl_launch();
-            }
-            const int      wg_row = (warp / 4) / WN; // the warpgroup's 64-row group
-            const uint32_t a_off  = (uint32_t)wg_row * 64 * 128, b_off = (uint32_t)wn * TN * 128;
-            const bool     busy   = __shfl_sync(0xffffffffu, wg_row * 64 < r1 - r0, 0);
-            auto full_wait = [&](int kt) {
-                mbar_wait(bar0 + 8 * (kt % STAGES), (uint32_t)(kt / STAGES) & 1);
-            };
-            auto release = [&](int kt) { // stage kt is read
-                if (lane == 0) mbar_arrive(empty0 + 8 * (kt % STAGES));
-            };
-            /* (two loops: a wgmma under a branch inside the loop is serialized) */
-            if (busy) {
-                for (int kt = 0; kt < KT; kt++) {
-                    const int st = kt % STAGES;
-                    full_wait(kt);
-                    fence_proxy_async(); // the producer's cp.async bytes, for wgmma's reads
-                    const uint32_t a_wg = smem_u32(sA + (size_t)st * AM * 128) + a_off;
-                    const uint32_t b_wg = smem_u32(sB + (size_t)st * BN * 128) + b_off;
-                    float          part[PT][PN][4];
-                    float         *d = F8 ? &part[0][0][0] : &acc[0][0][0];
-                    wgmma_fence();
+            /* the consumers: each waits for its batch and scales it while the
+             * other warpgroup's batch runs, then releases the stage */
+            const uint32_t b_off = (uint32_t)wn * TN * 128;
+            for (int kt = 0; kt < KT; kt++) {
+                const int st = kt % STAGES;
+                mbar_wait(bar0 + 8 * st, (uint32_t)(kt / STAGES) & 1);
+                fence_proxy_async(); // the producer's cp.async bytes, for wgmma's reads
+                const uint32_t a_wg = smem_u32(sA + (size_t)st * AM * 128);
+                const uint32_t b_wg = smem_u32(sB + (size_t)st * BN * 128) + b_off;
+                float          part[PT][PN][4];
+                wgmma_fence();
 #pragma unroll
-                    for (int ks = 0; ks < 4; ks++) {
-                        const uint64_t da = wgmma_desc(a_wg + ks * 32);
-                        const uint64_t db = wgmma_desc(b_wg + ks * 32);
-                        if (F8 && ks == 0)
-                            wgmma_step<DT, TN, false>(d, da, db); // part = A . B
-                        else
-                            wgmma_step<DT, TN, true>(d, da, db);
-                    }
-                    wgmma_commit();
-                    if constexpr (F8) {
-                        wgmma_wait<0>();
-                        fold(part, st);
-                        release(kt);
-                    } else {
-                        wgmma_wait<1>();
-                        if (kt > 0) release(kt - 1);
-                    }
+                for (int ks = 0; ks < 4; ks++) {
+                    const uint64_t da = wgmma_desc(a_wg + ks * 32);
+                    const uint64_t db = wgmma_desc(b_wg + ks * 32);
+                    if (ks == 0)
+                        wgmma_step<DT, TN, false>(&part[0][0][0], da, db); // part = A . B
+                    else
+                        wgmma_step<DT, TN, true>(&part[0][0][0], da, db);
                 }
+                wgmma_commit();
                 wgmma_wait<0>();
-            } else {
-                for (int kt = 0; kt < KT; kt++) {
-                    full_wait(kt);
-                    release(kt);
-                }
-            }
-            if constexpr (!W13) {
-                if (busy) ws_w2_epilogue<BN>(g, acc[0], wm * TM, lane, e, n0, a_src, b_src, slot);
-                return;
+                fold(part, st);
+                if (lane == 0) mbar_arrive(empty0 + 8 * st);
             }
         }
-        if constexpr (!W13) return; // W13: the epilogue below, through shared memory
     } else {
         /* Stages loaded ahead of the one computed. mma.sync and fp8 wgmma: all
          * but one (the computed stage is done when the barrier after it passes).
@@ -647,53 +524,6 @@ static __global__ void __launch_bounds__(gemm_threads<WM, WN, WS>())
     if (WG && !WS) wgmma_wait<0>(); // (WS: the consumers waited at the end of their loop)
     cp_async_wait<0>();
     __syncthreads();
-
-    if constexpr (WS && W13 && !F8) {
-        /* bf16/f16 W13 of a warp-specialized tile: the activation from the
-         * accumulators (ws_w13_act), the output rows through shared memory
-         * (aliasing the stages) for 16-byte stores */
-        using T = std::conditional_t<DT == MOE_CUDA_F16, __half, __nv_bfloat16>;
-        constexpr int VEC = 16 / sizeof(T);
-        const int     outw = gemm_out_cols(g.act, 1, BN), ldo = outw + VEC; // (bank spread)
-        T            *sO   = (T *)smem;
-        if (!producer && wm * TM < r1 - r0) { // (a warp whose rows are all padding: none)
-            const float *bias = g.bias ? g.bias + (int64_t)e * g.N_w : nullptr;
-            const int    row0 = wm * TM;
-            switch (g.act) {
-            case MOE_ACT_SILU:
-                ws_w13_act<MOE_ACT_SILU, NTL>(g, acc[0], row0, lane, bias, b_src, slot, sO, ldo);
-                break;
-            case MOE_ACT_GELU:
-                ws_w13_act<MOE_ACT_GELU, NTL>(g, acc[0], row0, lane, bias, b_src, slot, sO, ldo);
-                break;
-            case MOE_ACT_GELU_TANH:
-                ws_w13_act<MOE_ACT_GELU_TANH, NTL>(g, acc[0], row0, lane, bias, b_src, slot, sO,
-                                                   ldo);
-                break;
-            case MOE_ACT_SWIGLU_OAI:
-                ws_w13_act<MOE_ACT_SWIGLU_OAI, NTL>(g, acc[0], row0, lane, bias, b_src, slot, sO,
-                                                    ldo);
-                break;
-            default:
-                ws_w13_act<MOE_ACT_RELU2, NTL>(g, acc[0], row0, lane, bias, b_src, slot, sO, ldo);
-            }
-        }
-        __syncthreads();
-        const int  cpr    = outw / VEC;           // 16-byte chunks per row
-        /* (true whenever the TMA maps exist: they need 16-byte rows of I) */
-        const bool vec_ok = g.N_out % VEC == 0 && ((uintptr_t)g.out & 15) == 0;
-        for (int i = threadIdx.x; i < BM * cpr; i += NTHR) {
-            const int r = i / cpr, j = (i % cpr) * VEC;
-            if (a_src[r] < 0 || n0 + j >= g.N_out) continue;
-            T       *o = (T *)g.out + (int64_t)(r0 + r) * g.N_out + n0 + j;
-            const T *s = sO + r * ldo + j;
-            if (vec_ok)
-                *(int4 *)o = *(const int4 *)s;
-            else
-                for (int q = 0; q < VEC && n0 + j + q < g.N_out; q++) o[q] = s[q];
-        }
-        return;
-    }
 
     // accumulators -> shared tile (BM, LDC) f32
     float *sC = (float *)smem;

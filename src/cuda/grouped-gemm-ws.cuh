@@ -1,0 +1,424 @@
+/*
+ * grouped-gemm-ws.cuh - the persistent warp-specialized prefill kernel of
+ * the bf16/f16 grouped GEMM (grouped-gemm-bf16.cu, BM = 128 on sm_90a).
+ *
+ * One CTA per multiprocessor loops over the tiles of 128 layout rows x 256
+ * weight rows, in the order of the other kernels' grid (gemm_tile_at). A
+ * producer warpgroup fills WS_STAGES operand stages: the weight rows by TMA
+ * from its first thread, the activation rows (gathered by token for W13) by
+ * cp.async from all 128 threads, each thread announcing its copies' landing
+ * on the stage's "full" mbarrier. Two consumer warpgroups run m64n256k16
+ * wgmma on 64 rows each and hand each stage back on its "empty" mbarrier.
+ * The producer does not stop at a tile's end: while the consumers run the
+ * epilogue of one tile, the first stages of the next are already loading,
+ * so neither the pipeline's fill nor the CTA's start is paid per tile.
+ *
+ * The epilogue runs from the accumulators (m16n8 order: a warp's 16 rows,
+ * column tile nt holding columns 8 nt + 2 (lane % 4) + 0, 1). W2 writes
+ * (acc + b2) x routing weight as f32 rows. W13 computes the activation
+ * (gate and up of an output column are in the same thread: column tiles nt
+ * and nt + 16, or neighbours for SWIGLU_OAI) and stages each warp's 16
+ * output rows, 128 columns at a time, in its own 4 KB of shared memory
+ * (outside the stages, which are already refilling) for 16-byte stores.
+ * A consumer warpgroup whose 64 rows are all padding (an expert's last
+ * tile) issues no wgmma; it still takes and hands back every stage.
+ *
+ * Measured and not kept (NOTES v17): clusters of two CTAs on consecutive M
+ * tiles sharing each weight stage by TMA multicast (25-45% slower).
+ */
+#ifndef MOE_CUDA_GROUPED_GEMM_WS_CUH
+#define MOE_CUDA_GROUPED_GEMM_WS_CUH
+
+#include "grouped-gemm.cuh"
+
+#include <type_traits>
+
+#define WS_BM     128
+#define WS_BN     256
+#define WS_STAGES 4
+#define WS_THREADS 384 // two consumer warpgroups, then the producer
+
+/* Stages (aligned to 1024 bytes for the swizzle), W13's per-warp output
+ * staging (8 warps x 16 rows x 128 columns x 2 bytes), full and empty
+ * mbarriers. */
+template <bool W13> static __host__ __device__ constexpr size_t ws_smem_bytes() {
+    return 1024 + (size_t)WS_STAGES * (WS_BM + WS_BN) * 128 + (W13 ? 8 * 16 * 128 * 2 : 0) +
+           2 * WS_STAGES * 8;
+}
+
+static __device__ __forceinline__ void store2(__nv_bfloat16 *p, float a, float b) {
+    *(__nv_bfloat162 *)p = __floats2bfloat162_rn(a, b);
+}
+static __device__ __forceinline__ void store2(__half *p, float a, float b) {
+    *(__half2 *)p = __floats2half2_rn(a, b);
+}
+
+/* Registers per thread: the producer gives most of its share (it holds
+ * addresses only) to the consumers, whose 64 x 256 f32 accumulators take
+ * 128 of them (168 each at launch: 65536 / 384, rounded down to 8). */
+static __device__ __forceinline__ void ws_regs_dec() {
+#ifdef MOE_WGMMA
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 56;\n" ::: "memory");
+#endif
+}
+static __device__ __forceinline__ void ws_regs_inc() {
+#ifdef MOE_WGMMA
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 224;\n" ::: "memory");
+#endif
+}
+
+/* Slot of layout row r (the W2 output row, the W13 input scale's index). */
+static __device__ __forceinline__ int ws_slot(const moe__gemm_args &g, int r) {
+    return g.row_slot ? g.row_slot[r] : r;
+}
+
+/* W2 epilogue of one consumer warp, rows row0 + lane / 4 (+ 8) of the tile
+ * at layout row r0 (valid below r1): y[slot, n0 + c] = (acc + b2) * rw[slot]. */
+static __device__ __forceinline__ void ws_store_w2(const moe__gemm_args &g,
+                                                      const float (*acc)[4], int e, int r0,
+                                                      int r1, int row0, int64_t n0, int lane) {
+    const float *bias = g.bias ? g.bias + (int64_t)e * g.N_w : nullptr;
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+        const int r = r0 + row0 + (lane >> 2) + 8 * h;
+        if (r >= r1) continue;
+        const int   s   = ws_slot(g, r);
+        const float wgt = g.rw ? g.rw[s] : 1.0f;
+        float      *o   = (float *)g.out + (int64_t)s * g.N_out + n0;
+#pragma unroll
+        for (int nt = 0; nt < WS_BN / 8; nt++) {
+            const int64_t c  = nt * 8 + (lane & 3) * 2;
+            float         v0 = acc[nt][2 * h], v1 = acc[nt][2 * h + 1];
+            if (bias) {
+                v0 += n0 + c < g.N_out ? bias[n0 + c] : 0.0f;
+                v1 += n0 + c + 1 < g.N_out ? bias[n0 + c + 1] : 0.0f;
+            }
+            if (n0 + c + 1 < g.N_out)
+                *(float2 *)(o + c) = make_float2(v0 * wgt, v1 * wgt);
+            else if (n0 + c < g.N_out)
+                o[c] = v0 * wgt;
+        }
+    }
+}
+
+/* W13 epilogue of one consumer warp (rows as above; n0: the tile's first
+ * output column). Per pass of 128 output columns: the activation of each
+ * (gate, up) pair into the warp's 16 x 128 staging tile sw, whose 16-byte
+ * chunks are XOR-swizzled by row (chunk c of row r at c ^ (r & 7)) so that
+ * the m16n8 pairs land without bank conflicts; then whole-row 16-byte
+ * stores. The expressions are those of the staged f32 epilogue of the other
+ * tiles (grouped-gemm.cuh), so the bits are the same. ACT is a template
+ * argument: with act_apply's switch inside the loop (64 inlined copies of
+ * it, a 650 KB kernel) W13 measured 40% slower. */
+template <int ACT, class T>
+static __device__ __forceinline__ void ws_store_w13(const moe__gemm_args &g,
+                                                       const float (*acc)[4], int e, int r0,
+                                                       int r1, int row0, int64_t n0, T *sw,
+                                                       int lane) {
+    constexpr bool GATED = act_is_gated(ACT), INTER = ACT == MOE_ACT_SWIGLU_OAI;
+    constexpr int  PASSES = GATED || INTER ? 1 : 2; // RELU2: 256 outputs a tile
+    constexpr int  NP     = INTER ? 32 : 16;        // column tiles read per pass
+    constexpr int  VEC    = 16 / sizeof(T);
+    const float   *bias   = g.bias ? g.bias + (int64_t)e * g.N_w : nullptr;
+    /* weight row of tile column c, -1 past the matrix (gate half for GATED) */
+    auto wrow = [&](int c) -> int64_t {
+        if (INTER) return 2 * n0 + c < g.N_w ? 2 * n0 + c : -1;
+        return n0 + c < g.N_out ? n0 + c : -1;
+    };
+    float sc[2];
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+        const int r = r0 + row0 + (lane >> 2) + 8 * h;
+        sc[h]       = g.in_scale && r < r1 ? g.in_scale[ws_slot(g, r)] : 1.0f;
+    }
+#pragma unroll
+    for (int p = 0; p < PASSES; p++) {
+        __syncwarp(); // the previous pass's (or tile's) reads of sw are done
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            const int rr = (lane >> 2) + 8 * h; // row within the warp's 16
+#pragma unroll
+            for (int nt = p * NP; nt < p * NP + NP; nt++) {
+                const int c = nt * 8 + (lane & 3) * 2; // this thread's two tile columns
+                float     v[2];
+#pragma unroll
+                for (int q = 0; q < (INTER ? 1 : 2); q++) {
+                    const int64_t gr = wrow(c + q);                          // gate row
+                    const int64_t ur = GATED ? (gr >= 0 ? g.N_out + gr : -1) // up row
+                                             : INTER ? (gr >= 0 ? gr + 1 : -1) : gr;
+                    float gv = acc[nt][2 * h + q] * sc[h];
+                    float uv = (GATED   ? acc[nt + 16][2 * h + q]
+                                : INTER ? acc[nt][2 * h + 1]
+                                        : acc[nt][2 * h + q]) * sc[h]; // (RELU2: unused)
+                    if (bias) {
+                        gv += gr >= 0 ? bias[gr] : 0.0f;
+                        uv += ur >= 0 ? bias[ur] : 0.0f;
+                    }
+                    v[q] = act_apply(ACT, gv, uv, g.alpha, g.limit);
+                }
+                const int j = INTER ? c / 2 : c - p * 128; // output column in the pass
+                T *d = sw + rr * 128 + (((j >> 3) ^ (rr & 7)) << 3) + (j & 7);
+                if constexpr (INTER)
+                    *d = T(v[0]);
+                else
+                    store2(d, v[0], v[1]);
+            }
+        }
+        __syncwarp();
+        /* (N_out is a multiple of 8 whenever the TMA maps exist: 16-byte rows) */
+        const bool vec_ok = g.N_out % VEC == 0 && ((uintptr_t)g.out & 15) == 0;
+#pragma unroll
+        for (int i = lane; i < 16 * 16; i += 32) {
+            const int     rr = i >> 4, cc = i & 15, r = r0 + row0 + rr;
+            const int64_t col = n0 + p * 128 + cc * VEC;
+            if (r >= r1 || col >= g.N_out) continue;
+            T       *o = (T *)g.out + (int64_t)r * g.N_out + col;
+            const T *s = sw + rr * 128 + ((cc ^ (rr & 7)) << 3);
+            if (vec_ok)
+                *(int4 *)o = *(const int4 *)s;
+            else
+                for (int q = 0; q < VEC && col + q < g.N_out; q++) o[q] = s[q];
+        }
+    }
+}
+
+/* A persistent CTA's tile: rows [r0, r1) of expert e, output columns from n0. */
+struct ws_step {
+    int     e, r0, r1;
+    int64_t n0;
+};
+
+/* The tile a CTA takes at its step i: waves of one tile per CTA in the
+ * grouped order (gemm_tile_at), the CTA's place in the wave rotated by one
+ * per wave when the grid is even. With plain striding a CTA would get the
+ * same M tile modulo GEMM_GROUP_M at every step (132 = 4 mod 8): where
+ * experts' tiles alternate full and nearly empty, half the CTAs would get
+ * all the full ones (measured: mixtral-8x7b T >= 1024 3-4% faster with the
+ * rotation, dev/cuda/NOTES.md v17). Returns false past the last tile. */
+static __device__ __forceinline__ bool ws_step_at(const moe__gemm_args &g, int i, int n_m,
+                                                  int outw, ws_step &t) {
+    const int G   = (int)gridDim.x;
+    const int lin = i * G + ((int)blockIdx.x + i * (1 - (G & 1))) % G;
+    if (lin >= n_m * g.grid_n) return false;
+    int m, n;
+    gemm_tile_at(lin, n_m, g.grid_n, m, n);
+    gemm_tile_rows(g, m, WS_BM, t.e, t.r0, t.r1);
+    t.n0 = (int64_t)n * outw;
+    return true;
+}
+
+template <int DT, bool W13>
+static __global__ void __launch_bounds__(WS_THREADS)
+    grouped_gemm_ws_kernel(const __grid_constant__ moe__gemm_args g) {
+    constexpr int BM = WS_BM, BN = WS_BN, STAGES = WS_STAGES, NCONS = 256;
+    constexpr int BOXES = BN / TMA_BOX_ROWS;
+    using T = std::conditional_t<DT == MOE_CUDA_F16, __half, __nv_bfloat16>;
+    extern __shared__ __align__(128) char smem_raw[];
+    char *smem = smem_raw + ((1024 - (smem_u32(smem_raw) & 1023)) & 1023);
+    char *sA   = smem;                                   // (STAGES, BM, 128 bytes)
+    char *sB   = sA + (size_t)STAGES * BM * 128;         // (STAGES, BN, 128 bytes)
+    T    *sO   = (T *)(sB + (size_t)STAGES * BN * 128);  // W13: (8 warps, 16, 128)
+    const uint32_t full0  = smem_u32(sB + (size_t)STAGES * BN * 128) + (W13 ? 8 * 16 * 128 * 2 : 0);
+    const uint32_t empty0 = full0 + 8 * STAGES;
+
+    if (threadIdx.x == 0) {
+        /* full: the producer's 128 cp.async arrivals + its TMA thread's;
+         * empty: one arrival per consumer warp */
+        for (int s = 0; s < STAGES; s++) {
+            mbar_init(full0 + 8 * s, 128 + 1);
+            mbar_init(empty0 + 8 * s, NCONS / 32);
+        }
+        mbar_init_fence();
+    }
+    __syncthreads();
+    /* Programmatic dependent launch (see grouped-gemm.cuh): W13 waits
+     * first; W2 only reads the grouping (complete) before its wait, so its
+     * producer streams the first tile's weight stages while W13 ends. */
+    if (W13) {
+        pdl_wait();
+        pdl_launch();
+    }
+
+    const int     n_m    = g.tiles ? *g.n_tiles : (int)((g.n_rows + BM - 1) / BM);
+    const int     outw   = gemm_out_cols(g.act, W13, BN);
+    const int     waves  = (n_m * g.grid_n + (int)gridDim.x - 1) / (int)gridDim.x;
+    const int64_t kbytes = g.K * 2;
+    const int     KT     = (int)((kbytes + 127) / 128);
+    const bool    gated  = W13 && act_is_gated(g.act), inter = W13 && g.act == MOE_ACT_SWIGLU_OAI;
+    const int     warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    /* (a shuffle from lane 0: the role is warp-uniform to the compiler, or
+     * ptxas serializes every wgmma of the kernel) */
+    const bool producer = __shfl_sync(0xffffffffu, (int)threadIdx.x, 0) >= NCONS;
+
+    if (producer) {
+        ws_regs_dec();
+        const int   ct = threadIdx.x - NCONS, ch = ct & 7;
+        const char *A  = (const char *)g.a;
+        /* this thread's 16-byte chunk ch of rows ct / 8 + 16 j of every stage */
+        uint32_t dst_o[BM / 16];
+#pragma unroll
+        for (int j = 0; j < BM / 16; j++) {
+            const int r = (ct >> 3) + 16 * j;
+            dst_o[j]    = smem_u32(sA) + r * 128 + ((ch ^ (r & 7)) << 4);
+        }
+        /* the weight stage: BOXES boxes of TMA_BOX_ROWS rows (a gated tile:
+         * half from the gate half of the map, half from up) */
+        auto load_B = [&](const ws_step &t, int kt, int st) {
+            const uint32_t bar = full0 + 8 * st, dst = smem_u32(sB + (size_t)st * BN * 128);
+            mbar_expect_bytes(bar, BN * 128);
+#pragma unroll
+            for (int b = 0; b < BOXES; b++) {
+                const int h = gated && b >= BOXES / 2;
+                const int r = (int)(inter ? 2 * t.n0 : t.n0) + (b - h * BOXES / 2) * TMA_BOX_ROWS;
+                tma_load_4d(dst + b * TMA_BOX_ROWS * 128, &g.w_map, bar, kt * 128, r, h, t.e);
+            }
+        };
+        int early = 0; // W2: weight stages of the first tile issued before the wait
+        if (!W13) {
+            ws_step t;
+            if (ct == 0 && ws_step_at(g, 0, n_m, outw, t))
+                for (; early < STAGES && early < KT; early++) load_B(t, early, early);
+            pdl_wait();
+            pdl_launch();
+        }
+        int it = 0; // stages filled so far, over all tiles
+        for (int i = 0; i < waves; i++) {
+            ws_step t;
+            if (!ws_step_at(g, i, n_m, outw, t)) continue;
+            const char   *src_p[BM / 16];
+#pragma unroll
+            for (int j = 0; j < BM / 16; j++) {
+                const int r = t.r0 + (ct >> 3) + 16 * j;
+                int64_t   src = -1;
+                if (r < t.r1) src = g.gather ? ws_slot(g, r) / g.a_div : r;
+                src_p[j] = src >= 0 ? A + src * kbytes + ch * 16 : nullptr;
+            }
+            for (int kt = 0; kt < KT; kt++, it++) {
+                const int st = it % STAGES;
+                if (it >= STAGES) mbar_wait(empty0 + 8 * st, (uint32_t)(it / STAGES - 1) & 1);
+                if (ct == 0 && it >= early) load_B(t, kt, st);
+                const int64_t kb  = (int64_t)kt * 128;
+                const bool    kok = kb + ch * 16 < kbytes;
+#pragma unroll
+                for (int j = 0; j < BM / 16; j++) {
+                    const bool ok = kok && src_p[j] != nullptr;
+                    cp_async16(dst_o[j] + (uint32_t)st * BM * 128, ok ? src_p[j] + kb : A,
+                               ok ? 16 : 0);
+                }
+                cp_async_arrive_noinc(full0 + 8 * st);
+            }
+        }
+    } else {
+        ws_regs_inc();
+        if (!W13) {
+            pdl_wait();
+            pdl_launch();
+        }
+        const int      wg    = warp / 4;                  // the warpgroup's 64-row half
+        const int      row0  = 64 * wg + 16 * (warp % 4); // the warp's 16 rows
+        const uint32_t a_off = (uint32_t)wg * 64 * 128;
+        T             *sw    = sO + warp * 16 * 128;
+        int            it    = 0;
+        auto full_wait = [&](int i) {
+            mbar_wait(full0 + 8 * (i % STAGES), (uint32_t)(i / STAGES) & 1);
+        };
+        auto release = [&](int i) { // the stage of step i is read
+            if (lane == 0) mbar_arrive(empty0 + 8 * (i % STAGES));
+        };
+        for (int i = 0; i < waves; i++) {
+            ws_step t;
+            if (!ws_step_at(g, i, n_m, outw, t)) continue;
+            const bool busy = __shfl_sync(0xffffffffu, 64 * wg < t.r1 - t.r0, 0);
+            float         acc[BN / 8][4];
+#pragma unroll
+            for (int nt = 0; nt < BN / 8; nt++)
+#pragma unroll
+                for (int q = 0; q < 4; q++) acc[nt][q] = 0.0f;
+            /* (two loops: a wgmma under a branch inside the loop is serialized) */
+            if (busy) {
+                for (int kt = 0; kt < KT; kt++, it++) {
+                    const int st = it % STAGES;
+                    full_wait(it);
+                    fence_proxy_async(); // the producer's cp.async bytes, for wgmma's reads
+                    const uint32_t a_wg = smem_u32(sA + (size_t)st * BM * 128) + a_off;
+                    const uint32_t b_wg = smem_u32(sB + (size_t)st * BN * 128);
+                    wgmma_fence();
+#pragma unroll
+                    for (int ks = 0; ks < 4; ks++)
+                        wgmma_step<DT, BN, true>(&acc[0][0], wgmma_desc(a_wg + ks * 32),
+                                                 wgmma_desc(b_wg + ks * 32));
+                    wgmma_commit();
+                    wgmma_wait<1>(); // the previous step's batch is done: hand its stage back
+                    if (kt > 0) release(it - 1);
+                }
+                wgmma_wait<0>();
+                release(it - 1);
+            } else {
+                for (int kt = 0; kt < KT; kt++, it++) {
+                    full_wait(it);
+                    release(it);
+                }
+            }
+            if (__shfl_sync(0xffffffffu, row0 >= t.r1 - t.r0, 0)) continue; // all rows padding
+            if constexpr (!W13) {
+                ws_store_w2(g, acc, t.e, t.r0, t.r1, row0, t.n0, lane);
+            } else {
+                switch (g.act) {
+                case MOE_ACT_SILU:
+                    ws_store_w13<MOE_ACT_SILU>(g, acc, t.e, t.r0, t.r1, row0, t.n0, sw, lane);
+                    break;
+                case MOE_ACT_GELU:
+                    ws_store_w13<MOE_ACT_GELU>(g, acc, t.e, t.r0, t.r1, row0, t.n0, sw, lane);
+                    break;
+                case MOE_ACT_GELU_TANH:
+                    ws_store_w13<MOE_ACT_GELU_TANH>(g, acc, t.e, t.r0, t.r1, row0, t.n0, sw,
+                                                    lane);
+                    break;
+                case MOE_ACT_SWIGLU_OAI:
+                    ws_store_w13<MOE_ACT_SWIGLU_OAI>(g, acc, t.e, t.r0, t.r1, row0, t.n0, sw,
+                                                     lane);
+                    break;
+                default:
+                    ws_store_w13<MOE_ACT_RELU2>(g, acc, t.e, t.r0, t.r1, row0, t.n0, sw, lane);
+                }
+            }
+        }
+    }
+    /* no producer thread leaves while its copies may be in flight: the
+     * consumers waited for every stage */
+    __syncthreads();
+}
+
+/* The persistent tile: setup() raises both kernels' shared-memory limits;
+ * launch() starts one CTA per multiprocessor, or fewer when the layout can
+ * have fewer tiles. */
+template <int DT> struct gemm_ws_tile {
+    template <bool W13> static cudaError_t setup_one() {
+        return cudaFuncSetAttribute(grouped_gemm_ws_kernel<DT, W13>,
+                                    cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                    (int)ws_smem_bytes<W13>());
+    }
+    static cudaError_t setup() {
+        cudaError_t e = setup_one<true>();
+        return e != cudaSuccess ? e : setup_one<false>();
+    }
+    template <bool W13> static cudaError_t launch_one(const moe__gemm_args *g, cudaStream_t st) {
+        moe__gemm_args a    = *g;
+        const int      outw = gemm_out_cols(g->act, W13, WS_BN);
+        a.grid_n            = (int)((g->N_out + outw - 1) / outw);
+        const int64_t n_cta = (int64_t)a.grid_n * g->max_tiles;
+        if (n_cta == 0) return cudaSuccess;
+        if (n_cta > 0x7fffffff) return cudaErrorInvalidConfiguration;
+        const unsigned      grid = (unsigned)(n_cta < g->n_sm ? n_cta : g->n_sm);
+        cudaLaunchAttribute attr;
+        const cudaLaunchConfig_t cfg = launch_config(dim3(grid), dim3(WS_THREADS),
+                                                     ws_smem_bytes<W13>(), st, g->pdl, &attr);
+        cudaError_t e = cudaLaunchKernelEx(&cfg, grouped_gemm_ws_kernel<DT, W13>, a);
+        return e != cudaSuccess ? e : cudaGetLastError();
+    }
+    static cudaError_t launch(const moe__gemm_args *g, cudaStream_t st) {
+        return g->w13 ? launch_one<true>(g, st) : launch_one<false>(g, st);
+    }
+};
+
+#endif /* MOE_CUDA_GROUPED_GEMM_WS_CUH */
