@@ -419,6 +419,7 @@ static __global__ void __launch_bounds__(gemm_threads<WM, WN, WS>())
                 wgmma_commit();
                 wgmma_wait<0>();
                 fold(part, st);
+                __syncwarp(); // every lane's reads of the stage's scales, before the release
                 if (lane == 0) mbar_arrive(empty0 + 8 * st);
             }
         }
