@@ -74,9 +74,9 @@ static __device__ __forceinline__ int ws_slot(const moe__gemm_args &g, int r) {
 
 /* W2 epilogue of one consumer warp, rows row0 + lane / 4 (+ 8) of the tile
  * at layout row r0 (valid below r1): y[slot, n0 + c] = (acc + b2) * rw[slot]. */
-static __device__ __forceinline__ void ws_store_w2(const moe__gemm_args &g,
-                                                      const float (*acc)[4], int e, int r0,
-                                                      int r1, int row0, int64_t n0, int lane) {
+static __device__ __forceinline__ void ws_store_w2(const moe__gemm_args &g, const float (*acc)[4],
+                                                   int e, int r0, int r1, int row0, int64_t n0,
+                                                   int lane) {
     const float *bias = g.bias ? g.bias + (int64_t)e * g.N_w : nullptr;
 #pragma unroll
     for (int h = 0; h < 2; h++) {
@@ -109,12 +109,12 @@ static __device__ __forceinline__ void ws_store_w2(const moe__gemm_args &g,
  * stores. The expressions are those of the staged f32 epilogue of the other
  * tiles (grouped-gemm.cuh), so the bits are the same. ACT is a template
  * argument: with act_apply's switch inside the loop (64 inlined copies of
- * it, a 650 KB kernel) W13 measured 40% slower. */
+ * it, a 650 KB kernel) W13 measured 40% slower than staging an f32 tile;
+ * this way, 5% faster (dev/cuda/NOTES.md v17). */
 template <int ACT, class T>
-static __device__ __forceinline__ void ws_store_w13(const moe__gemm_args &g,
-                                                       const float (*acc)[4], int e, int r0,
-                                                       int r1, int row0, int64_t n0, T *sw,
-                                                       int lane) {
+static __device__ __forceinline__ void ws_store_w13(const moe__gemm_args &g, const float (*acc)[4],
+                                                    int e, int r0, int r1, int row0, int64_t n0,
+                                                    T *sw, int lane) {
     constexpr bool GATED = act_is_gated(ACT), INTER = ACT == MOE_ACT_SWIGLU_OAI;
     constexpr int  PASSES = GATED || INTER ? 1 : 2; // RELU2: 256 outputs a tile
     constexpr int  NP     = INTER ? 32 : 16;        // column tiles read per pass

@@ -137,8 +137,7 @@ static __global__ void __launch_bounds__(gemm_threads<WM, WN, WS>())
     constexpr size_t PIPE = gemm_pipe_bytes<BM, BN, STAGES, WG>();
     constexpr bool TMA = WG; // the weight stages by TMA (tma.cuh)
     static_assert(MT >= 1 && NTL % 2 == 0, "warp tile");
-    static_assert(!WG || (TM == 16 && (TN == 128 || TN == 64 || TN == 32 || (WS && TN == 256)) &&
-                          WM % 4 == 0),
+    static_assert(!WG || (TM == 16 && (TN == 128 || TN == 64 || TN == 32) && WM % 4 == 0),
                   "wgmma tile");
     /* WS: the fp8 gated W13 prefill tile, one 64-row warpgroup row (the
      * bf16/f16 prefill tile is grouped-gemm-ws.cuh's persistent kernel) */
