@@ -449,6 +449,15 @@ typedef struct moe_context_options {
     int   n_threads;     /* CPU worker threads including the caller; 0 = all online cores */
     int   cuda_device;   /* CUDA device ordinal                                           */
     void *cuda_stream;   /* cudaStream_t to run on; NULL = the context creates its own     */
+    /* CPU: how long a thread polls before it sleeps, in microseconds (an
+     * idle worker waiting for the next parallel phase, the caller waiting
+     * for a phase's last tasks); 0 = 1000. A forward's phases follow each
+     * other within microseconds, but between forwards threads may sleep, and
+     * waking them costs the next forward up to tenths of a millisecond on a
+     * loaded VM. -1: no thread sleeps while the context lives (the lowest
+     * latency for a decode loop, at the cost of busy cores between calls:
+     * the trade llama.cpp's --poll makes). */
+    int   spin_us;
 } moe_context_options;
 
 typedef struct moe_context moe_context;

@@ -22,6 +22,8 @@ static void usage(void) {
         "  --tokens    token counts (default 1,8,64,512)\n"
         "  --format    weight format (default bf16)\n"
         "  --threads   CPU threads (default all cores)\n"
+        "  --spin-us   idle workers poll this long before sleeping; -1 = never sleep\n"
+        "              (default 0: the library's 1000 us)\n"
         "  --runs      timed runs per row, median reported (default 7)\n"
         "  --max-gb    scale n_experts down so weights fit in G GB (default 8)\n"
         "  --no-flush  keep caches warm between runs (default: flush)\n"
@@ -101,17 +103,19 @@ CLI_COMMAND(bench, "time a model's MoE layer (host; --backend cuda, --ep N, --mo
     for (int i = 0; i < n_tok; i++) max_t = tokens[i] > max_t ? tokens[i] : max_t;
     moe_context *ctx = NULL;
     moe_layer *layer = NULL;
-    moe_context_options co = { .n_threads = threads };
+    const char *spin = cli_opt(argc, argv, "--spin-us");
+    moe_context_options co = { .n_threads = threads, .spin_us = spin ? atoi(spin) : 0 };
     moe_layer_options lo = { .router = s.router, .experts = s.experts, .max_tokens = max_t,
                              .shared = s.shared,
                              .backend = backend && !strcmp(backend, "ref") ? MOE_BACKEND_REF
                                                                            : MOE_BACKEND_CPU };
     double bw = 0;
     int rc = 1;
+    /* the probe first: the context's threads may poll without sleeping */
+    moe_measure_read_bandwidth(threads, 0, &bw);
     if (moe_context_create(&co, &ctx, err, sizeof err)) goto fail;
     lo.context = ctx;
     if (moe_layer_create(&lo, &layer, err, sizeof err)) goto fail;
-    moe_measure_read_bandwidth(moe_context_n_threads(ctx), 0, &bw);
     if (!json) {
         printf("%s, %s weights, %s backend, %d threads; measured read bandwidth %.1f GB/s\n", p->name,
                moe_format_name(f), moe_layer_experts_impl(layer), moe_context_n_threads(ctx), bw);

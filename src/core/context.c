@@ -19,10 +19,13 @@ moe_status moe_context_create(const moe_context_options *opts, moe_context **out
     if (o.n_threads < 0 || o.n_threads > 1024)
         return moe__errf(err, errlen, MOE_ERR_INVALID_ARG, "n_threads %d outside [0, 1024]",
                          o.n_threads);
+    if (o.spin_us < -1 || o.spin_us > 10000000)
+        return moe__errf(err, errlen, MOE_ERR_INVALID_ARG,
+                         "spin_us %d outside [-1, 10000000] (-1: never sleep)", o.spin_us);
     moe_context *c = moe__calloc(1, sizeof *c);
     if (!c) return moe__errf(err, errlen, MOE_ERR_NOMEM, "out of memory");
     c->opts = o;
-    if (moe__pool_create(o.n_threads, &c->pool)) {
+    if (moe__pool_create(o.n_threads, o.spin_us, &c->pool)) {
         moe__free(c);
         return moe__errf(err, errlen, MOE_ERR_NOMEM, "cannot start %d threads", o.n_threads);
     }

@@ -137,12 +137,13 @@ const moe__format_traits *moe__format(moe_format f);
  * in [0, n_tasks) across the pool's threads and the caller (thread 0), and
  * returns when all are done. Tasks are taken in increasing order from an
  * atomic counter, so which thread runs a task is not fixed: results must not
- * depend on it.
+ * depend on it. spin_us: how long a thread polls before it sleeps (0: 1000;
+ * -1: never), moe_context_options'.
  */
 typedef struct moe__pool moe__pool;
 typedef void (*moe__task_fn)(void *arg, int64_t task, int thread);
 
-moe_status moe__pool_create(int n_threads, moe__pool **out);
+moe_status moe__pool_create(int n_threads, int spin_us, moe__pool **out);
 void       moe__pool_destroy(moe__pool *p);
 int        moe__pool_n_threads(const moe__pool *p);
 void       moe__pool_run(moe__pool *p, int64_t n_tasks, moe__task_fn fn, void *arg);

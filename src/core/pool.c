@@ -1,10 +1,13 @@
 /*
  * pool.c - the CPU thread pool: a parallel-for over task indices.
  *
- * Workers sleep on a condition variable between runs, after spinning briefly:
- * a layer forward runs several short parallel phases back to back (decode
- * phases take tens of microseconds), and waking a sleeping thread costs about
- * as much.
+ * Workers sleep on a condition variable between runs, and the caller while
+ * the last tasks of a run finish, after polling for spin_us
+ * (moe_context_options; 1 ms by default): a layer forward runs several
+ * short parallel phases back to back (decode phases take tens of
+ * microseconds), and waking a sleeping thread costs about as much, or far
+ * more on a loaded VM. spin_us = -1: no thread of the pool sleeps while it
+ * lives.
  *
  * A run is over when its tasks are done, not when every worker has looked
  * at it: a worker that wakes late (waking a sleeping thread took ~0.5 ms on
@@ -18,6 +21,8 @@
 
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdbool.h>
+#include <time.h>
 #include <unistd.h>
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -27,7 +32,7 @@
 #define cpu_relax() ((void)0)
 #endif
 
-enum { SPIN_ITERS = 20000 };
+enum { SPIN_DEFAULT_US = 1000 };
 
 /* Tasks of one run: the ticket's low 32 bits count them; all ones is a
  * closed run (see moe__pool_run). */
@@ -36,6 +41,7 @@ enum { SPIN_ITERS = 20000 };
 
 struct moe__pool {
     int              n_threads;        /* including the caller                      */
+    int64_t          spin_ns;          /* a thread's polling before it sleeps; < 0: never */
     pthread_t       *threads;          /* (n_threads - 1) workers                   */
     pthread_mutex_t  mu;
     pthread_cond_t   cv_start, cv_done;
@@ -57,6 +63,20 @@ typedef struct worker_arg {
 } worker_arg;
 
 static uint32_t run_of(uint64_t ticket) { return (uint32_t)(ticket >> 32); }
+
+static int64_t now_ns(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
+}
+
+/* One pause of a thread polling since t0 (spins: pauses so far); true once
+ * it has polled for the pool's spin time (the clock read every 256 pauses),
+ * never with spin_us = -1. */
+static bool poll_over(const moe__pool *p, int64_t t0, unsigned spins) {
+    cpu_relax();
+    return spins % 256 == 0 && p->spin_ns >= 0 && now_ns() - t0 >= p->spin_ns;
+}
 
 /* Runs tasks of run `run` until none is left. */
 static void run_tasks(moe__pool *p, uint32_t run, int thread) {
@@ -86,11 +106,11 @@ static void *worker_main(void *varg) {
     int         thread = wa->thread;
     uint32_t    seen   = run_of(atomic_load(&p->ticket));
     for (;;) {
-        int spins = 0;
-        while (run_of(atomic_load_explicit(&p->ticket, memory_order_acquire)) == seen &&
-               !atomic_load(&p->stop) && spins < SPIN_ITERS) {
-            cpu_relax();
-            spins++;
+        const int64_t t0 = now_ns();
+        for (unsigned spins = 1;
+             run_of(atomic_load_explicit(&p->ticket, memory_order_acquire)) == seen &&
+             !atomic_load(&p->stop) && !poll_over(p, t0, spins);
+             spins++) {
         }
         pthread_mutex_lock(&p->mu);
         while (run_of(atomic_load(&p->ticket)) == seen && !atomic_load(&p->stop))
@@ -104,11 +124,12 @@ static void *worker_main(void *varg) {
     return NULL;
 }
 
-moe_status moe__pool_create(int n_threads, moe__pool **out) {
+moe_status moe__pool_create(int n_threads, int spin_us, moe__pool **out) {
     if (n_threads <= 0) n_threads = moe_cpu_count();
     moe__pool *p = moe__calloc(1, sizeof *p);
     if (!p) return MOE_ERR_NOMEM;
     p->n_threads = 1;
+    p->spin_ns   = spin_us < 0 ? -1 : (int64_t)(spin_us ? spin_us : SPIN_DEFAULT_US) * 1000;
     pthread_mutex_init(&p->mu, NULL);
     pthread_cond_init(&p->cv_start, NULL);
     pthread_cond_init(&p->cv_done, NULL);
@@ -193,10 +214,10 @@ void moe__pool_run(moe__pool *p, int64_t n_tasks, moe__task_fn fn, void *arg) {
 
     run_tasks(p, run, 0);
 
-    int spins = 0;
-    while (atomic_load_explicit(&p->done, memory_order_acquire) < n_tasks && spins < SPIN_ITERS) {
-        cpu_relax();
-        spins++;
+    const int64_t t0 = now_ns();
+    for (unsigned spins = 1; atomic_load_explicit(&p->done, memory_order_acquire) < n_tasks &&
+                             !poll_over(p, t0, spins);
+         spins++) {
     }
     if (atomic_load_explicit(&p->done, memory_order_acquire) < n_tasks) {
         pthread_mutex_lock(&p->mu);

@@ -107,7 +107,7 @@ moe_status moe_measure_read_bandwidth(int n_threads, size_t bytes, double *gbps)
     float     *sums = moe__calloc((size_t)n_chunks, sizeof *sums);
     moe_status st   = MOE_ERR_NOMEM;
     if (!buf || !sums) goto done;
-    if ((st = moe__pool_create(n_threads, &pool)) != MOE_OK) goto done;
+    if ((st = moe__pool_create(n_threads, 0, &pool)) != MOE_OK) goto done;
 
     probe pr = { .buf = buf, .bytes = bytes, .sums = sums, .write = 1 };
     moe__pool_run(pool, n_chunks, probe_task, &pr);
