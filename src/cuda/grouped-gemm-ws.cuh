@@ -37,12 +37,13 @@
 #define WS_BN     256
 #define WS_STAGES 4
 #define WS_THREADS 384 // two consumer warpgroups, then the producer
+#define WS_OUT_BYTES (8 * 16 * 128 * 2) // W13: each consumer warp's 16 x 128 output rows
 
 /* Stages (aligned to 1024 bytes for the swizzle), W13's per-warp output
  * staging (8 warps x 16 rows x 128 columns x 2 bytes), full and empty
  * mbarriers. */
 template <bool W13> static __host__ __device__ constexpr size_t ws_smem_bytes() {
-    return 1024 + (size_t)WS_STAGES * (WS_BM + WS_BN) * 128 + (W13 ? 8 * 16 * 128 * 2 : 0) +
+    return 1024 + (size_t)WS_STAGES * (WS_BM + WS_BN) * 128 + (W13 ? WS_OUT_BYTES : 0) +
            2 * WS_STAGES * 8;
 }
 
@@ -67,11 +68,6 @@ static __device__ __forceinline__ void ws_regs_inc() {
 #endif
 }
 
-/* Slot of layout row r (the W2 output row, the W13 input scale's index). */
-static __device__ __forceinline__ int ws_slot(const moe__gemm_args &g, int r) {
-    return g.row_slot ? g.row_slot[r] : r;
-}
-
 /* W2 epilogue of one consumer warp, rows row0 + lane / 4 (+ 8) of the tile
  * at layout row r0 (valid below r1): y[slot, n0 + c] = (acc + b2) * rw[slot]. */
 static __device__ __forceinline__ void ws_store_w2(const moe__gemm_args &g, const float (*acc)[4],
@@ -82,7 +78,7 @@ static __device__ __forceinline__ void ws_store_w2(const moe__gemm_args &g, cons
     for (int h = 0; h < 2; h++) {
         const int r = r0 + row0 + (lane >> 2) + 8 * h;
         if (r >= r1) continue;
-        const int   s   = ws_slot(g, r);
+        const int   s   = gemm_row_slot(g, r);
         const float wgt = g.rw ? g.rw[s] : 1.0f;
         float      *o   = (float *)g.out + (int64_t)s * g.N_out + n0;
 #pragma unroll
@@ -129,7 +125,7 @@ static __device__ __forceinline__ void ws_store_w13(const moe__gemm_args &g, con
 #pragma unroll
     for (int h = 0; h < 2; h++) {
         const int r = r0 + row0 + (lane >> 2) + 8 * h;
-        sc[h]       = g.in_scale && r < r1 ? g.in_scale[ws_slot(g, r)] : 1.0f;
+        sc[h]       = g.in_scale && r < r1 ? g.in_scale[gemm_row_slot(g, r)] : 1.0f;
     }
 #pragma unroll
     for (int p = 0; p < PASSES; p++) {
@@ -218,7 +214,7 @@ static __global__ void __launch_bounds__(WS_THREADS)
     char *sA   = smem;                                   // (STAGES, BM, 128 bytes)
     char *sB   = sA + (size_t)STAGES * BM * 128;         // (STAGES, BN, 128 bytes)
     T    *sO   = (T *)(sB + (size_t)STAGES * BN * 128);  // W13: (8 warps, 16, 128)
-    const uint32_t full0  = smem_u32(sB + (size_t)STAGES * BN * 128) + (W13 ? 8 * 16 * 128 * 2 : 0);
+    const uint32_t full0  = smem_u32(sB + (size_t)STAGES * BN * 128) + (W13 ? WS_OUT_BYTES : 0);
     const uint32_t empty0 = full0 + 8 * STAGES;
 
     if (threadIdx.x == 0) {
@@ -290,7 +286,7 @@ static __global__ void __launch_bounds__(WS_THREADS)
             for (int j = 0; j < BM / 16; j++) {
                 const int r = t.r0 + (ct >> 3) + 16 * j;
                 int64_t   src = -1;
-                if (r < t.r1) src = g.gather ? ws_slot(g, r) / g.a_div : r;
+                if (r < t.r1) src = g.gather ? gemm_row_slot(g, r) / g.a_div : r;
                 src_p[j] = src >= 0 ? A + src * kbytes + ch * 16 : nullptr;
             }
             for (int kt = 0; kt < KT; kt++, it++) {

@@ -67,6 +67,12 @@ static __device__ __forceinline__ void gemm_tile_at(int lin, int n_m, int grid_n
     n = in_group / gm;
 }
 
+/* Slot of layout row r: the row of W2's output, the index of W13's
+ * per-slot input scale (and, divided by a_div, the token W13 gathers). */
+static __device__ __forceinline__ int gemm_row_slot(const moe__gemm_args &g, int r) {
+    return g.row_slot ? g.row_slot[r] : r;
+}
+
 /* M tile m -> its expert and layout rows [r0, r1) (at most BM). */
 static __device__ __forceinline__ void gemm_tile_rows(const moe__gemm_args &g, int m, int BM,
                                                       int &e, int &r0, int &r1) {
@@ -184,7 +190,7 @@ static __global__ void __launch_bounds__(gemm_threads<WM, WN, WS>())
         int r = r0 + i;
         int s = -1, src = -1;
         if (r < r1) {
-            s   = g.row_slot ? g.row_slot[r] : r;
+            s   = gemm_row_slot(g, r);
             src = g.gather ? s / g.a_div : r;
         }
         a_src[i] = src;
