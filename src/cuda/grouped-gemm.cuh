@@ -37,11 +37,11 @@
  * warpgroups only issue wgmma and scale their partial sums (one scales while
  * the other's batch runs), and one more warpgroup, the producer, fills the
  * stages: its thread 0 by TMA (B), all 128 threads by cp.async (A), each
- * announcing its copies' landing on the stage's "full" mbarrier; a consumer
- * warp releases a stage on its "empty" mbarrier once it has scaled the
- * batch that read it. Nothing waits at a CTA-wide barrier inside the K
- * loop. (The bf16/f16 prefill tile is a persistent form of the same scheme:
- * grouped-gemm-ws.cuh.)
+ * announcing its copies' landing on the stage's "full" mbarrier; each
+ * consumer thread releases a stage on its "empty" mbarrier once it has
+ * scaled the batch that read it. Nothing waits at a CTA-wide barrier inside
+ * the K loop. (The bf16/f16 prefill tile is a persistent form of the same
+ * scheme: grouped-gemm-ws.cuh.)
  */
 #ifndef MOE_CUDA_GROUPED_GEMM_CUH
 #define MOE_CUDA_GROUPED_GEMM_CUH
@@ -214,10 +214,10 @@ static __global__ void __launch_bounds__(gemm_threads<WM, WN, WS>())
     }
     if (TMA && threadIdx.x == 0) {
         /* WS: a stage is full after the producer's 128 cp.async arrivals and
-         * thread 0's TMA arrival; empty after one arrival per compute warp */
+         * thread 0's TMA arrival; empty after one arrival per compute thread */
         for (int s = 0; s < STAGES; s++) {
             mbar_init(bar0 + 8 * s, WS ? PTHR + 1 : 1);
-            if (WS) mbar_init(empty0 + 8 * s, NCONS / 32);
+            if (WS) mbar_init(empty0 + 8 * s, NCONS);
         }
         mbar_init_fence();
     }
@@ -424,8 +424,12 @@ static __global__ void __launch_bounds__(gemm_threads<WM, WN, WS>())
                 wgmma_commit();
                 wgmma_wait<0>();
                 fold(part, st);
-                __syncwarp(); // every lane's reads of the stage's scales, before the release
-                if (lane == 0) mbar_arrive(empty0 + 8 * st);
+                /* every consumer thread releases its own reads of the
+                 * stage's scales (an arrive releases only the arriving
+                 * thread's accesses; with lane 0 arriving after a
+                 * __syncwarp, racecheck reported the next copies into
+                 * the stage as racing with these reads) */
+                mbar_arrive(empty0 + 8 * st);
             }
         }
     } else {
