@@ -4,7 +4,8 @@
 #   2. measure the card's ceilings (read bandwidth, dense bf16 and fp8 GEMM)
 #      with PyTorch when it is installed
 #   3. run the GPU tests (build/moe-test -o cuda)
-#   4. run a small subset under compute-sanitizer memcheck and racecheck
+#   4. run one test of each kernel family under compute-sanitizer memcheck
+#      and racecheck
 #   5. run build/bench-ep-nccl (expert parallel over NCCL on every GPU) and
 #      the benchmark grid of TARGETS.md (moe bench --backend cuda), and
 #      print the table
@@ -90,18 +91,21 @@ tail -15 "$OUT/tests.log"
 if [ $SAN = 1 ] && command -v compute-sanitizer >/dev/null; then
     echo "== compute-sanitizer"
     mkdir -p "$OUT/sanitizer"
+    # one test per kernel family: the fp8 tiles (the warp-specialized W13
+    # included), the bf16 decode and prefill tiles (the persistent kernel),
+    # the shared-experts stream, routing, and the expert-parallel path
     for tool in memcheck racecheck; do
-        compute-sanitizer --tool $tool --error-exitcode 3 build/moe-test -o cuda_layer_fp8_block \
-            >"$OUT/sanitizer/$tool-fp8.log" 2>&1; r1=$?
-        compute-sanitizer --tool $tool --error-exitcode 3 build/moe-test -o cuda_layer_shared \
-            >"$OUT/sanitizer/$tool-shared.log" 2>&1; r2=$?
-        compute-sanitizer --tool $tool --error-exitcode 3 build/moe-test -o cuda_route \
-            >"$OUT/sanitizer/$tool-route.log" 2>&1; r3=$?
-        compute-sanitizer --tool $tool --error-exitcode 3 build/moe-test -o cuda_ep_bitwise \
-            >"$OUT/sanitizer/$tool-ep.log" 2>&1; r4=$?
-        echo "$tool: fp8 rc=$r1 shared rc=$r2 route rc=$r3 ep rc=$r4"
+        rcs=""
+        for t in cuda_layer_fp8_block cuda_layer_bf16_shape_grid cuda_layer_shared cuda_route \
+                 cuda_ep_bitwise; do
+            compute-sanitizer --tool $tool --error-exitcode 3 build/moe-test -o $t \
+                >"$OUT/sanitizer/$tool-$t.log" 2>&1
+            r=$?
+            rcs="$rcs $t=$r"
+            [ $r = 0 ] || status=1
+        done
+        echo "$tool rc:$rcs"
         grep -h "ERROR SUMMARY\|RACECHECK SUMMARY" "$OUT"/sanitizer/$tool-*.log
-        [ $r1 = 0 ] && [ $r2 = 0 ] && [ $r3 = 0 ] && [ $r4 = 0 ] || status=1
     done
 fi
 
