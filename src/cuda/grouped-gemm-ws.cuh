@@ -399,18 +399,8 @@ template <int DT> struct gemm_ws_tile {
         return e != cudaSuccess ? e : setup_one<false>();
     }
     template <bool W13> static cudaError_t launch_one(const moe__gemm_args *g, cudaStream_t st) {
-        moe__gemm_args a    = *g;
-        const int      outw = gemm_out_cols(g->act, W13, WS_BN);
-        a.grid_n            = (int)((g->N_out + outw - 1) / outw);
-        const int64_t n_cta = (int64_t)a.grid_n * g->max_tiles;
-        if (n_cta == 0) return cudaSuccess;
-        if (n_cta > 0x7fffffff) return cudaErrorInvalidConfiguration;
-        const unsigned      grid = (unsigned)(n_cta < g->n_sm ? n_cta : g->n_sm);
-        cudaLaunchAttribute attr;
-        const cudaLaunchConfig_t cfg = launch_config(dim3(grid), dim3(WS_THREADS),
-                                                     ws_smem_bytes<W13>(), st, g->pdl, &attr);
-        cudaError_t e = cudaLaunchKernelEx(&cfg, grouped_gemm_ws_kernel<DT, W13>, a);
-        return e != cudaSuccess ? e : cudaGetLastError();
+        return gemm_start(grouped_gemm_ws_kernel<DT, W13>, g, W13, WS_BN, WS_THREADS,
+                          ws_smem_bytes<W13>(), g->n_sm, st);
     }
     static cudaError_t launch(const moe__gemm_args *g, cudaStream_t st) {
         return g->w13 ? launch_one<true>(g, st) : launch_one<false>(g, st);

@@ -656,22 +656,31 @@ static cudaError_t gemm_setup() {
                                 cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
 }
 
-template <int DT, int BM, int BN, int WM, int WN, int STAGES, bool W13, bool WG, bool WS>
-static cudaError_t gemm_launch(const moe__gemm_args *g, cudaStream_t st) {
-    constexpr size_t smem = gemm_smem_bytes<BM, BN, STAGES, WG, WS>();
-    int outw = gemm_out_cols(g->act, W13, BN);
-    moe__gemm_args a = *g;
-    a.grid_n = (int)((g->N_out + outw - 1) / outw);
-    int64_t n_cta = (int64_t)a.grid_n * g->max_tiles;
+/* Launches a grouped GEMM kernel of BN-wide tiles over g's layout: grid_n
+ * set from BN, one CTA per tile the table can hold (grid_n x max_tiles), or
+ * at most max_ctas of them (a persistent kernel loops over the rest). */
+static cudaError_t gemm_start(void (*kernel)(moe__gemm_args), const moe__gemm_args *g, bool w13,
+                              int BN, int threads, size_t smem, int64_t max_ctas,
+                              cudaStream_t st) {
+    const int      outw = gemm_out_cols(g->act, w13, BN);
+    moe__gemm_args a    = *g;
+    a.grid_n            = (int)((g->N_out + outw - 1) / outw);
+    const int64_t n_cta = (int64_t)a.grid_n * g->max_tiles;
     if (n_cta == 0) return cudaSuccess;
     if (n_cta > 0x7fffffff) return cudaErrorInvalidConfiguration;
-    cudaLaunchAttribute attr;
-    const cudaLaunchConfig_t cfg =
-        launch_config(dim3((unsigned)n_cta), dim3(gemm_threads<WM, WN, WS>()), smem, st, g->pdl,
-                      &attr);
-    cudaError_t e =
-        cudaLaunchKernelEx(&cfg, grouped_gemm_kernel<DT, BM, BN, WM, WN, STAGES, W13, WG, WS>, a);
+    cudaLaunchAttribute      attr;
+    const cudaLaunchConfig_t cfg = launch_config(
+        dim3((unsigned)(n_cta < max_ctas ? n_cta : max_ctas)), dim3(threads), smem, st, g->pdl,
+        &attr);
+    const cudaError_t e = cudaLaunchKernelEx(&cfg, kernel, a);
     return e != cudaSuccess ? e : cudaGetLastError();
+}
+
+template <int DT, int BM, int BN, int WM, int WN, int STAGES, bool W13, bool WG, bool WS>
+static cudaError_t gemm_launch(const moe__gemm_args *g, cudaStream_t st) {
+    return gemm_start(grouped_gemm_kernel<DT, BM, BN, WM, WN, STAGES, W13, WG, WS>, g, W13, BN,
+                      gemm_threads<WM, WN, WS>(), gemm_smem_bytes<BM, BN, STAGES, WG, WS>(),
+                      INT64_MAX, st);
 }
 
 /* One tile configuration, named once: the kernels of its roles (bit 0:
