@@ -6,7 +6,8 @@
  * (dequant_row_ref) with the reference activation emulation of input i
  * (act_fake_quant_ref), for row ranges that start and end anywhere and
  * for 1, 3 and 17 input rows; and it must be bitwise the same whichever
- * range and chunk size computed it (the contract in cpu-formats.h).
+ * range and chunk size computed it (the contract in cpu-formats.h), and
+ * whichever stream plan (cpu-formats.h) read the rows.
  *
  * Tolerance: |y - ref| <= 1e-5 * sum_k |w_k x_k| + 1e-30 (fp32 accumulation
  * of at most a few thousand terms, in blocks).
@@ -77,6 +78,22 @@ static void check_kernel(const kcase *c) {
     const int64_t chunks[] = { 1, 3, NX };
     test_check_gemm(cf, &w, xq, xs, NX, ref, mag, ranges, sizeof ranges / sizeof ranges[0],
                     chunks, sizeof chunks / sizeof chunks[0], name);
+
+    /* The stream plans (cpu-formats.h) change no bit: every row under each. */
+    const moe__cpu_stream_plan keep = moe__cpu_plan;
+    float *yp[2];
+    for (int p = 0; p < 2; p++) {
+        moe__cpu_plan = moe__cpu_stream_plan_for(p ? "AuthenticAMD" : "GenuineIntel");
+        yp[p] = malloc(sizeof(float) * (size_t)(NX * R));
+        cf->gemm(&w, 0, R, xq, xs, NX, yp[p], R);
+    }
+    moe__cpu_plan = keep;
+    CHECK(moe__cpu_stream_plan_for("AuthenticAMD").streams !=
+              moe__cpu_stream_plan_for("GenuineIntel").streams,
+          "the two plans stream alike: the comparison below tests nothing");
+    CHECK(!memcmp(yp[0], yp[1], sizeof(float) * (size_t)(NX * R)),
+          "%s: the Intel and AMD stream plans give different bits", name);
+    free(yp[0]); free(yp[1]);
     free(src); free(data); free(sc); free(zp); free(g_idx); free(x); free(xf); free(xq);
     free(ref); free(mag);
 }

@@ -138,39 +138,48 @@ extern const moe__cpu_format moe__cpu_q8_0, moe__cpu_q4_0, moe__cpu_q4_k, moe__c
 #endif
 bool moe__cpu_amx_ready(void);
 
+/* How a core streams weight rows from memory, picked once per process for
+ * the CPU it runs on (moe__cpu_stream_plan_for, cpu-formats.c) before any
+ * kernel runs (moe__cpu_format_get sets it), read by the two helpers below.
+ * Neither changes a result: rows are independent outputs, and a prefetch
+ * only moves data. */
+typedef struct moe__cpu_stream_plan {
+    int    streams;         /* interleaved row streams per tile (moe__cpu_stream_row) */
+    size_t pf_far, pf_near; /* prefetch distances in bytes (moe__cpu_prefetch)        */
+} moe__cpu_stream_plan;
+extern moe__cpu_stream_plan moe__cpu_plan;
+
+/* The plan for a CPU by its cpuid vendor string ("AuthenticAMD", ...), for
+ * cpu-formats.c and the tests. */
+moe__cpu_stream_plan moe__cpu_stream_plan_for(const char *vendor);
+
 /* Software prefetch of a weight stream, for kernels that read their weight
  * rows front to back: called with the bytes [p, p + n) the kernel is about
- * to decode, it asks for the same span MOE_CPU_PF_FAR bytes ahead into L2
- * and MOE_CPU_PF_NEAR bytes ahead into L1. At one activation row a core
- * decodes faster than the hardware prefetcher streams (it stops at every
- * 4 KiB page), so without this the loop waits on memory latency; the two
- * distances were tuned on the CI machine (the Q4_K kernel alone, 2 threads,
- * went from 60% to 85% of read bandwidth; one level alone reached 80%).
- * Prefetches past the end of the weights are harmless (they never fault). */
-enum { MOE_CPU_PF_FAR = 3072, MOE_CPU_PF_NEAR = 768 };
+ * to decode, it asks for the same span pf_far bytes ahead into L2 and
+ * pf_near bytes ahead into L1. At one activation row a core decodes faster
+ * than the hardware prefetcher streams (it stops at every 4 KiB page), so
+ * without this the loop waits on memory latency. Prefetches past the end
+ * of the weights are harmless (they never fault). */
 static inline void moe__cpu_prefetch(const void *p, size_t n) {
-    const char *c = (const char *)p;
+    const char  *c    = (const char *)p;
+    const size_t far  = moe__cpu_plan.pf_far, near = moe__cpu_plan.pf_near;
     for (size_t o = 0; o < n; o += 64) {
-        __builtin_prefetch(c + MOE_CPU_PF_FAR + o, 0, 2);
-        __builtin_prefetch(c + MOE_CPU_PF_NEAR + o, 0, 3);
+        __builtin_prefetch(c + far + o, 0, 2);
+        __builtin_prefetch(c + near + o, 0, 3);
     }
 }
 
-/* Weight rows of a tile in MOE_CPU_STREAMS interleaved streams: the tile
- * [r0, r1) is cut into that many consecutive segments and step t visits
- * row moe__cpu_stream_row(r0, seg, t) of segment t % MOE_CPU_STREAMS, so
- * several sequential streams (in different pages) are in flight at once,
- * as the BF16 kernel gets from its 8 rows. Rows are independent outputs,
- * so the order changes no result. One stream reached 80% of read
- * bandwidth on Q4_K decode with tiles in a scattered order, four 93%.
+/* Weight rows of a tile in moe__cpu_plan.streams interleaved streams: the
+ * tile [r0, r1) is cut into that many consecutive segments and step t
+ * visits row moe__cpu_stream_row(r0, seg, t) of segment t % streams, so
+ * several sequential streams (in different pages) can be in flight at once.
  * Usage: seg = moe__cpu_stream_seg(r0, r1); for t in [0, seg *
- * MOE_CPU_STREAMS): r = moe__cpu_stream_row(r0, seg, t), skip r >= r1. */
-enum { MOE_CPU_STREAMS = 4 };
+ * moe__cpu_plan.streams): r = moe__cpu_stream_row(r0, seg, t), skip r >= r1. */
 static inline int64_t moe__cpu_stream_seg(int64_t r0, int64_t r1) {
-    return (r1 - r0 + MOE_CPU_STREAMS - 1) / MOE_CPU_STREAMS;
+    return (r1 - r0 + moe__cpu_plan.streams - 1) / moe__cpu_plan.streams;
 }
 static inline int64_t moe__cpu_stream_row(int64_t r0, int64_t seg, int64_t t) {
-    return r0 + (t % MOE_CPU_STREAMS) * seg + t / MOE_CPU_STREAMS;
+    return r0 + (t % moe__cpu_plan.streams) * seg + t / moe__cpu_plan.streams;
 }
 
 /* sum_k a[k] * b[k] in fp32 with the same fixed order as the F32 gemm (so a

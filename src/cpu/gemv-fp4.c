@@ -224,7 +224,7 @@ static void gemm_fp4_vec(const moe__wmat *w, int64_t r0, int64_t r1, const void 
         ix[u] = _mm512_load_si512(v);
     }
     const int64_t seg = moe__cpu_stream_seg(r0, r1);
-    for (int64_t step = 0; step < seg * MOE_CPU_STREAMS; step++) {
+    for (int64_t step = 0; step < seg * moe__cpu_plan.streams; step++) {
         const int64_t r = moe__cpu_stream_row(r0, seg, step);
         if (r >= r1) continue;
         const uint8_t *q  = (const uint8_t *)w->data + r * K / 2;            // (K/2)

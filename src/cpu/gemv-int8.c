@@ -96,7 +96,7 @@ static void gemm_int8(const moe__wmat *w, int64_t r0, int64_t r1, const void *xq
             for (int64_t g = 0; g < ng; g++) asum[i] += as[g];
         }
         const int64_t seg = moe__cpu_stream_seg(r0, r1);
-        for (int64_t step = 0; step < seg * MOE_CPU_STREAMS; step++) {
+        for (int64_t step = 0; step < seg * moe__cpu_plan.streams; step++) {
             const int64_t r = moe__cpu_stream_row(r0, seg, step);
             if (r >= r1) continue;
             const int8_t *q  = (const int8_t *)w->data + r * K; // (K)

@@ -234,7 +234,7 @@ static void gemm_q4k(const moe__wmat *w, int64_t r0, int64_t r1, const void *xq,
     const int64_t K = w->cols, nb = K / MOE_QK_K;
     const size_t  row_bytes = (size_t)nb * sizeof(moe_block_q4_k);
     const int64_t seg = moe__cpu_stream_seg(r0, r1);
-    for (int64_t step = 0; step < seg * MOE_CPU_STREAMS; step++) {
+    for (int64_t step = 0; step < seg * moe__cpu_plan.streams; step++) {
         const int64_t r = moe__cpu_stream_row(r0, seg, step);
         if (r >= r1) continue;
         const moe_block_q4_k *blk =

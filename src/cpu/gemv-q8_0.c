@@ -370,7 +370,7 @@ static void gemm_q4u(const moe__wmat *w, int64_t r0, int64_t r1, const void *xq,
     const q4u_idx ix = q4u_idx_make(mx);
 #endif
     const int64_t seg = moe__cpu_stream_seg(r0, r1);
-    for (int64_t step = 0; step < seg * MOE_CPU_STREAMS; step++) {
+    for (int64_t step = 0; step < seg * moe__cpu_plan.streams; step++) {
         const int64_t r = moe__cpu_stream_row(r0, seg, step);
         if (r >= r1) continue;
         const uint8_t *row = (const uint8_t *)base + (size_t)r * row_bytes; // (nb blocks)
@@ -428,7 +428,7 @@ static void gemm_q80(const moe__wmat *w, int64_t r0, int64_t r1, const void *xq,
     (void)block_values; /* the portable paths' */
 #endif
     const int64_t seg = moe__cpu_stream_seg(r0, r1);
-    for (int64_t step = 0; step < seg * MOE_CPU_STREAMS; step++) {
+    for (int64_t step = 0; step < seg * moe__cpu_plan.streams; step++) {
         const int64_t r = moe__cpu_stream_row(r0, seg, step);
         if (r >= r1) continue;
         const char *row = (const char *)w->data + (size_t)r * row_bytes; // (nb blocks)
