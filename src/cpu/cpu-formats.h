@@ -140,7 +140,7 @@ bool moe__cpu_amx_ready(void);
 
 /* How a core streams weight rows from memory, picked once per process for
  * the CPU it runs on (moe__cpu_stream_plan_for, cpu-formats.c) before any
- * kernel runs (moe__cpu_format_get sets it), read by the two helpers below.
+ * kernel runs (moe__cpu_format_get sets it), read by the helpers below.
  * Neither changes a result: rows are independent outputs, and a prefetch
  * only moves data. */
 typedef struct moe__cpu_stream_plan {
