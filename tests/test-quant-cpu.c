@@ -88,9 +88,6 @@ static void check_kernel(const kcase *c) {
         cf->gemm(&w, 0, R, xq, xs, NX, yp[p], R);
     }
     moe__cpu_plan = keep;
-    CHECK(moe__cpu_stream_plan_for("AuthenticAMD").streams !=
-              moe__cpu_stream_plan_for("GenuineIntel").streams,
-          "the two plans stream alike: the comparison below tests nothing");
     CHECK(!memcmp(yp[0], yp[1], sizeof(float) * (size_t)(NX * R)),
           "%s: the Intel and AMD stream plans give different bits", name);
     free(yp[0]); free(yp[1]);
@@ -113,6 +110,9 @@ TEST(quant_cpu_kernels_vs_reference) {
         { MOE_FORMAT_Q6_K, 0, 0, 20, 4096 + 512 },
         { MOE_FORMAT_NVFP4, 0, 0, 20, 4096 + 512 },
     };
+    REQUIRE(moe__cpu_stream_plan_for("AuthenticAMD").streams !=
+                moe__cpu_stream_plan_for("GenuineIntel").streams,
+            "the two stream plans stream alike: comparing them would test nothing");
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) check_kernel(&cases[i]);
 }
 
