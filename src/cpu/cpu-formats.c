@@ -39,16 +39,20 @@ static const moe__cpu_format *const g_cpu_formats[MOE_FORMAT_COUNT] = {
  *   768 bytes ahead. One stream reached 80% of read bandwidth on Q4_K
  *   decode, four 93%; the distances took the Q4_K kernel (2 threads) from
  *   60% to 85%.
- * - AMD (a 2-vCPU Zen 5 EPYC VM, family 26): one stream, 8192 / 2048 bytes
+ * - AMD (a 2-vCPU Zen 5 EPYC VM, family 26): one stream, 16384 / 4096 bytes
  *   ahead. Four streams ran at half the speed there: the NVFP4 W13 shape
  *   (1536 x 2048) decoded 17 GB/s against 34, and the access pattern alone,
  *   without the arithmetic, read 24 GB/s where a plain sequential read of
- *   the same bytes read 37.
+ *   the same bytes read 37. The distances, one core from memory
+ *   (bench/bench-cpu-kernel.c, qwen3-30b-a3b's W13 and W2 shapes): 16384 /
+ *   4096 against 8192 / 2048 took NVFP4, Q8_0 and Q4_K's W13 up by 4-8%
+ *   (to 0.83-0.88 of the plain read), no kernel down; 24576 and 32768 gained
+ *   nothing more.
  *   Measured on Zen 5 only; other AMD cores get the same plan untested.
  * Other CPUs keep the Intel plan, which is also the plan before the first
  * moe__cpu_format_get. */
 #define PLAN_INTEL { .streams = 4, .pf_far = 3072, .pf_near = 768 }
-#define PLAN_AMD   { .streams = 1, .pf_far = 8192, .pf_near = 2048 }
+#define PLAN_AMD   { .streams = 1, .pf_far = 16384, .pf_near = 4096 }
 
 moe__cpu_stream_plan moe__cpu_stream_plan_for(const char *vendor) {
     if (vendor && !strcmp(vendor, "AuthenticAMD")) return (moe__cpu_stream_plan)PLAN_AMD;

@@ -169,6 +169,13 @@ static inline void moe__cpu_prefetch(const void *p, size_t n) {
     }
 }
 
+/* A kernel that keeps n streams of its own in flight (not the plan's
+ * moe__cpu_stream_row ones) prefetches each this share of a plan distance
+ * d, so that a core has the plan's streams x d bytes ahead in all. */
+static inline size_t moe__cpu_pf_share(size_t d, int n) {
+    return d * (size_t)moe__cpu_plan.streams / (size_t)n;
+}
+
 /* Weight rows of a tile in moe__cpu_plan.streams interleaved streams: the
  * tile [r0, r1) is cut into that many consecutive segments and step t
  * visits row moe__cpu_stream_row(r0, seg, t) of segment t % streams, so

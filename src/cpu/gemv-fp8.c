@@ -21,13 +21,21 @@
  * dot steps in a fixed order; one fixed reduction tree at the end. So a
  * result depends on its weight row and activation row only.
  *
- * Streaming: a tile's rows are cut into four segments (as
- * moe__cpu_stream_row does) and row t of each segment is decoded side by
- * side, group by group: four sequential streams (each prefetched as
- * moe__cpu_prefetch says) advance together. Visiting whole rows in turn
- * instead left a 7 KiB DeepSeek-V3 row (d_model 7168) with only one
- * stream's prefetch distance of work ahead: the W13 shape streamed at 25 of
- * 30.5 GB/s (kernel alone, 2 threads), 29-31 side by side.
+ * Streaming: four rows are decoded side by side, group by group. Which
+ * four follows the CPU's stream plan (cpu-formats.h):
+ * - several streams (Intel): the tile is cut into four segments (as
+ *   moe__cpu_stream_row does) and row t of each segment goes together, four
+ *   sequential streams, each prefetched as moe__cpu_prefetch says. Visiting
+ *   whole rows in turn instead left a 7 KiB DeepSeek-V3 row (d_model 7168)
+ *   with only one stream's prefetch distance of work ahead: the W13 shape
+ *   streamed at 25 of 30.5 GB/s (kernel alone, 2 threads), 29-31 side by
+ *   side.
+ * - one stream (AMD): four adjacent rows, whose bytes are one run of 4 K,
+ *   prefetched as that one run (4 x 128 bytes per group). The segments ran
+ *   at half the plain read there (Zen 5, one core, kernel alone from memory,
+ *   bench/bench-cpu-kernel.c: W13 of qwen3-30b-a3b 25 GB/s against a read
+ *   of 48), adjacent rows prefetched row by row at 30, as one run at 33-34
+ *   (0.80 of the read).
  */
 #include "cpu-formats.h"
 #include "../quant/quant.h"
@@ -285,14 +293,16 @@ static inline __attribute__((always_inline)) void fp8_group(
  * against NX activation rows, side by side group by group: out[j][i] =
  * the dot product of row j with input i. Each row is its own prefetched
  * stream, so NR streams advance together (a long row then has NR times
- * the prefetch distance of work ahead of it). The scale products of 16
+ * the prefetch distance of work ahead of it), unless the rows are
+ * adjacent (q[j] = q[0] + j K): then their NR K bytes are prefetched as one
+ * stream, NR x 128 bytes per group. The scale products of 16
  * groups are made at once (one vmulps, broadcast from memory later:
  * the same products as one multiply per group). The whole groups run
  * without a tail test; a short last group is copied into zeros first
  * (a row is never read past its end). */
 static inline __attribute__((always_inline)) void fp8_rows(
-    const fp8_tables *t, const uint8_t *const *q, int64_t K, const float *const *sws,
-    int64_t step, const uint16_t *const *xb, const float *const *sx,
+    const fp8_tables *t, const uint8_t *const *q, bool adjacent, int64_t K,
+    const float *const *sws, int64_t step, const uint16_t *const *xb, const float *const *sx,
     float (*out)[FP8_NXMAX], int NR, int NX) {
     __m512               acc[FP8_NRMAX][FP8_NXMAX];
     _Alignas(64) float   cs[FP8_NRMAX][FP8_NXMAX][16];
@@ -313,8 +323,9 @@ static inline __attribute__((always_inline)) void fp8_rows(
             const uint8_t *qg[FP8_NRMAX];
             for (int j = 0; j < NR; j++) {
                 qg[j] = q[j] + g * FP8_G;
-                moe__cpu_prefetch(qg[j], FP8_G);
+                if (!adjacent) moe__cpu_prefetch(qg[j], FP8_G);
             }
+            if (adjacent) moe__cpu_prefetch(q[0] + g * FP8_G * NR, (size_t)FP8_G * NR);
             fp8_group(t, qg, (const float (*)[FP8_NXMAX][16])cs, g, (int)(g - g0), xb, acc, NR, NX);
         }
         if (g1 < g0 + n) { /* K % 128 != 0: the last group, short */
@@ -334,9 +345,9 @@ static inline __attribute__((always_inline)) void fp8_rows(
 }
 #endif
 
-/* Rows: the tile is cut into FP8_NRMAX segments (as moe__cpu_stream_row
- * does) and row t of every segment is computed together (one row alone
- * where the last segment is short), against the activation rows in
+/* Rows: FP8_NRMAX at a time, adjacent ones or one from each of FP8_NRMAX
+ * segments of the tile (see Streaming above; one row alone where the
+ * last group of rows is short), against the activation rows in
  * blocks of up to FP8_NXMAX (fewer rows at once for more inputs, so that
  * the accumulators stay in registers). Every (row, input) pair takes the
  * same steps in every variant, so the block it falls in does not change
@@ -348,12 +359,15 @@ static void gemm_fp8(const moe__wmat *w, int64_t r0, int64_t r1, const void *xq,
     const fp8_tables t = { _mm512_loadu_si512(bf16_hi), _mm512_loadu_si512(bf16_hi + 64),
                            _mm512_loadu_si512(bf16_lo), _mm512_loadu_si512(bf16_lo + 64),
                            _mm512_set1_epi8((char)0x80) };
+    const bool    adjacent = moe__cpu_plan.streams == 1;
     const int64_t seg = (r1 - r0 + FP8_NRMAX - 1) / FP8_NRMAX;
     for (int64_t s = 0; s < seg; s++) {
         int64_t rows[FP8_NRMAX];
         int     nr = 0;
-        for (int j = 0; j < FP8_NRMAX; j++)
-            if (r0 + j * seg + s < r1) rows[nr++] = r0 + j * seg + s;
+        for (int j = 0; j < FP8_NRMAX; j++) {
+            const int64_t r = adjacent ? r0 + s * FP8_NRMAX + j : r0 + j * seg + s;
+            if (r < r1) rows[nr++] = r;
+        }
         for (int64_t i0 = 0; i0 < n_x;) {
             const int64_t   nx = n_x - i0 >= FP8_NXMAX ? FP8_NXMAX : n_x - i0;
             const uint16_t *xb[FP8_NXMAX];
@@ -374,17 +388,19 @@ static void gemm_fp8(const moe__wmat *w, int64_t r0, int64_t r1, const void *xq,
                     q[j]   = (const uint8_t *)w->data + rows[j0 + j] * K; // (K)
                     sws[j] = wscale_row(w, rows[j0 + j], &step);
                 }
-                if (n == 4 && nx == 1)  fp8_rows(&t, q, K, sws, step, xb, sx, out, 4, 1);
-                else if (n == 4)        fp8_rows(&t, q, K, sws, step, xb, sx, out, 4, 2);
-                else if (n == 2 && nx == 3) fp8_rows(&t, q, K, sws, step, xb, sx, out, 2, 3);
-                else if (n == 2)        fp8_rows(&t, q, K, sws, step, xb, sx, out, 2, 4);
+#define FP8_ROWS(NR, NX) fp8_rows(&t, q, adjacent, K, sws, step, xb, sx, out, NR, NX)
+                if (n == 4 && nx == 1)      FP8_ROWS(4, 1);
+                else if (n == 4)            FP8_ROWS(4, 2);
+                else if (n == 2 && nx == 3) FP8_ROWS(2, 3);
+                else if (n == 2)            FP8_ROWS(2, 4);
                 else
                     switch (nx) {
-                    case 1:  fp8_rows(&t, q, K, sws, step, xb, sx, out, 1, 1); break;
-                    case 2:  fp8_rows(&t, q, K, sws, step, xb, sx, out, 1, 2); break;
-                    case 3:  fp8_rows(&t, q, K, sws, step, xb, sx, out, 1, 3); break;
-                    default: fp8_rows(&t, q, K, sws, step, xb, sx, out, 1, 4); break;
+                    case 1:  FP8_ROWS(1, 1); break;
+                    case 2:  FP8_ROWS(1, 2); break;
+                    case 3:  FP8_ROWS(1, 3); break;
+                    default: FP8_ROWS(1, 4); break;
                     }
+#undef FP8_ROWS
                 for (int j = 0; j < n; j++)
                     for (int64_t i = 0; i < nx; i++)
                         y[(i0 + i) * y_stride + (rows[j0 + j] - r0)] = out[j][i];

@@ -1,0 +1,147 @@
+/*
+ * bench-cpu-kernel.c - one CPU format kernel alone, on one core, streaming an
+ * expert matrix from memory as decode does, beside a plain read of the same
+ * bytes: how close a kernel's decode comes to what the core can read.
+ *
+ *     make bench
+ *     build/bench-cpu-kernel format rows cols [n_x=1] [reps=200]
+ *     e.g. build/bench-cpu-kernel fp8-block 1536 2048     (qwen3 W13)
+ *          build/bench-cpu-kernel fp8-block 2048 768      (qwen3 W2)
+ *
+ * The matrix is quantized once (quantize_ref of random values) and copied
+ * until the copies fill 512 MiB; each call runs the kernel over the next
+ * copy, so every byte comes from memory, as an expert's weights do at decode
+ * (the last-level cache holds no expert from the previous token). Reported,
+ * as medians over reps calls: microseconds, GB/s of weight and scale bytes,
+ * and the same for a plain AVX-512 (or scalar) sum over the same bytes of the
+ * next copy (MOE_HOT=1: one copy, read from cache). MOE_STREAMS, MOE_PF_FAR and MOE_PF_NEAR override the CPU stream
+ * plan (cpu-formats.h) for experiments; they are not read by the library.
+ */
+#include "internal.h"
+#include "../src/cpu/cpu-formats.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* The ceiling the kernel is held to: every byte read once, in order. */
+static float plain_read(const void *p, size_t n) {
+    const char *c = p;
+#if defined(__AVX512F__)
+    __m512i a = _mm512_setzero_si512(), b = _mm512_setzero_si512();
+    size_t  i = 0;
+    for (; i + 128 <= n; i += 128) {
+        a = _mm512_add_epi32(a, _mm512_loadu_si512(c + i));
+        b = _mm512_add_epi32(b, _mm512_loadu_si512(c + i + 64));
+    }
+    return (float)_mm512_reduce_add_epi32(_mm512_add_epi32(a, b));
+#else
+    unsigned s = 0;
+    for (size_t i = 0; i < n; i += 8) s += (unsigned char)c[i];
+    return (float)s;
+#endif
+}
+
+int main(int argc, char **argv) {
+    if (argc < 4) {
+        fprintf(stderr, "usage: %s format rows cols [n_x=1] [reps=200]\n", argv[0]);
+        return 1;
+    }
+    moe_format f;
+    if (moe_format_from_name(argv[1], &f)) { fprintf(stderr, "unknown format %s\n", argv[1]); return 1; }
+    const int64_t rows = atoll(argv[2]), cols = atoll(argv[3]);
+    const int     n_x  = argc > 4 ? atoi(argv[4]) : 1;
+    const int     reps = argc > 5 ? atoi(argv[5]) : 200;
+    const moe__format_traits *tr = moe__format(f);
+    const moe__cpu_format    *kf = moe__cpu_format_get(f);
+    if (!tr || !tr->quantize_ref || !kf) { fprintf(stderr, "%s: no quantized CPU kernel\n", argv[1]); return 1; }
+    if (getenv("MOE_STREAMS")) moe__cpu_plan.streams = atoi(getenv("MOE_STREAMS"));
+    if (getenv("MOE_PF_FAR")) moe__cpu_plan.pf_far = (size_t)atoll(getenv("MOE_PF_FAR"));
+    if (getenv("MOE_PF_NEAR")) moe__cpu_plan.pf_near = (size_t)atoll(getenv("MOE_PF_NEAR"));
+
+    char        err[256];
+    moe__wsizes s;
+    const int32_t gs = f == MOE_FORMAT_INT4_GPTQ || f == MOE_FORMAT_INT4_AWQ ||
+                       f == MOE_FORMAT_INT8_GPTQ ? 128 : 0;
+    if (tr->sizes(rows, cols, gs, MOE_FORMAT_BF16, &s, err, sizeof err)) { fprintf(stderr, "%s\n", err); return 1; }
+    moe__wmat w = { .format = f, .rows = rows, .cols = cols, .group_size = gs,
+                    .scale_format = MOE_FORMAT_BF16, .scale2 = 1 };
+    void *data = moe__aligned_alloc(s.data), *sc = moe__aligned_alloc(s.scales + 64),
+         *zr = s.zeros ? moe__aligned_alloc(s.zeros) : NULL;
+    float *src = malloc((size_t)(rows * cols) * sizeof(float));
+    uint64_t seed = 7;
+    for (int64_t i = 0; i < rows * cols; i++) {
+        seed = seed * 6364136223846793005ull + 1442695040888963407ull;
+        src[i] = (float)((int)(seed >> 40) % 2001 - 1000) / 10000.0f;
+    }
+    w.data = data, w.scales = sc, w.zeros = zr;
+    if (tr->quantize_ref(src, &w)) { fprintf(stderr, "quantize_ref failed\n"); return 1; }
+    free(src);
+
+    /* The packed layout where the format has one (what a bound layer runs). */
+    const bool    packed = kf->pack != NULL;
+    const size_t  mbytes = packed ? kf->packed_bytes(&w) : s.data;
+    void         *m0     = moe__aligned_alloc(mbytes);
+    if (packed) kf->pack(&w, m0); else memcpy(m0, data, s.data);
+    const size_t  stride = (mbytes + s.scales + s.zeros + 4095) / 4096 * 4096;
+    const int     n_copy = getenv("MOE_HOT") ? 1 : (int)(((size_t)512 << 20) / stride) + 2;
+    char         *copies = moe__aligned_alloc(stride * (size_t)n_copy);
+    for (int c = 0; c < n_copy; c++) {
+        char *p = copies + (size_t)c * stride;
+        memcpy(p, m0, mbytes);
+        memcpy(p + mbytes, sc, s.scales);
+        if (s.zeros) memcpy(p + mbytes + s.scales, zr, s.zeros);
+    }
+
+    const size_t xrow = kf->act_quantize ? (kf->act_row_bytes(cols) + 63) / 64 * 64
+                                         : (size_t)cols * sizeof(float);
+    void  *xq = moe__aligned_alloc(xrow * (size_t)n_x);
+    float *x  = malloc((size_t)cols * sizeof(float)), *y = malloc((size_t)(rows * n_x) * sizeof(float));
+    for (int64_t k = 0; k < cols; k++) x[k] = (float)((k * 37) % 101 - 50) / 50.0f;
+    for (int i = 0; i < n_x; i++) {
+        if (kf->act_quantize) kf->act_quantize(&w, x, cols, (char *)xq + (size_t)i * xrow);
+        else memcpy((char *)xq + (size_t)i * xrow, x, (size_t)cols * sizeof(float));
+    }
+
+    double *tk = malloc((size_t)reps * sizeof(double)), *tp = malloc((size_t)reps * sizeof(double));
+    volatile float sink = 0;
+    int c = 0;
+    for (int rep = -10; rep < reps; rep++) {
+        char     *p = copies + (size_t)(c++ % n_copy) * stride;
+        moe__wmat v = w;
+        v.data = p, v.scales = p + mbytes, v.zeros = s.zeros ? p + mbytes + s.scales : NULL;
+        double t0 = now_s();
+        (packed ? kf->gemm_packed : kf->gemm)(&v, 0, rows, xq, xrow, n_x, y, rows);
+        double t1 = now_s();
+        p = copies + (size_t)(c++ % n_copy) * stride;
+        sink += plain_read(p, mbytes + s.scales + s.zeros);
+        double t2 = now_s();
+        if (rep >= 0) tk[rep] = t1 - t0, tp[rep] = t2 - t1;
+    }
+    qsort(tk, (size_t)reps, sizeof *tk, cmp_double);
+    qsort(tp, (size_t)reps, sizeof *tp, cmp_double);
+    const double bytes = (double)(mbytes + s.scales + s.zeros);
+    const double k_us = tk[reps / 2] * 1e6, p_us = tp[reps / 2] * 1e6;
+    printf("%-12s %5lld x %-5lld n_x %d  streams %d pf %zu/%zu  kernel %7.1f us %5.1f GB/s  "
+           "read %7.1f us %5.1f GB/s  ratio %.2f\n",
+           argv[1], (long long)rows, (long long)cols, n_x, moe__cpu_plan.streams,
+           moe__cpu_plan.pf_far, moe__cpu_plan.pf_near, k_us, bytes / k_us * 1e-3, p_us,
+           bytes / p_us * 1e-3, p_us / k_us);
+    (void)sink;
+    return 0;
+}
