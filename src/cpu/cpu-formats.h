@@ -186,7 +186,12 @@ static inline int64_t moe__cpu_stream_seg(int64_t r0, int64_t r1) {
     return (r1 - r0 + moe__cpu_plan.streams - 1) / moe__cpu_plan.streams;
 }
 static inline int64_t moe__cpu_stream_row(int64_t r0, int64_t seg, int64_t t) {
-    return r0 + (t % moe__cpu_plan.streams) * seg + t / moe__cpu_plan.streams;
+    /* The plans' counts without a 64-bit division per row: on 384-byte rows
+     * (K = 768, 4 bits) the division cost Q4_K 14% of its speed. */
+    const int s = moe__cpu_plan.streams;
+    if (s == 1) return r0 + t;
+    if (s == 4) return r0 + (t & 3) * seg + (t >> 2);
+    return r0 + (t % s) * seg + t / s;
 }
 
 /* sum_k a[k] * b[k] in fp32 with the same fixed order as the F32 gemm (so a
