@@ -36,7 +36,7 @@
  *
  * Order: per row, units of 128 values in increasing k, fixed steps inside,
  * one reduction tree at the end: a result depends on its rows only. The
- * AVX-512 kernel loads 16 block scales at once, keeps up to 4 activation
+ * AVX-512 kernel loads the block scales of 2 units at once, keeps up to 4 activation
  * rows in registers, and streams the weight rows as cpu-formats.h says
  * (moe__cpu_stream_row order, moe__cpu_prefetch).
  */
@@ -51,7 +51,8 @@
 #define FP4_AVX512 1
 #endif
 
-enum { FP4_U = 128 };
+/* Values per unit (64 bytes of codes); units per load of block scales. */
+enum { FP4_U = 128, FP4_UPL = 2 };
 
 static int64_t kp128(int64_t cols) { return (cols + FP4_U - 1) / FP4_U * FP4_U; }
 
@@ -100,11 +101,20 @@ static inline void decode_unit(__m512i t, const uint8_t *p, __m512bh w[4]) {
     w[3] = (__m512bh)_mm512_permutexvar_epi16(_mm512_bsrli_epi128(q4, 1), t);
 }
 
+/* n <= 16 scale bytes, zero past n. A masked load whose line is not in
+ * cache stalls a Zen 5 core (43% of the MXFP4 kernel's samples sat on the
+ * one after it), so whole 8 and 16 are plain loads. */
+static inline __m128i scale_bytes(const uint8_t *e, int n) {
+    if (n == 16) return _mm_loadu_si128((const __m128i *)e);
+    if (n == 8) return _mm_loadl_epi64((const __m128i *)e);
+    return _mm_maskz_loadu_epi8((__mmask16)((1u << n) - 1), e);
+}
+
 /* n <= 16 e8m0 scales -> 2^(e-127) in lanes 0..n-1, 2^-127 past n (e =
  * 0 is 2^-127, a subnormal; 0xFF never reaches a kernel: it is rejected at
- * creation). Loaded once per 4 units of 128 values. */
+ * creation). Loaded once per 2 units of 128 values. */
 static inline __m512 mx_scales16(const uint8_t *e, int n) {
-    const __m512i v = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8((__mmask16)((1u << n) - 1), e));
+    const __m512i v = _mm512_cvtepu8_epi32(scale_bytes(e, n));
     /* e << 23 is 2^(e-127) for e >= 1; the unsigned max turns e = 0 (bits
      * 0) into 0x00400000, the subnormal 2^-127, and leaves the rest. */
     return _mm512_castsi512_ps(
@@ -116,7 +126,7 @@ static inline __m512 mx_scales16(const uint8_t *e, int n) {
  * finite and positive (NaN, zero and negative codes are rejected at
  * creation), so the sign needs no care. Loaded once per 2 units. */
 static inline __m512 nv_scales16(const uint8_t *e, int n, float scale2) {
-    const __m256i b = _mm256_cvtepu8_epi16(_mm_maskz_loadu_epi8((__mmask16)((1u << n) - 1), e));
+    const __m256i b = _mm256_cvtepu8_epi16(scale_bytes(e, n));
     return _mm512_mul_ps(_mm512_cvtph_ps(_mm256_slli_epi16(b, 7)),
                          _mm512_set1_ps(256.0f * scale2));
 }
@@ -158,38 +168,40 @@ static inline __attribute__((always_inline)) void fp4_unit(
 }
 
 /* NP activation rows (at xr, xq_stride apart) against weight row q:
- * writes y[i * y_stride]. The 16 block scales of 4 (MXFP4) or 2 (NVFP4)
- * units are loaded at once; per unit one permute spreads them over the
- * lanes of its dot products (ix[u % units per load]). Whole groups of
- * such units run unrolled (constant permute indices, one scale load and
- * one prefetch per group, no tail test: the per-unit bookkeeping was a
- * third of the loop); the rest of the row, unit by unit, in the same
- * order. */
+ * writes y[i * y_stride]. The block scales of FP4_UPL units (MXFP4 8,
+ * NVFP4 16) are loaded at once; per unit one permute spreads them over the
+ * lanes of its dot products (ix[u % FP4_UPL]). Whole groups of such units
+ * run unrolled (constant permute indices, one scale load and one prefetch
+ * per group, no tail test: the per-unit bookkeeping was a third of the
+ * loop); the rest of the row, unit by unit, in the same order. MXFP4 took
+ * 4 units a load before: qwen3-30b-a3b's W2 rows (768 values) then ran
+ * two units of their six through that slower rest (Zen 5, one core from
+ * memory: 28 GB/s, now 32.5, as NVFP4). */
 static inline __attribute__((always_inline)) void fp4_rows(
     const moe__wmat *w, bool mx, __m512i t, const __m512i *ix, const uint8_t *q,
     const uint8_t *sc, int64_t K, const char *xr, size_t xq_stride, float *y, int64_t y_stride,
     int NP) {
     const int64_t kp = kp128(K), bs = mx ? MOE_QK_MXFP4 : MOE_QK_NVFP4, nbk = K / bs;
-    const int     upg = mx ? 4 : 2; /* units per 16 scales */
-    const int64_t gk  = FP4_U * upg, kg = K / gk * gk; /* values per group; grouped part */
+    const int64_t gk = FP4_U * FP4_UPL, kg = K / gk * gk; /* values per group; grouped part */
+    const int     spl = (int)(gk / bs);                      /* scales per load            */
     __m512        acc[4]; /* the loops over NP are unrolled so that these stay in
                            * registers: rolled, they went to the stack, a store-
                            * to-load round trip per unit and row */
 #pragma GCC unroll 4
     for (int i = 0; i < NP; i++) acc[i] = _mm512_setzero_ps();
     for (int64_t k0 = 0; k0 < kg; k0 += gk) {
-        const __m512 sv = mx ? mx_scales16(sc + k0 / bs, 16)
-                             : nv_scales16(sc + k0 / bs, 16, w->scale2);
+        const __m512 sv = mx ? mx_scales16(sc + k0 / bs, spl)
+                             : nv_scales16(sc + k0 / bs, spl, w->scale2);
         moe__cpu_prefetch(q + k0 / 2, (size_t)gk / 2);
 #pragma GCC unroll 4
-        for (int u = 0; u < upg; u++)
+        for (int u = 0; u < FP4_UPL; u++)
             fp4_unit(t, q + (k0 + u * FP4_U) / 2, _mm512_permutexvar_ps(ix[u], sv),
                      k0 + u * FP4_U, xr, xq_stride, acc, NP);
     }
     __m512 sv = _mm512_setzero_ps();
     for (int64_t k0 = kg, u = 0; k0 < kp; k0 += FP4_U, u++) {
-        if (u % upg == 0) {
-            const int64_t b0 = k0 / bs, n = nbk - b0 < 16 ? nbk - b0 : 16;
+        if (u % FP4_UPL == 0) {
+            const int64_t b0 = k0 / bs, n = nbk - b0 < spl ? nbk - b0 : spl;
             sv = mx ? mx_scales16(sc + b0, (int)n) : nv_scales16(sc + b0, (int)n, w->scale2);
         }
         _Alignas(64) uint8_t tail[64];
@@ -200,7 +212,7 @@ static inline __attribute__((always_inline)) void fp4_rows(
             memcpy(tail, qu, (size_t)(K - k0) / 2);
             qu = tail;
         }
-        fp4_unit(t, qu, _mm512_permutexvar_ps(ix[u % upg], sv), k0, xr, xq_stride, acc, NP);
+        fp4_unit(t, qu, _mm512_permutexvar_ps(ix[u % FP4_UPL], sv), k0, xr, xq_stride, acc, NP);
     }
 #pragma GCC unroll 4
     for (int i = 0; i < NP; i++) y[i * y_stride] = _mm512_reduce_add_ps(acc[i]);
@@ -215,12 +227,12 @@ static void gemm_fp4_vec(const moe__wmat *w, int64_t r0, int64_t r1, const void 
     const size_t  xs = xq_stride;
     const __m512i t  = fp4_table();
     const int64_t bs = mx ? MOE_QK_MXFP4 : MOE_QK_NVFP4;
-    /* Lane m of the sum of unit u (of the 4 or 2 that share 16 loaded
-     * scales) belongs to scale 4u + m / 4 (MXFP4) or 8u + m / 2 (NVFP4). */
-    __m512i ix[4];
-    for (int u = 0; u < 4; u++) {
+    /* Lane m of the sum of unit u (of the FP4_UPL that share a scale load)
+     * belongs to scale 4u + m / 4 (MXFP4) or 8u + m / 2 (NVFP4). */
+    __m512i ix[FP4_UPL];
+    for (int u = 0; u < FP4_UPL; u++) {
         _Alignas(64) int32_t v[16];
-        for (int m = 0; m < 16; m++) v[m] = mx ? 4 * u + m / 4 : 8 * (u % 2) + m / 2;
+        for (int m = 0; m < 16; m++) v[m] = mx ? 4 * u + m / 4 : 8 * u + m / 2;
         ix[u] = _mm512_load_si512(v);
     }
     const int64_t seg = moe__cpu_stream_seg(r0, r1);
