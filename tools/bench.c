@@ -46,7 +46,8 @@ static double touched_bytes(const synth_layer *s, const int32_t *ids, int64_t n_
 }
 
 moe_status bench_layer(const synth_layer *s, moe_layer *layer, int64_t n, int runs, int flush,
-                       uint64_t *seed, bench_result *r, char *err, size_t errlen) {
+                       int probe_threads, uint64_t *seed, bench_result *r, char *err,
+                       size_t errlen) {
     const moe_preset *p = &s->p;
     size_t ws_size = moe_layer_workspace_size(layer, n);
     float *x = malloc((size_t)(n * p->d_model) * sizeof(float));
@@ -56,8 +57,10 @@ moe_status bench_layer(const synth_layer *s, moe_layer *layer, int64_t n, int ru
     float *w = malloc((size_t)(n * p->top_k) * sizeof(float));
     void *ws = aligned_alloc(64, (ws_size + 63) / 64 * 64 + 64);
     double *t = malloc((size_t)(runs + 1) * sizeof(double)), bytes = 0;
+    double *bw = calloc((size_t)runs + 1, sizeof(double));   /* each run's probe      */
+    double *frac = calloc((size_t)runs + 1, sizeof(double)); /* its GB/s over it      */
     moe_status st = MOE_OK;
-    if (!x || !out || !logits || !ids || !w || !ws || !t) {
+    if (!x || !out || !logits || !ids || !w || !ws || !t || !bw || !frac) {
         st = MOE_ERR_NOMEM;
         snprintf(err, errlen, "out of memory");
         goto done;
@@ -65,7 +68,11 @@ moe_status bench_layer(const synth_layer *s, moe_layer *layer, int64_t n, int ru
     synth_fill(x, n * p->d_model, 1.0f, seed);
     for (int i = 0; i <= runs; i++) {
         synth_fill(logits, n * p->n_experts, 2.0f, seed);
-        if (flush) flush_caches();
+        double probe = 0;
+        if (flush && probe_threads > 0)
+            moe_measure_read_bandwidth(probe_threads, (size_t)256 << 20, &probe);
+        else if (flush)
+            flush_caches();
         double t0 = cli_now_us();
         st = moe_layer_forward(layer, n, x, logits, s->shared, out, ws, ws_size);
         double t1 = cli_now_us();
@@ -76,17 +83,22 @@ moe_status bench_layer(const synth_layer *s, moe_layer *layer, int64_t n, int ru
         if (i == 0) continue; /* warm-up */
         t[i - 1] = t1 - t0;
         moe_router_route(s->router, n, logits, ids, w);
-        bytes += touched_bytes(s, ids, n * p->top_k);
+        const double run_bytes = touched_bytes(s, ids, n * p->top_k);
+        bytes += run_bytes;
+        bw[i - 1]   = probe;
+        frac[i - 1] = probe > 0 ? run_bytes / (t[i - 1] * 1e-6) / 1e9 / probe : 0;
     }
     int64_t rows13 = p->activation == MOE_ACT_RELU2 ? p->d_ff : 2 * p->d_ff;
     int64_t srows13 = p->activation == MOE_ACT_RELU2 ? p->shared_d_ff : 2 * p->shared_d_ff;
     r->n_tokens      = n;
     r->us            = median(t, runs);
     r->touched_bytes = bytes / runs;
+    r->bw_gbps       = median(bw, runs);
+    r->bw_frac       = median(frac, runs);
     r->flops = 2.0 * n * (p->top_k * (double)(rows13 + p->d_ff) * p->d_model +
                           (double)(srows13 + p->shared_d_ff) * p->d_model);
 done:
-    free(x); free(out); free(logits); free(ids); free(w); free(ws); free(t);
+    free(x); free(out); free(logits); free(ids); free(w); free(ws); free(t); free(bw); free(frac);
     return st;
 }
 

@@ -11,12 +11,20 @@ typedef struct bench_result {
     double  us;            /* median forward time                                  */
     double  touched_bytes; /* weights of the distinct experts used, + shared       */
     double  flops;         /* 2 * multiply-adds of the expert MLPs                 */
+    double  bw_gbps;       /* median of the read-bandwidth probes, 0 without       */
+    double  bw_frac;       /* median over the runs of the run's touched GB/s over  */
+                           /* the probe just before it, 0 without probes           */
 } bench_result;
 
 /* Times `runs` forwards of n_tokens (after one warm-up), each with fresh
- * random router logits, flushing the caches before each when flush is set. */
+ * random router logits, flushing the caches before each when flush is set.
+ * probe_threads > 0 (with flush): the flush is a read-bandwidth probe with
+ * that many threads (moe_measure_read_bandwidth over 256 MiB), so each run
+ * is set against the bandwidth of the moment it ran in (a shared VM's
+ * moves by a factor of 1.7 within a minute). */
 moe_status bench_layer(const synth_layer *s, moe_layer *layer, int64_t n_tokens, int runs,
-                       int flush, uint64_t *seed, bench_result *r, char *err, size_t errlen);
+                       int flush, int probe_threads, uint64_t *seed, bench_result *r, char *err,
+                       size_t errlen);
 
 /* Runs layer and ref on the same input (n_tokens, first `check` of them
  * through ref) and returns the NMSE of layer vs ref over those tokens. */

@@ -1,8 +1,12 @@
 /*
  * cmd-bench.c - `moe bench`: time a preset's layer on the host at several
  * token counts and report µs, tokens/s, GB/s of touched expert weights,
- * GFLOP/s, and the fraction of this machine's read bandwidth measured in the
- * same run. Forwards to bench-cuda / bench-ep / bench-model when asked.
+ * GFLOP/s, and the fraction of this machine's read bandwidth: with the
+ * default flush, each timed forward follows a bandwidth probe with the same
+ * threads, and %bw is the median over the runs of each forward's GB/s over
+ * its own probe (probe GB/s: their median); with --no-flush, the probe
+ * taken once before the runs. Forwards to bench-cuda / bench-ep /
+ * bench-model when asked.
  */
 #include "bench.h"
 #include "cli.h"
@@ -26,7 +30,8 @@ static void usage(void) {
         "              (default 0: the library's 1000 us)\n"
         "  --runs      timed runs per row, median reported (default 7)\n"
         "  --max-gb    scale n_experts down so weights fit in G GB (default 8)\n"
-        "  --no-flush  keep caches warm between runs (default: flush)\n"
+        "  --no-flush  keep caches warm between runs (default: flush the caches by\n"
+        "              probing the read bandwidth before each run, %%bw against it)\n"
         "  --json      one JSON object per row instead of the table\n");
 }
 
@@ -123,25 +128,29 @@ CLI_COMMAND(bench, "time a model's MoE layer (host; --backend cuda, --ep N, --mo
             printf("note: n_experts scaled %d -> %d to fit %.1f GB (top_k %d%s)\n", p->n_experts,
                    s.p.n_experts, max_gb, s.p.top_k,
                    s.p.n_group != p->n_group ? ", groups adjusted" : "");
-        printf("%7s %11s %11s %11s %9s %9s\n", "tokens", "us/layer", "tokens/s", "GB/s", "%bw",
-               "GFLOP/s");
+        printf("%7s %11s %11s %11s %9s %9s %10s\n", "tokens", "us/layer", "tokens/s", "GB/s",
+               "%bw", "GFLOP/s", "probe GB/s");
     }
     uint64_t seed = 11;
     for (int i = 0; i < n_tok; i++) {
         bench_result r;
-        if (bench_layer(&s, layer, tokens[i], runs, flush, &seed, &r, err, sizeof err)) goto fail;
-        double gbs = r.touched_bytes / (r.us * 1e-6) / 1e9;
+        if (bench_layer(&s, layer, tokens[i], runs, flush, moe_context_n_threads(ctx), &seed, &r,
+                        err, sizeof err))
+            goto fail;
+        const double gbs   = r.touched_bytes / (r.us * 1e-6) / 1e9;
+        const double probe = r.bw_frac > 0 ? r.bw_gbps : bw;
+        const double frac  = r.bw_frac > 0 ? r.bw_frac : bw > 0 ? gbs / bw : 0;
         if (json)
             printf("{\"preset\":\"%s\",\"format\":\"%s\",\"backend\":\"%s\",\"threads\":%d,"
                    "\"n_experts\":%d,\"tokens\":%ld,\"us\":%.2f,\"gbps\":%.2f,\"bw_gbps\":%.2f,"
-                   "\"gflops\":%.2f}\n",
+                   "\"gflops\":%.2f,\"bw_frac\":%.4f}\n",
                    p->name, moe_format_name(f), moe_layer_experts_impl(layer),
-                   moe_context_n_threads(ctx), s.p.n_experts, tokens[i], r.us, gbs, bw,
-                   r.flops / (r.us * 1e-6) / 1e9);
+                   moe_context_n_threads(ctx), s.p.n_experts, tokens[i], r.us, gbs, probe,
+                   r.flops / (r.us * 1e-6) / 1e9, frac);
         else
-            printf("%7ld %11.1f %11.0f %11.1f %8.0f%% %9.1f\n", tokens[i], r.us,
-                   tokens[i] / (r.us * 1e-6), gbs, bw > 0 ? 100 * gbs / bw : 0,
-                   r.flops / (r.us * 1e-6) / 1e9);
+            printf("%7ld %11.1f %11.0f %11.1f %8.0f%% %9.1f %10.1f\n", tokens[i], r.us,
+                   tokens[i] / (r.us * 1e-6), gbs, 100 * frac, r.flops / (r.us * 1e-6) / 1e9,
+                   probe);
         fflush(stdout);
     }
     rc = 0;
