@@ -29,15 +29,19 @@
 #include <immintrin.h>
 #endif
 
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+/* Microseconds from a to b. */
+static double us_between(struct timespec a, struct timespec b) {
+    return 1e6 * (double)(b.tv_sec - a.tv_sec) + 1e-3 * (double)(b.tv_nsec - a.tv_nsec);
 }
 
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
+/* The median of v[0..n), sorted in place (insertion sort: n is a few hundred). */
+static double median_of(double *v, int n) {
+    for (int i = 1; i < n; i++)
+        for (int j = i; j > 0 && v[j] < v[j - 1]; j--) {
+            const double t = v[j];
+            v[j] = v[j - 1], v[j - 1] = t;
+        }
+    return v[n / 2];
 }
 
 /* The ceiling the kernel is held to: every byte read once, in order. */
@@ -127,18 +131,17 @@ int main(int argc, char **argv) {
         char     *p = copies + (size_t)(c++ % n_copy) * stride;
         moe__wmat v = w;
         v.data = p, v.scales = p + mbytes, v.zeros = s.zeros ? p + mbytes + s.scales : NULL;
-        double t0 = now_s();
+        struct timespec t0, t1, t2;
+        clock_gettime(CLOCK_MONOTONIC, &t0);
         (packed ? kf->gemm_packed : kf->gemm)(&v, 0, rows, xq, xrow, n_x, y, rows);
-        double t1 = now_s();
+        clock_gettime(CLOCK_MONOTONIC, &t1);
         p = copies + (size_t)(c++ % n_copy) * stride;
         sink += plain_read(p, mbytes + s.scales + s.zeros);
-        double t2 = now_s();
-        if (rep >= 0) tk[rep] = t1 - t0, tp[rep] = t2 - t1;
+        clock_gettime(CLOCK_MONOTONIC, &t2);
+        if (rep >= 0) tk[rep] = us_between(t0, t1), tp[rep] = us_between(t1, t2);
     }
-    qsort(tk, (size_t)reps, sizeof *tk, cmp_double);
-    qsort(tp, (size_t)reps, sizeof *tp, cmp_double);
     const double bytes = (double)(mbytes + s.scales + s.zeros);
-    const double k_us = tk[reps / 2] * 1e6, p_us = tp[reps / 2] * 1e6;
+    const double k_us = median_of(tk, reps), p_us = median_of(tp, reps);
     printf("%-12s %5lld x %-5lld n_x %d  streams %d pf %zu/%zu  kernel %7.1f us %5.1f GB/s  "
            "read %7.1f us %5.1f GB/s  ratio %.2f\n",
            argv[1], (long long)rows, (long long)cols, n_x, moe__cpu_plan.streams,

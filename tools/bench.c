@@ -57,8 +57,9 @@ moe_status bench_layer(const synth_layer *s, moe_layer *layer, int64_t n, int ru
     float *w = malloc((size_t)(n * p->top_k) * sizeof(float));
     void *ws = aligned_alloc(64, (ws_size + 63) / 64 * 64 + 64);
     double *t = malloc((size_t)(runs + 1) * sizeof(double)), bytes = 0;
-    double *bw = calloc((size_t)runs + 1, sizeof(double));   /* each run's probe      */
-    double *frac = calloc((size_t)runs + 1, sizeof(double)); /* its GB/s over it      */
+    double *bw = calloc((size_t)runs + 1, sizeof(double));   /* each probed run's probe */
+    double *frac = calloc((size_t)runs + 1, sizeof(double)); /* its GB/s over it        */
+    int     n_probed = 0;
     moe_status st = MOE_OK;
     if (!x || !out || !logits || !ids || !w || !ws || !t || !bw || !frac) {
         st = MOE_ERR_NOMEM;
@@ -68,11 +69,10 @@ moe_status bench_layer(const synth_layer *s, moe_layer *layer, int64_t n, int ru
     synth_fill(x, n * p->d_model, 1.0f, seed);
     for (int i = 0; i <= runs; i++) {
         synth_fill(logits, n * p->n_experts, 2.0f, seed);
-        double probe = 0;
-        if (flush && probe_threads > 0)
-            moe_measure_read_bandwidth(probe_threads, (size_t)256 << 20, &probe);
-        else if (flush)
-            flush_caches();
+        double probe = 0; /* a probe that fails (no memory) leaves the plain flush */
+        if (flush && (probe_threads <= 0 ||
+                      moe_measure_read_bandwidth(probe_threads, (size_t)256 << 20, &probe)))
+            flush_caches(), probe = 0;
         double t0 = cli_now_us();
         st = moe_layer_forward(layer, n, x, logits, s->shared, out, ws, ws_size);
         double t1 = cli_now_us();
@@ -85,16 +85,18 @@ moe_status bench_layer(const synth_layer *s, moe_layer *layer, int64_t n, int ru
         moe_router_route(s->router, n, logits, ids, w);
         const double run_bytes = touched_bytes(s, ids, n * p->top_k);
         bytes += run_bytes;
-        bw[i - 1]   = probe;
-        frac[i - 1] = probe > 0 ? run_bytes / (t[i - 1] * 1e-6) / 1e9 / probe : 0;
+        if (probe > 0) {
+            bw[n_probed]     = probe;
+            frac[n_probed++] = run_bytes / (t[i - 1] * 1e-6) / 1e9 / probe;
+        }
     }
     int64_t rows13 = p->activation == MOE_ACT_RELU2 ? p->d_ff : 2 * p->d_ff;
     int64_t srows13 = p->activation == MOE_ACT_RELU2 ? p->shared_d_ff : 2 * p->shared_d_ff;
     r->n_tokens      = n;
     r->us            = median(t, runs);
     r->touched_bytes = bytes / runs;
-    r->bw_gbps       = median(bw, runs);
-    r->bw_frac       = median(frac, runs);
+    r->bw_gbps       = n_probed ? median(bw, n_probed) : 0;
+    r->bw_frac       = n_probed ? median(frac, n_probed) : 0;
     r->flops = 2.0 * n * (p->top_k * (double)(rows13 + p->d_ff) * p->d_model +
                           (double)(srows13 + p->shared_d_ff) * p->d_model);
 done:

@@ -12,8 +12,8 @@ typedef struct bench_result {
     double  touched_bytes; /* weights of the distinct experts used, + shared       */
     double  flops;         /* 2 * multiply-adds of the expert MLPs                 */
     double  bw_gbps;       /* median of the read-bandwidth probes, 0 without       */
-    double  bw_frac;       /* median over the runs of the run's touched GB/s over  */
-                           /* the probe just before it, 0 without probes           */
+    double  bw_frac;       /* median over the probed runs of the run's touched     */
+                           /* GB/s over the probe just before it, 0 without        */
 } bench_result;
 
 /* Times `runs` forwards of n_tokens (after one warm-up), each with fresh
