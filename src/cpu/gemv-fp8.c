@@ -345,9 +345,9 @@ static inline __attribute__((always_inline)) void fp8_rows(
 }
 #endif
 
-/* Rows: FP8_NRMAX at a time, adjacent ones or one from each of FP8_NRMAX
- * segments of the tile (see Streaming above; one row alone where the
- * last group of rows is short), against the activation rows in
+/* Rows: FP8_NRMAX at a time in the plan's order, adjacent ones or one from
+ * each of four segments of the tile (see Streaming above; one row alone
+ * where the last group of rows is short), against the activation rows in
  * blocks of up to FP8_NXMAX (fewer rows at once for more inputs, so that
  * the accumulators stay in registers). Every (row, input) pair takes the
  * same steps in every variant, so the block it falls in does not change
@@ -359,13 +359,16 @@ static void gemm_fp8(const moe__wmat *w, int64_t r0, int64_t r1, const void *xq,
     const fp8_tables t = { _mm512_loadu_si512(bf16_hi), _mm512_loadu_si512(bf16_hi + 64),
                            _mm512_loadu_si512(bf16_lo), _mm512_loadu_si512(bf16_lo + 64),
                            _mm512_set1_epi8((char)0x80) };
+    /* Steps t of the plan's row order (moe__cpu_stream_row), FP8_NRMAX at a
+     * time: with one stream they are adjacent rows, with four (Intel) row s
+     * of each of the four segments. */
     const bool    adjacent = moe__cpu_plan.streams == 1;
-    const int64_t seg = (r1 - r0 + FP8_NRMAX - 1) / FP8_NRMAX;
-    for (int64_t s = 0; s < seg; s++) {
+    const int64_t seg = moe__cpu_stream_seg(r0, r1);
+    for (int64_t s = 0; s < (r1 - r0 + FP8_NRMAX - 1) / FP8_NRMAX; s++) {
         int64_t rows[FP8_NRMAX];
         int     nr = 0;
         for (int j = 0; j < FP8_NRMAX; j++) {
-            const int64_t r = adjacent ? r0 + s * FP8_NRMAX + j : r0 + j * seg + s;
+            const int64_t r = moe__cpu_stream_row(r0, seg, s * FP8_NRMAX + j);
             if (r < r1) rows[nr++] = r;
         }
         for (int64_t i0 = 0; i0 < n_x;) {
