@@ -69,10 +69,11 @@ moe_status bench_layer(const synth_layer *s, moe_layer *layer, int64_t n, int ru
     synth_fill(x, n * p->d_model, 1.0f, seed);
     for (int i = 0; i <= runs; i++) {
         synth_fill(logits, n * p->n_experts, 2.0f, seed);
-        double probe = 0; /* a probe that fails (no memory) leaves the plain flush */
-        if (flush && (probe_threads <= 0 ||
-                      moe_measure_read_bandwidth(probe_threads, (size_t)256 << 20, &probe)))
-            flush_caches(), probe = 0;
+        double probe = 0; /* > 0: this run's probe; a probe that fails leaves the plain flush */
+        if (flush && probe_threads > 0 &&
+            moe_measure_read_bandwidth(probe_threads, (size_t)256 << 20, &probe) != MOE_OK)
+            probe = 0;
+        if (flush && probe <= 0) flush_caches();
         double t0 = cli_now_us();
         st = moe_layer_forward(layer, n, x, logits, s->shared, out, ws, ws_size);
         double t1 = cli_now_us();
