@@ -112,10 +112,16 @@ static void *worker_main(void *varg) {
              !atomic_load(&p->stop) && !poll_over(p, t0, spins);
              spins++) {
         }
-        pthread_mutex_lock(&p->mu);
-        while (run_of(atomic_load(&p->ticket)) == seen && !atomic_load(&p->stop))
-            pthread_cond_wait(&p->cv_start, &p->mu);
-        pthread_mutex_unlock(&p->mu);
+        /* The mutex only to sleep: the caller holds it while it publishes a
+         * run, and a worker that saw the run while polling and then queued
+         * on the mutex would be parked by the kernel and woken by the
+         * caller's unlock (tens of microseconds on a VM, per phase). */
+        if (run_of(atomic_load(&p->ticket)) == seen && !atomic_load(&p->stop)) {
+            pthread_mutex_lock(&p->mu);
+            while (run_of(atomic_load(&p->ticket)) == seen && !atomic_load(&p->stop))
+                pthread_cond_wait(&p->cv_start, &p->mu);
+            pthread_mutex_unlock(&p->mu);
+        }
         if (atomic_load(&p->stop)) break;
         seen = run_of(atomic_load(&p->ticket));
         run_tasks(p, seen, thread);
