@@ -195,6 +195,66 @@ static void fill_act_row(float *x, int64_t K, int variant, test_rng *rng) {
     if (K > 800) { x[770] = -1000.0f; x[790] = 1000.0f; }            /* tie of signs    */
 }
 
+/* bf16 of v, round to nearest even, NaN kept a NaN with its sign: from
+ * the two neighbouring bf16 values, by magnitude (not the bit trick the
+ * library uses). */
+static uint16_t bf16_nearest(float v) {
+    uint32_t u;
+    memcpy(&u, &v, 4);
+    if (isnan(v)) return (uint16_t)((u >> 16) | 0x40);
+    if (isinf(v)) return (uint16_t)(u >> 16);
+    const uint32_t lo = u & 0xffff0000u, hi = lo + 0x10000u; /* toward zero, away */
+    float          fl, fh;
+    memcpy(&fl, &lo, 4);
+    memcpy(&fh, &hi, 4);
+    const double   away = isinf(fh) ? copysign(0x1p128, v) : fh; /* past the largest */
+    const double   dl = fabs((double)v - fl), dh = fabs(away - v);
+    const bool     up = dh < dl || (dh == dl && ((lo >> 16) & 1));
+    return (uint16_t)((up ? hi : lo) >> 16);
+}
+
+/* The MXFP4 / NVFP4 kernels' activation rows (layout in gemv-fp4.c: bf16,
+ * each 128 values stored with value e at 32 (e % 4) + e / 4, zero past
+ * cols) against bf16_nearest, for random bit patterns (NaN, Inf,
+ * denormals, ties) and column counts with and without a partial unit. */
+TEST(quant_cpu_fp4_activation_bytes) {
+    const int64_t Ks[] = { 128, 2048, 200, 2880 + 32 };
+    test_rng      rng  = { 31 };
+    for (size_t ki = 0; ki < sizeof Ks / sizeof Ks[0]; ki++) {
+        const int64_t K = Ks[ki], Kp = (K + 127) / 128 * 128;
+        float *x = malloc(sizeof(float) * (size_t)K);
+        for (int64_t k = 0; k < K; k++) {
+            uint32_t u = (uint32_t)test_rng_u64(&rng);
+            if (k % 5 == 1) u = (u & 0xffff0000u) | 0x8000u;  /* a tie                */
+            if (k % 11 == 2) u &= 0x807fffffu;                 /* a denormal           */
+            memcpy(&x[k], &u, 4);
+        }
+        if (K > 3) { x[0] = INFINITY; x[1] = -INFINITY; x[2] = NAN; x[3] = 3.3895e38f; }
+        const moe_format fmts[] = { MOE_FORMAT_MXFP4, MOE_FORMAT_NVFP4 };
+        for (int fi = 0; fi < 2; fi++) {
+            const moe__cpu_format *cf = moe__cpu_format_get(fmts[fi]);
+            REQUIRE(cf && cf->act_quantize, "%s: no activation hook", moe_format_name(fmts[fi]));
+            moe__wmat w  = { .format = fmts[fi], .rows = 1, .cols = K };
+            uint16_t *xb = aligned_alloc(64, (cf->act_row_bytes(K) + 63) / 64 * 64);
+            cf->act_quantize(&w, x, K, xb);
+            long bad = 0;
+            for (int64_t k = 0; k < Kp; k++) {
+                const int      e    = (int)(k % 128);
+                const uint16_t want = k < K ? bf16_nearest(x[k]) : 0;
+                const uint16_t got  = xb[k / 128 * 128 + 32 * (e % 4) + e / 4];
+                if (got != want && bad++ < 3)
+                    test_fail(__FILE__, __LINE__, "%s K %lld: x[%lld] = %a -> 0x%04x, want 0x%04x",
+                              moe_format_name(fmts[fi]), (long long)K, (long long)k,
+                              k < K ? (double)x[k] : 0.0, got, want);
+            }
+            CHECK(bad == 0, "%s K %lld: %ld words differ", moe_format_name(fmts[fi]),
+                  (long long)K, bad);
+            free(xb);
+        }
+        free(x);
+    }
+}
+
 TEST(quant_cpu_gguf_activation_bytes) {
     const int64_t K = 1024;
     float *x = malloc(sizeof(float) * K);

@@ -65,7 +65,7 @@ enum {
     BF_STREAM_MAX = 1024, /* the same for decode                                        */
     BM_STREAM_MAX = 2048,
     NX_CHUNK      = 32,   /* input rows per kernel call                                 */
-    GATHER_ROWS   = 16,   /* rows per phase-0 / phase-1b task                           */
+    GATHER_ROWS   = 16,   /* most rows per phase-0 / phase-1b task                      */
 };
 
 static size_t align64(size_t n) { return moe__align_up(n, 64); }
@@ -137,6 +137,7 @@ typedef struct job_state {
     int32_t                   n_active;
     int64_t                   bf, nb1;  /* phase 1: columns per task, tasks/expert */
     int64_t                   bm, nb2;  /* phase 2: rows per task, tasks/expert   */
+    int64_t                   gather_rows; /* phases 0 and 1b: rows per task      */
     int64_t                   n_tasks[4]; /* per phase                            */
 } job_state;
 
@@ -221,8 +222,8 @@ static moe__wmat job_w2(const job_state *j, int32_t ex, gemm_fn *gemm) {
 static void task_gather(const job_state *j, int64_t task, int thread) {
     const moe__dispatch *d  = j->d;
     const int64_t        H  = d->d_model;
-    const int64_t        r0 = task * GATHER_ROWS;
-    const int64_t        r1 = r0 + GATHER_ROWS < d->n_rows ? r0 + GATHER_ROWS : d->n_rows;
+    const int64_t        r0 = task * j->gather_rows;
+    const int64_t        r1 = r0 + j->gather_rows < d->n_rows ? r0 + j->gather_rows : d->n_rows;
     float               *tmp = thread_scratch(j, thread);
     for (int64_t r = r0; r < r1; r++) {
         const int32_t s  = d->row_slot[r];
@@ -310,8 +311,8 @@ static void task_w13(const job_state *j, int64_t task, int thread) {
 
 static void task_quant_a(const job_state *j, int64_t task) {
     const moe__dispatch *d  = j->d;
-    const int64_t        r0 = task * GATHER_ROWS;
-    const int64_t        r1 = r0 + GATHER_ROWS < d->n_rows ? r0 + GATHER_ROWS : d->n_rows;
+    const int64_t        r0 = task * j->gather_rows;
+    const int64_t        r1 = r0 + j->gather_rows < d->n_rows ? r0 + j->gather_rows : d->n_rows;
     for (int64_t r = r0; r < r1; r++) {
         moe__wmat w = moe__experts_w2(j->e, expert_of_row(d, r));
         j->cf2->act_quantize(&w, a_row(j, r), j->e->opts.d_ff, aq_row(j, r));
@@ -496,7 +497,12 @@ static void job_plan(job_state *j, int n_threads) {
     j->nb1 = (o->d_ff + j->bf - 1) / j->bf;
     j->nb2 = (o->d_model + j->bm - 1) / j->bm;
 
-    const int64_t n_gather     = (d->n_rows + GATHER_ROWS - 1) / GATHER_ROWS;
+    /* At decode (8 rows for a token of top-8) the rows' quantization is
+     * tens of microseconds for some formats: at least two tasks a thread. */
+    j->gather_rows = (d->n_rows + 2 * n_threads - 1) / (2 * n_threads);
+    if (j->gather_rows > GATHER_ROWS) j->gather_rows = GATHER_ROWS;
+    if (j->gather_rows < 1) j->gather_rows = 1;
+    const int64_t n_gather     = (d->n_rows + j->gather_rows - 1) / j->gather_rows;
     j->n_tasks[PHASE_GATHER]   = n_gather;
     j->n_tasks[PHASE_W13]      = (int64_t)j->n_active * j->nb1;
     j->n_tasks[PHASE_QUANT_A]  = j->cf2->act_quantize ? n_gather : 0;
