@@ -566,6 +566,19 @@ const char *moe_layer_prepare_finalize_impl(const moe_layer *l);
  * the median of several passes. Takes a second or so. */
 moe_status moe_measure_read_bandwidth(int n_threads, size_t bytes, double *gbps);
 
+/* The same probe on the context's own CPU threads (moe_context_n_threads of
+ * them), which it leaves polling as a forward does: the ceiling to set that
+ * context's forwards against. buf: `bytes` of the caller's memory, 64-byte
+ * aligned, which the probe overwrites (at least 1 MiB, read in 1 MiB
+ * chunks; make it larger than the last-level cache), or NULL for a buffer
+ * of its own (bytes 0 = 1 GiB, freed before it returns). Timing a forward
+ * right after it with a lent buffer times the forward with its threads
+ * awake, as in a decode loop whose steps are shorter than spin_us; a
+ * separate pool's probe, or freeing a large buffer (1.2 ms for 256 MiB on
+ * the CI VM), would leave them asleep. Not while a forward runs on ctx. */
+moe_status moe_context_measure_read_bandwidth(moe_context *ctx, void *buf, size_t bytes,
+                                              double *gbps);
+
 /* Asks Linux for transparent huge pages on the 2 MiB-aligned inside of
  * [p, p + n), for a buffer not yet written (a hint, ignored where not
  * allowed; a no-op elsewhere). libmoe does this for the weight copies it

@@ -554,6 +554,32 @@ TEST(cpu_bandwidth_probe) {
     CHECK(isfinite(g) && g > 0.5 && g < 1e5, "bandwidth %g GB/s", g);
     CHECK_STATUS(moe_measure_read_bandwidth(1, (size_t)1 << 20, NULL), MOE_ERR_INVALID_ARG);
     CHECK_STATUS(moe_measure_read_bandwidth(-1, (size_t)1 << 20, &g), MOE_ERR_INVALID_ARG);
+
+    /* On a context's own pool, twice (the pool stays usable after a probe),
+     * with a buffer of its own and with a lent one. */
+    moe_context_options co = { .n_threads = 2 };
+    moe_context        *ctx = NULL;
+    char                err[256];
+    REQUIRE(moe_context_create(&co, &ctx, err, sizeof err) == MOE_OK, "%s", err);
+    const size_t lent_bytes = (size_t)32 << 20;
+    char        *lent = aligned_alloc(64, lent_bytes + 64);
+    REQUIRE(lent != NULL, "out of memory");
+    for (int i = 0; i < 2; i++) {
+        g = -1;
+        CHECK_STATUS(moe_context_measure_read_bandwidth(ctx, i ? lent : NULL, lent_bytes, &g),
+                     MOE_OK);
+        CHECK(isfinite(g) && g > 0.5 && g < 1e5, "context probe %d: %g GB/s", i, g);
+    }
+    CHECK_STATUS(moe_context_measure_read_bandwidth(ctx, lent, (size_t)1 << 20, NULL),
+                 MOE_ERR_INVALID_ARG);
+    CHECK_STATUS(moe_context_measure_read_bandwidth(NULL, lent, (size_t)1 << 20, &g),
+                 MOE_ERR_INVALID_ARG);
+    CHECK_STATUS(moe_context_measure_read_bandwidth(ctx, lent + 8, (size_t)1 << 20, &g),
+                 MOE_ERR_INVALID_ARG); /* misaligned */
+    CHECK_STATUS(moe_context_measure_read_bandwidth(ctx, lent, 4096, &g),
+                 MOE_ERR_INVALID_ARG); /* less than a chunk */
+    free(lent);
+    moe_context_destroy(ctx);
 }
 
 /* The huge-page hint touches no byte: data written before and after it

@@ -35,6 +35,18 @@ static void flush_caches(void) {
     g_flush_sink = s;
 }
 
+/* The per-run probe's buffer: one for the process, as flush_caches' is, so
+ * that no unmapping (which outlasts the pool's polling) separates a probe
+ * from the forward it precedes. */
+enum { PROBE_BYTES = 256 << 20 };
+
+static void *probe_buffer(void) {
+    static void *buf;
+    if (!buf && (buf = aligned_alloc(1 << 21, PROBE_BYTES)) != NULL)
+        moe_advise_huge_pages(buf, PROBE_BYTES);
+    return buf;
+}
+
 static double touched_bytes(const synth_layer *s, const int32_t *ids, int64_t n_slots) {
     char  seen_small[512] = { 0 };
     char *seen = s->p.n_experts <= 512 ? seen_small : calloc((size_t)s->p.n_experts, 1);
@@ -46,7 +58,7 @@ static double touched_bytes(const synth_layer *s, const int32_t *ids, int64_t n_
 }
 
 moe_status bench_layer(const synth_layer *s, moe_layer *layer, int64_t n, int runs, int flush,
-                       int probe_threads, uint64_t *seed, bench_result *r, char *err,
+                       moe_context *probe_ctx, uint64_t *seed, bench_result *r, char *err,
                        size_t errlen) {
     const moe_preset *p = &s->p;
     size_t ws_size = moe_layer_workspace_size(layer, n);
@@ -70,8 +82,9 @@ moe_status bench_layer(const synth_layer *s, moe_layer *layer, int64_t n, int ru
     for (int i = 0; i <= runs; i++) {
         synth_fill(logits, n * p->n_experts, 2.0f, seed);
         double probe = 0; /* > 0: this run's probe; a probe that fails leaves the plain flush */
-        if (flush && probe_threads > 0 &&
-            moe_measure_read_bandwidth(probe_threads, (size_t)256 << 20, &probe) != MOE_OK)
+        if (flush && probe_ctx && probe_buffer() &&
+            moe_context_measure_read_bandwidth(probe_ctx, probe_buffer(), PROBE_BYTES, &probe) !=
+                MOE_OK)
             probe = 0;
         if (flush && probe <= 0) flush_caches();
         double t0 = cli_now_us();

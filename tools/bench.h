@@ -18,12 +18,13 @@ typedef struct bench_result {
 
 /* Times `runs` forwards of n_tokens (after one warm-up), each with fresh
  * random router logits, flushing the caches before each when flush is set.
- * probe_threads > 0 (with flush): the flush is a read-bandwidth probe with
- * that many threads (moe_measure_read_bandwidth over 256 MiB), so each run
- * is set against the bandwidth of the moment it ran in (a shared VM's
- * moves by a factor of 1.7 within a minute). */
+ * probe_ctx (with flush): the flush is a read-bandwidth probe on that
+ * context's threads, the layer's (moe_context_measure_read_bandwidth over
+ * a 256 MiB buffer kept for the process), so each run is set against the bandwidth of the moment it ran
+ * in (a shared VM's moves by a factor of 1.7 within a minute) and starts
+ * with its threads awake. */
 moe_status bench_layer(const synth_layer *s, moe_layer *layer, int64_t n_tokens, int runs,
-                       int flush, int probe_threads, uint64_t *seed, bench_result *r, char *err,
+                       int flush, moe_context *probe_ctx, uint64_t *seed, bench_result *r, char *err,
                        size_t errlen);
 
 /* Runs layer and ref on the same input (n_tokens, first `check` of them

@@ -116,9 +116,8 @@ CLI_COMMAND(bench, "time a model's MoE layer (host; --backend cuda, --ep N, --mo
                                                                            : MOE_BACKEND_CPU };
     double bw = 0;
     int rc = 1;
-    /* the probe first: the context's threads may poll without sleeping */
-    moe_measure_read_bandwidth(threads, 0, &bw);
     if (moe_context_create(&co, &ctx, err, sizeof err)) goto fail;
+    moe_context_measure_read_bandwidth(ctx, NULL, 0, &bw);
     lo.context = ctx;
     if (moe_layer_create(&lo, &layer, err, sizeof err)) goto fail;
     if (!json) {
@@ -134,7 +133,7 @@ CLI_COMMAND(bench, "time a model's MoE layer (host; --backend cuda, --ep N, --mo
     uint64_t seed = 11;
     for (int i = 0; i < n_tok; i++) {
         bench_result r;
-        if (bench_layer(&s, layer, tokens[i], runs, flush, moe_context_n_threads(ctx), &seed, &r,
+        if (bench_layer(&s, layer, tokens[i], runs, flush, ctx, &seed, &r,
                         err, sizeof err))
             goto fail;
         const double gbs   = r.touched_bytes / (r.us * 1e-6) / 1e9;

@@ -82,7 +82,7 @@ CLI_COMMAND(demo, "run a real model's MoE layer on the CPU and check it against 
         bench_result r;
         double nmse;
         status_line("running", n);
-        if (bench_layer(&s, cpu, n, n >= 256 ? 3 : 5, 1, 0, &seed, &r, err, sizeof err) ||
+        if (bench_layer(&s, cpu, n, n >= 256 ? 3 : 5, 1, NULL, &seed, &r, err, sizeof err) ||
             bench_check(&s, cpu, ref, n, check, &seed, &nmse, err, sizeof err))
             goto fail;
         double tol = moe_format_name(f) && (f == MOE_FORMAT_F32) ? 1e-10 : 5e-4;
