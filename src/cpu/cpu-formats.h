@@ -160,13 +160,15 @@ moe__cpu_stream_plan moe__cpu_stream_plan_for(const char *vendor);
  * than the hardware prefetcher streams (it stops at every 4 KiB page), so
  * without this the loop waits on memory latency. Prefetches past the end
  * of the weights are harmless (they never fault). */
-static inline void moe__cpu_prefetch(const void *p, size_t n) {
-    const char  *c    = (const char *)p;
-    const size_t far  = moe__cpu_plan.pf_far, near = moe__cpu_plan.pf_near;
+static inline void moe__cpu_prefetch_at(const void *p, size_t n, size_t far, size_t near) {
+    const char *c = (const char *)p;
     for (size_t o = 0; o < n; o += 64) {
         __builtin_prefetch(c + far + o, 0, 2);
         __builtin_prefetch(c + near + o, 0, 3);
     }
+}
+static inline void moe__cpu_prefetch(const void *p, size_t n) {
+    moe__cpu_prefetch_at(p, n, moe__cpu_plan.pf_far, moe__cpu_plan.pf_near);
 }
 
 /* A kernel that keeps n streams of its own in flight (not the plan's
