@@ -19,13 +19,13 @@ typedef struct bench_result {
 /* Times `runs` forwards of n_tokens (after one warm-up), each with fresh
  * random router logits, flushing the caches before each when flush is set.
  * probe_ctx (with flush): the flush is a read-bandwidth probe on that
- * context's threads, the layer's (moe_context_measure_read_bandwidth over
- * a 256 MiB buffer kept for the process), so each run is set against the bandwidth of the moment it ran
- * in (a shared VM's moves by a factor of 1.7 within a minute) and starts
- * with its threads awake. */
+ * context's threads, the layer's (moe_context_measure_read_bandwidth over a
+ * 256 MiB buffer kept for the process), so each run is set against the
+ * bandwidth of the moment it ran in (a shared VM's moves by a factor of 1.7
+ * within a minute) and starts with its threads awake. */
 moe_status bench_layer(const synth_layer *s, moe_layer *layer, int64_t n_tokens, int runs,
-                       int flush, moe_context *probe_ctx, uint64_t *seed, bench_result *r, char *err,
-                       size_t errlen);
+                       int flush, moe_context *probe_ctx, uint64_t *seed, bench_result *r,
+                       char *err, size_t errlen);
 
 /* Runs layer and ref on the same input (n_tokens, first `check` of them
  * through ref) and returns the NMSE of layer vs ref over those tokens. */

@@ -88,9 +88,10 @@ static void act_unit(const float *x, uint16_t *xb, uint16_t *plain) {
         if (plain) _mm512_storeu_si512(plain + 32 * q, n[q]);
     }
     for (int s = 0; s < 4; s++) {
-        _Alignas(64) uint16_t ix[32];
-        for (int j = 0; j < 32; j++) ix[j] = (uint16_t)(4 * (j % 16) + s);
-        const __m512i idx = _mm512_load_si512(ix);
+        const __m512i idx = _mm512_add_epi16(
+            _mm512_set_epi16(60, 56, 52, 48, 44, 40, 36, 32, 28, 24, 20, 16, 12, 8, 4, 0, 60, 56,
+                             52, 48, 44, 40, 36, 32, 28, 24, 20, 16, 12, 8, 4, 0),
+            _mm512_set1_epi16((short)s));
         const __m512i lo  = _mm512_permutex2var_epi16(n[0], idx, n[1]);
         const __m512i hi  = _mm512_permutex2var_epi16(n[2], idx, n[3]);
         _mm512_storeu_si512(xb + 32 * s, _mm512_mask_blend_epi16(0xffff0000u, lo, hi));
