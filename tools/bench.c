@@ -81,10 +81,11 @@ moe_status bench_layer(const synth_layer *s, moe_layer *layer, int64_t n, int ru
     synth_fill(x, n * p->d_model, 1.0f, seed);
     for (int i = 0; i <= runs; i++) {
         synth_fill(logits, n * p->n_experts, 2.0f, seed);
-        double probe = 0; /* > 0: this run's probe; a probe that fails leaves the plain flush */
-        if (flush && probe_ctx && probe_buffer() &&
-            moe_context_measure_read_bandwidth(probe_ctx, probe_buffer(), PROBE_BYTES, &probe) !=
-                MOE_OK)
+        /* > 0: this run's probe; without one (no context, no buffer, a failed
+         * probe) the plain flush */
+        double probe = 0;
+        void  *pb    = flush && probe_ctx ? probe_buffer() : NULL;
+        if (pb && moe_context_measure_read_bandwidth(probe_ctx, pb, PROBE_BYTES, &probe) != MOE_OK)
             probe = 0;
         if (flush && probe <= 0) flush_caches();
         double t0 = cli_now_us();
