@@ -71,13 +71,24 @@ static void check_packed(const pcase *c) {
     float *x = aligned_alloc(64, sizeof(float) * (size_t)(NX * K));
     test_fill_normal(&rng, x, (size_t)(NX * K), 1.0f);
     for (int64_t k = 0; k < K; k++) x[4 * K + k] *= 1e-6f; /* a tiny row */
-    const size_t xs = (size_t)K * sizeof(float);           /* K % 32 == 0: 64-byte rows */
+    /* The kernels' input rows (the 4-bit formats' bf16 pairs: act_quantize),
+     * and the values they hold for the reference (act_fake_quant_ref). */
+    const size_t xs = cf->act_quantize ? (cf->act_row_bytes(K) + 63) / 64 * 64
+                                       : (size_t)K * sizeof(float); /* K % 32 == 0 */
+    char *xq = aligned_alloc(64, xs * (size_t)NX);
+    for (int64_t i = 0; i < NX; i++) {
+        if (cf->act_quantize) cf->act_quantize(&w, x + i * K, K, xq + (size_t)i * xs);
+        else memcpy(xq + (size_t)i * xs, x + i * K, (size_t)K * sizeof(float));
+        if (t->act_fake_quant_ref) t->act_fake_quant_ref(&w, x + i * K, K);
+    }
+    CHECK((cf->act_quantize != NULL) == (c->f != MOE_FORMAT_INT8_GPTQ),
+          "%s: bf16 activations are the 4-bit formats'", name);
 
     /* Full products: packed == checkpoint bitwise, and near the reference. */
     float  *full = malloc(sizeof(float) * (size_t)(NX * R));
     float  *part = malloc(sizeof(float) * (size_t)(NX * R));
     float  *wrow = malloc(sizeof(float) * (size_t)K);
-    cf->gemm(&w, 0, R, x, xs, NX, full, R);
+    cf->gemm(&w, 0, R, xq, xs, NX, full, R);
     long bad = 0, off_ref = 0;
     for (int64_t r = 0; r < R; r++) {
         t->dequant_row_ref(&w, r, wrow);
@@ -103,7 +114,7 @@ static void check_packed(const pcase *c) {
             for (int64_t i0 = 0; i0 < NX; i0 += n) {
                 const int64_t nx = NX - i0 < n ? NX - i0 : n;
                 for (int64_t j = 0; j < nx * (r1 - r0); j++) part[j] = NAN;
-                cf->gemm_packed(&wp, r0, r1, (const char *)x + (size_t)i0 * xs, xs, nx, part,
+                cf->gemm_packed(&wp, r0, r1, xq + (size_t)i0 * xs, xs, nx, part,
                                 r1 - r0);
                 for (int64_t i = 0; i < nx; i++)
                     for (int64_t r = r0; r < r1; r++)
@@ -121,7 +132,7 @@ static void check_packed(const pcase *c) {
     }
     CHECK(bad == 0, "%s g%d%s: %ld packed outputs differ from gemm", name, (int)c->group,
           c->g_idx ? " g_idx" : "", bad);
-    free(src); free(data); free(sc); free(zp); free(g_idx); free(pk); free(pk2); free(x);
+    free(src); free(data); free(sc); free(zp); free(g_idx); free(pk); free(pk2); free(x); free(xq);
     free(full); free(part); free(wrow);
 }
 

@@ -86,13 +86,13 @@ static const moe__format_traits g_formats[MOE_FORMAT_COUNT] = {
         .info = { .name = "int4-gptq", .block_elems = 8, .block_bytes = 4, .bits_per_weight = 4 + 16.0 / 128,
                   .is_quantized = 1 },
         .sizes = moe__int4_gptq_sizes, .validate = moe__int4_gptq_validate, .dequant_row_ref = moe__int4_gptq_dequant_row_ref,
-        .quantize_ref = moe__int4_gptq_quantize_ref,
+        .quantize_ref = moe__int4_gptq_quantize_ref, .act_fake_quant_ref = moe__bf16_act_fake_quant_ref,
     },
     [MOE_FORMAT_INT4_AWQ] = {
         .info = { .name = "int4-awq", .block_elems = 8, .block_bytes = 4, .bits_per_weight = 4 + 20.0 / 128,
                   .is_quantized = 1 },
         .sizes = moe__int4_awq_sizes, .validate = moe__int4_awq_validate, .dequant_row_ref = moe__int4_awq_dequant_row_ref,
-        .quantize_ref = moe__int4_awq_quantize_ref,
+        .quantize_ref = moe__int4_awq_quantize_ref, .act_fake_quant_ref = moe__bf16_act_fake_quant_ref,
     },
     [MOE_FORMAT_INT8_GPTQ] = {
         .info = { .name = "int8-gptq", .block_elems = 4, .block_bytes = 4, .bits_per_weight = 8 + 16.0 / 128,

@@ -138,6 +138,24 @@ extern const moe__cpu_format moe__cpu_q8_0, moe__cpu_q4_0, moe__cpu_q4_k, moe__c
 #endif
 bool moe__cpu_amx_ready(void);
 
+#if defined(__AVX512F__)
+#include <immintrin.h>
+/* 16 floats -> 16 bf16 words, with moe__f32_to_bf16's integer rounding
+ * (nearest even; NaN made quiet), not vcvtneps2bf16's, which flushes
+ * denormals: the bf16 activation rows of the 4-bit formats (gemv-fp4.c,
+ * gemv-wna16.c), equal to their act_fake_quant_ref. */
+static inline __m256i moe__cpu_bf16_x16(const float *x) {
+    const __m512i u   = _mm512_castps_si512(_mm512_loadu_ps(x));
+    const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+    const __m512i r   = _mm512_add_epi32(u, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7fff)));
+    const __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff)),
+                                                  _mm512_set1_epi32(0x7f800000));
+    const __m512i v = _mm512_mask_or_epi32(_mm512_srli_epi32(r, 16), nan, _mm512_srli_epi32(u, 16),
+                                           _mm512_set1_epi32(0x40));
+    return _mm512_cvtepi32_epi16(v);
+}
+#endif
+
 /* How a core streams weight rows from memory, picked once per process for
  * the CPU it runs on (moe__cpu_stream_plan_for, cpu-formats.c) before any
  * kernel runs (moe__cpu_format_get sets it), read by the helpers below.

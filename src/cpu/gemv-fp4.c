@@ -63,28 +63,14 @@ static size_t fp4_act_row_bytes(int64_t cols) { return (size_t)kp128(cols) * (FP
 static inline int perm128(int e) { return 32 * (e % 4) + e / 4; }
 
 #if FP4_AVX512
-/* 16 floats -> 16 bf16 words, with moe__f32_to_bf16's integer rounding
- * (nearest even; NaN made quiet), not vcvtneps2bf16's, which flushes
- * denormals. */
-static inline __m256i bf16_x16(const float *x) {
-    const __m512i u   = _mm512_castps_si512(_mm512_loadu_ps(x));
-    const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
-    const __m512i r   = _mm512_add_epi32(u, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7fff)));
-    const __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff)),
-                                                  _mm512_set1_epi32(0x7f800000));
-    const __m512i v = _mm512_mask_or_epi32(_mm512_srli_epi32(r, 16), nan, _mm512_srli_epi32(u, 16),
-                                           _mm512_set1_epi32(0x40));
-    return _mm512_cvtepi32_epi16(v);
-}
-
 /* One whole unit of 128 values: natural order n[q] (values 32q..32q+31),
  * then stored order s (word j = value 4j + s) from the pairs n[0], n[1]
  * (j < 16) and n[2], n[3] (j >= 16), one index vector for both. */
 static void act_unit(const float *x, uint16_t *xb, uint16_t *plain) {
     __m512i n[4];
     for (int q = 0; q < 4; q++) {
-        n[q] = _mm512_inserti64x4(_mm512_castsi256_si512(bf16_x16(x + 32 * q)),
-                                  bf16_x16(x + 32 * q + 16), 1);
+        n[q] = _mm512_inserti64x4(_mm512_castsi256_si512(moe__cpu_bf16_x16(x + 32 * q)),
+                                  moe__cpu_bf16_x16(x + 32 * q + 16), 1);
         if (plain) _mm512_storeu_si512(plain + 32 * q, n[q]);
     }
     for (int s = 0; s < 4; s++) {

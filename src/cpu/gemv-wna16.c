@@ -1,13 +1,14 @@
 /*
- * gemv-wna16.c - CPU kernels of INT4_GPTQ, INT8_GPTQ and INT4_AWQ on the
- * fp32 engine of gemv-fp.h (weight-only: activations stay f32). The
- * checkpoints' layouts are packed across rows (GPTQ: 8 or 4 values of one
- * row per int32, consecutive rows in consecutive words; AWQ: 8 rows per
+ * gemv-wna16.c - CPU kernels of INT4_GPTQ, INT8_GPTQ and INT4_AWQ
+ * (weight-only: the 4-bit formats take bf16 activations, INT8_GPTQ f32).
+ * The checkpoints' layouts are packed across rows (GPTQ: 8 or 4 values of
+ * one row per int32, consecutive rows in consecutive words; AWQ: 8 rows per
  * word), so the AVX-512 kernels vectorize over output rows: GPTQ reads the
  * words of 16 rows with one load, AWQ the words of 128 rows (8 vectors of
- * 16 rows per load); nibbles become floats through a vpermps table. The
- * portable version dequantizes a row at a time (strided words) on the fp32
- * engine of gemv-fp.h.
+ * 16 rows per load); 4-bit values become bf16 pairs through a vpermw table
+ * (below), 8-bit ones floats. The portable version dequantizes a row at a
+ * time (strided words) on the fp32 engine of gemv-fp.h, its 4-bit input
+ * rows rounded to bf16 as the AVX-512 ones.
  *
  * Those layouts scatter a tile of rows over every page (a few hundred bytes
  * per step, then a jump of a whole word row), which caps decode near a third
@@ -222,7 +223,15 @@ static void unpack_packed(const moe__wmat *w, int64_t r, int64_t k0, int64_t kc,
     }
 }
 
-#define WNA16_ENTRY(name)                                                                      \
+/* The 4-bit formats' activations: f32 rows of bf16 values (their
+ * act_fake_quant_ref), in natural order for the fp32 engine. */
+static size_t wq4_act_row_bytes(int64_t cols) { return fp_act_row_bytes(cols); }
+static void wq4_act(const moe__wmat *w, const float *x, int64_t cols, void *xq) {
+    memcpy(xq, x, (size_t)cols * sizeof(float));
+    moe__bf16_act_fake_quant_ref(w, xq, cols);
+}
+
+#define WNA16_ENTRY(name, ...)                                                                 \
     static void gemm_##name(const moe__wmat *w, int64_t r0, int64_t r1, const void *xq,        \
                             size_t xq_stride, int64_t n_x, float *y, int64_t y_stride) {       \
         fp_gemm(w, r0, r1, xq, xq_stride, n_x, y, y_stride, unpack_##name);                    \
@@ -234,16 +243,115 @@ static void unpack_packed(const moe__wmat *w, int64_t r, int64_t k0, int64_t kc,
     const moe__cpu_format moe__cpu_##name = { .gemm = gemm_##name,                             \
                                               .packed_bytes = wna16_packed_bytes,              \
                                               .pack = wna16_pack,                              \
-                                              .gemm_packed = gemm_packed_##name };
+                                              .gemm_packed = gemm_packed_##name, __VA_ARGS__ };
 
 #else
-/* ===== AVX-512 GPTQ: 16 output rows per vector =====
+/* ===== AVX-512: activation rows and weight pairs of the 4-bit formats =====
+ *
+ * INT4_GPTQ and INT4_AWQ take bf16 activations (W4A16, as GPU kernels of
+ * these formats take 16-bit ones; their act_fake_quant_ref rounds to bf16),
+ * so that vdpbf16ps multiplies two weights per lane and instruction. A word
+ * holds values 8s .. 8s + 7 of one row (value j in bits 4j ..); shifted
+ * right by 0, 8, 4 or 12 bits, its two 16-bit halves hold in their low bits
+ * the values (j, j + 4) for j = 0, 2, 1, 3. vpermw looks each half up in a
+ * table of bf16 weights (it reads 5 bits: the GPTQ table holds its 16
+ * entries twice, since bit 4 is the next value's; AWQ indexes q + 16 - z,
+ * 1 .. 31, in a table of i - 16, so the zero point costs no arithmetic in
+ * floats), and vdpbf16ps adds both exact products into the row's fp32 lane.
+ * The activation row (2 K bytes) stores each step of 8 values as those four
+ * pairs: x0 x4 x2 x6 x1 x5 x3 x7 (wq_pos). A 16-row vector of 8 values then
+ * costs 3 shifts, 4 vpermw and 4 vdpbf16ps, where f32 activations cost 7
+ * shifts, 8 vpermps and 8 FMAs: the decode had bound these kernels (one
+ * core, 512 x 2048 in cache: GPTQ 36 -> 65 GB/s, AWQ 32 -> 55; from memory
+ * 26-32 -> 30-35, of the 41 a core reads).
+ * Without AVX512_BF16 (Ice Lake), wq_dp makes the same sum with two FMAs.
+ * Act-order GPTQ (a scale per value) and INT8_GPTQ (no 32-entry table for
+ * 8 bits) multiply in f32, as below; act-order reads its bf16 values. */
+
+/* Place of value j in its step of 8 (an involution: also the value at place j). */
+static const int wq_pos[8] = { 0, 4, 2, 6, 1, 5, 3, 7 };
+
+static size_t wq4_act_row_bytes(int64_t cols) { return (size_t)cols * 2; }
+
+static void wq4_act(const moe__wmat *w, const float *x, int64_t cols, void *xq) {
+    (void)w;
+    static const _Alignas(64) uint16_t idx[32] = { 0,  4,  2,  6,  1,  5,  3,  7,
+                                                   8,  12, 10, 14, 9,  13, 11, 15,
+                                                   16, 20, 18, 22, 17, 21, 19, 23,
+                                                   24, 28, 26, 30, 25, 29, 27, 31 };
+    const __m512i ix = _mm512_load_si512(idx);
+    for (int64_t k = 0; k < cols; k += 32) { /* K % 32 == 0: groups of 32, 64 or 128 */
+        const __m512i v = _mm512_inserti64x4(_mm512_castsi256_si512(moe__cpu_bf16_x16(x + k)),
+                                             moe__cpu_bf16_x16(x + k + 16), 1);
+        _mm512_storeu_si512((char *)xq + 2 * k, _mm512_permutexvar_epi16(ix, v));
+    }
+}
+
+/* Activation row xr's pair t (0..3) of step k8, broadcast; value k as f32. */
+static inline __m512i wq_pair(const void *xr, int64_t k8, int t) {
+    return _mm512_set1_epi32((int)((const uint32_t *)xr)[4 * k8 + t]);
+}
+static inline __m512 wq_x_at(const void *xr, int64_t k) {
+    return _mm512_set1_ps(moe__bf16_to_f32(((const uint16_t *)xr)[k / 8 * 8 + wq_pos[k % 8]]));
+}
+
+/* acc + w.hi * x.hi + w.lo * x.lo per lane, in that order (vdpbf16ps). */
+static inline __m512 wq_dp(__m512 acc, __m512i w, __m512i x) {
+#if defined(__AVX512BF16__)
+    return _mm512_dpbf16_ps(acc, (__m512bh)w, (__m512bh)x);
+#else
+    const __m512i hi = _mm512_set1_epi32((int)0xffff0000u);
+    acc = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_and_si512(w, hi)),
+                          _mm512_castsi512_ps(_mm512_and_si512(x, hi)), acc);
+    return _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_slli_epi32(w, 16)),
+                           _mm512_castsi512_ps(_mm512_slli_epi32(x, 16)), acc);
+#endif
+}
+
+/* bf16 of q - 8 (GPTQ, twice) or of i - 16 (AWQ). */
+static inline __m512i wq_table(bool awq) {
+    static const _Alignas(64) uint16_t t[2][32] = {
+        { 0xc100, 0xc0e0, 0xc0c0, 0xc0a0, 0xc080, 0xc040, 0xc000, 0xbf80, 0x0000, 0x3f80, 0x4000,
+          0x4040, 0x4080, 0x40a0, 0x40c0, 0x40e0, 0xc100, 0xc0e0, 0xc0c0, 0xc0a0, 0xc080, 0xc040,
+          0xc000, 0xbf80, 0x0000, 0x3f80, 0x4000, 0x4040, 0x4080, 0x40a0, 0x40c0, 0x40e0 },
+        { 0xc180, 0xc170, 0xc160, 0xc150, 0xc140, 0xc130, 0xc120, 0xc110, 0xc100, 0xc0e0, 0xc0c0,
+          0xc0a0, 0xc080, 0xc040, 0xc000, 0xbf80, 0x0000, 0x3f80, 0x4000, 0x4040, 0x4080, 0x40a0,
+          0x40c0, 0x40e0, 0x4100, 0x4110, 0x4120, 0x4130, 0x4140, 0x4150, 0x4160, 0x4170 },
+    };
+    return _mm512_load_si512(t[awq]);
+}
+
+/* The bf16 weight pairs t = 0..3 of 16 rows' words (a word per lane, values
+ * 8s ..): GPTQ q - 8; AWQ q - z, with zc = 16 - z in each byte of a lane. */
+static inline void wq_pairs(__m512i words, bool awq, __m512i zc, __m512i tab, __m512i b[4]) {
+    __m512i ix[4];
+    if (awq) {
+        const __m512i m = _mm512_set1_epi32(0x0f0f0f0f);
+        const __m512i e = _mm512_add_epi32(_mm512_and_si512(words, m), zc);
+        const __m512i o = _mm512_add_epi32(_mm512_and_si512(_mm512_srli_epi32(words, 4), m), zc);
+        ix[0] = e, ix[1] = _mm512_srli_epi32(e, 8), ix[2] = o, ix[3] = _mm512_srli_epi32(o, 8);
+    } else {
+        ix[0] = words, ix[1] = _mm512_srli_epi32(words, 8);
+        ix[2] = _mm512_srli_epi32(words, 4), ix[3] = _mm512_srli_epi32(words, 12);
+    }
+#pragma GCC unroll 4 /* or the pairs go through the stack */
+    for (int t = 0; t < 4; t++) b[t] = _mm512_permutexvar_epi16(ix[t], tab);
+}
+
+/* 16 lanes' zero points z (0..15) as 16 - z in each byte. */
+static inline __m512i wq_zc(__m512i z) {
+    return _mm512_mullo_epi32(_mm512_sub_epi32(_mm512_set1_epi32(16), z),
+                              _mm512_set1_epi32(0x01010101));
+}
+
+/* ===== AVX-512 GPTQ on the checkpoint layout: 16 output rows per vector =====
  *
  * The packed words of 16 consecutive rows are contiguous (one word per
  * row), so lane l of every vector is row r + l: each lane sums its own row
- * in increasing k, with the group's integer-valued (q - zero) * x products
- * accumulated first and the group scale applied once per group (per k with
- * act-order g_idx). Results do not depend on which rows share a vector. */
+ * in increasing k, with the group's (q - zero) * x products accumulated
+ * first and the group scale applied once per group (per k with act-order
+ * g_idx), exactly as the packed kernel below does. Results do not depend on
+ * which rows share a vector. */
 
 enum { WV_XG = 4 };
 
@@ -274,6 +382,11 @@ static inline __m512 gptq_val(__m512i words, int j, int bits) {
     return _mm512_sub_ps(_mm512_castsi512_ps(f), _mm512_set1_ps(8388608.0f + 128.0f));
 }
 
+/* Activation row xr's value k broadcast: bf16 pairs (4 bits) or f32. */
+static inline __m512 wv_x(const void *xr, int64_t k, int bits) {
+    return bits == 4 ? wq_x_at(xr, k) : _mm512_set1_ps(((const float *)xr)[k]);
+}
+
 /* Rows of a tile processed together, and the order: for each step of 8
  * values along K, all 16-row vectors of the tile in turn. The packed
  * words of one step for the whole tile are then one contiguous run (a word
@@ -286,22 +399,29 @@ enum { WV_ROWS = 512, WV_NV = WV_ROWS / 16 + 1, WV_PF = 8, WV_PF_NEAR = 2 };
  * (times the act-order scale of each k when g_idx is set). */
 static inline __attribute__((always_inline)) void wv_step(
     const moe__wmat *w, const uint32_t *q, int64_t k, int64_t rb, __mmask16 m,
-    const float *const *xs, float (*ga)[16], int bits, int NX) {
+    const void *const *xs, float (*ga)[16], int bits, int NX) {
     __m512 acc[4];
     for (int i = 0; i < NX; i++) acc[i] = _mm512_load_ps(ga[i]);
-    const int     per   = 32 / bits;
-    __m512i       words = _mm512_setzero_si512();
+    const int per = 32 / bits;
+    if (bits == 4 && !w->g_idx) {
+        __m512i b[4];
+        wq_pairs(gptq_words(q, w, k / 8, rb, m), false, _mm512_setzero_si512(), wq_table(false), b);
+#pragma GCC unroll 4
+        for (int t = 0; t < 4; t++)
+            for (int i = 0; i < NX; i++) acc[i] = wq_dp(acc[i], b[t], wq_pair(xs[i], k / 8, t));
+    } else {
+        __m512i words = _mm512_setzero_si512();
 #pragma GCC unroll 8 /* constant shifts, no loop counter */
-    for (int j = 0; j < 8; j++) {
-        if (j % per == 0) words = gptq_words(q, w, (k + j) / per, rb, m);
-        __m512 val = gptq_val(words, j % per, bits);
-        if (w->g_idx) val = _mm512_mul_ps(val, scales16(w, w->g_idx[k + j], rb, m));
-        for (int i = 0; i < NX; i++)
-            acc[i] = _mm512_fmadd_ps(val, _mm512_set1_ps(xs[i][k + j]), acc[i]);
+        for (int j = 0; j < 8; j++) {
+            if (j % per == 0) words = gptq_words(q, w, (k + j) / per, rb, m);
+            __m512 val = gptq_val(words, j % per, bits);
+            if (w->g_idx) val = _mm512_mul_ps(val, scales16(w, w->g_idx[k + j], rb, m));
+            for (int i = 0; i < NX; i++)
+                acc[i] = _mm512_fmadd_ps(val, wv_x(xs[i], k + j, bits), acc[i]);
+        }
     }
     for (int i = 0; i < NX; i++) _mm512_store_ps(ga[i], acc[i]);
 }
-
 static inline __attribute__((always_inline)) void gemm_wv(
     const moe__wmat *w, int64_t r0, int64_t r1, const void *xq, size_t xq_stride, int64_t n_x,
     float *y, int64_t y_stride, int bits) {
@@ -322,10 +442,9 @@ static inline __attribute__((always_inline)) void gemm_wv(
         const size_t step = (size_t)w->rows * 4 * 8 / (size_t)(32 / bits);
         for (int64_t i0 = 0; i0 < n_x; i0 += WV_XG) {
             const int64_t nx = n_x - i0 < WV_XG ? n_x - i0 : WV_XG;
-            const float  *xs[WV_XG];
+            const void   *xs[WV_XG];
             for (int64_t i = 0; i < WV_XG; i++)
-                xs[i] = (const float *)((const char *)xq +
-                                        (size_t)(i0 + (i < nx ? i : 0)) * xq_stride);
+                xs[i] = (const char *)xq + (size_t)(i0 + (i < nx ? i : 0)) * xq_stride;
             memset(acc, 0, sizeof acc);
             for (int64_t g0 = 0; g0 < K; g0 += G) {
                 for (int64_t v = 0; v < nv; v++) memset(ga[v], 0, sizeof ga[v]);
@@ -374,20 +493,19 @@ static void gemm_int8_gptq(const moe__wmat *w, int64_t r0, int64_t r1, const voi
     gemm_wv(w, r0, r1, xq, xq_stride, n_x, y, y_stride, 8);
 }
 
-/* ===== AWQ: 128 rows per 512-bit load =====
+/* ===== AWQ on the checkpoint layout: 128 rows per 512-bit load =====
  *
  * The 16 words of one k for rows b0 .. b0 + 127 are contiguous, and nibble
  * n of word v holds row b0 + 8v + awq_row[n] (the inverse of the packing
- * order MOE_AWQ_NIBBLE_INIT). So one load gives 8 vectors of 16 rows:
- * vector n, lane v is row b0 + 8v + awq_row[n], its value the nibble
- * looked up as a float (vpermps reads the low 4 bits of the shifted word)
- * minus the row's zero point, which the zeros word of the group gives the
- * same way (the subtraction is exact, so no cancellation is traded for
- * speed). Per row, as in the GPTQ kernel: the group's (q - z) * x summed in
- * increasing k, times the group scale, added to the row's sum; the lane a
- * row sits in does not change its value. One 128-row block walks all of K
- * (a line per k, rows / 8 words apart), prefetched AWQ_PF k ahead into L2
- * and AWQ_PF_NEAR into L1; up to AWQ_XG activation rows share the decode.
+ * order MOE_AWQ_NIBBLE_INIT). So vector n, lane v is row b0 + 8v +
+ * awq_row[n]: its pair t of a step of 8 values takes nibble n of the words
+ * of k = 8s + j and 8s + j + 4 (j = 0, 2, 1, 3) into the two halves of the
+ * lane, adds 16 - z and looks both up as the packed kernel does, in the
+ * same order, so a row's sum is the packed kernel's bit for bit. One
+ * 128-row block walks all of K (a line per k, rows / 8 words apart),
+ * prefetched AWQ_PF k ahead into L2 and AWQ_PF_NEAR into L1; up to AWQ_XG
+ * activation rows share the decode. (Unbound experts only: a bound layer
+ * runs the packed form.)
  */
 enum { AWQ_XG = 2, AWQ_PF = 32, AWQ_PF_NEAR = 8 };
 
@@ -396,11 +514,11 @@ static const int awq_row[8] = { 0, 2, 4, 6, 1, 3, 5, 7 };
 /* Rows b0 .. b0 + 8 nw - 1 (b0 % 8 == 0, nw <= 16 words) for NX activation
  * rows: acc[i][n] lane v = row b0 + 8v + awq_row[n]. */
 static inline __attribute__((always_inline)) void awq_block(
-    const moe__wmat *w, int64_t b0, int nw, const float *const *xs, __m512 (*acc)[8], int NX) {
+    const moe__wmat *w, int64_t b0, int nw, const void *const *xs, __m512 (*acc)[8], int NX) {
     const int64_t   K = w->cols, G = w->group_size, wpr = w->rows / 8;
     const uint32_t *q = (const uint32_t *)w->data + b0 / 8, *z = (const uint32_t *)w->zeros + b0 / 8;
     const __mmask16 mw  = (__mmask16)((1u << nw) - 1);
-    const __m512    lut = _mm512_set_ps(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+    const __m512i   tab = wq_table(true), lo4 = _mm512_set1_epi32(0x000f000f);
     const size_t    kst = (size_t)wpr * 4; /* bytes from one k to the next */
     __m512i         sidx[8];
     for (int n = 0; n < 8; n++)
@@ -423,27 +541,42 @@ static inline __attribute__((always_inline)) void awq_block(
                                 ? _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16))
                                 : _mm512_cvtph_ps(h));
         }
+        /* 16 - z of each lane in both halves, per vector */
         const __m512i zw = _mm512_maskz_loadu_epi32(mw, z + (g0 / G) * wpr);
-        __m512        zf[8], ga[AWQ_XG][8];
-#pragma GCC unroll 8
+        __m512i       zc[8];
+        __m512        ga[AWQ_XG][8];
         for (int n = 0; n < 8; n++) {
-            zf[n] = _mm512_permutexvar_ps(n ? _mm512_srli_epi32(zw, 4 * n) : zw, lut);
+            const __m512i zn = _mm512_and_si512(_mm512_srli_epi32(zw, 4 * n), _mm512_set1_epi32(15));
+            zc[n] = _mm512_mullo_epi32(_mm512_sub_epi32(_mm512_set1_epi32(16), zn),
+                                       _mm512_set1_epi32(0x00010001));
             for (int i = 0; i < NX; i++) ga[i][n] = _mm512_setzero_ps();
         }
-        for (int64_t k = g0; k < g0 + G; k++) {
-            const char *qk = (const char *)(q + k * wpr);
-            /* one line (two when the 64 bytes straddle) per k, k's far apart */
-            __builtin_prefetch(qk + AWQ_PF * kst, 0, 2);
-            __builtin_prefetch(qk + AWQ_PF * kst + 63, 0, 2);
-            __builtin_prefetch(qk + AWQ_PF_NEAR * kst, 0, 3);
-            __builtin_prefetch(qk + AWQ_PF_NEAR * kst + 63, 0, 3);
-            const __m512i wv = _mm512_maskz_loadu_epi32(mw, qk);
+        for (int64_t k0 = g0; k0 < g0 + G; k0 += 8) {
+            __m512i wk[8];
 #pragma GCC unroll 8
-            for (int n = 0; n < 8; n++) {
-                const __m512 v = _mm512_sub_ps(
-                    _mm512_permutexvar_ps(n ? _mm512_srli_epi32(wv, 4 * n) : wv, lut), zf[n]);
-                for (int i = 0; i < NX; i++)
-                    ga[i][n] = _mm512_fmadd_ps(v, _mm512_set1_ps(xs[i][k]), ga[i][n]);
+            for (int j = 0; j < 8; j++) {
+                const char *qk = (const char *)(q + (k0 + j) * wpr);
+                /* one line (two when the 64 bytes straddle) per k, k's far apart */
+                __builtin_prefetch(qk + AWQ_PF * kst, 0, 2);
+                __builtin_prefetch(qk + AWQ_PF * kst + 63, 0, 2);
+                __builtin_prefetch(qk + AWQ_PF_NEAR * kst, 0, 3);
+                __builtin_prefetch(qk + AWQ_PF_NEAR * kst + 63, 0, 3);
+                wk[j] = _mm512_maskz_loadu_epi32(mw, qk);
+            }
+#pragma GCC unroll 4
+            for (int t = 0; t < 4; t++) {
+                const int j = wq_pos[2 * t]; /* pairs (0, 4), (2, 6), (1, 5), (3, 7) */
+#pragma GCC unroll 8
+                for (int n = 0; n < 8; n++) {
+                    const __m512i lo = _mm512_srli_epi32(wk[j], 4 * n);
+                    const __m512i hi = 4 * n <= 16 ? _mm512_slli_epi32(wk[j + 4], 16 - 4 * n)
+                                                   : _mm512_srli_epi32(wk[j + 4], 4 * n - 16);
+                    const __m512i ix = _mm512_add_epi32(
+                        _mm512_and_si512(_mm512_mask_blend_epi16(0xaaaaaaaau, lo, hi), lo4), zc[n]);
+                    const __m512i bw = _mm512_permutexvar_epi16(ix, tab);
+                    for (int i = 0; i < NX; i++)
+                        ga[i][n] = wq_dp(ga[i][n], bw, wq_pair(xs[i], k0 / 8, t));
+                }
             }
         }
         for (int n = 0; n < 8; n++) {
@@ -459,10 +592,9 @@ static void gemm_int4_awq(const moe__wmat *w, int64_t r0, int64_t r1, const void
         const int nw = (int)((r1 - b0 + 7) / 8 < 16 ? (r1 - b0 + 7) / 8 : 16);
         for (int64_t i0 = 0; i0 < n_x; i0 += AWQ_XG) {
             const int64_t nx = n_x - i0 < AWQ_XG ? n_x - i0 : AWQ_XG;
-            const float  *xs[AWQ_XG];
+            const void   *xs[AWQ_XG];
             for (int64_t i = 0; i < AWQ_XG; i++)
-                xs[i] = (const float *)((const char *)xq +
-                                        (size_t)(i0 + (i < nx ? i : 0)) * xq_stride);
+                xs[i] = (const char *)xq + (size_t)(i0 + (i < nx ? i : 0)) * xq_stride;
             __m512 acc[AWQ_XG][8];
             if (nx == 1) awq_block(w, b0, nw, xs, acc, 1);
             else         awq_block(w, b0, nw, xs, acc, 2);
@@ -483,27 +615,25 @@ static void gemm_int4_awq(const moe__wmat *w, int64_t r0, int64_t r1, const void
  *
  * NP panels (up to 4: 128 rows, four sequential streams in flight) times NX
  * activation rows at once, the group sums in registers. Each lane is one
- * row and sums exactly as gemm_wv / awq_block do: per group, (q - zero) * x
- * fused-added in increasing k from 0 (times the act-order scale of each k
- * when g_idx is set), then acc = fma(group sum, group scale (1 with
- * g_idx), acc); so gemm_packed and gemm give the same bits. Each panel's
- * stream is prefetched as cpu-formats.h says, at its share of the plan's
- * distance (moe__cpu_pf_share: the plan's on Intel; a quarter on AMD,
- * where the whole distance took GPTQ's W2 shape from 30 to 26 GB/s), and
- * its first far bytes (which that prefetch never asks for) when a run
- * starts; near a panel's end the prefetch goes on in the same panel of
- * the next run (pk_prefetch): the qwen3-30b-a3b W2 shape (K = 768, 12 KiB
- * panels) went from 24 to 28 GB/s of 30.5 (kernel alone, 2 threads), the
- * K = 2048 shape from 29 to 31. Prefetching the next run's first bytes all
- * at once when a run starts gained nothing.
- *
- * One activation row costs per 16 values a shift, a vpermps and an FMA
- * (ports 0 and 5): about 20 GB/s of 4-bit weights per core with the
- * weights in L2 on the CI machine, against about 15 GB/s of memory per
- * core, so the decode is kept to that. Tried and dropped there: loads at
- * byte offsets instead of the shifts (the split loads cost more: -20% in
- * L2). 8 panels at once for one activation row: AWQ slower (register
- * spills), GPTQ no faster.
+ * row and sums exactly as gemm_wv / awq_block do: per group, from 0, the
+ * weight pairs' products in increasing steps (4 bits: pairs t = 0..3 of a
+ * step, wq_dp) or (q - zero) * x fused-added in increasing k (8 bits, and
+ * act-order, times the scale of each k), then acc = fma(group sum, group
+ * scale (1 with g_idx), acc); so gemm_packed and gemm give the same bits.
+ * Each panel's stream is prefetched as cpu-formats.h says, at its share of
+ * the plan's distance (moe__cpu_pf_share: the plan's on Intel; a quarter on
+ * AMD, where the whole distance took GPTQ's W2 shape from 30 to 26 GB/s),
+ * and its first far bytes (which that prefetch never asks for) when a run
+ * starts; near a panel's end the prefetch goes on in the same panel of the
+ * next run (pk_prefetch): the qwen3-30b-a3b W2 shape (K = 768, 12 KiB
+ * panels) went from 24 to 28 GB/s of 30.5 (kernel alone, 2 threads), the K
+ * = 2048 shape from 29 to 31. Prefetching the next run's first bytes all at
+ * once when a run starts gained nothing. Tried and dropped: loads at byte
+ * offsets instead of the shifts (the split loads cost more: -20% in L2); 8
+ * panels at once for one activation row (register spills); 4-bit values
+ * made floats by or-ing each nibble into the mantissa of a power of two and
+ * subtracting it, instead of vpermps (the same count of operations, and
+ * 10-20% slower on Zen 5 with f32 activations).
  */
 enum { PK_NP = 4, PK_XMAX = 8 };
 
@@ -511,26 +641,6 @@ static inline __m512 pk_scales(const char *line, int v, bool bf16) {
     const __m256i h = _mm256_load_si256((const __m256i *)(line + 32 * v));
     return bf16 ? _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16))
                 : _mm512_cvtph_ps(h);
-}
-
-/* Value j of 16 GPTQ words as a float: q - 8 (4 bits), q - 128 (8 bits);
- * as gptq_val. */
-static inline __m512 pk_val(__m512i words, int j, int bits) {
-    const __m512i v = j ? _mm512_srli_epi32(words, (unsigned)(bits * j)) : words;
-    if (bits == 4)
-        return _mm512_permutexvar_ps(
-            v, _mm512_set_ps(7, 6, 5, 4, 3, 2, 1, 0, -1, -2, -3, -4, -5, -6, -7, -8));
-    const __m512i f = _mm512_ternarylogic_epi32(v, _mm512_set1_epi32(0xff),
-                                                _mm512_set1_epi32(0x4b000000), 0xea);
-    return _mm512_sub_ps(_mm512_castsi512_ps(f), _mm512_set1_ps(8388608.0f + 128.0f));
-}
-
-/* Byte b of each lane (q + 16 - z, 1 .. 31) looked up as q - z. */
-static inline __m512 pk_awq_val(__m512i bytes, int b) {
-    const __m512i v = b ? _mm512_srli_epi32(bytes, (unsigned)(8 * b)) : bytes;
-    return _mm512_permutex2var_ps(
-        _mm512_set_ps(-1, -2, -3, -4, -5, -6, -7, -8, -9, -10, -11, -12, -13, -14, -15, -16), v,
-        _mm512_set_ps(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0));
 }
 
 /* moe__cpu_prefetch of the 128 bytes at wp of the panel at base, except
@@ -550,37 +660,97 @@ static inline void pk_prefetch(const char *base, const char *wp, size_t pan, int
     }
 }
 
-/* Panels P, P + pan, ... (NP of them) against NX activation rows xs: out[p][v][i]
- * lane l = row 32p + 16v + l of the run. */
-static inline __attribute__((always_inline)) void pk_kernel(
-    const moe__wmat *w, const pk_geom *pg, const char *P, const float *const *xs,
-    __m512 (*out)[2][PK_XMAX], int NP, int NX, int bits, bool awq, bool act) {
-    const int64_t G = w->group_size, per = 32 / bits, spg = G / per;
-    const bool    bf = w->scale_format == MOE_FORMAT_BF16;
-    /* The row sums accumulate in out (memory, touched once per group), so
-     * that the group sums alone hold the registers: with both in registers
-     * the 4-panel, 2-row variant needed all 32 and spilled in the k loop. */
+/* Zeroes out and starts the far prefetch of NP panels at P. */
+static inline __attribute__((always_inline)) void pk_start(const pk_geom *pg, const char *P,
+                                                           __m512 (*out)[2][PK_XMAX], int NP,
+                                                           int NX) {
     for (int p = 0; p < NP; p++) {
         for (size_t o = 0; o < moe__cpu_pf_share(moe__cpu_plan.pf_far, PK_NP); o += 64)
             __builtin_prefetch(P + (size_t)p * pg->pan + o, 0, 2);
         for (int v = 0; v < 2; v++)
             for (int i = 0; i < NX; i++) out[p][v][i] = _mm512_setzero_ps();
     }
+}
+
+/* out += group sums ga times group g's scales (1 with act-order). */
+static inline __attribute__((always_inline)) void pk_end_group(
+    const moe__wmat *w, const pk_geom *pg, const char *P, int64_t g, __m512 (*ga)[2][PK_XMAX],
+    __m512 (*out)[2][PK_XMAX], int NP, int NX, bool act) {
+    for (int p = 0; p < NP; p++) {
+        const char *sl = P + (size_t)p * pg->pan + pk_scales_off(pg, g);
+        for (int v = 0; v < 2; v++) {
+            const __m512 sv = act ? _mm512_set1_ps(1.0f)
+                                  : pk_scales(sl, v, w->scale_format == MOE_FORMAT_BF16);
+            for (int i = 0; i < NX; i++)
+                out[p][v][i] = _mm512_fmadd_ps(ga[p][v][i], sv, out[p][v][i]);
+        }
+    }
+}
+
+/* 4 bits, grouped (INT4_GPTQ without g_idx, INT4_AWQ): panels P, P + pan,
+ * ... (NP of them) against NX bf16 pair rows xs: out[p][v][i] lane l = row
+ * 32p + 16v + l of the run. The row sums accumulate in out (memory, touched
+ * once per group), so that the group sums alone hold the registers. */
+static inline __attribute__((always_inline)) void pk4_kernel(
+    const moe__wmat *w, const pk_geom *pg, const char *P, const void *const *xs,
+    __m512 (*out)[2][PK_XMAX], int NP, int NX, bool awq) {
+    const int64_t spg = w->group_size / 8;
+    const __m512i tab = wq_table(awq);
+    pk_start(pg, P, out, NP, NX);
     for (int64_t g = 0; g < pg->ng; g++) {
         const char *wl[PK_NP];
         __m512i     zc[PK_NP][2];
         __m512      ga[PK_NP][2][PK_XMAX];
         for (int p = 0; p < NP; p++) {
             const char *base = P + (size_t)p * pg->pan;
-            wl[p] = base + pk_word_off(pg, G, g * spg);
-            if (awq) { /* 16 - z of each lane, in each of its 4 bytes */
+            wl[p] = base + pk_word_off(pg, w->group_size, g * spg);
+            if (awq) { /* zeros line byte l: lane l, lane l + 16 << 4 */
                 const __m512i zb = _mm512_cvtepu8_epi32(
                     _mm_loadu_si128((const __m128i *)(base + pk_zeros_off(pg, g))));
-                const __m512i b4 = _mm512_set1_epi32(0x01010101), c16 = _mm512_set1_epi32(16);
-                zc[p][0] = _mm512_mullo_epi32(
-                    _mm512_sub_epi32(c16, _mm512_and_si512(zb, _mm512_set1_epi32(15))), b4);
-                zc[p][1] = _mm512_mullo_epi32(_mm512_sub_epi32(c16, _mm512_srli_epi32(zb, 4)), b4);
+                zc[p][0] = wq_zc(_mm512_and_si512(zb, _mm512_set1_epi32(15)));
+                zc[p][1] = wq_zc(_mm512_srli_epi32(zb, 4));
             }
+            for (int v = 0; v < 2; v++)
+                for (int i = 0; i < NX; i++) ga[p][v][i] = _mm512_setzero_ps();
+        }
+        for (int64_t s = 0; s < spg; s++) {
+            const int64_t k8 = g * spg + s;
+#pragma GCC unroll 4
+            for (int p = 0; p < NP; p++) {
+                const char *wp = wl[p] + (size_t)s * PK_WROW;
+                pk_prefetch(P + (size_t)p * pg->pan, wp, pg->pan, NP);
+                __m512i b[2][4];
+#pragma GCC unroll 2
+                for (int v = 0; v < 2; v++)
+                    wq_pairs(_mm512_load_si512(wp + 64 * v), awq,
+                             awq ? zc[p][v] : _mm512_setzero_si512(), tab, b[v]);
+#pragma GCC unroll 4
+                for (int t = 0; t < 4; t++)
+#pragma GCC unroll 8
+                    for (int i = 0; i < NX; i++) {
+                        const __m512i xp = wq_pair(xs[i], k8, t);
+                        ga[p][0][i] = wq_dp(ga[p][0][i], b[0][t], xp);
+                        ga[p][1][i] = wq_dp(ga[p][1][i], b[1][t], xp);
+                    }
+            }
+        }
+        pk_end_group(w, pg, P, g, ga, out, NP, NX, false);
+    }
+}
+
+/* f32 multiplies: INT8_GPTQ (f32 rows), and act-order INT4_GPTQ (a scale
+ * per value; bf16 pair rows): as pk4_kernel, per k in increasing order. */
+static inline __attribute__((always_inline)) void pk_kernel(
+    const moe__wmat *w, const pk_geom *pg, const char *P, const void *const *xs,
+    __m512 (*out)[2][PK_XMAX], int NP, int NX, int bits, bool act) {
+    const int64_t G = w->group_size, per = 32 / bits, spg = G / per;
+    const bool    bf = w->scale_format == MOE_FORMAT_BF16;
+    pk_start(pg, P, out, NP, NX);
+    for (int64_t g = 0; g < pg->ng; g++) {
+        const char *wl[PK_NP];
+        __m512      ga[PK_NP][2][PK_XMAX];
+        for (int p = 0; p < NP; p++) {
+            wl[p] = P + (size_t)p * pg->pan + pk_word_off(pg, G, g * spg);
             for (int v = 0; v < 2; v++)
                 for (int i = 0; i < NX; i++) ga[p][v][i] = _mm512_setzero_ps();
         }
@@ -591,29 +761,9 @@ static inline __attribute__((always_inline)) void pk_kernel(
                 const char *wp = wl[p] + (size_t)s * PK_WROW;
                 pk_prefetch(P + (size_t)p * pg->pan, wp, pg->pan, NP);
                 const __m512i w0 = _mm512_load_si512(wp), w1 = _mm512_load_si512(wp + 64);
-                /* AWQ: the even values (bytes of e) and the odd ones (bytes of o),
-                 * plus 16 - z, are each one byte in 1 .. 31: a 32-entry table of
-                 * i - 16 gives q - z exactly (as awq_block's lut(q) - z). */
-                __m512i e[2], o[2];
-                if (awq) {
-                    const __m512i m = _mm512_set1_epi32(0x0f0f0f0f);
-                    for (int v = 0; v < 2; v++) {
-                        const __m512i wv = v ? w1 : w0;
-                        e[v] = _mm512_add_epi32(_mm512_and_si512(wv, m), zc[p][v]);
-                        o[v] = _mm512_add_epi32(_mm512_and_si512(_mm512_srli_epi32(wv, 4), m),
-                                                zc[p][v]);
-                    }
-                }
 #pragma GCC unroll 8
                 for (int j = 0; j < per; j++) {
-                    __m512 v0, v1;
-                    if (awq) {
-                        v0 = pk_awq_val(j % 2 ? o[0] : e[0], j / 2);
-                        v1 = pk_awq_val(j % 2 ? o[1] : e[1], j / 2);
-                    } else {
-                        v0 = pk_val(w0, j, bits);
-                        v1 = pk_val(w1, j, bits);
-                    }
+                    __m512 v0 = gptq_val(w0, j, bits), v1 = gptq_val(w1, j, bits);
                     if (act) {
                         const char *sl = P + (size_t)p * pg->pan +
                                          pk_scales_off(pg, w->g_idx[k + j]);
@@ -624,68 +774,50 @@ static inline __attribute__((always_inline)) void pk_kernel(
                      * (4 rows: 3.5 GB/s per core from L2, now 8.6) */
 #pragma GCC unroll 8
                     for (int i = 0; i < NX; i++) {
-                        const __m512 xb = _mm512_set1_ps(xs[i][k + j]);
+                        const __m512 xb = wv_x(xs[i], k + j, bits);
                         ga[p][0][i] = _mm512_fmadd_ps(v0, xb, ga[p][0][i]);
                         ga[p][1][i] = _mm512_fmadd_ps(v1, xb, ga[p][1][i]);
                     }
                 }
             }
         }
-        for (int p = 0; p < NP; p++) {
-            const char *sl = P + (size_t)p * pg->pan + pk_scales_off(pg, g);
-            for (int v = 0; v < 2; v++) {
-                const __m512 sv = act ? _mm512_set1_ps(1.0f) : pk_scales(sl, v, bf);
-                for (int i = 0; i < NX; i++)
-                    out[p][v][i] = _mm512_fmadd_ps(ga[p][v][i], sv, out[p][v][i]);
-            }
-        }
+        pk_end_group(w, pg, P, g, ga, out, NP, NX, act);
     }
 }
 
-/* The (NP, NX) variants a format uses: 4 panels for 1 or 2 activation rows,
+/* The (NP, NX) variants a kernel runs: 4 panels for 1 or 2 activation rows,
  * 2 for 3 or 4 (3 rows in one pass rather than 2 + 1: one decode), 1 for 8
  * (NP * 2 * NX group sums stay in registers), and 1 panel for the tail of
- * a tile. */
-#define PK_VARIANTS(name, bits, awq, act)                                                     \
-    static void pk_##name(const moe__wmat *w, const pk_geom *pg, const char *P,              \
-                          const float *const *xs, __m512 (*out)[2][PK_XMAX], int np, int nx) { \
-        if (nx == 1 && np == 4)      pk_kernel(w, pg, P, xs, out, 4, 1, bits, awq, act);        \
-        else if (nx == 1)            pk_kernel(w, pg, P, xs, out, 1, 1, bits, awq, act);        \
-        else if (nx == 2 && np == 4) pk_kernel(w, pg, P, xs, out, 4, 2, bits, awq, act);        \
-        else if (nx == 2)            pk_kernel(w, pg, P, xs, out, 1, 2, bits, awq, act);        \
-        else if (nx == 3 && np == 2) pk_kernel(w, pg, P, xs, out, 2, 3, bits, awq, act);        \
-        else if (nx == 3)            pk_kernel(w, pg, P, xs, out, 1, 3, bits, awq, act);        \
-        else if (nx == 4 && np == 2) pk_kernel(w, pg, P, xs, out, 2, 4, bits, awq, act);        \
-        else if (nx == 4)            pk_kernel(w, pg, P, xs, out, 1, 4, bits, awq, act);        \
-        else                         pk_kernel(w, pg, P, xs, out, 1, 8, bits, awq, act);        \
-    }
-PK_VARIANTS(int4_gptq, 4, false, false)
-PK_VARIANTS(int8_gptq, 8, false, false)
-PK_VARIANTS(int4_awq, 4, true, false)
-
-/* Act-order: the slower path (a scale load per k), one panel at a time. */
-static inline __attribute__((always_inline)) void pk_act(
-    const moe__wmat *w, const pk_geom *pg, const char *P, const float *const *xs,
-    __m512 (*out)[2][PK_XMAX], int nx, int bits) {
-    if (nx == 1)      pk_kernel(w, pg, P, xs, out, 1, 1, bits, false, true);
-    else if (nx == 2) pk_kernel(w, pg, P, xs, out, 1, 2, bits, false, true);
-    else if (nx == 3) pk_kernel(w, pg, P, xs, out, 1, 3, bits, false, true);
-    else if (nx == 4) pk_kernel(w, pg, P, xs, out, 1, 4, bits, false, true);
-    else              pk_kernel(w, pg, P, xs, out, 1, 8, bits, false, true);
-}
-static void pk_int4_gptq_act(const moe__wmat *w, const pk_geom *pg, const char *P,
-                             const float *const *xs, __m512 (*out)[2][PK_XMAX], int np, int nx) {
-    (void)np;
-    pk_act(w, pg, P, xs, out, nx, 4);
-}
-static void pk_int8_gptq_act(const moe__wmat *w, const pk_geom *pg, const char *P,
-                             const float *const *xs, __m512 (*out)[2][PK_XMAX], int np, int nx) {
-    (void)np;
-    pk_act(w, pg, P, xs, out, nx, 8);
-}
+ * a tile; act-order one panel at a time (a scale load per k). CALL is the
+ * kernel call with its trailing arguments, np and nx the constants. */
+#define PK_DISPATCH(np, nx, CALL)                                                              \
+    do {                                                                                       \
+        if (nx == 1 && np == 4)      CALL(4, 1);                                               \
+        else if (nx == 1)            CALL(1, 1);                                               \
+        else if (nx == 2 && np == 4) CALL(4, 2);                                               \
+        else if (nx == 2)            CALL(1, 2);                                               \
+        else if (nx == 3 && np == 2) CALL(2, 3);                                               \
+        else if (nx == 3)            CALL(1, 3);                                               \
+        else if (nx == 4 && np == 2) CALL(2, 4);                                               \
+        else if (nx == 4)            CALL(1, 4);                                               \
+        else                         CALL(1, 8);                                               \
+    } while (0)
 
 typedef void (*pk_fn)(const moe__wmat *w, const pk_geom *pg, const char *P,
-                      const float *const *xs, __m512 (*out)[2][PK_XMAX], int np, int nx);
+                      const void *const *xs, __m512 (*out)[2][PK_XMAX], int np, int nx);
+
+#define PK4_CALL(NP, NX) pk4_kernel(w, pg, P, xs, out, NP, NX, awq)
+#define PK_CALL(NP, NX)  pk_kernel(w, pg, P, xs, out, NP, NX, bits, act)
+#define PK_FN(name, body)                                                                      \
+    static void name(const moe__wmat *w, const pk_geom *pg, const char *P,                    \
+                     const void *const *xs, __m512 (*out)[2][PK_XMAX], int np, int nx) {       \
+        body;                                                                                  \
+    }
+PK_FN(pk_int4_gptq, const bool awq = false; PK_DISPATCH(np, nx, PK4_CALL))
+PK_FN(pk_int4_awq, const bool awq = true; PK_DISPATCH(np, nx, PK4_CALL))
+PK_FN(pk_int8_gptq, const int bits = 8; const bool act = false; PK_DISPATCH(np, nx, PK_CALL))
+PK_FN(pk_int4_gptq_act, const int bits = 4; const bool act = true; (void)np; PK_DISPATCH(1, nx, PK_CALL))
+PK_FN(pk_int8_gptq_act, const int bits = 8; const bool act = true; (void)np; PK_DISPATCH(1, nx, PK_CALL))
 
 /* Rows [r0, r1): the panels that hold them, PK_NP at a time; within that,
  * activation rows in blocks of 8, 4, 2, 1, and the panels in runs of the
@@ -701,10 +833,9 @@ static void pk_gemm(const moe__wmat *w, int64_t r0, int64_t r1, const void *xq, 
             const int     nx   = left >= 8 ? 8 : left >= 4 ? 4 : left == 3 ? 3 : left >= 2 ? 2 : 1;
             int           npw  = nx <= 2 ? 4 : nx <= 4 ? 2 : 1;
             if (npw > np_max_act) npw = np_max_act;
-            const float  *xs[PK_XMAX];
+            const void   *xs[PK_XMAX];
             for (int i = 0; i < PK_XMAX; i++)
-                xs[i] = (const float *)((const char *)xq + (size_t)(i0 + (i < nx ? i : 0)) *
-                                                               xq_stride);
+                xs[i] = (const char *)xq + (size_t)(i0 + (i < nx ? i : 0)) * xq_stride;
             for (int64_t p = pc; p < pe;) {
                 const int np = pe - p >= npw ? npw : 1;
                 __m512    out[PK_NP][2][PK_XMAX];
@@ -742,14 +873,14 @@ static void gemm_packed_int4_awq(const moe__wmat *w, int64_t r0, int64_t r1, con
     pk_gemm(w, r0, r1, xq, xq_stride, n_x, y, y_stride, pk_int4_awq, PK_NP);
 }
 
-#define WNA16_ENTRY(name)                                                                      \
+#define WNA16_ENTRY(name, ...)                                                                 \
     const moe__cpu_format moe__cpu_##name = { .gemm = gemm_##name,                             \
                                               .packed_bytes = wna16_packed_bytes,              \
                                               .pack = wna16_pack,                              \
-                                              .gemm_packed = gemm_packed_##name };
+                                              .gemm_packed = gemm_packed_##name, __VA_ARGS__ };
 
 #endif
 
-WNA16_ENTRY(int4_gptq)
-WNA16_ENTRY(int8_gptq)
-WNA16_ENTRY(int4_awq)
+WNA16_ENTRY(int4_gptq, .act_row_bytes = wq4_act_row_bytes, .act_quantize = wq4_act)
+WNA16_ENTRY(int8_gptq, )
+WNA16_ENTRY(int4_awq, .act_row_bytes = wq4_act_row_bytes, .act_quantize = wq4_act)

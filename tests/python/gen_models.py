@@ -84,7 +84,7 @@ def route(logits, r):
 
 def aquant(v, kind):
     """The activation rounding a weight format's kernels apply to their input row (libmoe's
-    documented contract, quant.h): bf16 for MXFP4 (W4A16), e4m3 per 128 columns with scale
+    documented contract, quant.h): bf16 for MXFP4 and 4-bit GPTQ/AWQ (W4A16), e4m3 per 128 columns with scale
     max(amax, 1e-10)/448 for FP8_BLOCK, ggml q8_0 blocks of 32 for the GGUF formats."""
     if kind is None:
         return v
@@ -450,7 +450,7 @@ def hf_quantized(name, family, cfg, kind, bits, g, act_order, E, k, H, I, r, S=0
               {"sym": True, "desc_act": act_order, "checkpoint_format": "gptq"})
     cfg = dict(cfg, quantization_config=qc)
     write_hf(name, cfg, t)
-    inputs_and_ref(name, W, r, H)
+    inputs_and_ref(name, W, dict(r, aq="bf16", aq_sh="bf16") if bits == 4 else r, H)
     manifest(name, name, 0, 1e-9, family, E, k, 1, H)
 
 

@@ -271,7 +271,8 @@ def quant_mlp(kind, pe, ws, t):
             t[pe + n + ".weight_shape"] = np.array(w.shape, np.int64)
             if n in gi:
                 t[pe + n + ".weight_g_idx"] = gi[n]
-        return deq, None, None
+        a = "bf16" if bits == 4 else None  # int4 runs W4A16 with bf16 activations (quant.h)
+        return deq, a, a
     raise ValueError(kind)
 
 
