@@ -60,6 +60,9 @@ static const ep_case g_cases[] = {
     { .name = "mxfp4_bf16_on_the_wire", .E = 8, .K = 2, .T = 41, .H = 64, .I = 32,
       .scoring = MOE_SCORING_SOFTMAX_TOPK, .act = MOE_ACT_SWIGLU_OAI, .biases = 1,
       .format = MOE_FORMAT_MXFP4 },
+    /* So do AWQ's (4-bit, bf16 activations). */
+    { .name = "awq_bf16_on_the_wire", .E = 8, .K = 2, .T = 39, .H = 64, .I = 32,
+      .scoring = MOE_SCORING_SOFTMAX, .renorm = 1, .shared_I = 32, .format = MOE_FORMAT_INT4_AWQ },
 };
 
 static moe_comm *g_comm;
@@ -227,7 +230,7 @@ static int run_case(const ep_case *c, char *why) {
         if (!fail && canary != 0xffffffffu) fail = mt_fail(why, "wrote past the output");
     }
     /* Dispatch bytes: per forward a 32-byte header to each peer, then per row
-     * sent away a 16-byte record and the activation row (bf16 for MXFP4). */
+     * sent away a 16-byte record and the activation row (bf16 for MXFP4, AWQ). */
     moe_comm_get_stats(g_comm, &s1);
     if (!fail) {
         int32_t *lid = malloc(sizeof(int32_t) * (size_t)(n * c->K + 1));
@@ -237,7 +240,8 @@ static int run_case(const ep_case *c, char *why) {
         moe_expert_map_route(map, n, c->K, lid, pid, NULL);
         int64_t away = 0;
         for (int64_t i = 0; i < n * c->K; i++) away += moe_expert_map_owner(map, pid[i]) != mt_rank;
-        const int64_t elt = c->format == MOE_FORMAT_MXFP4 ? 2 : 4;
+        const int64_t elt =
+            c->format == MOE_FORMAT_MXFP4 || c->format == MOE_FORMAT_INT4_AWQ ? 2 : 4;
         const int64_t want = 2 * ((mt_size - 1) * 32 + away * (16 + elt * H));
         const int64_t got  = s1.bytes_sent_dispatch - s0.bytes_sent_dispatch;
         if (got != want)

@@ -79,7 +79,7 @@ typedef struct mt_model {
     int32_t        E, K;
     int64_t        H, I;
     moe_activation act;
-    moe_format     format;                  /* routed experts: F32 (0), BF16 or MXFP4  */
+    moe_format     format;                  /* routed experts: F32 (0), BF16, MXFP4, INT4_AWQ */
     float         *w13, *w2, *b13, *b2;     /* (E, 2I, H), (E, H, I), (E, 2I), (E, H)  */
     float         *sw13, *sw2, *sgate;      /* shared: (2 Is, H), (H, Is), (H)         */
     int64_t        Is;
@@ -146,32 +146,42 @@ MT_FN moe_status mt_experts(const mt_model *m, const int32_t *which, int32_t n,
         .activation = m->act, .w13 = { .data = w13, .bias = b13 }, .w2 = { .data = w2, .bias = b2 },
         .n_experts_global = table ? n_global : 0, .expert_map = table,
     };
-    void *q[4] = { NULL, NULL, NULL, NULL };   /* MXFP4: data and scales of w13, w2 */
-    if (m->format == MOE_FORMAT_MXFP4) {
-        /* Quantize each expert with the format's reference quantizer. */
-        const moe__format_traits *ft = moe__format(MOE_FORMAT_MXFP4);
-        moe__wsizes sz[2];
+    /* Quantized formats (MXFP4, INT4_AWQ): each expert through the format's
+     * reference quantizer; data, scales and zeros of w13, then of w2. */
+    void *q[6] = { NULL, NULL, NULL, NULL, NULL, NULL };
+    if (m->format == MOE_FORMAT_MXFP4 || m->format == MOE_FORMAT_INT4_AWQ) {
+        const moe__format_traits *ft = moe__format(m->format);
+        const bool    awq = m->format == MOE_FORMAT_INT4_AWQ;
+        moe__wsizes   sz[2];
         const int64_t rows[2] = { rows13, m->H }, cols[2] = { m->H, m->I };
         const float  *src[2]  = { w13, w2 };
         moe_weights  *dst[2]  = { &o.w13, &o.w2 };
+        if (awq) o.group_size = 32, o.scale_format = MOE_FORMAT_F16;
         for (int t = 0; t < 2; t++) {
-            moe_status st = ft->sizes(rows[t], cols[t], 0, MOE_FORMAT_F32, &sz[t], err, errlen);
+            moe_status st = ft->sizes(rows[t], cols[t], o.group_size, o.scale_format, &sz[t], err,
+                                      errlen);
             if (st) return st;
-            q[2 * t]     = calloc((size_t)n, sz[t].data);
-            q[2 * t + 1] = calloc((size_t)n, sz[t].scales);
+            for (int j = 0; j < 3; j++) {
+                const size_t b = j == 0 ? sz[t].data : j == 1 ? sz[t].scales : sz[t].zeros;
+                q[3 * t + j] = b ? calloc((size_t)n, b) : NULL;
+            }
             for (int32_t i = 0; i < n; i++) {
-                moe__wmat w = { .format = MOE_FORMAT_MXFP4, .rows = rows[t], .cols = cols[t],
-                                .data = (char *)q[2 * t] + (size_t)i * sz[t].data,
-                                .scales = (char *)q[2 * t + 1] + (size_t)i * sz[t].scales };
+                moe__wmat w = { .format = m->format, .rows = rows[t], .cols = cols[t],
+                                .group_size = o.group_size, .scale_format = o.scale_format,
+                                .data = (char *)q[3 * t] + (size_t)i * sz[t].data,
+                                .scales = (char *)q[3 * t + 1] + (size_t)i * sz[t].scales,
+                                .zeros = awq ? (char *)q[3 * t + 2] + (size_t)i * sz[t].zeros
+                                             : NULL };
                 ft->quantize_ref(src[t] + (size_t)i * (size_t)(rows[t] * cols[t]), &w);
             }
-            dst[t]->data   = q[2 * t];
-            dst[t]->scales = q[2 * t + 1];
+            dst[t]->data   = q[3 * t];
+            dst[t]->scales = q[3 * t + 1];
+            dst[t]->zeros  = q[3 * t + 2];
         }
     }
     moe_status st = moe_routed_experts_create(&o, out, err, errlen);
     free(w13), free(w2), free(b13), free(b2);
-    for (int i = 0; i < 4; i++) free(q[i]);
+    for (int i = 0; i < 6; i++) free(q[i]);
     return st;
 }
 
