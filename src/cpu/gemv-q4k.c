@@ -57,59 +57,12 @@ static void act_q4k(const moe__wmat *w, const float *x, int64_t cols, void *xq) 
     float   *dx = (float *)(qa + cols);
     int32_t *bs = (int32_t *)(dx + cols / 256);
     for (int64_t b = 0; b < cols / MOE_QK_K; b++) {
-#if Q4K_AVX512
-        /* moe__quantize_row_q8_k's arithmetic, 16 lanes at a time: the
-         * signed value of largest magnitude (the first one on ties), the
-         * same iscale, products and round-to-nearest-even conversion. */
-        const float *xb = x + b * MOE_QK_K;
-        const __m512 inf = _mm512_set1_ps(INFINITY);
-        __m512 am = _mm512_setzero_ps();
-        bool   bad = false;
-        for (int c = 0; c < 16; c++) {
-            const __m512 a = _mm512_abs_ps(_mm512_loadu_ps(xb + 16 * c));
-            bad |= _mm512_cmp_ps_mask(a, inf, _CMP_NLT_UQ) != 0;
-            am = _mm512_max_ps(a, am);
-        }
-        int8_t *qb = qa + b * 256;
-        if (bad || _mm512_reduce_max_ps(am) == 0) {
-            memset(qb, 0, 256);
-            memset(bs + 8 * b, 0, 8 * sizeof(int32_t));
-            dx[b] = bad ? NAN : 0.0f;
-            continue;
-        }
-        const float amax = _mm512_reduce_max_ps(am);
-        float max = 0;
-        for (int c = 0; c < 16; c++) {
-            const __mmask16 hit = _mm512_cmp_ps_mask(_mm512_abs_ps(_mm512_loadu_ps(xb + 16 * c)),
-                                                     _mm512_set1_ps(amax), _CMP_EQ_OQ);
-            if (hit) {
-                max = xb[16 * c + __builtin_ctz(hit)];
-                break;
-            }
-        }
-        const float iscale = -127.0f / max;
-        const __m512 iv = _mm512_set1_ps(iscale);
-        for (int c = 0; c < 16; c += 2) {
-            __m512i q0 = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(xb + 16 * c), iv));
-            __m512i q1 = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(xb + 16 * c + 16), iv));
-            q0 = _mm512_min_epi32(q0, _mm512_set1_epi32(127));
-            q1 = _mm512_min_epi32(q1, _mm512_set1_epi32(127));
-            const int e = 16 * c; /* sub-block c / 2, at its stored place */
-            _mm_storeu_si128((__m128i *)(qb + e / 128 * 128 + q4k_perm(e % 128)),
-                             _mm512_cvtepi32_epi8(q0));
-            _mm_storeu_si128((__m128i *)(qb + e / 128 * 128 + q4k_perm(e % 128) + 16),
-                             _mm512_cvtepi32_epi8(q1));
-            bs[8 * b + c / 2] = _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
-        }
-        dx[b] = 1.0f / iscale;
-#else
         moe_block_q8_k blk;
         moe__quantize_row_q8_k(x + b * MOE_QK_K, &blk, MOE_QK_K);
         dx[b] = blk.d;
-        for (int e = 0; e < MOE_QK_K; e++)
-            qa[b * 256 + e / 128 * 128 + q4k_perm(e % 128)] = blk.qs[e];
+        for (int e = 0; e < MOE_QK_K; e += 32) /* 32 values keep their order */
+            memcpy(qa + b * 256 + e / 128 * 128 + q4k_perm(e % 128), blk.qs + e, 32);
         for (int s = 0; s < 8; s++) bs[b * 8 + s] = blk.bsums[2 * s] + blk.bsums[2 * s + 1];
-#endif
     }
 }
 
