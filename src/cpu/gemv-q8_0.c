@@ -138,12 +138,25 @@ static void act_q4u(const moe__wmat *w, const float *x, int64_t cols, void *xq) 
         const float d = q80_block(x + 32 * b, qa);
         memcpy(u->qa + 16 * bi, qa, 16);
         memcpy(u->qa + 64 + 16 * bi, qa + 16, 16);
-        for (int j = 0; j < 4; j++) {
+        for (int j = 0; j < 4; j++) u->dl[4 * bi + j] = mx ? d * 0.5f : d; /* exact: d is f16 */
+    }
+    /* ns[4 bi + j] = -off * (the 4-value sums j of both halves of block bi):
+     * lane 4 bi + j of a vpdpbusd against ones over each 64-byte half. */
+    for (int64_t n = 0; n < nu; n++) {
+        q4u_rec *u = &rec[n];
+#if Q80_AVX512
+        const __m512i one = _mm512_set1_epi8(1);
+        const __m512i s   = _mm512_dpbusd_epi32(
+            _mm512_dpbusd_epi32(_mm512_setzero_si512(), one, _mm512_loadu_si512(u->qa)), one,
+            _mm512_loadu_si512(u->qa + 64));
+        _mm512_storeu_si512(u->ns, _mm512_mullo_epi32(s, _mm512_set1_epi32(-off)));
+#else
+        for (int l = 0; l < 16; l++) {
             int32_t sum = 0;
-            for (int t = 0; t < 4; t++) sum += qa[4 * j + t] + qa[16 + 4 * j + t];
-            u->ns[4 * bi + j] = -off * sum;
-            u->dl[4 * bi + j] = mx ? d * 0.5f : d; /* exact: d is an f16 value */
+            for (int t = 0; t < 4; t++) sum += u->qa[4 * l + t] + u->qa[64 + 4 * l + t];
+            u->ns[l] = -off * sum;
         }
+#endif
     }
 }
 
