@@ -7,7 +7,7 @@
  *   2. x -> compute type (+ fp8 group scales) and the shared gate   finalize.cu
  *      (skipped when x already has the weights' type and no gate)
  *   3. routing -> topk_ids, topk_w (unless given), then slots        route.cu, align.cu
- *      grouped by expert + tile table; up to 64 tokens both in one  (decode-prologue.cu)
+ *      grouped by expert + tile table; up to 16 tokens both in one  (decode-prologue.cu)
  *      launch
  *   4. W13 grouped GEMM + activation (+ fp8 quant of its output;    grouped-gemm-*.cu
  *      fp8 decode: f32 rows, then a quantizing launch)
@@ -37,8 +37,12 @@
 #include <string.h>
 
 /* Batches up to this many tokens (and slots: align's one-block bound) take
- * the one-launch decode prologue. */
-#define DECODE_PROLOGUE_TOKENS 64
+ * the one-launch decode prologue. Beyond 16 its one block is slower than the
+ * two launches: ncu timed it at 19.3 us at 64 tokens (qwen3-30b-a3b), and
+ * qwen3 fp8 / bf16 forwards went 198.2 / 310.7 -> 185.2 / 301.4 us at T = 64
+ * and 179.0 / 267.3 -> 172.6 / 265.3 at T = 32 with the bound at 16 (T = 16
+ * within 1% either way; NOTES v19). */
+#define DECODE_PROLOGUE_TOKENS 16
 #define DECODE_PROLOGUE_SLOTS  4096
 
 static void cuda_ctx_free(void *p) {

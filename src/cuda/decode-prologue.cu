@@ -1,7 +1,7 @@
 /*
  * decode-prologue.cu - the front of a decode forward in one launch: for a
- * small batch (T <= 64 tokens), one block routes the tokens (a warp per
- * token, up to 32 warps; route.cuh), then groups the slots by expert and
+ * small batch (T <= 16 tokens: DECODE_PROLOGUE_TOKENS, cuda.cu), one block
+ * routes the tokens (a warp per token; route.cuh), then groups the slots by expert and
  * writes the tile table (align.cuh). A block of one warp per token, not
  * 1024 threads: at T = 1 the other 31 warps only waited at the barriers
  * (ncu: 83% of stalls, 12 us for the kernel). The launches of route.cu and align.cu, each a
