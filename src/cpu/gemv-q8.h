@@ -90,7 +90,8 @@ static inline void q8_act_finish(void *xq, int64_t cols) {
                                            _mm512_unpackhi_epi32(q4[0], q4[1]));
         const __m512i b = _mm512_add_epi32(_mm512_unpacklo_epi32(q4[2], q4[3]),
                                            _mm512_unpackhi_epi32(q4[2], q4[3]));
-        const __m512i c = _mm512_add_epi32(_mm512_unpacklo_epi64(a, b), _mm512_unpackhi_epi64(a, b));
+        const __m512i c = _mm512_add_epi32(_mm512_unpacklo_epi64(a, b),
+                                           _mm512_unpackhi_epi64(a, b));
         const __m512i idx = _mm512_set_epi32(15, 11, 7, 3, 14, 10, 6, 2, 13, 9, 5, 1, 12, 8, 4, 0);
         _mm512_storeu_si512(as + g, _mm512_permutexvar_epi32(idx, c));
     }

@@ -546,7 +546,8 @@ static inline __attribute__((always_inline)) void awq_block(
         __m512i       zc[8];
         __m512        ga[AWQ_XG][8];
         for (int n = 0; n < 8; n++) {
-            const __m512i zn = _mm512_and_si512(_mm512_srli_epi32(zw, 4 * n), _mm512_set1_epi32(15));
+            const __m512i zn =
+                _mm512_and_si512(_mm512_srli_epi32(zw, 4 * n), _mm512_set1_epi32(15));
             zc[n] = _mm512_mullo_epi32(_mm512_sub_epi32(_mm512_set1_epi32(16), zn),
                                        _mm512_set1_epi32(0x00010001));
             for (int i = 0; i < NX; i++) ga[i][n] = _mm512_setzero_ps();
@@ -816,8 +817,10 @@ typedef void (*pk_fn)(const moe__wmat *w, const pk_geom *pg, const char *P,
 PK_FN(pk_int4_gptq, const bool awq = false; PK_DISPATCH(np, nx, PK4_CALL))
 PK_FN(pk_int4_awq, const bool awq = true; PK_DISPATCH(np, nx, PK4_CALL))
 PK_FN(pk_int8_gptq, const int bits = 8; const bool act = false; PK_DISPATCH(np, nx, PK_CALL))
-PK_FN(pk_int4_gptq_act, const int bits = 4; const bool act = true; (void)np; PK_DISPATCH(1, nx, PK_CALL))
-PK_FN(pk_int8_gptq_act, const int bits = 8; const bool act = true; (void)np; PK_DISPATCH(1, nx, PK_CALL))
+PK_FN(pk_int4_gptq_act, const int bits = 4; const bool act = true; (void)np;
+      PK_DISPATCH(1, nx, PK_CALL))
+PK_FN(pk_int8_gptq_act, const int bits = 8; const bool act = true; (void)np;
+      PK_DISPATCH(1, nx, PK_CALL))
 
 /* Rows [r0, r1): the panels that hold them, PK_NP at a time; within that,
  * activation rows in blocks of 8, 4, 2, 1, and the panels in runs of the
