@@ -420,12 +420,12 @@ moe_status moe__q6_k_quantize_ref(const float *src, moe__wmat *w) {
 /* ===== q8_K activations ===== */
 
 #if defined(__AVX512F__) && defined(__AVX512BW__)
-/* One block of moe__quantize_row_q8_k below, 16 lanes at a time: the same
- * signed value of largest magnitude (the first one on ties), iscale,
- * products and round-to-nearest-even conversion (the default rounding
- * mode, as moe__rne), so the same bytes. The CPU kernels of Q4_K and Q6_K
- * quantize every input row with it (Q6_K's 2048-value row, Zen 5: 2.7 ->
- * 0.32 µs). */
+/* One block of moe__quantize_row_q8_k, 16 lanes at a time: the scalar
+ * version's (below) signed value of largest magnitude (the first one on
+ * ties), iscale, products and round-to-nearest-even conversion (the
+ * default rounding mode, as moe__rne), so the same bytes. The CPU kernels
+ * of Q4_K and Q6_K quantize every input row with it (Q6_K's 2048-value
+ * row, Zen 5: 2.7 -> 0.32 µs). */
 static void quantize_block_q8_k_avx512(const float *x, moe_block_q8_k *y) {
     __m512    am = _mm512_setzero_ps();
     __mmask16 nf = 0;
@@ -461,38 +461,44 @@ static void quantize_block_q8_k_avx512(const float *x, moe_block_q8_k *y) {
     }
     y->d = 1.0f / iscale;
 }
+#else
+/* One block: ggml's quantize_row_q8_K, the signed value of largest magnitude
+ * (the first one on ties) mapped to -127. */
+static void quantize_block_q8_k_scalar(const float *x, moe_block_q8_k *y) {
+    float max = 0, amax = 0;
+    bool  bad = false;
+    for (int j = 0; j < MOE_QK_K; j++) {
+        const float ax = fabsf(x[j]);
+        if (ax > amax) { amax = ax; max = x[j]; }
+        if (!isfinite(ax)) bad = true;
+    }
+    memset(y->qs, 0, sizeof y->qs);
+    memset(y->bsums, 0, sizeof y->bsums);
+    if (bad || !amax) {
+        y->d = bad ? NAN : 0.0f;
+        return;
+    }
+    const float iscale = -127.0f / max;
+    for (int j = 0; j < MOE_QK_K; j++) {
+        const int v = moe__rne(iscale * x[j]);
+        y->qs[j] = (int8_t)(v > 127 ? 127 : v);
+    }
+    for (int j = 0; j < MOE_QK_K / 16; j++) {
+        int sum = 0;
+        for (int l = 0; l < 16; l++) sum += y->qs[16 * j + l];
+        y->bsums[j] = (int16_t)sum;
+    }
+    y->d = 1.0f / iscale;
+}
 #endif
 
 void moe__quantize_row_q8_k(const float *x, moe_block_q8_k *y, int64_t k) {
     for (int64_t i = 0; i < k / MOE_QK_K; i++, x += MOE_QK_K) {
 #if defined(__AVX512F__) && defined(__AVX512BW__)
         quantize_block_q8_k_avx512(x, &y[i]);
-        continue;
+#else
+        quantize_block_q8_k_scalar(x, &y[i]);
 #endif
-        float max = 0, amax = 0;
-        bool  bad = false;
-        for (int j = 0; j < MOE_QK_K; j++) {
-            const float ax = fabsf(x[j]);
-            if (ax > amax) { amax = ax; max = x[j]; }
-            if (!isfinite(ax)) bad = true;
-        }
-        memset(y[i].qs, 0, sizeof y[i].qs);
-        memset(y[i].bsums, 0, sizeof y[i].bsums);
-        if (bad || !amax) {
-            y[i].d = bad ? NAN : 0.0f;
-            continue;
-        }
-        const float iscale = -127.0f / max;
-        for (int j = 0; j < MOE_QK_K; j++) {
-            const int v = moe__rne(iscale * x[j]);
-            y[i].qs[j] = (int8_t)(v > 127 ? 127 : v);
-        }
-        for (int j = 0; j < MOE_QK_K / 16; j++) {
-            int sum = 0;
-            for (int l = 0; l < 16; l++) sum += y[i].qs[16 * j + l];
-            y[i].bsums[j] = (int16_t)sum;
-        }
-        y[i].d = 1.0f / iscale;
     }
 }
 
