@@ -789,38 +789,32 @@ static inline __attribute__((always_inline)) void pk_kernel(
 /* The (NP, NX) variants a kernel runs: 4 panels for 1 or 2 activation rows,
  * 2 for 3 or 4 (3 rows in one pass rather than 2 + 1: one decode), 1 for 8
  * (NP * 2 * NX group sums stay in registers), and 1 panel for the tail of
- * a tile; act-order one panel at a time (a scale load per k). CALL is the
- * kernel call with its trailing arguments, np and nx the constants. */
-#define PK_DISPATCH(np, nx, CALL)                                                              \
-    do {                                                                                       \
-        if (nx == 1 && np == 4)      CALL(4, 1);                                               \
-        else if (nx == 1)            CALL(1, 1);                                               \
-        else if (nx == 2 && np == 4) CALL(4, 2);                                               \
-        else if (nx == 2)            CALL(1, 2);                                               \
-        else if (nx == 3 && np == 2) CALL(2, 3);                                               \
-        else if (nx == 3)            CALL(1, 3);                                               \
-        else if (nx == 4 && np == 2) CALL(2, 4);                                               \
-        else if (nx == 4)            CALL(1, 4);                                               \
-        else                         CALL(1, 8);                                               \
-    } while (0)
+ * a tile. NPS is the panel count the variants follow: np, or 1 for
+ * act-order (one panel at a time: a scale load per k); KERNEL's arguments
+ * after NX are the trailing ones. */
+#define PK_VARIANTS(name, NPS, KERNEL, ...)                                                   \
+    static void name(const moe__wmat *w, const pk_geom *pg, const char *P,                    \
+                     const void *const *xs, __m512 (*out)[2][PK_XMAX], int np, int nx) {       \
+        const int n_p = (NPS);                                                                 \
+        (void)np;                                                                              \
+        if (nx == 1 && n_p == 4)      KERNEL(w, pg, P, xs, out, 4, 1, __VA_ARGS__);            \
+        else if (nx == 1)             KERNEL(w, pg, P, xs, out, 1, 1, __VA_ARGS__);            \
+        else if (nx == 2 && n_p == 4) KERNEL(w, pg, P, xs, out, 4, 2, __VA_ARGS__);            \
+        else if (nx == 2)             KERNEL(w, pg, P, xs, out, 1, 2, __VA_ARGS__);            \
+        else if (nx == 3 && n_p == 2) KERNEL(w, pg, P, xs, out, 2, 3, __VA_ARGS__);            \
+        else if (nx == 3)             KERNEL(w, pg, P, xs, out, 1, 3, __VA_ARGS__);            \
+        else if (nx == 4 && n_p == 2) KERNEL(w, pg, P, xs, out, 2, 4, __VA_ARGS__);            \
+        else if (nx == 4)             KERNEL(w, pg, P, xs, out, 1, 4, __VA_ARGS__);            \
+        else                          KERNEL(w, pg, P, xs, out, 1, 8, __VA_ARGS__);            \
+    }
+PK_VARIANTS(pk_int4_gptq, np, pk4_kernel, false)
+PK_VARIANTS(pk_int4_awq, np, pk4_kernel, true)
+PK_VARIANTS(pk_int8_gptq, np, pk_kernel, 8, false)
+PK_VARIANTS(pk_int4_gptq_act, 1, pk_kernel, 4, true)
+PK_VARIANTS(pk_int8_gptq_act, 1, pk_kernel, 8, true)
 
 typedef void (*pk_fn)(const moe__wmat *w, const pk_geom *pg, const char *P,
                       const void *const *xs, __m512 (*out)[2][PK_XMAX], int np, int nx);
-
-#define PK4_CALL(NP, NX) pk4_kernel(w, pg, P, xs, out, NP, NX, awq)
-#define PK_CALL(NP, NX)  pk_kernel(w, pg, P, xs, out, NP, NX, bits, act)
-#define PK_FN(name, body)                                                                      \
-    static void name(const moe__wmat *w, const pk_geom *pg, const char *P,                    \
-                     const void *const *xs, __m512 (*out)[2][PK_XMAX], int np, int nx) {       \
-        body;                                                                                  \
-    }
-PK_FN(pk_int4_gptq, const bool awq = false; PK_DISPATCH(np, nx, PK4_CALL))
-PK_FN(pk_int4_awq, const bool awq = true; PK_DISPATCH(np, nx, PK4_CALL))
-PK_FN(pk_int8_gptq, const int bits = 8; const bool act = false; PK_DISPATCH(np, nx, PK_CALL))
-PK_FN(pk_int4_gptq_act, const int bits = 4; const bool act = true; (void)np;
-      PK_DISPATCH(1, nx, PK_CALL))
-PK_FN(pk_int8_gptq_act, const int bits = 8; const bool act = true; (void)np;
-      PK_DISPATCH(1, nx, PK_CALL))
 
 /* Rows [r0, r1): the panels that hold them, PK_NP at a time; within that,
  * activation rows in blocks of 8, 4, 2, 1, and the panels in runs of the
