@@ -213,11 +213,26 @@ static uint16_t bf16_nearest(float v) {
     return (uint16_t)((up ? hi : lo) >> 16);
 }
 
-/* The MXFP4 / NVFP4 kernels' activation rows (layout in gemv-fp4.c: bf16,
- * each 128 values stored with value e at 32 (e % 4) + e / 4, zero past
- * cols) against bf16_nearest, for random bit patterns (NaN, Inf,
- * denormals, ties) and column counts with and without a partial unit. */
-TEST(quant_cpu_fp4_activation_bytes) {
+/* Where an activation row of format f keeps value k as a bf16 word (NULL:
+ * an f32 row), from the layouts of gemv-fp4.c (each 128 values with value e
+ * at 32 (e % 4) + e / 4) and gemv-wna16.c (AVX-512: 2 bytes a value, each 8
+ * with value j at place {0, 4, 2, 6, 1, 5, 3, 7}[j]; else f32 values). */
+static const uint16_t *bf16_word_at(moe_format f, const moe__cpu_format *cf, const void *xq,
+                                    int64_t K, int64_t k) {
+    static const int pos8[8] = { 0, 4, 2, 6, 1, 5, 3, 7 };
+    const uint16_t  *w       = xq;
+    if (f == MOE_FORMAT_MXFP4 || f == MOE_FORMAT_NVFP4)
+        return w + k / 128 * 128 + 32 * (k % 128 % 4) + k % 128 / 4;
+    if (cf->act_row_bytes(K) != (size_t)K * 2) return NULL;
+    return w + k / 8 * 8 + pos8[k % 8];
+}
+
+/* The bf16 activation rows of MXFP4, NVFP4, INT4_GPTQ and INT4_AWQ against
+ * bf16_nearest, for random bit patterns (NaN, Inf, denormals, ties) and
+ * column counts with and without a partial unit (the 4-bit group formats
+ * take K % 32 == 0 only). Zero past cols. A build whose GPTQ/AWQ rows are
+ * f32 (no AVX-512) holds the same values as floats. */
+TEST(quant_cpu_bf16_activation_bytes) {
     const int64_t Ks[] = { 128, 2048, 200, 2880 + 32 };
     test_rng      rng  = { 31 };
     for (size_t ki = 0; ki < sizeof Ks / sizeof Ks[0]; ki++) {
@@ -230,18 +245,27 @@ TEST(quant_cpu_fp4_activation_bytes) {
             memcpy(&x[k], &u, 4);
         }
         if (K > 3) { x[0] = INFINITY; x[1] = -INFINITY; x[2] = NAN; x[3] = 3.3895e38f; }
-        const moe_format fmts[] = { MOE_FORMAT_MXFP4, MOE_FORMAT_NVFP4 };
-        for (int fi = 0; fi < 2; fi++) {
+        const moe_format fmts[] = { MOE_FORMAT_MXFP4, MOE_FORMAT_NVFP4, MOE_FORMAT_INT4_GPTQ,
+                                    MOE_FORMAT_INT4_AWQ };
+        for (int fi = 0; fi < 4; fi++) {
+            const bool group = fmts[fi] == MOE_FORMAT_INT4_GPTQ || fmts[fi] == MOE_FORMAT_INT4_AWQ;
+            if (group && K % 32) continue;
             const moe__cpu_format *cf = moe__cpu_format_get(fmts[fi]);
             REQUIRE(cf && cf->act_quantize, "%s: no activation hook", moe_format_name(fmts[fi]));
             moe__wmat w  = { .format = fmts[fi], .rows = 1, .cols = K };
             uint16_t *xb = aligned_alloc(64, (cf->act_row_bytes(K) + 63) / 64 * 64);
             cf->act_quantize(&w, x, K, xb);
             long bad = 0;
-            for (int64_t k = 0; k < Kp; k++) {
-                const int      e    = (int)(k % 128);
-                const uint16_t want = k < K ? bf16_nearest(x[k]) : 0;
-                const uint16_t got  = xb[k / 128 * 128 + 32 * (e % 4) + e / 4];
+            for (int64_t k = 0; k < (group ? K : Kp); k++) {
+                const uint16_t  want = k < K ? bf16_nearest(x[k]) : 0;
+                const uint16_t *at   = bf16_word_at(fmts[fi], cf, xb, K, k);
+                uint32_t        got; /* a bf16 word, or an f32 row's bits (f32 of a bf16) */
+                if (at) {
+                    got = *at;
+                } else {
+                    memcpy(&got, (const float *)xb + k, 4);
+                    got = (got & 0xffffu) ? 0x10000u : got >> 16; /* 0x10000: no bf16 value */
+                }
                 if (got != want && bad++ < 3)
                     test_fail(__FILE__, __LINE__, "%s K %lld: x[%lld] = %a -> 0x%04x, want 0x%04x",
                               moe_format_name(fmts[fi]), (long long)K, (long long)k,
