@@ -363,8 +363,9 @@ static void layer_check(const lcase *c, uint64_t seed, bool graph) {
 
     if (T > 8) {
         /* batch invariance across regimes: the first 8 tokens alone (decode
-         * tiles: mma.sync, wgmma for fp8 on sm_90a) give the bits they got in
-         * the whole batch (prefill tiles: wgmma on sm_90a) */
+         * tiles: on sm_90a wgmma with the weights as the A operand, else
+         * mma.sync) give the bits they got in the whole batch (prefill
+         * tiles: on sm_90a wgmma with the activations as A) */
         const size_t nb = (size_t)(8 * H) * io_size(c->io);
         CU(cudaMemset(d_out, 0xff, (size_t)(T * H) * 4));
         s = moe_layer_forward(lgpu, 8, d_x, lg_dev, sh, d_out, d_ws, dws);

@@ -8,10 +8,13 @@
 # VARIANTS: one per line, "name|file|sed expression", for example
 #   mma|src/cuda/cuda.cu|1i #define MOE_CUDA_NO_WGMMA 1
 #   d4|src/cuda/grouped-gemm-fp8.cu|s/FP8, 16, 32, 4, 1, 2,/FP8, 16, 32, 4, 1, 4,/g
+# BASE=file.tar adds a variant "base" built from that tree, made here with
+#   git archive -o base.tar REV Makefile include src tools tests
+# (an untracked file of the checkout travels to the GPU machine).
 set -u
 OUT=${OUT:-build/ab}
 TOKENS=${1:-1,8,64,512,4096}
-VARIANTS=${VARIANTS:-"mma|src/cuda/cuda.cu|1i #define MOE_CUDA_NO_WGMMA 1"}
+VARIANTS=${VARIANTS-"mma|src/cuda/cuda.cu|1i #define MOE_CUDA_NO_WGMMA 1"}
 ROWS=${ROWS:-"qwen3-30b-a3b:bf16 mixtral-8x7b:bf16 qwen3-30b-a3b:fp8-block deepseek-v3:fp8-block"}
 TESTS=${TESTS:-v0}
 mkdir -p "$OUT"
@@ -29,9 +32,14 @@ while IFS='|' read -r name file expr; do
     (cd "$d" && make -j"$J" NO_MPI=1 NO_NCCL=1 build/moe-test build/moe \
         >"$OUT/build-$name.log" 2>&1 || tail -30 "$OUT/build-$name.log") &
 done
+if [ -n "${BASE:-}" ]; then
+    rm -rf /tmp/moe-base && mkdir -p /tmp/moe-base && tar -xf "$BASE" -C /tmp/moe-base
+    (cd /tmp/moe-base && make -j"$J" NO_MPI=1 NO_NCCL=1 build/moe-test build/moe \
+        >"$OUT/build-base.log" 2>&1 || tail -30 "$OUT/build-base.log") &
+fi
 wait # inside the pipeline's subshell, whose children the builds are
 }
-names="v0 $(printf '%s\n' "$VARIANTS" | cut -d'|' -f1)"
+names="v0 $(printf '%s\n' "$VARIANTS" | cut -d'|' -f1)${BASE:+ base}"
 for v in $TESTS; do
     b=$(bin_of "$v")
     (cd "$(dirname "$b")" && build/moe-test -o cuda) >"$OUT/test-$v.log" 2>&1

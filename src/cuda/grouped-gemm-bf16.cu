@@ -6,9 +6,14 @@
  * picks the tile configuration per regime:
  *
  *   BM = 16  decode:  BN =  32, 2 warps (1 x 2), 8 stages: many small CTAs, so that
- *                     every SM streams weights and none is left with a long tail
- *   BM = 32  decode of busier experts: BN = 32, 2 warps (1 x 2), 8 stages (an
- *                     expert with 17..32 rows streams its weights once, not twice)
+ *                     every SM streams weights and none is left with a long tail. BM =
+ *                     32's wgmma tile on 16 rows (m64n16 steps) was 4-10% slower at 1
+ *                     and 8 tokens (mixtral 199 -> 219 us at T = 1)
+ *   BM = 32  decode of busier experts (an expert with 17..32 rows streams its weights
+ *                     once, not twice): on wgmma (sm_90a) BN = 64, one warpgroup of
+ *                     m64n32 steps with the weight rows as the A operand
+ *                     (grouped-gemm.cuh), 6 stages, weights by TMA: mixtral T = 64
+ *                     791 -> 694 us; on mma.sync BN = 32, 2 warps (1 x 2), 8 stages
  *   BM = 64  middle:  BN = 128, 4 stages: one warpgroup on wgmma (sm_90a), else 4
  *                     warps (2 x 2) on mma.sync
  *   BM = 128 prefill: BN = 256, 4 stages, on wgmma the persistent warp-specialized
@@ -30,13 +35,14 @@ using bf16_tiles = gemm_tiles<gemm_tile<DT, 16, 32, 1, 2, 8, false>,    // 0 dec
                               gemm_tile<DT, 64, 128, 4, 1, 4, true>,    // 2 middle, wgmma
                               gemm_tile<DT, 64, 128, 2, 2, 4, false>,   // 3 middle, mma.sync
                               gemm_ws_tile<DT>,                         // 4 prefill, wgmma
-                              gemm_tile<DT, 128, 128, 2, 4, 3, false>>; // 5 prefill, mma.sync
+                              gemm_tile<DT, 128, 128, 2, 4, 3, false>,  // 5 prefill, mma.sync
+                              gemm_tile<DT, 32, 64, 4, 1, 6, true>>;    // 6 decode 32, wgmma
 
 template <int DT> static cudaError_t gemm16_launch(const moe__gemm_args *g, cudaStream_t st) {
     using L = bf16_tiles<DT>;
     switch (g->BM) {
     case 16: return L::template launch<0>(g, st);
-    case 32: return L::template launch<1>(g, st);
+    case 32: return g->wgmma ? L::template launch<6>(g, st) : L::template launch<1>(g, st);
     case 64: return g->wgmma ? L::template launch<2>(g, st) : L::template launch<3>(g, st);
     case 128: return g->wgmma ? L::template launch<4>(g, st) : L::template launch<5>(g, st);
     default: return cudaErrorInvalidValue;

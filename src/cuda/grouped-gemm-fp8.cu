@@ -23,12 +23,16 @@
  * from mma.sync's in their last bits; the tensor cores give an element the
  * same sum whatever the tile width):
  *
- *   BM = 16 decode:  BN = 64, one warpgroup of m64n64 steps on the 16 activation rows
- *                    padded to 64 with zero rows (the tile streams weights; the tensor
- *                    cores idle either way), 3 stages; BN = 128 with 2 stages (weights
- *                    by TMA) once that grid gives every SM four CTAs: 2-8% faster from
- *                    8 tokens on, 7-9% slower at 1 token, where its few CTAs leave SMs
- *                    idle (bench/results/2026-11-29-h200-cuda-tma.md)
+ *   BM = 16 decode:  BN = 64, one warpgroup of m64n16 steps with the weight rows as the
+ *                    A operand (grouped-gemm.cuh), 4 stages; BN = 128 (two m64n16 steps
+ *                    a K step) with 3 stages once that grid gives every SM four CTAs
+ *                    (bench/results/2026-11-29-h200-cuda-tma.md measured it 2-8% faster
+ *                    from 8 tokens on, 7-9% slower at 1 token, where its few CTAs leave
+ *                    SMs idle, when these tiles padded the activation rows to 64). The
+ *                    swap freed 48 activation rows of every stage: one stage more each
+ *                    (deepseek-v3 T = 1 121 -> 116 us; qwen3-30b-a3b T = 64 183 -> 180,
+ *                    T = 256 217 -> 208, T = 8 90 -> 92: 3 stages of the wide tile fit
+ *                    4 CTAs per SM, 2 fit 6, and that grid is 816 CTAs)
  *   BM = 32 decode:  the same on 32 rows (busier experts: one tile for 17..32 rows)
  *   BM = 64 prefill: warpgroups of m64n128 steps: W13 gated BN = 256 on two, 4 stages,
  *                    warp-specialized (a producer warpgroup fills the stages, so that
@@ -48,10 +52,10 @@ using fp8_tiles = gemm_tiles<gemm_tile<FP8, 16, 32, 1, 2, 2, false>,            
                              gemm_tile<FP8, 32, 32, 2, 2, 2, false>,             // 1 decode 32
                              gemm_tile<FP8, 64, 128, 2, 4, 4, false>,            // 2 W2, RELU2
                              gemm_tile<FP8, 64, 256, 2, 4, 3, false, GEMM_W13>,  // 3 gated W13
-                             gemm_tile<FP8, 16, 64, 4, 1, 3, true>,              // 4 wgmma decode
-                             gemm_tile<FP8, 32, 64, 4, 1, 3, true>,              // 5 decode 32
-                             gemm_tile<FP8, 16, 128, 4, 1, 2, true>,             // 6 wide decode
-                             gemm_tile<FP8, 32, 128, 4, 1, 2, true>,             // 7 wide 32
+                             gemm_tile<FP8, 16, 64, 4, 1, 4, true>,              // 4 wgmma decode
+                             gemm_tile<FP8, 32, 64, 4, 1, 4, true>,              // 5 decode 32
+                             gemm_tile<FP8, 16, 128, 4, 1, 3, true>,             // 6 wide decode
+                             gemm_tile<FP8, 32, 128, 4, 1, 3, true>,             // 7 wide 32
                              gemm_tile<FP8, 64, 128, 4, 1, 4, true>,             // 8 W2, RELU2
                              gemm_tile<FP8, 64, 256, 4, 2, 4, true, GEMM_W13, true>>; // 9 gated W13
 

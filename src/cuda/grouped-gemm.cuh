@@ -26,8 +26,9 @@
  * (wgmma.cuh): warpgroups of 64 rows x TN columns (WM / 4 along M, WN
  * along N) read the same swizzled stages through shared-memory descriptors;
  * the stages' base is then aligned to 1024 bytes (the swizzle is on address
- * bits). A wgmma decode tile (BM = 16 or 32) keeps 64 activation rows per
- * stage, those past BM zero, since wgmma's A operand has 64 rows. The wgmma
+ * bits). A wgmma decode tile (BM = 16 or 32) swaps the operands: its
+ * weight rows are wgmma's A (64 rows a step) and its BM activation rows the
+ * B (N = BM), so that no tensor-core work goes to padding rows. The wgmma
  * tiles take their weight stages by TMA (tma.cuh): thread 0 issues BN / 32
  * bulk copies a stage, which land in the same swizzled layout, and every
  * thread waits on the stage's mbarrier; the activation side stays on
@@ -92,19 +93,11 @@ static __host__ __device__ __forceinline__ int gemm_out_cols(int act, int w13, i
     return (w13 && act != MOE_ACT_RELU2) ? BN / 2 : BN;
 }
 
-/* Activation rows of a stage in shared memory: the tile's BM, or 64 when
- * wgmma (whose A operand is 64 rows) runs a decode tile of 16 or 32: rows BM..63
- * stay zero. */
-template <int BM, bool WG> static __host__ __device__ constexpr int gemm_a_rows() {
-    return WG && BM < 64 ? 64 : BM;
-}
-
 /* Operand stages (aliased by the f32 accumulator tile in the epilogue). */
-template <int BM, int BN, int STAGES, bool WG>
+template <int BM, int BN, int STAGES>
 static __host__ __device__ constexpr size_t gemm_pipe_bytes() {
-    constexpr int AM = gemm_a_rows<BM, WG>();
-    return (size_t)STAGES * (AM + BN) * 128 > (size_t)BM * (BN + 4) * 4
-               ? (size_t)STAGES * (AM + BN) * 128
+    return (size_t)STAGES * (BM + BN) * 128 > (size_t)BM * (BN + 4) * 4
+               ? (size_t)STAGES * (BM + BN) * 128
                : (size_t)BM * (BN + 4) * 4;
 }
 /* + fp8 scale stages (BM + BN floats each) + the row and column tables
@@ -112,7 +105,7 @@ static __host__ __device__ constexpr size_t gemm_pipe_bytes() {
  * per stage, 8-byte aligned). */
 template <int BM, int BN, int STAGES, bool WG, bool WS = false>
 static __host__ __device__ constexpr size_t gemm_smem_bytes() {
-    return gemm_pipe_bytes<BM, BN, STAGES, WG>() + (size_t)STAGES * (BM + BN) * 4 +
+    return gemm_pipe_bytes<BM, BN, STAGES>() + (size_t)STAGES * (BM + BN) * 4 +
            (size_t)(2 * BM + BN) * 4 + (WG ? 1024 + 8 + (size_t)STAGES * 8 : 0) +
            (WS ? (size_t)STAGES * 8 : 0); // + WS: the stages' "empty" mbarriers
 }
@@ -136,15 +129,27 @@ static __global__ void __launch_bounds__(gemm_threads<WM, WN, WS>())
     constexpr int NTHR  = gemm_threads<WM, WN, WS>();
     constexpr int NCONS = WM * WN * 32;    // threads that compute (all but WS's producer)
     constexpr int PTHR  = WS ? 128 : NTHR; // threads that issue the copies
-    constexpr int AM = gemm_a_rows<BM, WG>(); // activation rows per stage
-    constexpr int TM = AM / WM, TN = BN / WN;
-    constexpr int MT = TM / 16, NTL = TN / 8;
+    /* SWAP: a wgmma decode tile (BM = 16 or 32) with the operands swapped.
+     * wgmma's A operand has 64 rows, so the BN weight rows are A (BN / 64
+     * steps of m64) and the BM activation rows B (N = BM): no tensor-core
+     * work, accumulator register or fp8 scaling goes to padding rows (with
+     * the activation rows as A, 48 of 64 rows were zeros at BM = 16, and
+     * one warp of four scaled every partial sum). A warp's accumulators
+     * then hold weight rows (tile columns) by tile rows: acc[mt][nt][q] is
+     * column 64 mt + 16 warp + lane / 4 (+ 8 for q >= 2), row 8 nt +
+     * 2 (lane % 4) + q % 2. One warpgroup; the sums are the tensor cores'
+     * as in the other tiles (a product and its K sum do not depend on
+     * which operand is which: the EP bitwise tests mix both regimes). */
+    constexpr bool SWAP = WG && BM < 64;
+    constexpr int TM = SWAP ? 64 : BM / WM, TN = SWAP ? BM : BN / WN;
+    constexpr int MT = SWAP ? BN / 64 : TM / 16, NTL = TN / 8;
     constexpr int LDC = BN + 4;
-    constexpr size_t PIPE = gemm_pipe_bytes<BM, BN, STAGES, WG>();
+    constexpr size_t PIPE = gemm_pipe_bytes<BM, BN, STAGES>();
     constexpr bool TMA = WG; // the weight stages by TMA (tma.cuh)
     static_assert(MT >= 1 && NTL % 2 == 0, "warp tile");
-    static_assert(!WG || (TM == 16 && (TN == 128 || TN == 64 || TN == 32) && WM % 4 == 0),
+    static_assert(!WG || SWAP || (TM == 16 && (TN == 128 || TN == 64 || TN == 32) && WM % 4 == 0),
                   "wgmma tile");
+    static_assert(!SWAP || (WM * WN == 4 && BN % 64 == 0 && !WS), "swapped decode tile");
     /* WS: the fp8 gated W13 prefill tile, one 64-row warpgroup row (the
      * bf16/f16 prefill tile is grouped-gemm-ws.cuh's persistent kernel) */
     static_assert(!WS || (WG && BM == 64 && WM == 4 && DT == MOE_CUDA_FP8 && W13), "WS tile");
@@ -155,7 +160,7 @@ static __global__ void __launch_bounds__(gemm_threads<WM, WN, WS>())
     extern __shared__ __align__(128) char smem_raw[];
     char *smem = smem_raw + (WG ? (1024 - (smem_u32(smem_raw) & 1023)) & 1023 : 0);
     char  *sA    = smem;
-    char  *sB    = smem + (size_t)STAGES * AM * 128;
+    char  *sB    = smem + (size_t)STAGES * BM * 128;
     float *sAs   = (float *)(smem + PIPE);      // (STAGES, BM + BN) fp8 scales
     // per stage: BM activation-row scales, then BN weight-column scales (fp8)
     int   *a_src = (int *)(sAs + STAGES * (BM + BN)); // (BM) A row of each tile row, -1 = padding
@@ -270,13 +275,6 @@ static __global__ void __launch_bounds__(gemm_threads<WM, WN, WS>())
                          (src >= 0 ? ((int64_t)e * nblk + src / MOE_CUDA_QBLOCK) * kblocks : 0);
         scale_ok |= (src >= 0 ? 1u : 0u) << j;
     }
-    /* wgmma decode tiles: the activation rows past BM read as zeros */
-    if constexpr (AM > BM) {
-        constexpr int PAD = (AM - BM) * 8; // 16-byte chunks per stage
-        for (int i = threadIdx.x; i < STAGES * PAD; i += NTHR)
-            *(int4 *)(sA + (size_t)(i / PAD) * AM * 128 + BM * 128 + (i % PAD) * 16) =
-                make_int4(0, 0, 0, 0);
-    }
     /* One stage: operand chunks and fp8 scales, the weight side (B) and the
      * activation side (A) separately (W2 issues B before its PDL wait). The
      * scale slots of a stage: BM activation rows, then BN weight columns.
@@ -299,7 +297,7 @@ static __global__ void __launch_bounds__(gemm_threads<WM, WN, WS>())
 #pragma unroll
         for (int j = isA ? 0 : CA; j < (isA ? CA : CH); j++) {
             const bool ok = kok && src_p[j] != nullptr;
-            cp_async16(dst_o[j] + (uint32_t)st * (j < CA ? AM : BN) * 128,
+            cp_async16(dst_o[j] + (uint32_t)st * (j < CA ? BM : BN) * 128,
                        ok ? src_p[j] + kb : (isA ? A : W), ok ? 16 : 0);
         }
 #pragma unroll
@@ -326,7 +324,7 @@ static __global__ void __launch_bounds__(gemm_threads<WM, WN, WS>())
     /* fp8: whether this warp's TN columns all have a weight row in one
      * 128-row scale block (b_src is complete: the barrier above). */
     bool one_block = false;
-    if (F8) {
+    if (F8 && !SWAP) {
         const int blk = b_src[wn * TN] / MOE_CUDA_QBLOCK;
         bool      ok  = true;
         for (int c = lane; c < TN; c += 32) {
@@ -349,43 +347,61 @@ static __global__ void __launch_bounds__(gemm_threads<WM, WN, WS>())
      * weight block (every prefill tile of a model whose N is a multiple
      * of 128) forms it once per row, not per element: the same bits
      * with 64 fewer multiplies and one scale load instead of 16 a
-     * stage (the fp8 tiles are bound by issued instructions). The warps
-     * of a wgmma decode tile's zero rows have nothing to scale. */
+     * stage (the fp8 tiles are bound by issued instructions). SWAP: each
+     * element its own product, the same bits (one rounding either way). */
     auto fold = [&](const float (&part)[PT][PN][4], int st) {
-        if (!F8 || (AM > BM && wm * TM >= BM)) return;
-        const float *ss = sAs + st * (BM + BN);
-        float sa[PT][2];
+        const float *ss = sAs + st * (BM + BN); // this stage's scales
+        if constexpr (F8 && SWAP) {
+            float sw[PT][2], sr[PN][2]; // weight-row scales, activation-row scales
 #pragma unroll
-        for (int mt = 0; mt < PT; mt++)
+            for (int mt = 0; mt < PT; mt++)
 #pragma unroll
-            for (int h = 0; h < 2; h++) {
-                const int r = wm * TM + mt * 16 + (lane >> 2) + 8 * h;
-                sa[mt][h] = AM == BM || r < BM ? ss[r] : 0.0f; // zero rows past BM
-            }
-        if (one_block) {
-            const float sw = ss[BM + wn * TN];
+                for (int h = 0; h < 2; h++)
+                    sw[mt][h] = ss[BM + mt * 64 + warp * 16 + (lane >> 2) + 8 * h];
 #pragma unroll
-            for (int mt = 0; mt < PT; mt++) {
-                const float s0 = __fmul_rn(sa[mt][0], sw), s1 = __fmul_rn(sa[mt][1], sw);
+            for (int nt = 0; nt < PN; nt++)
+#pragma unroll
+                for (int c = 0; c < 2; c++) sr[nt][c] = ss[nt * 8 + (lane & 3) * 2 + c];
+#pragma unroll
+            for (int mt = 0; mt < PT; mt++)
 #pragma unroll
                 for (int nt = 0; nt < PN; nt++)
 #pragma unroll
                     for (int q = 0; q < 4; q++)
                         acc[mt][nt][q] =
-                            __fmaf_rn(part[mt][nt][q], q >> 1 ? s1 : s0, acc[mt][nt][q]);
-            }
-        } else {
+                            __fmaf_rn(part[mt][nt][q], __fmul_rn(sr[nt][q & 1], sw[mt][q >> 1]),
+                                      acc[mt][nt][q]);
+        } else if constexpr (F8) {
+            float sa[PT][2];
 #pragma unroll
-            for (int nt = 0; nt < PN; nt++) {
-                const int   c   = BM + wn * TN + nt * 8 + (lane & 3) * 2;
-                const float sw0 = ss[c], sw1 = ss[c + 1];
+            for (int mt = 0; mt < PT; mt++)
 #pragma unroll
-                for (int mt = 0; mt < PT; mt++)
+                for (int h = 0; h < 2; h++) sa[mt][h] = ss[wm * TM + mt * 16 + (lane >> 2) + 8 * h];
+            if (one_block) {
+                const float sw = ss[BM + wn * TN];
 #pragma unroll
-                    for (int q = 0; q < 4; q++)
-                        acc[mt][nt][q] = __fmaf_rn(
-                            part[mt][nt][q], __fmul_rn(sa[mt][q >> 1], q & 1 ? sw1 : sw0),
-                            acc[mt][nt][q]);
+                for (int mt = 0; mt < PT; mt++) {
+                    const float s0 = __fmul_rn(sa[mt][0], sw), s1 = __fmul_rn(sa[mt][1], sw);
+#pragma unroll
+                    for (int nt = 0; nt < PN; nt++)
+#pragma unroll
+                        for (int q = 0; q < 4; q++)
+                            acc[mt][nt][q] =
+                                __fmaf_rn(part[mt][nt][q], q >> 1 ? s1 : s0, acc[mt][nt][q]);
+                }
+            } else {
+#pragma unroll
+                for (int nt = 0; nt < PN; nt++) {
+                    const int   c   = BM + wn * TN + nt * 8 + (lane & 3) * 2;
+                    const float sw0 = ss[c], sw1 = ss[c + 1];
+#pragma unroll
+                    for (int mt = 0; mt < PT; mt++)
+#pragma unroll
+                        for (int q = 0; q < 4; q++)
+                            acc[mt][nt][q] = __fmaf_rn(
+                                part[mt][nt][q], __fmul_rn(sa[mt][q >> 1], q & 1 ? sw1 : sw0),
+                                acc[mt][nt][q]);
+                }
             }
         }
     };
@@ -408,7 +424,7 @@ static __global__ void __launch_bounds__(gemm_threads<WM, WN, WS>())
                 const int st = kt % STAGES;
                 mbar_wait(bar0 + 8 * st, (uint32_t)(kt / STAGES) & 1);
                 fence_proxy_async(); // the producer's cp.async bytes, for wgmma's reads
-                const uint32_t a_wg = smem_u32(sA + (size_t)st * AM * 128);
+                const uint32_t a_wg = smem_u32(sA + (size_t)st * BM * 128);
                 const uint32_t b_wg = smem_u32(sB + (size_t)st * BN * 128) + b_off;
                 float          part[PT][PN][4];
                 wgmma_fence();
@@ -466,14 +482,35 @@ static __global__ void __launch_bounds__(gemm_threads<WM, WN, WS>())
 
             const int st = kt % STAGES;
             if (TMA) mbar_wait(bar0 + 8 * st, (uint32_t)(kt / STAGES) & 1); // B's bytes landed
-            const uint32_t a_base = smem_u32(sA + (size_t)st * AM * 128);
+            const uint32_t a_base = smem_u32(sA + (size_t)st * BM * 128);
             const uint32_t b_base = smem_u32(sB + (size_t)st * BN * 128);
             /* fp8: the tensor cores sum each 128-wide K block into part, which
              * then goes into acc times its activation-row scale and weight-block
              * scale (an fp32 sum of the blocks: Hopper's fp8 MMA keeps fewer bits
              * than fp32 in a running sum). */
             float part[PT][PN][4];
-            if constexpr (WG) {
+            if constexpr (SWAP) {
+                /* the weight rows of each 64 (A) by the BM activation rows (B) */
+                float *d = F8 ? &part[0][0][0] : &acc[0][0][0];
+                wgmma_fence();
+#pragma unroll
+                for (int ks = 0; ks < 4; ks++) {
+                    const uint64_t db = wgmma_desc(a_base + ks * 32);
+#pragma unroll
+                    for (int mt = 0; mt < MT; mt++) {
+                        const uint64_t da = wgmma_desc(b_base + mt * 64 * 128 + ks * 32);
+                        if (F8 && ks == 0)
+                            wgmma_step<DT, BM, false>(d + mt * NTL * 4, da, db);
+                        else
+                            wgmma_step<DT, BM, true>(d + mt * NTL * 4, da, db);
+                    }
+                }
+                wgmma_commit();
+                if (WG_ASYNC)
+                    wgmma_wait<1>();
+                else
+                    wgmma_wait<0>();
+            } else if constexpr (WG) {
                 const uint32_t a_wg = a_base + (uint32_t)(wm / 4) * 64 * 128;
                 const uint32_t b_wg = b_base + (uint32_t)wn * TN * 128;
                 float *d = F8 ? &part[0][0][0] : &acc[0][0][0];
@@ -537,13 +574,22 @@ static __global__ void __launch_bounds__(gemm_threads<WM, WN, WS>())
 
     // accumulators -> shared tile (BM, LDC) f32
     float *sC = (float *)smem;
-    if (!producer) {
+    if (SWAP) {
+#pragma unroll
+        for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+            for (int nt = 0; nt < NTL; nt++)
+#pragma unroll
+                for (int q = 0; q < 4; q++) {
+                    const int c = mt * 64 + warp * 16 + (lane >> 2) + 8 * (q >> 1);
+                    sC[(nt * 8 + (lane & 3) * 2 + (q & 1)) * LDC + c] = acc[mt][nt][q];
+                }
+    } else if (!producer) {
 #pragma unroll
         for (int mt = 0; mt < MT; mt++)
 #pragma unroll
             for (int nt = 0; nt < NTL; nt++) {
                 int r = wm * TM + mt * 16 + (lane >> 2);
-                if (AM > BM && r >= BM) continue; // the zero rows of a wgmma decode tile
                 int c = wn * TN + nt * 8 + (lane & 3) * 2;
                 sC[r * LDC + c]           = acc[mt][nt][0];
                 sC[r * LDC + c + 1]       = acc[mt][nt][1];

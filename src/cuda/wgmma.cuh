@@ -63,8 +63,8 @@ static __device__ __forceinline__ void fence_proxy_async() {
 #define WG_D8(i)                                                                              \
     "+f"(d[i]), "+f"(d[i + 1]), "+f"(d[i + 2]), "+f"(d[i + 3]), "+f"(d[i + 4]), "+f"(d[i + 5]), \
         "+f"(d[i + 6]), "+f"(d[i + 7])
-#define WG_REGS16                                                                             \
-    "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15"
+#define WG_REGS8 "%0, %1, %2, %3, %4, %5, %6, %7"
+#define WG_REGS16 WG_REGS8 ", %8, %9, %10, %11, %12, %13, %14, %15"
 #define WG_REGS32                                                                             \
     WG_REGS16 ", %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31"
 #define WG_REGS64                                                                             \
@@ -86,6 +86,8 @@ static __device__ __forceinline__ void fence_proxy_async() {
                  WG_NEXT##R ", %" WG_SCALE##R ", " TAIL ";\n"                                 \
                  : __VA_ARGS__                                                                \
                  : "l"(da), "l"(db), "n"(ACC ? 1 : 0))
+#define WG_NEXT8   "9"
+#define WG_SCALE8  "10"
 #define WG_NEXT16  "17"
 #define WG_SCALE16 "18"
 #define WG_NEXT32  "33"
@@ -105,12 +107,13 @@ static __device__ __forceinline__ void fence_proxy_async() {
 
 /* d (N / 2 floats: N / 8 tiles of 8 columns x 4) = A (64 x K) . B (N x K)^T
  * (+ d when ACC) for one 32-byte K step: k16 of bf16/f16, k32 of e4m3;
- * N = 256 (bf16/f16 only: the warp-specialized prefill tile), 128, 64 or
- * 32. Thread t of warp w holds, for tile j, rows 16w + t/4 (+8 for
- * d[4j+2..3]) and columns 8j + 2(t%4) + (0, 1). */
+ * N = 256 (bf16/f16 only: the warp-specialized prefill tile), 128, 64, 32
+ * or 16 (the decode tiles, whose B is the activation rows). Thread t of
+ * warp w holds, for tile j, rows 16w + t/4 (+8 for d[4j+2..3]) and columns
+ * 8j + 2(t%4) + (0, 1). */
 template <int DT, int N, bool ACC = true>
 static __device__ __forceinline__ void wgmma_step(float *d, uint64_t da, uint64_t db) {
-    static_assert(N == 256 || N == 128 || N == 64 || N == 32, "wgmma width");
+    static_assert(N == 256 || N == 128 || N == 64 || N == 32 || N == 16, "wgmma width");
     static_assert(N != 256 || DT != MOE_CUDA_FP8, "m64n256 steps are bf16/f16 only");
 #ifdef MOE_WGMMA
     if (N == 256) {
@@ -132,13 +135,20 @@ static __device__ __forceinline__ void wgmma_step(float *d, uint64_t da, uint64_
             WG_MMA(32, "m64n64k16.f32.f16.f16", WG_TAIL16, WG_D32);
         else
             WG_MMA(32, "m64n64k32.f32.e4m3.e4m3", WG_TAIL8, WG_D32);
-    } else {
+    } else if (N == 32) {
         if (DT == MOE_CUDA_BF16)
             WG_MMA(16, "m64n32k16.f32.bf16.bf16", WG_TAIL16, WG_D16);
         else if (DT == MOE_CUDA_F16)
             WG_MMA(16, "m64n32k16.f32.f16.f16", WG_TAIL16, WG_D16);
         else
             WG_MMA(16, "m64n32k32.f32.e4m3.e4m3", WG_TAIL8, WG_D16);
+    } else {
+        if (DT == MOE_CUDA_BF16)
+            WG_MMA(8, "m64n16k16.f32.bf16.bf16", WG_TAIL16, WG_D8(0));
+        else if (DT == MOE_CUDA_F16)
+            WG_MMA(8, "m64n16k16.f32.f16.f16", WG_TAIL16, WG_D8(0));
+        else
+            WG_MMA(8, "m64n16k32.f32.e4m3.e4m3", WG_TAIL8, WG_D8(0));
     }
 #else
     (void)d; (void)da; (void)db;
