@@ -189,8 +189,10 @@ void moe_set_abort_callback(moe_abort_fn cb);
  * fp8-tensor per token), int8-w8a8 to int8 per token, the GGUF formats as
  * llama.cpp does (q8_0 blocks for q8_0, q4_0, gguf-mxfp4; q8_K for q4_k,
  * q6_k), mxfp4, nvfp4, int4-gptq and int4-awq round them to bf16 (W4A16,
- * as GPU kernels of these formats take 16-bit activations); the other
- * formats keep f32.
+ * as GPU kernels of these formats take 16-bit activations), and so does bf16
+ * (as the GPU's tensor cores and llama.cpp's bf16 path do; on the CPU one
+ * vdpbf16ps then multiplies 32 weight and activation pairs); f32, f16 and
+ * int8-gptq keep f32.
  * Conversions to e4m3 saturate at +-448 and keep NaN. Scales are checked
  * when experts are created (finite and > 0; e8m0 != 0xFF; GGUF f16 scales
  * finite; g_idx in range): MOE_ERR_SCALE names the expert, row and block.

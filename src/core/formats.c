@@ -51,6 +51,8 @@ static const moe__format_traits g_formats[MOE_FORMAT_COUNT] = {
     [MOE_FORMAT_BF16] = {
         .info = { .name = "bf16", .block_elems = 1, .block_bytes = 2, .bits_per_weight = 16 },
         .sizes = bf16_sizes, .dequant_row_ref = bf16_dequant_row_ref, .quantize_ref = bf16_quantize_ref,
+        /* bf16 activations (CPU: vdpbf16ps; CUDA: the tensor cores' bf16 operands) */
+        .act_fake_quant_ref = moe__bf16_act_fake_quant_ref,
     },
     [MOE_FORMAT_F16] = {
         .info = { .name = "f16", .block_elems = 1, .block_bytes = 2, .bits_per_weight = 16 },

@@ -82,9 +82,8 @@ typedef struct moe__cpu_format {
      * xq (act_row_bytes(cols) bytes). w is the matrix the row will multiply
      * (static input scales, e.g. FP8_TENSOR's input_scale). NULL: the kernel
      * reads f32 rows. Must produce what the format's act_fake_quant_ref in
-     * the format table emulates; a lossless re-layout needs none (BF16 on
-     * AVX-512 stores each 32 values as 16 even then 16 odd ones, to match
-     * how its kernel splits a 512-bit load of bf16 pairs). */
+     * the format table emulates (a re-layout of the values may come with
+     * it: GPTQ-4's bf16 pair order). */
     void   (*act_quantize)(const moe__wmat *w, const float *x, int64_t cols, void *xq);
     /* y (n_x, y_stride) columns [0, r1 - r0) = rows [r0, r1) of w times each
      * of the n_x input rows xq (n_x rows, xq_stride bytes apart). No bias. */
@@ -142,8 +141,9 @@ bool moe__cpu_amx_ready(void);
 #include <immintrin.h>
 /* 16 floats -> 16 bf16 words, with moe__f32_to_bf16's integer rounding
  * (nearest even; NaN made quiet), not vcvtneps2bf16's, which flushes
- * denormals: the bf16 activation rows of the 4-bit formats (gemv-fp4.c,
- * gemv-wna16.c), equal to their act_fake_quant_ref. */
+ * denormals: the bf16 activation rows of BF16 and the 4-bit formats
+ * (gemm-plain.c, gemv-fp4.c, gemv-wna16.c), equal to their
+ * act_fake_quant_ref. */
 static inline __m256i moe__cpu_bf16_x16(const float *x) {
     const __m512i u   = _mm512_castps_si512(_mm512_loadu_ps(x));
     const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
@@ -153,6 +153,22 @@ static inline __m256i moe__cpu_bf16_x16(const float *x) {
     const __m512i v = _mm512_mask_or_epi32(_mm512_srli_epi32(r, 16), nan, _mm512_srli_epi32(u, 16),
                                            _mm512_set1_epi32(0x40));
     return _mm512_cvtepi32_epi16(v);
+}
+
+/* acc + w.hi * x.hi + w.lo * x.lo per 32-bit lane of bf16 pairs, in that
+ * order, each product exact in f32 and each sum rounded: vdpbf16ps, or two
+ * FMAs where the build lacks AVX512_BF16 (vdpbf16ps also flushes denormal
+ * inputs and outputs to zero; the FMAs do not). */
+static inline __m512 moe__cpu_dp_bf16(__m512 acc, __m512i w, __m512i x) {
+#if defined(__AVX512BF16__)
+    return _mm512_dpbf16_ps(acc, (__m512bh)w, (__m512bh)x);
+#else
+    const __m512i hi = _mm512_set1_epi32((int)0xffff0000u);
+    acc = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_and_si512(w, hi)),
+                          _mm512_castsi512_ps(_mm512_and_si512(x, hi)), acc);
+    return _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_slli_epi32(w, 16)),
+                           _mm512_castsi512_ps(_mm512_slli_epi32(x, 16)), acc);
+#endif
 }
 #endif
 

@@ -264,7 +264,8 @@ static void wq4_act(const moe__wmat *w, const float *x, int64_t cols, void *xq) 
  * shifts, 8 vpermps and 8 FMAs: the decode had bound these kernels (one
  * core, 512 x 2048 in cache: GPTQ 36 -> 65 GB/s, AWQ 32 -> 55; from memory
  * 26-32 -> 30-35, of the 41 a core reads).
- * Without AVX512_BF16 (Ice Lake), wq_dp makes the same sum with two FMAs.
+ * Without AVX512_BF16 (Ice Lake), moe__cpu_dp_bf16 makes the same sum with
+ * two FMAs.
  * Act-order GPTQ (a scale per value) and INT8_GPTQ (no 32-entry table for
  * 8 bits) multiply in f32, as below; act-order reads its bf16 values. */
 
@@ -293,19 +294,6 @@ static inline __m512i wq_pair(const void *xr, int64_t k8, int t) {
 }
 static inline __m512 wq_x_at(const void *xr, int64_t k) {
     return _mm512_set1_ps(moe__bf16_to_f32(((const uint16_t *)xr)[k / 8 * 8 + wq_pos[k % 8]]));
-}
-
-/* acc + w.hi * x.hi + w.lo * x.lo per lane, in that order (vdpbf16ps). */
-static inline __m512 wq_dp(__m512 acc, __m512i w, __m512i x) {
-#if defined(__AVX512BF16__)
-    return _mm512_dpbf16_ps(acc, (__m512bh)w, (__m512bh)x);
-#else
-    const __m512i hi = _mm512_set1_epi32((int)0xffff0000u);
-    acc = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_and_si512(w, hi)),
-                          _mm512_castsi512_ps(_mm512_and_si512(x, hi)), acc);
-    return _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_slli_epi32(w, 16)),
-                           _mm512_castsi512_ps(_mm512_slli_epi32(x, 16)), acc);
-#endif
 }
 
 /* bf16 of q - 8 (GPTQ, twice) or of i - 16 (AWQ). */
@@ -408,7 +396,8 @@ static inline __attribute__((always_inline)) void wv_step(
         wq_pairs(gptq_words(q, w, k / 8, rb, m), false, _mm512_setzero_si512(), wq_table(false), b);
 #pragma GCC unroll 4
         for (int t = 0; t < 4; t++)
-            for (int i = 0; i < NX; i++) acc[i] = wq_dp(acc[i], b[t], wq_pair(xs[i], k / 8, t));
+            for (int i = 0; i < NX; i++)
+                acc[i] = moe__cpu_dp_bf16(acc[i], b[t], wq_pair(xs[i], k / 8, t));
     } else {
         __m512i words = _mm512_setzero_si512();
 #pragma GCC unroll 8 /* constant shifts, no loop counter */
@@ -576,7 +565,7 @@ static inline __attribute__((always_inline)) void awq_block(
                         _mm512_and_si512(_mm512_mask_blend_epi16(0xaaaaaaaau, lo, hi), lo4), zc[n]);
                     const __m512i bw = _mm512_permutexvar_epi16(ix, tab);
                     for (int i = 0; i < NX; i++)
-                        ga[i][n] = wq_dp(ga[i][n], bw, wq_pair(xs[i], k0 / 8, t));
+                        ga[i][n] = moe__cpu_dp_bf16(ga[i][n], bw, wq_pair(xs[i], k0 / 8, t));
                 }
             }
         }
@@ -618,8 +607,8 @@ static void gemm_int4_awq(const moe__wmat *w, int64_t r0, int64_t r1, const void
  * activation rows at once, the group sums in registers. Each lane is one
  * row and sums exactly as gemm_wv / awq_block do: per group, from 0, the
  * weight pairs' products in increasing steps (4 bits: pairs t = 0..3 of a
- * step, wq_dp) or (q - zero) * x fused-added in increasing k (8 bits, and
- * act-order, times the scale of each k), then acc = fma(group sum, group
+ * step, moe__cpu_dp_bf16) or (q - zero) * x fused-added in increasing k (8
+ * bits, and act-order, times the scale of each k), then acc = fma(group sum, group
  * scale (1 with g_idx), acc); so gemm_packed and gemm give the same bits.
  * Each panel's stream is prefetched as cpu-formats.h says, at its share of
  * the plan's distance (moe__cpu_pf_share: the plan's on Intel; a quarter on
@@ -730,8 +719,8 @@ static inline __attribute__((always_inline)) void pk4_kernel(
 #pragma GCC unroll 8
                     for (int i = 0; i < NX; i++) {
                         const __m512i xp = wq_pair(xs[i], k8, t);
-                        ga[p][0][i] = wq_dp(ga[p][0][i], b[0][t], xp);
-                        ga[p][1][i] = wq_dp(ga[p][1][i], b[1][t], xp);
+                        ga[p][0][i] = moe__cpu_dp_bf16(ga[p][0][i], b[0][t], xp);
+                        ga[p][1][i] = moe__cpu_dp_bf16(ga[p][1][i], b[1][t], xp);
                     }
             }
         }

@@ -79,8 +79,8 @@ MOE__QUANT_HOOKS(moe__mxfp4_gguf)
  *  int8_w8a8:   one int8 scale per token, amax/127 (moe__quantize_row_i8)
  *  q8_0:        ggml's q8_0 (Q8_0, Q4_0, GGUF MXFP4 dots)
  *  q8_k:        ggml's q8_K (Q4_K, Q6_K dots)
- *  bf16:        rounding to bf16 (MXFP4, NVFP4, INT4_GPTQ, INT4_AWQ: W4A16
- *               with bf16 activations)
+ *  bf16:        rounding to bf16 (BF16; MXFP4, NVFP4, INT4_GPTQ, INT4_AWQ:
+ *               W4A16 with bf16 activations)
  * Non-finite inputs propagate: a NaN or Inf in a group makes the group NaN. */
 void moe__fp8_tensor_act_fake_quant_ref(const moe__wmat *w, float *x, int64_t cols);
 void moe__fp8_channel_act_fake_quant_ref(const moe__wmat *w, float *x, int64_t cols);

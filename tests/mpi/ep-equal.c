@@ -54,6 +54,7 @@ static const ep_case g_cases[] = {
       .scoring = MOE_SCORING_SOFTMAX, .renorm = 1, .act = MOE_ACT_RELU2 },
     { .name = "eplb_replicas", .E = 8, .K = 2, .T = 45, .H = 32, .I = 16,
       .scoring = MOE_SCORING_SOFTMAX, .renorm = 1, .eplb = 1, .skew = 1 },
+    /* BF16 experts run with bf16 activations: they travel as bf16. */
     { .name = "bf16_weights_shared", .E = 16, .K = 4, .T = 50, .H = 64, .I = 32,
       .scoring = MOE_SCORING_SOFTMAX, .renorm = 1, .shared_I = 32, .format = MOE_FORMAT_BF16 },
     /* MXFP4 experts round their activations to bf16: they travel as bf16. */
@@ -230,7 +231,8 @@ static int run_case(const ep_case *c, char *why) {
         if (!fail && canary != 0xffffffffu) fail = mt_fail(why, "wrote past the output");
     }
     /* Dispatch bytes: per forward a 32-byte header to each peer, then per row
-     * sent away a 16-byte record and the activation row (bf16 for MXFP4, AWQ). */
+     * sent away a 16-byte record and the activation row (bf16 for BF16, MXFP4,
+     * AWQ). */
     moe_comm_get_stats(g_comm, &s1);
     if (!fail) {
         int32_t *lid = malloc(sizeof(int32_t) * (size_t)(n * c->K + 1));
@@ -240,8 +242,10 @@ static int run_case(const ep_case *c, char *why) {
         moe_expert_map_route(map, n, c->K, lid, pid, NULL);
         int64_t away = 0;
         for (int64_t i = 0; i < n * c->K; i++) away += moe_expert_map_owner(map, pid[i]) != mt_rank;
-        const int64_t elt =
-            c->format == MOE_FORMAT_MXFP4 || c->format == MOE_FORMAT_INT4_AWQ ? 2 : 4;
+        const int64_t elt = c->format == MOE_FORMAT_BF16 || c->format == MOE_FORMAT_MXFP4 ||
+                                    c->format == MOE_FORMAT_INT4_AWQ
+                                ? 2
+                                : 4;
         const int64_t want = 2 * ((mt_size - 1) * 32 + away * (16 + elt * H));
         const int64_t got  = s1.bytes_sent_dispatch - s0.bytes_sent_dispatch;
         if (got != want)

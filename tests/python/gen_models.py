@@ -84,7 +84,7 @@ def route(logits, r):
 
 def aquant(v, kind):
     """The activation rounding a weight format's kernels apply to their input row (libmoe's
-    documented contract, quant.h): bf16 for MXFP4 and 4-bit GPTQ/AWQ (W4A16), e4m3 per 128 columns with scale
+    documented contract, quant.h): bf16 for BF16, MXFP4 and 4-bit GPTQ/AWQ (W4A16), e4m3 per 128 columns with scale
     max(amax, 1e-10)/448 for FP8_BLOCK, ggml q8_0 blocks of 32 for the GGUF formats."""
     if kind is None:
         return v
@@ -265,6 +265,8 @@ def hf_split(name, family, cfg, layers, moe_layer, E, k, H, I, dt, r, S=0, shard
     for L in dense:
         t.update(dense_mlp("model.layers.%d.mlp." % L, H, I, dt))
     write_hf(name, cfg, t, shards)
+    if dt == "BF16":  # bf16 weights run with bf16 activations (quant.h)
+        r = dict(r, aq="bf16", aq_sh="bf16")
     inputs_and_ref(name, W, r, H)
     manifest(name, name, moe_layer, tol, family, E, k, layers - len(dense), H)
 

@@ -290,8 +290,8 @@ def build(kind, shared=None, mutate=None, plain0=False):
         lay = {"g": [], "u": [], "d": [], "a13": [], "a2": []}
         for e in range(E):
             ws = {"gate_proj": rand_w(I, H), "up_proj": rand_w(I, H), "down_proj": rand_w(H, I)}
-            if plain0 and L == 0:
-                deq, a13, a2 = {}, None, None
+            if plain0 and L == 0:  # bf16 weights run with bf16 activations (quant.h)
+                deq, a13, a2 = {}, "bf16", "bf16"
                 for n, w in ws.items():
                     t[p + "experts.%d.%s.weight" % (e, n)] = w.astype(BF16)
                     deq[n] = w.astype(BF16).astype(np.float64)
@@ -306,7 +306,7 @@ def build(kind, shared=None, mutate=None, plain0=False):
         if shared:
             ws = {"gate_proj": rand_w(S, H), "up_proj": rand_w(S, H), "down_proj": rand_w(H, S)}
             if shared == "bf16":  # excluded from quantization: kept as the checkpoint has it
-                deq, a13, a2 = {}, None, None
+                deq, a13, a2 = {}, "bf16", "bf16"
                 for n, w in ws.items():
                     t[p + "shared_expert." + n + ".weight"] = w.astype(BF16)
                     deq[n] = w.astype(BF16).astype(np.float64)
