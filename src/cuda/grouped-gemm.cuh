@@ -489,39 +489,26 @@ static __global__ void __launch_bounds__(gemm_threads<WM, WN, WS>())
              * scale (an fp32 sum of the blocks: Hopper's fp8 MMA keeps fewer bits
              * than fp32 in a running sum). */
             float part[PT][PN][4];
-            if constexpr (SWAP) {
-                /* the weight rows of each 64 (A) by the BM activation rows (B) */
+            if constexpr (WG) {
+                /* A: this warpgroup's 64 activation rows, or (SWAP) the weight
+                 * rows, 64 per step; B: its TN weight rows, or (SWAP) the BM
+                 * activation rows */
+                constexpr int NSTEP = SWAP ? MT : 1, WIDTH = SWAP ? BM : TN;
+                const uint32_t a_wg = SWAP ? b_base : a_base + (uint32_t)(wm / 4) * 64 * 128;
+                const uint32_t b_wg = SWAP ? a_base : b_base + (uint32_t)wn * TN * 128;
                 float *d = F8 ? &part[0][0][0] : &acc[0][0][0];
                 wgmma_fence();
 #pragma unroll
                 for (int ks = 0; ks < 4; ks++) {
-                    const uint64_t db = wgmma_desc(a_base + ks * 32);
+                    const uint64_t db = wgmma_desc(b_wg + ks * 32);
 #pragma unroll
-                    for (int mt = 0; mt < MT; mt++) {
-                        const uint64_t da = wgmma_desc(b_base + mt * 64 * 128 + ks * 32);
-                        if (F8 && ks == 0)
-                            wgmma_step<DT, BM, false>(d + mt * NTL * 4, da, db);
+                    for (int i = 0; i < NSTEP; i++) {
+                        const uint64_t da = wgmma_desc(a_wg + i * 64 * 128 + ks * 32);
+                        if (F8 && ks == 0) // part = A . B
+                            wgmma_step<DT, WIDTH, false>(d + i * NTL * 4, da, db);
                         else
-                            wgmma_step<DT, BM, true>(d + mt * NTL * 4, da, db);
+                            wgmma_step<DT, WIDTH, true>(d + i * NTL * 4, da, db);
                     }
-                }
-                wgmma_commit();
-                if (WG_ASYNC)
-                    wgmma_wait<1>();
-                else
-                    wgmma_wait<0>();
-            } else if constexpr (WG) {
-                const uint32_t a_wg = a_base + (uint32_t)(wm / 4) * 64 * 128;
-                const uint32_t b_wg = b_base + (uint32_t)wn * TN * 128;
-                float *d = F8 ? &part[0][0][0] : &acc[0][0][0];
-                wgmma_fence();
-#pragma unroll
-                for (int ks = 0; ks < 4; ks++) {
-                    const uint64_t da = wgmma_desc(a_wg + ks * 32), db = wgmma_desc(b_wg + ks * 32);
-                    if (F8 && ks == 0)
-                        wgmma_step<DT, TN, false>(d, da, db); // part = A . B
-                    else
-                        wgmma_step<DT, TN, true>(d, da, db);
                 }
                 wgmma_commit();
                 if (WG_ASYNC)
