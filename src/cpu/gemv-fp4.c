@@ -267,27 +267,33 @@ static void gemm_fp4_vec(const moe__wmat *w, int64_t r0, int64_t r1, const void 
         ix[u] = _mm512_load_si512(v);
     }
     const int64_t seg = moe__cpu_stream_seg(r0, r1);
-    for (int64_t step = 0; step < seg * moe__cpu_plan.streams; step++) {
-        const int64_t r = moe__cpu_stream_row(r0, seg, step);
-        if (r >= r1) continue;
-        const uint8_t *q  = (const uint8_t *)w->data + r * K / 2;            // (K/2)
-        const uint8_t *sc = (const uint8_t *)w->scales + r * (K / bs);       // (K/bs)
-        for (int64_t i = 0; i < n_x;) {
-            const int64_t left = n_x - i;
-            const int     np   = left >= 4 ? 4 : left >= 2 ? 2 : 1;
-            const char   *xr   = (const char *)xq + (size_t)i * xq_stride;
-            float        *yr   = y + i * y_stride + (r - r0);
-            /* constant mx and NP: each variant compiles to its own loop */
-            if (mx) {
-                if (np == 4)      fp4_rows(w, true, t, ix, q, sc, K, xr, xs, yr, y_stride, 4);
-                else if (np == 2) fp4_rows(w, true, t, ix, q, sc, K, xr, xs, yr, y_stride, 2);
-                else              fp4_rows(w, true, t, ix, q, sc, K, xr, xs, yr, y_stride, 1);
-            } else {
-                if (np == 4)      fp4_rows(w, false, t, ix, q, sc, K, xr, xs, yr, y_stride, 4);
-                else if (np == 2) fp4_rows(w, false, t, ix, q, sc, K, xr, xs, yr, y_stride, 2);
-                else              fp4_rows(w, false, t, ix, q, sc, K, xr, xs, yr, y_stride, 1);
+    /* Chunks of 8 activation rows outermost (as gemv-q4k.c): the chunk's
+     * rows stay in L1 while the tile's weight rows go by, in passes of up to
+     * 4 rows each; up to 8 rows (decode) this is one chunk. */
+    for (int64_t c = 0; c < n_x; c += 8) {
+        const int64_t c1 = n_x - c < 8 ? n_x : c + 8;
+        for (int64_t step = 0; step < seg * moe__cpu_plan.streams; step++) {
+            const int64_t r = moe__cpu_stream_row(r0, seg, step);
+            if (r >= r1) continue;
+            const uint8_t *q  = (const uint8_t *)w->data + r * K / 2;            // (K/2)
+            const uint8_t *sc = (const uint8_t *)w->scales + r * (K / bs);       // (K/bs)
+            for (int64_t i = c; i < c1;) {
+                const int64_t left = c1 - i;
+                const int     np   = left >= 4 ? 4 : left >= 2 ? 2 : 1;
+                const char   *xr   = (const char *)xq + (size_t)i * xq_stride;
+                float        *yr   = y + i * y_stride + (r - r0);
+                /* constant mx and NP: each variant compiles to its own loop */
+                if (mx) {
+                    if (np == 4)      fp4_rows(w, true, t, ix, q, sc, K, xr, xs, yr, y_stride, 4);
+                    else if (np == 2) fp4_rows(w, true, t, ix, q, sc, K, xr, xs, yr, y_stride, 2);
+                    else              fp4_rows(w, true, t, ix, q, sc, K, xr, xs, yr, y_stride, 1);
+                } else {
+                    if (np == 4)      fp4_rows(w, false, t, ix, q, sc, K, xr, xs, yr, y_stride, 4);
+                    else if (np == 2) fp4_rows(w, false, t, ix, q, sc, K, xr, xs, yr, y_stride, 2);
+                    else              fp4_rows(w, false, t, ix, q, sc, K, xr, xs, yr, y_stride, 1);
+                }
+                i += np;
             }
-            i += np;
         }
     }
     (void)unit_scales;

@@ -375,52 +375,58 @@ static void gemm_fp8(const moe__wmat *w, int64_t r0, int64_t r1, const void *xq,
      * of each of the four segments. */
     const bool    adjacent = moe__cpu_plan.streams == 1;
     const int64_t seg = moe__cpu_stream_seg(r0, r1);
-    for (int64_t s = 0; s < (r1 - r0 + FP8_NRMAX - 1) / FP8_NRMAX; s++) {
-        int64_t rows[FP8_NRMAX];
-        int     nr = 0;
-        for (int j = 0; j < FP8_NRMAX; j++) {
-            const int64_t r = moe__cpu_stream_row(r0, seg, s * FP8_NRMAX + j);
-            if (r < r1) rows[nr++] = r;
-        }
-        for (int64_t i0 = 0; i0 < n_x;) {
-            const int64_t   nx = n_x - i0 >= FP8_NXMAX ? FP8_NXMAX : n_x - i0;
-            const uint16_t *xb[FP8_NXMAX];
-            const float    *sx[FP8_NXMAX];
-            for (int64_t i = 0; i < nx; i++) {
-                xb[i] = (const uint16_t *)((const char *)xq + (size_t)(i0 + i) * xq_stride);
-                sx[i] = (const float *)(xb[i] + kp);
+    /* Chunks of 8 activation rows outermost (as gemv-q4k.c): the chunk's
+     * rows stay in L1 while the tile's weight rows go by, in passes of up to
+     * FP8_NXMAX rows each; up to 8 rows (decode) this is one chunk. */
+    for (int64_t c = 0; c < n_x; c += 8) {
+        const int64_t c1 = n_x - c < 8 ? n_x : c + 8;
+        for (int64_t s = 0; s < (r1 - r0 + FP8_NRMAX - 1) / FP8_NRMAX; s++) {
+            int64_t rows[FP8_NRMAX];
+            int     nr = 0;
+            for (int j = 0; j < FP8_NRMAX; j++) {
+                const int64_t r = moe__cpu_stream_row(r0, seg, s * FP8_NRMAX + j);
+                if (r < r1) rows[nr++] = r;
             }
-            /* rows at once: 4 for one or two inputs, 2 for three or four */
-            const int nrb = nx <= 2 ? FP8_NRMAX : 2;
-            for (int j0 = 0; j0 < nr;) {
-                const int      n = nr - j0 >= nrb ? nrb : 1;
-                const uint8_t *q[FP8_NRMAX];
-                const float   *sws[FP8_NRMAX];
-                int64_t        step = 0;
-                float          out[FP8_NRMAX][FP8_NXMAX];
-                for (int j = 0; j < n; j++) {
-                    q[j]   = (const uint8_t *)w->data + rows[j0 + j] * K; // (K)
-                    sws[j] = wscale_row(w, rows[j0 + j], &step);
+            for (int64_t i0 = c; i0 < c1;) {
+                const int64_t   nx = c1 - i0 >= FP8_NXMAX ? FP8_NXMAX : c1 - i0;
+                const uint16_t *xb[FP8_NXMAX];
+                const float    *sx[FP8_NXMAX];
+                for (int64_t i = 0; i < nx; i++) {
+                    xb[i] = (const uint16_t *)((const char *)xq + (size_t)(i0 + i) * xq_stride);
+                    sx[i] = (const float *)(xb[i] + kp);
                 }
-#define FP8_ROWS(NR, NX) fp8_rows(&t, q, adjacent, K, sws, step, xb, sx, out, NR, NX)
-                if (n == 4 && nx == 1)      FP8_ROWS(4, 1);
-                else if (n == 4)            FP8_ROWS(4, 2);
-                else if (n == 2 && nx == 3) FP8_ROWS(2, 3);
-                else if (n == 2)            FP8_ROWS(2, 4);
-                else
-                    switch (nx) {
-                    case 1:  FP8_ROWS(1, 1); break;
-                    case 2:  FP8_ROWS(1, 2); break;
-                    case 3:  FP8_ROWS(1, 3); break;
-                    default: FP8_ROWS(1, 4); break;
+                /* rows at once: 4 for one or two inputs, 2 for three or four */
+                const int nrb = nx <= 2 ? FP8_NRMAX : 2;
+                for (int j0 = 0; j0 < nr;) {
+                    const int      n = nr - j0 >= nrb ? nrb : 1;
+                    const uint8_t *q[FP8_NRMAX];
+                    const float   *sws[FP8_NRMAX];
+                    int64_t        step = 0;
+                    float          out[FP8_NRMAX][FP8_NXMAX];
+                    for (int j = 0; j < n; j++) {
+                        q[j]   = (const uint8_t *)w->data + rows[j0 + j] * K; // (K)
+                        sws[j] = wscale_row(w, rows[j0 + j], &step);
                     }
+#define FP8_ROWS(NR, NX) fp8_rows(&t, q, adjacent, K, sws, step, xb, sx, out, NR, NX)
+                    if (n == 4 && nx == 1)      FP8_ROWS(4, 1);
+                    else if (n == 4)            FP8_ROWS(4, 2);
+                    else if (n == 2 && nx == 3) FP8_ROWS(2, 3);
+                    else if (n == 2)            FP8_ROWS(2, 4);
+                    else
+                        switch (nx) {
+                        case 1:  FP8_ROWS(1, 1); break;
+                        case 2:  FP8_ROWS(1, 2); break;
+                        case 3:  FP8_ROWS(1, 3); break;
+                        default: FP8_ROWS(1, 4); break;
+                        }
 #undef FP8_ROWS
-                for (int j = 0; j < n; j++)
-                    for (int64_t i = 0; i < nx; i++)
-                        y[(i0 + i) * y_stride + (rows[j0 + j] - r0)] = out[j][i];
-                j0 += n;
+                    for (int j = 0; j < n; j++)
+                        for (int64_t i = 0; i < nx; i++)
+                            y[(i0 + i) * y_stride + (rows[j0 + j] - r0)] = out[j][i];
+                    j0 += n;
+                }
+                i0 += nx;
             }
-            i0 += nx;
         }
     }
     (void)ng;

@@ -151,19 +151,25 @@ static void gemm_q6_k(const moe__wmat *w, int64_t r0, int64_t r1, const void *xq
                       int64_t n_x, float *y, int64_t y_stride) {
     const int64_t K = w->cols, nb = K / MOE_QK_K;
     const int64_t seg = moe__cpu_stream_seg(r0, r1);
-    for (int64_t step = 0; step < seg * moe__cpu_plan.streams; step++) {
-        const int64_t r = moe__cpu_stream_row(r0, seg, step);
-        if (r >= r1) continue;
-        const moe_block_q6_k *blk = (const moe_block_q6_k *)w->data + r * nb; // (nb)
-        for (int64_t i = 0; i < n_x;) {
-            const int64_t left = n_x - i;
-            const int     np   = left >= 4 ? 4 : left >= 2 ? 2 : 1;
-            const char   *xr   = (const char *)xq + (size_t)i * xq_stride;
-            float        *yr   = y + i * y_stride + (r - r0);
-            if (np == 4)      q6k_rows(blk, nb, K, xr, xq_stride, yr, y_stride, 4);
-            else if (np == 2) q6k_rows(blk, nb, K, xr, xq_stride, yr, y_stride, 2);
-            else              q6k_rows(blk, nb, K, xr, xq_stride, yr, y_stride, 1);
-            i += np;
+    /* Chunks of 8 activation rows outermost (as gemv-q4k.c): the chunk's
+     * rows stay in L1 while the tile's weight rows go by, in passes of up to
+     * 4 rows each; up to 8 rows (decode) this is one chunk. */
+    for (int64_t c = 0; c < n_x; c += 8) {
+        const int64_t c1 = n_x - c < 8 ? n_x : c + 8;
+        for (int64_t step = 0; step < seg * moe__cpu_plan.streams; step++) {
+            const int64_t r = moe__cpu_stream_row(r0, seg, step);
+            if (r >= r1) continue;
+            const moe_block_q6_k *blk = (const moe_block_q6_k *)w->data + r * nb; // (nb)
+            for (int64_t i = c; i < c1;) {
+                const int64_t left = c1 - i;
+                const int     np   = left >= 4 ? 4 : left >= 2 ? 2 : 1;
+                const char   *xr   = (const char *)xq + (size_t)i * xq_stride;
+                float        *yr   = y + i * y_stride + (r - r0);
+                if (np == 4)      q6k_rows(blk, nb, K, xr, xq_stride, yr, y_stride, 4);
+                else if (np == 2) q6k_rows(blk, nb, K, xr, xq_stride, yr, y_stride, 2);
+                else              q6k_rows(blk, nb, K, xr, xq_stride, yr, y_stride, 1);
+                i += np;
+            }
         }
     }
 }

@@ -383,52 +383,58 @@ static void gemm_q4u(const moe__wmat *w, int64_t r0, int64_t r1, const void *xq,
     const q4u_idx ix = q4u_idx_make(mx);
 #endif
     const int64_t seg = moe__cpu_stream_seg(r0, r1);
-    for (int64_t step = 0; step < seg * moe__cpu_plan.streams; step++) {
-        const int64_t r = moe__cpu_stream_row(r0, seg, step);
-        if (r >= r1) continue;
-        const uint8_t *row = (const uint8_t *)base + (size_t)r * row_bytes; // (nb blocks)
+    /* Chunks of 8 activation rows outermost (as gemv-q4k.c): the chunk's
+     * rows stay in L1 while the tile's weight rows go by, in passes of up to
+     * 4 rows each; up to 8 rows (decode) this is one chunk. */
+    for (int64_t c = 0; c < n_x; c += 8) {
+        const int64_t c1 = n_x - c < 8 ? n_x : c + 8;
+        for (int64_t step = 0; step < seg * moe__cpu_plan.streams; step++) {
+            const int64_t r = moe__cpu_stream_row(r0, seg, step);
+            if (r >= r1) continue;
+            const uint8_t *row = (const uint8_t *)base + (size_t)r * row_bytes; // (nb blocks)
 #if Q80_AVX512
-        /* Up to 4 activation rows per pass, all accumulators in registers
-         * (q4u_rows); per output the operations are the same in every pass
-         * size. */
-        for (int64_t i = 0; i < n_x;) {
-            const int64_t left = n_x - i;
-            const int     np   = left >= 4 ? 4 : left >= 2 ? 2 : 1;
-            const char   *xr   = (const char *)xq + (size_t)i * xq_stride;
-            float        *yr   = y + i * y_stride + (r - r0);
-            const size_t  xs   = xq_stride;
-            if (mx) {
-                if (np == 4)      q4u_rows(true, &ix, row, nb, xr, xs, yr, y_stride, 4);
-                else if (np == 2) q4u_rows(true, &ix, row, nb, xr, xs, yr, y_stride, 2);
-                else              q4u_rows(true, &ix, row, nb, xr, xs, yr, y_stride, 1);
-            } else {
-                if (np == 4)      q4u_rows(false, &ix, row, nb, xr, xs, yr, y_stride, 4);
-                else if (np == 2) q4u_rows(false, &ix, row, nb, xr, xs, yr, y_stride, 2);
-                else              q4u_rows(false, &ix, row, nb, xr, xs, yr, y_stride, 1);
+            /* Up to 4 activation rows per pass, all accumulators in registers
+             * (q4u_rows); per output the operations are the same in every pass
+             * size. */
+            for (int64_t i = c; i < c1;) {
+                const int64_t left = c1 - i;
+                const int     np   = left >= 4 ? 4 : left >= 2 ? 2 : 1;
+                const char   *xr   = (const char *)xq + (size_t)i * xq_stride;
+                float        *yr   = y + i * y_stride + (r - r0);
+                const size_t  xs   = xq_stride;
+                if (mx) {
+                    if (np == 4)      q4u_rows(true, &ix, row, nb, xr, xs, yr, y_stride, 4);
+                    else if (np == 2) q4u_rows(true, &ix, row, nb, xr, xs, yr, y_stride, 2);
+                    else              q4u_rows(true, &ix, row, nb, xr, xs, yr, y_stride, 1);
+                } else {
+                    if (np == 4)      q4u_rows(false, &ix, row, nb, xr, xs, yr, y_stride, 4);
+                    else if (np == 2) q4u_rows(false, &ix, row, nb, xr, xs, yr, y_stride, 2);
+                    else              q4u_rows(false, &ix, row, nb, xr, xs, yr, y_stride, 1);
+                }
+                i += np;
             }
-            i += np;
-        }
 #else
-        /* Portable: per block, the int32 sum over its 32 values, times the
-         * two scales in the vector path's order (lanes hold partial sums
-         * there, so the bits differ; each build has one kernel). */
-        for (int64_t i = 0; i < n_x; i++) {
-            const q4u_rec *x = (const q4u_rec *)((const char *)xq + (size_t)i * xq_stride);
-            float acc = 0;
-            for (int64_t b = 0; b < nb; b++) {
-                const q4u_rec *u = &x[b / 4];
-                const int      bi = (int)(b % 4);
-                int q[32];
-                const float d = block_values(f, row, b, q);
-                int32_t isum = 0;
-                for (int j = 0; j < 16; j++)
-                    isum += q[j] * u->qa[16 * bi + j] + q[16 + j] * u->qa[64 + 16 * bi + j];
-                /* MXFP4: d is 2^(e - 128) and dl is halved: undo one half */
-                acc += ((float)isum * u->dl[4 * bi]) * (mx ? 2 * d : d);
+            /* Portable: per block, the int32 sum over its 32 values, times the
+             * two scales in the vector path's order (lanes hold partial sums
+             * there, so the bits differ; each build has one kernel). */
+            for (int64_t i = c; i < c1; i++) {
+                const q4u_rec *x = (const q4u_rec *)((const char *)xq + (size_t)i * xq_stride);
+                float acc = 0;
+                for (int64_t b = 0; b < nb; b++) {
+                    const q4u_rec *u = &x[b / 4];
+                    const int      bi = (int)(b % 4);
+                    int q[32];
+                    const float d = block_values(f, row, b, q);
+                    int32_t isum = 0;
+                    for (int j = 0; j < 16; j++)
+                        isum += q[j] * u->qa[16 * bi + j] + q[16 + j] * u->qa[64 + 16 * bi + j];
+                    /* MXFP4: d is 2^(e - 128) and dl is halved: undo one half */
+                    acc += ((float)isum * u->dl[4 * bi]) * (mx ? 2 * d : d);
+                }
+                y[i * y_stride + (r - r0)] = acc;
             }
-            y[i * y_stride + (r - r0)] = acc;
-        }
 #endif
+        }
     }
 }
 
@@ -441,39 +447,45 @@ static void gemm_q80(const moe__wmat *w, int64_t r0, int64_t r1, const void *xq,
     (void)block_values; /* the portable paths' */
 #endif
     const int64_t seg = moe__cpu_stream_seg(r0, r1);
-    for (int64_t step = 0; step < seg * moe__cpu_plan.streams; step++) {
-        const int64_t r = moe__cpu_stream_row(r0, seg, step);
-        if (r >= r1) continue;
-        const char *row = (const char *)w->data + (size_t)r * row_bytes; // (nb blocks)
+    /* Chunks of 8 activation rows outermost (as gemv-q4k.c): the chunk's
+     * rows stay in L1 while the tile's weight rows go by, in passes of up to
+     * 4 rows each; up to 8 rows (decode) this is one chunk. */
+    for (int64_t c = 0; c < n_x; c += 8) {
+        const int64_t c1 = n_x - c < 8 ? n_x : c + 8;
+        for (int64_t step = 0; step < seg * moe__cpu_plan.streams; step++) {
+            const int64_t r = moe__cpu_stream_row(r0, seg, step);
+            if (r >= r1) continue;
+            const char *row = (const char *)w->data + (size_t)r * row_bytes; // (nb blocks)
 #if Q80_AVX512
-        /* Up to 4 activation rows per pass, all accumulators in registers
-         * (q80_rows); each pair of weight blocks is decoded once per pass.
-         * Per output the operations are the same in every pass size. */
-        for (int64_t i = 0; i < n_x;) {
-            const int64_t left = n_x - i;
-            const int     np   = left >= 4 ? 4 : left >= 2 ? 2 : 1;
-            const char   *xr   = (const char *)xq + (size_t)i * xq_stride;
-            float        *yr   = y + i * y_stride + (r - r0);
-            if (np == 4)      q80_rows(&ix, row, nb, kp, xr, xq_stride, yr, y_stride, 4);
-            else if (np == 2) q80_rows(&ix, row, nb, kp, xr, xq_stride, yr, y_stride, 2);
-            else              q80_rows(&ix, row, nb, kp, xr, xq_stride, yr, y_stride, 1);
-            i += np;
-        }
-#else
-        for (int64_t i = 0; i < n_x; i++) {
-            const int8_t *qa = (const int8_t *)((const char *)xq + (size_t)i * xq_stride);
-            const float  *dl = (const float *)((const int32_t *)(qa + kp) + kp / 4);
-            float acc = 0;
-            for (int64_t b = 0; b < nb; b++) {
-                int q[32];
-                const float d = block_values(MOE_FORMAT_Q8_0, row, b, q);
-                int32_t isum = 0;
-                for (int j = 0; j < 32; j++) isum += q[j] * qa[32 * b + j];
-                acc += (float)isum * (d * dl[8 * b]);
+            /* Up to 4 activation rows per pass, all accumulators in registers
+             * (q80_rows); each pair of weight blocks is decoded once per pass.
+             * Per output the operations are the same in every pass size. */
+            for (int64_t i = c; i < c1;) {
+                const int64_t left = c1 - i;
+                const int     np   = left >= 4 ? 4 : left >= 2 ? 2 : 1;
+                const char   *xr   = (const char *)xq + (size_t)i * xq_stride;
+                float        *yr   = y + i * y_stride + (r - r0);
+                if (np == 4)      q80_rows(&ix, row, nb, kp, xr, xq_stride, yr, y_stride, 4);
+                else if (np == 2) q80_rows(&ix, row, nb, kp, xr, xq_stride, yr, y_stride, 2);
+                else              q80_rows(&ix, row, nb, kp, xr, xq_stride, yr, y_stride, 1);
+                i += np;
             }
-            y[i * y_stride + (r - r0)] = acc;
-        }
+#else
+            for (int64_t i = c; i < c1; i++) {
+                const int8_t *qa = (const int8_t *)((const char *)xq + (size_t)i * xq_stride);
+                const float  *dl = (const float *)((const int32_t *)(qa + kp) + kp / 4);
+                float acc = 0;
+                for (int64_t b = 0; b < nb; b++) {
+                    int q[32];
+                    const float d = block_values(MOE_FORMAT_Q8_0, row, b, q);
+                    int32_t isum = 0;
+                    for (int j = 0; j < 32; j++) isum += q[j] * qa[32 * b + j];
+                    acc += (float)isum * (d * dl[8 * b]);
+                }
+                y[i * y_stride + (r - r0)] = acc;
+            }
 #endif
+        }
     }
 }
 
