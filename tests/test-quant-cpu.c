@@ -285,29 +285,48 @@ TEST(quant_cpu_gguf_activation_bytes) {
     test_rng rng = { 29 };
     for (int variant = 0; variant < 3; variant++) {
         fill_act_row(x, K, variant, &rng);
-        /* q8_0: qa (K), ns (K/4), dl (K/4) for K a multiple of 64 */
-        const moe__cpu_format *cf = moe__cpu_format_get(MOE_FORMAT_Q8_0);
-        moe__wmat w = { .format = MOE_FORMAT_Q8_0, .rows = 1, .cols = K };
-        char *xq = aligned_alloc(64, (cf->act_row_bytes(K) + 63) / 64 * 64);
-        cf->act_quantize(&w, x, K, xq);
-        const int8_t  *qa = (const int8_t *)xq;
-        const int32_t *ns = (const int32_t *)(qa + K);
-        const float   *dl = (const float *)(ns + K / 4);
-        long bad = 0;
-        for (int64_t b = 0; b < K / 32; b++) {
-            moe_block_q8_0 ref;
-            moe__quantize_row_q8_0(x + 32 * b, &ref, 32);
-            const float d = moe__f16_to_f32(ref.d);
-            if (memcmp(qa + 32 * b, ref.qs, 32) ||
-                !(dl[8 * b] == d || (isnan(d) && isnan(dl[8 * b]))))
-                bad++;
-            for (int j = 0; j < 8; j++)
-                if (ns[8 * b + j] != -(ref.qs[4 * j] + ref.qs[4 * j + 1] + ref.qs[4 * j + 2] +
-                                       ref.qs[4 * j + 3]))
+        /* q8_0, q4_0, gguf-mxfp4: a 256-byte record per 128 values (4 blocks):
+         * qa[128] (block b's values 0..15 at 16b, 16..31 at 64 + 16b), ns[16]
+         * (lane 4b + j: -off * the sum of qa[16b + 4j ..+3] and qa[64 + 16b +
+         * 4j ..+3]; off 8 for q4_0, else 128), dl[16] (lane 4b + j: block b's
+         * scale, halved for gguf-mxfp4) */
+        static const moe_format u4[] = { MOE_FORMAT_Q8_0, MOE_FORMAT_Q4_0,
+                                         MOE_FORMAT_GGUF_MXFP4 };
+        moe__wmat w = { .rows = 1, .cols = K };
+        const moe__cpu_format *cf;
+        char *xq;
+        long  bad;
+        for (int fi = 0; fi < 3; fi++) {
+            w.format = u4[fi];
+            cf = moe__cpu_format_get(w.format);
+            xq = aligned_alloc(64, (cf->act_row_bytes(K) + 63) / 64 * 64);
+            cf->act_quantize(&w, x, K, xq);
+            const int32_t off = w.format == MOE_FORMAT_Q4_0 ? 8 : 128;
+            bad = 0;
+            for (int64_t b = 0; b < K / 32; b++) {
+                const char    *rec = xq + (b / 4) * 256;
+                const int8_t  *qa  = (const int8_t *)rec;
+                const int32_t *ns  = (const int32_t *)(rec + 128);
+                const float   *dl  = (const float *)(rec + 192);
+                const int      bi  = (int)(b % 4);
+                moe_block_q8_0 ref;
+                moe__quantize_row_q8_0(x + 32 * b, &ref, 32);
+                float d = moe__f16_to_f32(ref.d);
+                if (w.format == MOE_FORMAT_GGUF_MXFP4) d *= 0.5f;
+                if (memcmp(qa + 16 * bi, ref.qs, 16) || memcmp(qa + 64 + 16 * bi, ref.qs + 16, 16))
                     bad++;
+                for (int j = 0; j < 4; j++) {
+                    const int l = 4 * bi + j;
+                    if (!(dl[l] == d || (isnan(d) && isnan(dl[l])))) bad++;
+                    int32_t sum = 0;
+                    for (int t = 0; t < 4; t++) sum += ref.qs[4 * j + t] + ref.qs[16 + 4 * j + t];
+                    if (ns[l] != -off * sum) bad++;
+                }
+            }
+            CHECK(bad == 0, "%s activations, variant %d: %ld mismatches",
+                  moe_format_name(w.format), variant, bad);
+            free(xq);
         }
-        CHECK(bad == 0, "q8_0 activations, variant %d: %ld mismatches", variant, bad);
-        free(xq);
 
         /* q4_k: qa (K, each 128 stored as 0..31, 64..95, 32..63, 96..127),
          * dx (K/256), bs (K/32) */
@@ -315,7 +334,7 @@ TEST(quant_cpu_gguf_activation_bytes) {
         w.format = MOE_FORMAT_Q4_K;
         xq = aligned_alloc(64, (cf->act_row_bytes(K) + 63) / 64 * 64);
         cf->act_quantize(&w, x, K, xq);
-        qa = (const int8_t *)xq;
+        const int8_t  *qa = (const int8_t *)xq;
         const float   *dx = (const float *)(qa + K);
         const int32_t *bs = (const int32_t *)(dx + K / 256);
         bad = 0;

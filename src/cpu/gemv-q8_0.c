@@ -11,32 +11,30 @@
  *   Q4_0        nibble (q - 8 + 8)  8     d (f16)
  *   MXFP4       2 * e2m1 + 128      128   2^(e - 128) (ggml's e8m0 half)
  *
- * then y += (lanes * d_x) * d_w in fp32 (Q8_0: (lanes * d_w) * d_x).
+ * then y += (lanes * d_x) * d_w in fp32.
  *
- * Q8_0 activation row (act_row_bytes), Kp = cols rounded up to 64, zero
- * past cols:
- *   int8  qa[Kp]     q8_0 values (quant.h's moe__quantize_row_q8_0)
- *   int32 ns[Kp/4]   minus the sum of each 4 consecutive qa
- *   float dl[Kp/4]   the q8_0 block scale of those 4 values (f16-rounded)
- * Q8_0 kernel: pairs of blocks (64 values), vpermb byte gathers.
- *
- * Q4_0 and MXFP4 work in units of 4 blocks (128 values, 72 or 68 weight
- * bytes): one vpermt2b gathers the 64 packed bytes of the 4 blocks, a mask
- * and a shift give the low nibbles (values 0..15 of each block) and the
- * high ones (16..31), and two vpdpbusd put block b's sums in int32 lanes
- * 4b..4b+3, so one conversion and one scale vector serve 4 blocks. (A pair
- * of blocks per step left the decode, not memory, as the bound: about 12
- * GB/s per core from L2.) Their activation row, Kp = cols rounded up to
- * 128, is one 256-byte record per unit, zero past cols:
+ * All three work in units of 4 blocks (128 values; 136, 72 or 68 weight
+ * bytes) against one activation record per unit, so that two vpdpbusd put
+ * block b's sums in int32 lanes 4b..4b+3 and one conversion and one scale
+ * vector serve 4 blocks. Q8_0: two vpermt2b gather each block's values
+ * 0..15, then 16..31, from four overlapping loads; Q4_0 and MXFP4: one
+ * vpermt2b gathers the 64 packed bytes of the 4 blocks, a mask and a shift
+ * give the low nibbles (values 0..15 of each block) and the high ones
+ * (16..31). (A pair of blocks per step left the decode, not memory, as the
+ * bound: about 12 GB/s per core from L2; Q8_0 on pairs spent twice the
+ * operations per activation row: qwen3-30b-a3b at 512 tokens 140 -> 96-101
+ * ms with units.) The
+ * activation row, Kp = cols rounded up to 128, is one 256-byte record per
+ * unit, zero past cols:
  *   int8  qa[128]    block b's values 0..15 at 16b, 16..31 at 64 + 16b
  *   int32 ns[16]     lane 4b + j: -off * (sum of qa[16b + 4j .. + 3] and
  *                    of qa[64 + 16b + 4j .. + 3]): the lanes' start values
  *   float dl[16]     lane 4b + j: block b's q8_0 scale (f16-rounded; MXFP4:
  *                    halved, ggml's e8m0 half then becomes 2^(e - 127))
  *
- * Order: per row and activation row, steps (pairs, units) in increasing k
- * alternate between two accumulators (fixed by K), summed, then reduced by
- * one fixed tree. Weight rows are streamed as cpu-formats.h says
+ * Order: per row and activation row, units in increasing k alternate
+ * between two accumulators (fixed by K), summed, then reduced by one fixed
+ * tree. Weight rows are streamed as cpu-formats.h says
  * (moe__cpu_stream_row order, moe__cpu_prefetch).
  */
 #include "cpu-formats.h"
@@ -49,10 +47,6 @@
 #include <immintrin.h>
 #define Q80_AVX512 1
 #endif
-
-static int64_t kp64(int64_t cols) { return (cols + 63) / 64 * 64; }
-
-static size_t q80_act_row_bytes(int64_t cols) { return (size_t)kp64(cols) * 3; }
 
 /* moe__quantize_row_q8_0 of the 32 values at x: qa (natural order) and the
  * f16-rounded scale as f32 (NaN for a block holding Inf or NaN, whose qa are
@@ -87,30 +81,7 @@ static float q80_block(const float *x, int8_t *qa) {
 #endif
 }
 
-static void act_q80(const moe__wmat *w, const float *x, int64_t cols, void *xq) {
-    (void)w;
-    const int64_t kp = kp64(cols);
-    int8_t  *qa = xq;
-    int32_t *ns = (int32_t *)(qa + kp);
-    float   *dl = (float *)(ns + kp / 4);
-    memset(qa, 0, (size_t)kp);
-    for (int64_t b = 0; b < cols / MOE_QK8_0; b++) {
-        const float d = q80_block(x + 32 * b, qa + 32 * b);
-        for (int j = 0; j < 8; j++) dl[b * 8 + j] = d;
-    }
-    for (int64_t j = cols / 4; j < kp / 4; j++) dl[j] = 0;
-#if Q80_AVX512
-    for (int64_t j = 0; j < kp / 4; j += 16)
-        _mm512_storeu_si512(ns + j, _mm512_sub_epi32(_mm512_setzero_si512(),
-                                _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_set1_epi8(1),
-                                                    _mm512_loadu_si512(qa + 4 * j))));
-#else
-    for (int64_t j = 0; j < kp / 4; j++)
-        ns[j] = -(qa[4 * j] + qa[4 * j + 1] + qa[4 * j + 2] + qa[4 * j + 3]);
-#endif
-}
-
-/* ===== Q4_0 and MXFP4: units of 4 blocks ===== */
+/* ===== Units of 4 blocks ===== */
 
 enum { Q4U_REC = 256 }; /* bytes of one unit's activation record */
 
@@ -127,7 +98,7 @@ _Static_assert(sizeof(q4u_rec) == Q4U_REC, "q4u_rec layout");
 
 static void act_q4u(const moe__wmat *w, const float *x, int64_t cols, void *xq) {
     const bool    mx  = w->format == MOE_FORMAT_GGUF_MXFP4;
-    const int32_t off = mx ? 128 : 8;
+    const int32_t off = w->format == MOE_FORMAT_Q4_0 ? 8 : 128;
     const int64_t nu  = kp128(cols) / 128;
     q4u_rec *rec = xq; // (nu)
     memset(rec, 0, (size_t)nu * sizeof *rec);
@@ -192,111 +163,46 @@ static inline __mmask64 first_bytes(int n) {
     return n >= 64 ? ~0ull : n <= 0 ? 0 : (1ull << n) - 1;
 }
 
-/* Q8_0: byte gathers of a pair of blocks (68 bytes from p) with vpermb, so
- * that a pair costs a few vector operations instead of two scalar scale
- * conversions, broadcasts and 128-bit inserts: qs of block 0 (bytes 2..33)
- * from A = p[0..63] and of block 1 (bytes 36..67) from B = p[4..67] (index
- * 64 + j picks B[j]); the f16 d at bytes 0 and 34 as 8 + 8 halves. */
-typedef struct q80_pair_idx { __m512i qs, d; } q80_pair_idx;
+/* Block bytes of format f (Q4_0 18, GGUF MXFP4 17, Q8_0 34). */
+static inline int q4u_bb(moe_format f) {
+    return f == MOE_FORMAT_Q8_0 ? 34 : f == MOE_FORMAT_GGUF_MXFP4 ? 17 : 18;
+}
 
-static inline q80_pair_idx q80_pair_idx_make(void) {
-    _Alignas(64) uint8_t qs[64], d[64];
+/* Gathers of one unit (4 blocks, ub = 4 * bb bytes at p), each a vpermt2b
+ * of two loads (index 64 + j picks the second load's byte j):
+ * - Q4_0, MXFP4: from A = p[0..63] and B = p[ub - 64 .. ub - 1] (B ends
+ *   with the unit), qs the 64 packed bytes of the 4 blocks;
+ * - Q8_0: qs block l / 16's value l % 16 from A and B = p[64..127], qs2
+ *   its value 16 + l % 16 from p[8..71] and p[72..135];
+ * and d: for Q4_0 and Q8_0 the f16 scale of block l / 4 in half l (from A
+ * and B), for MXFP4 the e8m0 byte of block l / 4 in byte 0 of dword l
+ * (from A; the mask clears the other bytes). */
+typedef struct q4u_idx { __m512i qs, qs2, d; } q4u_idx;
+
+static q4u_idx q4u_idx_make(moe_format f) {
+    _Alignas(64) uint8_t qs[64], qs2[64], d[64];
+    const bool mx = f == MOE_FORMAT_GGUF_MXFP4, q8 = f == MOE_FORMAT_Q8_0;
+    const int  bb = q4u_bb(f), o0 = mx ? 1 : 2, ob = q8 ? 64 : 4 * bb - 64;
     for (int j = 0; j < 64; j++) {
-        qs[j] = (uint8_t)(j < 32 ? 2 + j : 64 + j);
-        d[j]  = (uint8_t)((j < 16 ? 0 : 34) + j % 2);
+        const int o = o0 + (j / 16) * bb + j % 16, o2 = o + 16 - 8; /* p[8 ..] */
+        qs[j]  = (uint8_t)(o < 64 ? o : 64 + o - ob);
+        qs2[j] = (uint8_t)(o2 < 64 ? o2 : 64 + o2 - 64);
+        const int od = bb * (j / 8 % 4) + j % 2;
+        d[j] = (uint8_t)(mx ? bb * (j / 16) : od < 64 ? od : 64 + od - ob);
     }
-    return (q80_pair_idx){ _mm512_load_si512(qs), _mm512_load_si512(d) };
+    return (q4u_idx){ _mm512_load_si512(qs), _mm512_load_si512(qs2), _mm512_load_si512(d) };
 }
 
-/* Unsigned bytes (q + 128) of blocks 2p, 2p + 1 and their scales in lanes
- * 0..7 and 8..15; n: the pair's bytes (68, or 34 for an odd last block:
- * the masked loads read zeros past it, so its scale is 0). */
-static inline __attribute__((always_inline)) __m512i q80_pair_u8(const q80_pair_idx *ix,
-                                                                 const uint8_t *p, int n,
-                                                                 __m512 *dw) {
-    __m512i a, b;
-    if (n == 68) {
-        a = _mm512_loadu_si512(p);
-        b = _mm512_loadu_si512(p + 4);
-    } else {
-        a = _mm512_maskz_loadu_epi8(first_bytes(n), p);
-        b = _mm512_maskz_loadu_epi8(first_bytes(n - 4), p + 4);
-    }
-    *dw = _mm512_cvtph_ps(_mm512_castsi512_si256(_mm512_permutexvar_epi8(ix->d, a)));
-    /* an absent second block reads 128s, against zero activations */
-    return _mm512_xor_si512(_mm512_permutex2var_epi8(a, ix->qs, b), _mm512_set1_epi8(-128));
-}
-
-/* Block pair p of the weight row against NP activation rows, into the
- * accumulators a[i] (one of each row's two). */
-static inline __attribute__((always_inline)) void q80_step(
-    const q80_pair_idx *ix, const char *row, int64_t p, int64_t nb, int64_t kp, const char *xr,
-    size_t xq_stride, __m512 *a0, __m512 *a1, __m512 *a2, __m512 *a3, int NP) {
-    const uint8_t *pp = (const uint8_t *)row + (size_t)(2 * p) * 34;
-    moe__cpu_prefetch(pp, 68);
-    __m512 dw;
-    const __m512i wv = q80_pair_u8(ix, pp, 2 * p + 1 < nb ? 68 : 34, &dw);
-    __m512 *const a[4] = { a0, a1, a2, a3 };
-#pragma GCC unroll 4
-    for (int i = 0; i < NP; i++) {
-        const int8_t  *qa = (const int8_t *)(xr + (size_t)i * xq_stride);
-        const int32_t *ns = (const int32_t *)(qa + kp);
-        const float   *dl = (const float *)(ns + kp / 4);
-        __m512i init = _mm512_slli_epi32(_mm512_loadu_si512(ns + 16 * p), 7); /* off 128 */
-        __m512i sum  = _mm512_dpbusd_epi32(init, wv, _mm512_loadu_si512(qa + 64 * p));
-        __m512  t    = _mm512_mul_ps(_mm512_cvtepi32_ps(sum), dw);
-        *a[i] = _mm512_fmadd_ps(t, _mm512_loadu_ps(dl + 16 * p), *a[i]);
-    }
-}
-
-/* NP activation rows (at xr, xq_stride apart) against one weight row:
- * writes y[i * y_stride] for i < NP. Block pairs alternate between each
- * row's two accumulators, in the same pairing as q4u_rows and for the
- * same reason (registers, not the stack). */
-static inline __attribute__((always_inline)) void q80_rows(
-    const q80_pair_idx *ix, const char *row, int64_t nb, int64_t kp, const char *xr,
-    size_t xq_stride, float *y, int64_t y_stride, int NP) {
-    const int64_t np = (nb + 1) / 2;
-    __m512 e0 = _mm512_setzero_ps(), e1 = e0, e2 = e0, e3 = e0; /* even pairs, rows 0..3 */
-    __m512 o0 = e0, o1 = e0, o2 = e0, o3 = e0;                  /* odd pairs */
-    int64_t p = 0;
-    for (; p + 1 < np; p += 2) {
-        q80_step(ix, row, p, nb, kp, xr, xq_stride, &e0, &e1, &e2, &e3, NP);
-        q80_step(ix, row, p + 1, nb, kp, xr, xq_stride, &o0, &o1, &o2, &o3, NP);
-    }
-    if (p < np) q80_step(ix, row, p, nb, kp, xr, xq_stride, &e0, &e1, &e2, &e3, NP);
-    const __m512 s[4] = { _mm512_add_ps(e0, o0), _mm512_add_ps(e1, o1), _mm512_add_ps(e2, o2),
-                          _mm512_add_ps(e3, o3) };
-#pragma GCC unroll 4
-    for (int i = 0; i < NP; i++) y[i * y_stride] = _mm512_reduce_add_ps(s[i]);
-}
-
-/* Gathers of one unit (4 blocks, ub = 4 * bb bytes at p) from the loads
- * A = p[0..63] and B = p[ub - 64 .. ub - 1] (B ends with the unit; index
- * 64 + j picks B[j]): qs the 64 packed bytes of the 4 blocks; d for
- * Q4_0 the f16 scale of block l / 4 in half l, for MXFP4 the e8m0 byte of
- * block l / 4 in byte 0 of dword l (the mask clears the other bytes). */
-typedef struct q4u_idx { __m512i qs, d; } q4u_idx;
-
-static q4u_idx q4u_idx_make(bool mx) {
-    _Alignas(64) uint8_t qs[64], d[64];
-    const int bb = mx ? 17 : 18, o0 = mx ? 1 : 2, ob = 4 * bb - 64;
-    for (int j = 0; j < 64; j++) {
-        const int o = o0 + (j / 16) * bb + j % 16;
-        qs[j] = (uint8_t)(o < 64 ? o : 64 + o - ob);
-        d[j]  = (uint8_t)(mx ? bb * (j / 16) : bb * (j / 8 % 4) + j % 2);
-    }
-    return (q4u_idx){ _mm512_load_si512(qs), _mm512_load_si512(d) };
-}
-
-/* Unsigned weight bytes of one unit: low nibbles (values 0..15 of each
- * block) in *lo, high ones in *hi, and the 16 lane scales (MXFP4:
- * 2^(e - 127); the activation's halved d completes ggml's 2^(e - 128)). n:
- * the unit's bytes (ub, or fewer for the row's last unit: the masked loads
- * read zeros past them, blocks of d = 0 or e = 0 against zero activations). */
+/* Unsigned weight bytes of one unit: values 0..15 of each block (Q4_0,
+ * MXFP4: the low nibbles) in *lo, values 16..31 in *hi, and the 16 lane
+ * scales (MXFP4: 2^(e - 127); the activation's halved d completes ggml's
+ * 2^(e - 128)). n: the unit's bytes (ub, or fewer for the row's last unit:
+ * the masked loads read zeros past them, blocks of d = 0 or e = 0 against
+ * zero activations). */
 static inline __attribute__((always_inline)) __m512 q4u_decode(
-    bool mx, const q4u_idx *ix, const uint8_t *p, int n, int ub, __m512i *lo, __m512i *hi) {
-    const int off = ub - 64;
+    moe_format f, const q4u_idx *ix, const uint8_t *p, int n, int ub, __m512i *lo, __m512i *hi) {
+    const bool mx = f == MOE_FORMAT_GGUF_MXFP4;
+    const int  off = f == MOE_FORMAT_Q8_0 ? 64 : ub - 64;
     __m512i a, b;
     if (n == ub) {
         a = _mm512_loadu_si512(p);
@@ -305,13 +211,29 @@ static inline __attribute__((always_inline)) __m512 q4u_decode(
         a = _mm512_maskz_loadu_epi8(first_bytes(n), p);
         b = _mm512_maskz_loadu_epi8(first_bytes(n - off), p + off);
     }
+    const __m512 d16 =
+        _mm512_cvtph_ps(_mm512_castsi512_si256(_mm512_permutex2var_epi8(a, ix->d, b)));
+    if (f == MOE_FORMAT_Q8_0) { /* q + 128: an absent block reads 128s, against zero activations */
+        __m512i c, e;
+        if (n == ub) {
+            c = _mm512_loadu_si512(p + 8);
+            e = _mm512_loadu_si512(p + 72);
+        } else {
+            c = _mm512_maskz_loadu_epi8(first_bytes(n - 8), p + 8);
+            e = _mm512_maskz_loadu_epi8(first_bytes(n - 72), p + 72);
+        }
+        const __m512i flip = _mm512_set1_epi8(-128);
+        *lo = _mm512_xor_si512(_mm512_permutex2var_epi8(a, ix->qs, b), flip);
+        *hi = _mm512_xor_si512(_mm512_permutex2var_epi8(c, ix->qs2, e), flip);
+        return d16;
+    }
     const __m512i m4 = _mm512_set1_epi8(15);
     const __m512i q  = _mm512_permutex2var_epi8(a, ix->qs, b);
     __m512i l = _mm512_and_si512(q, m4), h = _mm512_and_si512(_mm512_srli_epi16(q, 4), m4);
     if (!mx) {
         *lo = l;
         *hi = h;
-        return _mm512_cvtph_ps(_mm512_castsi512_si256(_mm512_permutexvar_epi8(ix->d, a)));
+        return d16;
     }
     const __m512i lut = _mm512_broadcast_i32x4(_mm_setr_epi8(
         (char)128, (char)129, (char)130, (char)131, (char)132, (char)134, (char)136, (char)140,
@@ -328,14 +250,14 @@ static inline __attribute__((always_inline)) __m512 q4u_decode(
 /* Unit u (4 blocks) of the weight row against NP activation rows, into
  * the accumulators a[i] (one of each row's two). */
 static inline __attribute__((always_inline)) void q4u_unit(
-    bool mx, const q4u_idx *ix, const uint8_t *row, int64_t u, int64_t nu, int64_t nb,
+    moe_format f, const q4u_idx *ix, const uint8_t *row, int64_t u, int64_t nu, int64_t nb,
     const char *xr, size_t xq_stride, __m512 *a0, __m512 *a1, __m512 *a2, __m512 *a3, int NP) {
-    const int      bb = mx ? 17 : 18, ub = 4 * bb;
+    const int      bb = q4u_bb(f), ub = 4 * bb;
     const uint8_t *p  = row + u * ub;
     const int      n  = u + 1 < nu || nb % 4 == 0 ? ub : (int)(nb % 4) * bb;
     moe__cpu_prefetch(p, (size_t)ub);
     __m512i lo, hi;
-    const __m512 dw = q4u_decode(mx, ix, p, n, ub, &lo, &hi);
+    const __m512 dw = q4u_decode(f, ix, p, n, ub, &lo, &hi);
     __m512 *const a[4] = { a0, a1, a2, a3 };
 #pragma GCC unroll 4
     for (int i = 0; i < NP; i++) {
@@ -354,17 +276,17 @@ static inline __attribute__((always_inline)) void q4u_unit(
  * parity index and rolled loops the multi-row variants kept them on the
  * stack: a store-to-load round trip per unit and row). */
 static inline __attribute__((always_inline)) void q4u_rows(
-    bool mx, const q4u_idx *ix, const uint8_t *row, int64_t nb, const char *xr, size_t xq_stride,
-    float *y, int64_t y_stride, int NP) {
+    moe_format f, const q4u_idx *ix, const uint8_t *row, int64_t nb, const char *xr,
+    size_t xq_stride, float *y, int64_t y_stride, int NP) {
     const int64_t nu = (nb + 3) / 4;
     __m512 e0 = _mm512_setzero_ps(), e1 = e0, e2 = e0, e3 = e0; /* even units, rows 0..3 */
     __m512 o0 = e0, o1 = e0, o2 = e0, o3 = e0;                  /* odd units */
     int64_t u = 0;
     for (; u + 1 < nu; u += 2) {
-        q4u_unit(mx, ix, row, u, nu, nb, xr, xq_stride, &e0, &e1, &e2, &e3, NP);
-        q4u_unit(mx, ix, row, u + 1, nu, nb, xr, xq_stride, &o0, &o1, &o2, &o3, NP);
+        q4u_unit(f, ix, row, u, nu, nb, xr, xq_stride, &e0, &e1, &e2, &e3, NP);
+        q4u_unit(f, ix, row, u + 1, nu, nb, xr, xq_stride, &o0, &o1, &o2, &o3, NP);
     }
-    if (u < nu) q4u_unit(mx, ix, row, u, nu, nb, xr, xq_stride, &e0, &e1, &e2, &e3, NP);
+    if (u < nu) q4u_unit(f, ix, row, u, nu, nb, xr, xq_stride, &e0, &e1, &e2, &e3, NP);
     const __m512 s[4] = { _mm512_add_ps(e0, o0), _mm512_add_ps(e1, o1), _mm512_add_ps(e2, o2),
                           _mm512_add_ps(e3, o3) };
 #pragma GCC unroll 4
@@ -377,10 +299,11 @@ static void gemm_q4u(const moe__wmat *w, int64_t r0, int64_t r1, const void *xq,
     const moe_format f  = w->format;
     const bool       mx = f == MOE_FORMAT_GGUF_MXFP4;
     const int64_t    K = w->cols, nb = K / MOE_QK8_0;
-    const size_t     bb = mx ? 17 : 18, row_bytes = (size_t)nb * bb;
+    const size_t     row_bytes = (size_t)nb * (size_t)q4u_bb(f);
     const char      *base = (const char *)w->data;
 #if Q80_AVX512
-    const q4u_idx ix = q4u_idx_make(mx);
+    const q4u_idx ix = q4u_idx_make(f);
+    (void)block_values; /* the portable path's */
 #endif
     const int64_t seg = moe__cpu_stream_seg(r0, r1);
     /* Chunks of 8 activation rows outermost (as gemv-q4k.c): the chunk's
@@ -402,15 +325,17 @@ static void gemm_q4u(const moe__wmat *w, int64_t r0, int64_t r1, const void *xq,
                 const char   *xr   = (const char *)xq + (size_t)i * xq_stride;
                 float        *yr   = y + i * y_stride + (r - r0);
                 const size_t  xs   = xq_stride;
-                if (mx) {
-                    if (np == 4)      q4u_rows(true, &ix, row, nb, xr, xs, yr, y_stride, 4);
-                    else if (np == 2) q4u_rows(true, &ix, row, nb, xr, xs, yr, y_stride, 2);
-                    else              q4u_rows(true, &ix, row, nb, xr, xs, yr, y_stride, 1);
-                } else {
-                    if (np == 4)      q4u_rows(false, &ix, row, nb, xr, xs, yr, y_stride, 4);
-                    else if (np == 2) q4u_rows(false, &ix, row, nb, xr, xs, yr, y_stride, 2);
-                    else              q4u_rows(false, &ix, row, nb, xr, xs, yr, y_stride, 1);
-                }
+                /* constant format and NP: each variant compiles to its own loop */
+#define Q4U_ROWS(F)                                                                \
+    do {                                                                           \
+        if (np == 4)      q4u_rows(F, &ix, row, nb, xr, xs, yr, y_stride, 4);      \
+        else if (np == 2) q4u_rows(F, &ix, row, nb, xr, xs, yr, y_stride, 2);      \
+        else              q4u_rows(F, &ix, row, nb, xr, xs, yr, y_stride, 1);      \
+    } while (0)
+                if (mx) Q4U_ROWS(MOE_FORMAT_GGUF_MXFP4);
+                else if (f == MOE_FORMAT_Q8_0) Q4U_ROWS(MOE_FORMAT_Q8_0);
+                else Q4U_ROWS(MOE_FORMAT_Q4_0);
+#undef Q4U_ROWS
                 i += np;
             }
 #else
@@ -438,59 +363,8 @@ static void gemm_q4u(const moe__wmat *w, int64_t r0, int64_t r1, const void *xq,
     }
 }
 
-static void gemm_q80(const moe__wmat *w, int64_t r0, int64_t r1, const void *xq, size_t xq_stride,
-                     int64_t n_x, float *y, int64_t y_stride) {
-    const int64_t K = w->cols, kp = kp64(K), nb = K / MOE_QK8_0;
-    const size_t  row_bytes = (size_t)nb * sizeof(moe_block_q8_0);
-#if Q80_AVX512
-    const q80_pair_idx ix = q80_pair_idx_make();
-    (void)block_values; /* the portable paths' */
-#endif
-    const int64_t seg = moe__cpu_stream_seg(r0, r1);
-    /* Chunks of 8 activation rows outermost (as gemv-q4k.c): the chunk's
-     * rows stay in L1 while the tile's weight rows go by, in passes of up to
-     * 4 rows each; up to 8 rows (decode) this is one chunk. */
-    for (int64_t c = 0; c < n_x; c += 8) {
-        const int64_t c1 = n_x - c < 8 ? n_x : c + 8;
-        for (int64_t step = 0; step < seg * moe__cpu_plan.streams; step++) {
-            const int64_t r = moe__cpu_stream_row(r0, seg, step);
-            if (r >= r1) continue;
-            const char *row = (const char *)w->data + (size_t)r * row_bytes; // (nb blocks)
-#if Q80_AVX512
-            /* Up to 4 activation rows per pass, all accumulators in registers
-             * (q80_rows); each pair of weight blocks is decoded once per pass.
-             * Per output the operations are the same in every pass size. */
-            for (int64_t i = c; i < c1;) {
-                const int64_t left = c1 - i;
-                const int     np   = left >= 4 ? 4 : left >= 2 ? 2 : 1;
-                const char   *xr   = (const char *)xq + (size_t)i * xq_stride;
-                float        *yr   = y + i * y_stride + (r - r0);
-                if (np == 4)      q80_rows(&ix, row, nb, kp, xr, xq_stride, yr, y_stride, 4);
-                else if (np == 2) q80_rows(&ix, row, nb, kp, xr, xq_stride, yr, y_stride, 2);
-                else              q80_rows(&ix, row, nb, kp, xr, xq_stride, yr, y_stride, 1);
-                i += np;
-            }
-#else
-            for (int64_t i = c; i < c1; i++) {
-                const int8_t *qa = (const int8_t *)((const char *)xq + (size_t)i * xq_stride);
-                const float  *dl = (const float *)((const int32_t *)(qa + kp) + kp / 4);
-                float acc = 0;
-                for (int64_t b = 0; b < nb; b++) {
-                    int q[32];
-                    const float d = block_values(MOE_FORMAT_Q8_0, row, b, q);
-                    int32_t isum = 0;
-                    for (int j = 0; j < 32; j++) isum += q[j] * qa[32 * b + j];
-                    acc += (float)isum * (d * dl[8 * b]);
-                }
-                y[i * y_stride + (r - r0)] = acc;
-            }
-#endif
-        }
-    }
-}
-
-const moe__cpu_format moe__cpu_q8_0       = { .act_row_bytes = q80_act_row_bytes,
-                                              .act_quantize = act_q80, .gemm = gemm_q80 };
+const moe__cpu_format moe__cpu_q8_0       = { .act_row_bytes = q4u_act_row_bytes,
+                                              .act_quantize = act_q4u, .gemm = gemm_q4u };
 const moe__cpu_format moe__cpu_q4_0       = { .act_row_bytes = q4u_act_row_bytes,
                                               .act_quantize = act_q4u, .gemm = gemm_q4u };
 const moe__cpu_format moe__cpu_mxfp4_gguf = { .act_row_bytes = q4u_act_row_bytes,
