@@ -246,7 +246,9 @@ static inline __attribute__((always_inline)) void fp8_group(
     int gl, const uint16_t *const *xb, __m512 (*acc)[FP8_NXMAX], int NR, int NX) {
     if (NX <= 2) { /* the inputs in registers, then a row at a time (few registers) */
         __m512bh xv[2][4];
+#pragma GCC unroll 2
         for (int i = 0; i < NX; i++)
+#pragma GCC unroll 4
             for (int c = 0; c < 4; c++)
                 xv[i][c] = (__m512bh)_mm512_load_si512(xb[i] + g * FP8_G + 32 * c);
 #pragma GCC unroll 4 /* accumulators in registers, not stack slots */
@@ -267,6 +269,7 @@ static inline __attribute__((always_inline)) void fp8_group(
     }
     /* more inputs: the rows' weights in registers, then an input at a time */
     __m512bh wv[FP8_NRMAX][4];
+#pragma GCC unroll 4 /* the decoded weights in registers, not stack slots */
     for (int j = 0; j < NR; j++) {
         decode64(t, _mm512_loadu_si512(q[j]), &wv[j][0], &wv[j][1]);
         decode64(t, _mm512_loadu_si512(q[j] + 64), &wv[j][2], &wv[j][3]);
