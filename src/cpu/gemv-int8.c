@@ -62,16 +62,19 @@ static inline __attribute__((always_inline)) void i8_rows(const int8_t *q, int64
     for (int64_t k0 = 0; k0 < K; k0 += I8_KC) {
         const int64_t k1 = K - k0 < I8_KC ? K : k0 + I8_KC;
         __m512i acc[4];
+#pragma GCC unroll 4 /* every loop over the rows: the accumulators in registers */
         for (int i = 0; i < NP; i++) acc[i] = _mm512_setzero_si512();
         for (int64_t k = k0; k < k1; k += 64) {
             moe__cpu_prefetch(q + k, 64);
             const __mmask64 m = k1 - k >= 64 ? ~(__mmask64)0 : ((__mmask64)1 << (k1 - k)) - 1;
             const __m512i   u = _mm512_xor_si512(_mm512_maskz_loadu_epi8(m, q + k),
                                                  _mm512_maskz_set1_epi8(m, -128));
+#pragma GCC unroll 4
             for (int i = 0; i < NP; i++)
                 acc[i] = _mm512_dpbusd_epi32(acc[i], u,
                                              _mm512_loadu_si512(xr + (size_t)i * xq_stride + k));
         }
+#pragma GCC unroll 4
         for (int i = 0; i < NP; i++) {
             const __m512i lo = _mm512_cvtepi32_epi64(_mm512_castsi512_si256(acc[i]));
             const __m512i hi = _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(acc[i], 1));
