@@ -131,6 +131,11 @@ static void act_q4u(const moe__wmat *w, const float *x, int64_t cols, void *xq) 
     }
 }
 
+/* Block bytes of format f (Q4_0 18, GGUF MXFP4 17, Q8_0 34). */
+static inline int q4u_bb(moe_format f) {
+    return f == MOE_FORMAT_Q8_0 ? 34 : f == MOE_FORMAT_GGUF_MXFP4 ? 17 : 18;
+}
+
 static const int8_t kvalues_mxfp4[16] = { 0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12 };
 
 /* Block i of row data: the 32 weight values (q, before any offset) and the
@@ -161,11 +166,6 @@ static float block_values(moe_format f, const void *row, int64_t i, int q[32]) {
 /* The mask of the first n (clamped to [0, 64]) bytes of a 64-byte load. */
 static inline __mmask64 first_bytes(int n) {
     return n >= 64 ? ~0ull : n <= 0 ? 0 : (1ull << n) - 1;
-}
-
-/* Block bytes of format f (Q4_0 18, GGUF MXFP4 17, Q8_0 34). */
-static inline int q4u_bb(moe_format f) {
-    return f == MOE_FORMAT_Q8_0 ? 34 : f == MOE_FORMAT_GGUF_MXFP4 ? 17 : 18;
 }
 
 /* Gathers of one unit (4 blocks, ub = 4 * bb bytes at p), each a vpermt2b
