@@ -237,12 +237,27 @@ static void bf16_act_round(const moe__wmat *w, const float *x, int64_t cols, voi
     for (; k < np; k++) o[k] = k < cols ? moe__f32_to_bf16(x[k]) : 0;
 }
 
+/* Where the kernel prefetches row r's bytes of step k. Over the whole of K
+ * (decode, run: pf is the next block, RW contiguous rows) as one run in k
+ * order, all rows from one pointer: with a pointer per row (RW of them
+ * besides the RW weight rows) GCC spilled them to vector registers and the
+ * stack, and one core read 30-31 GB/s of qwen3's W13 where it now reads
+ * 33-37 (the f32 and f16 kernels gained nothing, or lost, from the same).
+ * Within a K slice (prefill: pf is the same rows' next slice) at row r's
+ * own offset. */
+static inline const char *pf_addr(const char *pf, bool run, int RW, int r, size_t w_stride,
+                                  int64_t k, int64_t k0) {
+    return run ? pf + ((size_t)(k - k0) / 32 * (size_t)RW + (size_t)r) * 64
+               : pf + (size_t)r * w_stride + (size_t)k * 2;
+}
+
 /* x: bf16 rows (x_stride counts floats, as for the other formats: the
  * driver's row stride, in bytes, divided by 4). */
 static inline __attribute__((always_inline)) void
 block_bf16_pairs(int RW, int RX, const char *w, size_t w_stride, const float *x,
                  size_t x_stride, int64_t k0, int64_t k1, int64_t K, int first, int last,
-                 __m512 *io, size_t io_stride, float *y, int64_t y_stride, const char *pf) {
+                 __m512 *io, size_t io_stride, float *y, int64_t y_stride, const char *pf,
+                 bool run) {
     const uint16_t *xh = (const uint16_t *)x;
     __m512          acc[MAX_RW][MAX_RX];
     ACC_BEGIN(_mm512_setzero_ps())
@@ -253,7 +268,7 @@ block_bf16_pairs(int RW, int RX, const char *w, size_t w_stride, const float *x,
         const __mmask32 m = K - k >= 32 ? ~(__mmask32)0 : (__mmask32)((1u << (K - k)) - 1);
         if (pf)
             UNROLL for (int r = 0; r < RW; r++)
-                __builtin_prefetch(pf + (size_t)r * w_stride + (size_t)k * 2, 0, 2);
+                __builtin_prefetch(pf_addr(pf, run, RW, r, w_stride, k, k0), 0, 2);
         __m512i xv[MAX_RX];
         UNROLL for (int j = 0; j < RX; j++)
             xv[j] = _mm512_loadu_si512(xh + 2 * (size_t)j * x_stride + k);
@@ -270,21 +285,22 @@ block_bf16_pairs(int RW, int RX, const char *w, size_t w_stride, const float *x,
 static inline __attribute__((always_inline)) void
 kern(moe_format f, int RW, int RX, const char *w, size_t w_stride, const float *x,
      size_t x_stride, int64_t k0, int64_t k1, int64_t K, int first, int last, vec *io,
-     size_t io_stride, float *y, int64_t y_stride, const char *pf) {
+     size_t io_stride, float *y, int64_t y_stride, const char *pf, bool run) {
 #if ISA_AVX512
     if (f == MOE_FORMAT_BF16) {
         block_bf16_pairs(RW, RX, w, w_stride, x, x_stride, k0, k1, K, first, last, io, io_stride,
-                         y, y_stride, pf);
+                         y, y_stride, pf, run);
         return;
     }
 #endif
+    (void)run;
     block(f, RW, RX, w, w_stride, x, x_stride, k0, k1, K, first, last, io, io_stride, y,
           y_stride, pf);
 }
 
 /* Whole-K block (decode): accumulators never leave registers. */
 #define KERN_FULL(RW, RX, w, x, y, pf) \
-    kern(f, RW, RX, w, ws, x, xs, 0, K, K, 1, 1, NULL, 0, y, y_stride, pf)
+    kern(f, RW, RX, w, ws, x, xs, 0, K, K, 1, 1, NULL, 0, y, y_stride, pf, true)
 
 /* Decode, n_x <= 4: weight rows in blocks of 8, each streamed from memory
  * once (prefetching the next block) and applied to every input row. */
@@ -334,7 +350,7 @@ gemm_few(moe_format f, const moe__wmat *w, int64_t r0, int64_t r1, const float *
 enum { KSLICE = 256, XC = 32 };
 
 #define KERN_SLICE(RW, RX, w, x, io, y, pf) \
-    kern(f, RW, RX, w, ws, x, xs, k0, k1, K, k0 == 0, k1 == K, io, XC, y, y_stride, pf)
+    kern(f, RW, RX, w, ws, x, xs, k0, k1, K, k0 == 0, k1 == K, io, XC, y, y_stride, pf, false)
 
 /* One K slice of RW (8 or 1) weight rows times nx <= XC input rows; the
  * first pass over the weight rows prefetches pf. */
