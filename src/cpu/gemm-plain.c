@@ -242,7 +242,7 @@ static void bf16_act_round(const moe__wmat *w, const float *x, int64_t cols, voi
  * order, all rows from one pointer: with a pointer per row (RW of them
  * besides the RW weight rows) GCC spilled them to vector registers and the
  * stack, and one core read 30-31 GB/s of qwen3's W13 where it now reads
- * 33-37 (the f32 and f16 kernels gained nothing, or lost, from the same).
+ * 37-39 (the f32 and f16 kernels gained nothing, or lost, from the same).
  * Within a K slice (prefill: pf is the same rows' next slice) at row r's
  * own offset. */
 static inline const char *pf_addr(const char *pf, bool run, int RW, int r, size_t w_stride,
