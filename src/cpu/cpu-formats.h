@@ -137,6 +137,12 @@ extern const moe__cpu_format moe__cpu_q8_0, moe__cpu_q4_0, moe__cpu_q4_k, moe__c
 #endif
 bool moe__cpu_amx_ready(void);
 
+/* The bf16 activations of BF16, INT4_GPTQ and INT4_AWQ where a build has no
+ * AVX-512 kernel for them: f32 rows (act_row_bytes) of the bf16-rounded
+ * values (act_quantize; their act_fake_quant_ref). gemm-plain.c. */
+size_t moe__cpu_bf16_f32_row_bytes(int64_t cols);
+void   moe__cpu_bf16_f32_row(const moe__wmat *w, const float *x, int64_t cols, void *xq);
+
 #if defined(__AVX512F__)
 #include <immintrin.h>
 /* 16 floats -> 16 bf16 words, with moe__f32_to_bf16's integer rounding

@@ -446,19 +446,23 @@ static void gemm_f16(const moe__wmat *w, int64_t r0, int64_t r1, const void *xq,
     gemm_plain(MOE_FORMAT_F16, w, r0, r1, xq, xq_stride, n_x, y, y_stride);
 }
 
-#if !ISA_AVX512
-/* BF16's activations without AVX-512: f32 rows of the bf16 values. */
-static size_t bf16_act_row_bytes(int64_t cols) { return (size_t)cols * sizeof(float); }
-static void   bf16_act_round(const moe__wmat *w, const float *x, int64_t cols, void *xq) {
+size_t moe__cpu_bf16_f32_row_bytes(int64_t cols) { return (size_t)cols * sizeof(float); }
+
+void moe__cpu_bf16_f32_row(const moe__wmat *w, const float *x, int64_t cols, void *xq) {
     memcpy(xq, x, (size_t)cols * sizeof(float));
     moe__bf16_act_fake_quant_ref(w, xq, cols);
 }
-#endif
 
 const moe__cpu_format moe__cpu_f32  = { .gemm = gemm_f32 };
+#if ISA_AVX512
 const moe__cpu_format moe__cpu_bf16 = { .act_row_bytes = bf16_act_row_bytes,
                                         .act_quantize  = bf16_act_round,
                                         .gemm          = gemm_bf16 };
+#else
+const moe__cpu_format moe__cpu_bf16 = { .act_row_bytes = moe__cpu_bf16_f32_row_bytes,
+                                        .act_quantize  = moe__cpu_bf16_f32_row,
+                                        .gemm          = gemm_bf16 };
+#endif
 const moe__cpu_format moe__cpu_f16  = { .gemm = gemm_f16 };
 
 float moe__cpu_dot_f32(const float *a, const float *b, int64_t n) {

@@ -223,13 +223,10 @@ static void unpack_packed(const moe__wmat *w, int64_t r, int64_t k0, int64_t kc,
     }
 }
 
-/* The 4-bit formats' activations: f32 rows of bf16 values (their
- * act_fake_quant_ref), in natural order for the fp32 engine. */
-static size_t wq4_act_row_bytes(int64_t cols) { return fp_act_row_bytes(cols); }
-static void wq4_act(const moe__wmat *w, const float *x, int64_t cols, void *xq) {
-    memcpy(xq, x, (size_t)cols * sizeof(float));
-    moe__bf16_act_fake_quant_ref(w, xq, cols);
-}
+/* The 4-bit formats' activations: f32 rows of bf16 values, in natural
+ * order for the fp32 engine (cpu-formats.h). */
+#define wq4_act_row_bytes moe__cpu_bf16_f32_row_bytes
+#define wq4_act           moe__cpu_bf16_f32_row
 
 #define WNA16_ENTRY(name, ...)                                                                 \
     static void gemm_##name(const moe__wmat *w, int64_t r0, int64_t r1, const void *xq,        \
