@@ -267,11 +267,10 @@ static void gemm_fp4_vec(const moe__wmat *w, int64_t r0, int64_t r1, const void 
         ix[u] = _mm512_load_si512(v);
     }
     const int64_t seg = moe__cpu_stream_seg(r0, r1);
-    /* Chunks of 8 activation rows outermost (as gemv-q4k.c): the chunk's
-     * rows stay in L1 while the tile's weight rows go by, in passes of up to
-     * 4 rows each; up to 8 rows (decode) this is one chunk. */
-    for (int64_t c = 0; c < n_x; c += 8) {
-        const int64_t c1 = n_x - c < 8 ? n_x : c + 8;
+    /* Chunks of activation rows outermost (MOE_CPU_X_CHUNK), in passes of
+     * up to 4 rows each. */
+    for (int64_t c = 0; c < n_x; c += MOE_CPU_X_CHUNK) {
+        const int64_t c1 = n_x - c < MOE_CPU_X_CHUNK ? n_x : c + MOE_CPU_X_CHUNK;
         for (int64_t step = 0; step < seg * moe__cpu_plan.streams; step++) {
             const int64_t r = moe__cpu_stream_row(r0, seg, step);
             if (r >= r1) continue;

@@ -378,11 +378,10 @@ static void gemm_fp8(const moe__wmat *w, int64_t r0, int64_t r1, const void *xq,
      * of each of the four segments. */
     const bool    adjacent = moe__cpu_plan.streams == 1;
     const int64_t seg = moe__cpu_stream_seg(r0, r1);
-    /* Chunks of 8 activation rows outermost (as gemv-q4k.c): the chunk's
-     * rows stay in L1 while the tile's weight rows go by, in passes of up to
-     * FP8_NXMAX rows each; up to 8 rows (decode) this is one chunk. */
-    for (int64_t c = 0; c < n_x; c += 8) {
-        const int64_t c1 = n_x - c < 8 ? n_x : c + 8;
+    /* Chunks of activation rows outermost (MOE_CPU_X_CHUNK), in passes of
+     * up to FP8_NXMAX rows each. */
+    for (int64_t c = 0; c < n_x; c += MOE_CPU_X_CHUNK) {
+        const int64_t c1 = n_x - c < MOE_CPU_X_CHUNK ? n_x : c + MOE_CPU_X_CHUNK;
         for (int64_t s = 0; s < (r1 - r0 + FP8_NRMAX - 1) / FP8_NRMAX; s++) {
             int64_t rows[FP8_NRMAX];
             int     nr = 0;

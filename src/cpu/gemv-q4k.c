@@ -188,16 +188,12 @@ static void gemm_q4k(const moe__wmat *w, int64_t r0, int64_t r1, const void *xq,
     const size_t  row_bytes = (size_t)nb * sizeof(moe_block_q4_k);
     const int64_t seg = moe__cpu_stream_seg(r0, r1);
 #if Q4K_AVX512
-    /* Chunks of 8 activation rows outermost: a chunk's rows (2.3 KB each at
-     * K = 2048) stay in L1 while every weight row of the tile goes by (from
-     * L2 in prefill), instead of all n_x rows passing through L1 for each
-     * weight row (qwen3-30b-a3b at 512 tokens: 98-100 -> 74-78 ms). Within a
-     * chunk, each weight row meets its rows in passes of 8, 4, 2 and 1, all
+    /* Chunks of activation rows outermost (MOE_CPU_X_CHUNK). Within a chunk,
+     * each weight row meets its rows in passes of 8, 4, 2 and 1, all
      * accumulators in registers (q4k_rows); per output the operations are
-     * the same in every pass size. Up to 8 rows (decode) this is one chunk:
-     * each weight row is read from memory once. */
-    for (int64_t c = 0; c < n_x; c += 8) {
-        const int64_t c1 = n_x - c < 8 ? n_x : c + 8;
+     * the same in every pass size. */
+    for (int64_t c = 0; c < n_x; c += MOE_CPU_X_CHUNK) {
+        const int64_t c1 = n_x - c < MOE_CPU_X_CHUNK ? n_x : c + MOE_CPU_X_CHUNK;
         for (int64_t step = 0; step < seg * moe__cpu_plan.streams; step++) {
             const int64_t r = moe__cpu_stream_row(r0, seg, step);
             if (r >= r1) continue;
