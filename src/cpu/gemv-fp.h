@@ -1,9 +1,10 @@
 /*
  * gemv-fp.h - the fp32 engine shared by the CPU kernels of formats whose
  * activations stay floating point (FP8_*, MXFP4, NVFP4, INT4/INT8 GPTQ,
- * INT4 AWQ; on AVX-512 only FP8 and INT8_GPTQ): one weight row chunk (<= FP_KC values) at a time is
- * dequantized to f32 on the stack with the format's scales applied, then
- * multiplied by every activation row of the chunk with fp32 FMAs.
+ * INT4 AWQ; on AVX-512 only FP8 and INT8_GPTQ): one weight row chunk
+ * (<= FP_KC values) at a time is dequantized to f32 on the stack with the
+ * format's scales applied, then multiplied by every activation row of the
+ * chunk with fp32 FMAs.
  *
  * Activation rows are f32 (for FP8 formats, the format's act_quantize has
  * already rounded them through e4m3 and back, as the reference does).

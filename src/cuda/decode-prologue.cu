@@ -1,8 +1,8 @@
 /*
  * decode-prologue.cu - the front of a decode forward in one launch: for a
  * small batch (T <= 16 tokens: DECODE_PROLOGUE_TOKENS, cuda.cu), one block
- * routes the tokens (a warp per token; route.cuh), then groups the slots by expert and
- * writes the tile table (align.cuh). A block of one warp per token, not
+ * routes the tokens (a warp per token; route.cuh), then groups the slots by
+ * expert and writes the tile table (align.cuh). A block of one warp per token, not
  * 1024 threads: at T = 1 the other 31 warps only waited at the barriers
  * (ncu: 83% of stalls, 12 us for the kernel). The launches of route.cu and align.cu, each a
  * few microseconds of mostly idle GPU at decode sizes, become one; up to 32

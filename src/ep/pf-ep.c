@@ -20,11 +20,11 @@
  * a dead or silent peer is then seen by everyone. Each call (prepare,
  * finalize) has one deadline, deadline_ms from its start, shared by its
  * exchanges. Activations travel as bf16 when the experts' format rounds its
- * activations to bf16 anyway (MXFP4, NVFP4, INT4_GPTQ, INT4_AWQ: rounding
- * twice is rounding once, so the output stays bitwise the same; not with
- * Llama-4's input weight, applied before that rounding), and as f32
- * otherwise: formats with int8 or fp8 activations quantize on arrival, as
- * they would on one rank.
+ * activations to bf16 anyway (BF16, MXFP4, NVFP4, INT4_GPTQ, INT4_AWQ:
+ * rounding twice is rounding once, so the output stays bitwise the same;
+ * not with Llama-4's input weight, applied before that rounding), and as
+ * f32 otherwise: formats with int8 or fp8 activations quantize on arrival,
+ * as they would on one rank.
  *
  * Tensor parallel: the local prepare/finalize on this rank's d_ff slice, then
  * the partial outputs are all-gathered and summed in rank order (the same
