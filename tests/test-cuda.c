@@ -434,6 +434,13 @@ TEST(cuda_layer_bf16_shape_grid) {
          * buffer refilled three times, both phases of its mbarriers */
         { 400, 1024, 256, 8, 2, BF16, F32, MOE_ACT_SILU, 0, 0, 0, 0, 0, 0, 0 },
         { 300, 256, 1024, 4, 2, BF16, F32, MOE_ACT_GELU, 0, 1, 0, 0, 0, 0, 0 },
+        /* 384+ rows per expert: on sm_90a, pairs of CTAs on the halves of 256-row
+         * tiles sharing the weight stages (long K: each stage refilled in both
+         * CTAs); 550 rows: an expert's last 256-row tile has rows in its first
+         * half only, so the second CTA only loads weights */
+        { 1000, 1024, 256, 4, 2, BF16, F32, MOE_ACT_SILU, 0, 0, 0, 0, 0, 0, 0 },
+        { 1100, 256, 160, 4, 2, MOE_FORMAT_F16, MOE_FORMAT_F16, MOE_ACT_GELU_TANH, 0, 1, 0, 0,
+          0, 0, 0 },
     };
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++)
         layer_check(&cases[i], 100 + i, false);
@@ -449,6 +456,8 @@ TEST(cuda_layer_activations_biases_maps) {
         layer_check(&c, 200 + a, false);
         c.T = 400;
         layer_check(&c, 210 + a, false);
+        c.T = 1600; /* 533 rows per expert: the paired 256-row tiles on sm_90a */
+        layer_check(&c, 230 + a, false);
         c.T = 2; /* 8 slots: the decode prologue's one-warp grouping, remote experts too */
         layer_check(&c, 220 + a, false);
     }
@@ -478,6 +487,8 @@ TEST(cuda_layer_shared_experts_orders) {
         layer_check(&c, 400 + o, o == 1);
         c.T = 260;
         layer_check(&c, 410 + o, false);
+        c.T = 800; /* the shared expert's 800 rows: paired 256-row tiles on sm_90a */
+        layer_check(&c, 420 + o, false);
     }
 }
 
@@ -509,6 +520,8 @@ TEST(cuda_graph_replay_bitwise) {
     layer_check(&c, 600, true);
     c.T = 1100; /* 4400 slots: the multi-block grouping path */
     layer_check(&c, 601, true);
+    c.E = 8; /* 550 rows per expert: two-CTA clusters (sm_90a) in the graph */
+    layer_check(&c, 602, true);
 }
 
 TEST(cuda_layer_rejects_formats) {

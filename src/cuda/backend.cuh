@@ -23,6 +23,8 @@ typedef struct cuda_ctx {
     cudaEvent_t  fork, join;
     int          wgmma;   /* compute capability 9.0: the build's sm_90a kernels run */
     int          n_sm;    /* multiprocessors (the fp8 decode tile width)             */
+    int          pair_ctas; /* CTAs of the paired prefill kernel's clusters that fit at
+                             * once (moe__gemm_args.pair_ctas); 0: no pairs         */
 } cuda_ctx;
 
 /* One experts object on the device (routed experts, or the one expert of
@@ -93,7 +95,8 @@ static inline size_t row_bytes(int dtype, int64_t H) {
 /* The uploaded state of e, or NULL. */
 cuda_experts *moe__cuda_experts_state(const moe_routed_experts *e);
 /* Rows per tile for m rows spread over n experts. */
-int           moe__cuda_pick_bm(int dtype, int64_t rows, int32_t n_experts);
+int           moe__cuda_pick_bm(int dtype, int64_t rows, int32_t n_experts, bool pairs);
+bool          moe__cuda_pairs(const moe_layer *l, const cuda_experts *x);
 /* Tile-table entries for rows over n_experts with bm-row tiles. */
 int64_t       moe__cuda_max_tiles(int64_t rows, int32_t n_experts, int bm);
 

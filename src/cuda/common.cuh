@@ -226,7 +226,9 @@ typedef struct moe__gemm_args {
     int            w13;           /* 1: W13 epilogue, 0: W2 epilogue                      */
     int            act;           /* moe_activation (W13)                                 */
     float          alpha, limit;  /* SWIGLU_OAI                                           */
-    int            BM;            /* tile rows: 16 (decode), 64 or 128                    */
+    int            BM;            /* tile rows: 16 (decode), 32, 64 or 128; 256: pairs of
+                                   * 128-row tiles (the tile table's rows, bf16/f16 on
+                                   * wgmma only: grouped-gemm-ws.cuh)                    */
     int            wgmma;         /* wgmma + TMA tiles (sm_90a device, w_map made), else
                                    * mma.sync + cp.async                                  */
     /* A: rows of activations. gather: A row of layout row r is
@@ -260,6 +262,7 @@ typedef struct moe__gemm_args {
     int            out_f32;       /* fp8 W13: store f32 rows (decode, quantized after)  */
     int            grid_n;        /* set by the launcher: CTAs along N                  */
     int            n_sm;          /* the device's multiprocessors                       */
+    int            pair_ctas;     /* BM 256: CTAs of the two-CTA clusters that fit      */
     int            pdl;           /* launch as a programmatic dependent of the previous
                                    * kernel in the stream (see grouped-gemm.cuh)         */
     /* wgmma tiles: W's stages come by TMA through this map of W (tma.cuh;
@@ -269,8 +272,10 @@ typedef struct moe__gemm_args {
 } moe__gemm_args;
 cudaError_t moe__grouped_gemm_bf16_cuda(const moe__gemm_args *g, cudaStream_t st);
 cudaError_t moe__grouped_gemm_fp8_cuda(const moe__gemm_args *g, cudaStream_t st);
-/* Raise the kernels' dynamic shared-memory limits; once, before capture. */
-cudaError_t moe__grouped_gemm_bf16_setup_cuda(void);
+/* Raise the kernels' dynamic shared-memory limits; once, before capture.
+ * pair_ctas (NULL where the sm_90a kernels do not run): set to
+ * moe__gemm_args.pair_ctas for this device (0: no pairs). */
+cudaError_t moe__grouped_gemm_bf16_setup_cuda(int *pair_ctas);
 cudaError_t moe__grouped_gemm_fp8_setup_cuda(void);
 
 /* prepare (finalize.cu): xq (T, H) in the compute type (+ fp8 group scales

@@ -280,13 +280,23 @@ static moe_status upload_router(moe_layer *l, char *err, size_t errlen) {
  * experts, not the average (at 16 on average, ~45% of them get more). */
 #define DECODE16_AVG 8.0
 #define DECODE32_AVG 24.0
+/* Rows per expert on average from which bf16/f16 prefill runs in pairs of
+ * 128-row tiles (BM 256, grouped-gemm-ws.cuh): below it, most 256-row
+ * tiles would leave the pair's second CTA without rows. */
+#define PAIR_AVG 384.0
 
-int moe__cuda_pick_bm(int dtype, int64_t rows, int32_t n_experts) {
+int moe__cuda_pick_bm(int dtype, int64_t rows, int32_t n_experts, bool pairs) {
     double avg = (double)rows / (double)(n_experts > 0 ? n_experts : 1);
     if (avg <= DECODE16_AVG) return 16;
     if (avg <= DECODE32_AVG) return 32;
     if (dtype == MOE_CUDA_FP8 || avg <= 64.0) return 64;
-    return 128;
+    return pairs && avg >= PAIR_AVG ? 256 : 128;
+}
+
+/* Whether x's prefill may run in pairs (moe__cuda_pick_bm). */
+bool moe__cuda_pairs(const moe_layer *l, const cuda_experts *x) {
+    const cuda_ctx *c = (const cuda_ctx *)l->ctx->cuda;
+    return c->wgmma && x->tma && c->pair_ctas >= 2;
 }
 
 int64_t moe__cuda_max_tiles(int64_t rows, int32_t n_experts, int bm) {
@@ -300,7 +310,7 @@ ws_plan moe__cuda_plan(const moe_layer *l, int64_t T, int64_t R) {
     const int64_t  H    = e->opts.d_model, I = e->opts.d_ff, k = ro->top_k;
     const int64_t  S    = T * k;
     const int32_t  nl   = e->opts.n_experts;
-    const int      bm   = moe__cuda_pick_bm(dt, R, nl);
+    const int      bm   = moe__cuda_pick_bm(dt, R, nl, false); // (the most tiles)
     const bool     fp8  = dt == MOE_CUDA_FP8;
     const moe_shared_experts *sh = l->opts.shared;
     const int64_t  Is   = sh ? sh->mlp->opts.d_ff : 0;
@@ -403,10 +413,12 @@ moe_status moe__cuda_layer_create(moe_layer *l, char *err, size_t errlen) {
     const moe_shared_experts *sh = l->opts.shared;
     if (sh && (st = check_experts(sh->mlp, "shared experts", err, errlen))) return st;
     if ((st = make_ctx(l->ctx, err, errlen))) return st;
-    MOE_CUDA_TRY(moe__grouped_gemm_bf16_setup_cuda(), err, errlen);
+    cuda_ctx *cx = (cuda_ctx *)l->ctx->cuda;
+    MOE_CUDA_TRY(moe__grouped_gemm_bf16_setup_cuda(cx->wgmma ? &cx->pair_ctas : NULL), err,
+                 errlen);
     MOE_CUDA_TRY(moe__grouped_gemm_fp8_setup_cuda(), err, errlen);
     MOE_CUDA_TRY(moe__align_setup_cuda(l->opts.experts->opts.n_experts), err, errlen);
-    const bool tma = ((const cuda_ctx *)l->ctx->cuda)->wgmma;
+    const bool tma = cx->wgmma;
     if ((st = upload_experts(l->opts.experts, NULL, tma, err, errlen))) return st;
     if (sh && (st = upload_experts(sh->mlp, sh->gate, tma, err, errlen))) return st;
     if ((st = upload_router(l, err, errlen))) return st;
@@ -458,6 +470,7 @@ moe_status moe__cuda_run_experts(moe_layer *l, const cuda_experts *x, const moe_
     g.BM = bm;
     g.wgmma = ((const cuda_ctx *)l->ctx->cuda)->wgmma && x->tma;
     g.n_sm  = ((const cuda_ctx *)l->ctx->cuda)->n_sm;
+    g.pair_ctas = ((const cuda_ctx *)l->ctx->cuda)->pair_ctas;
     g.pdl = pdl;
     g.expert_start = estart;
     g.tiles = tiles;
@@ -520,7 +533,7 @@ moe_status moe__cuda_run_shared(moe_layer *l, const cuda_experts *sx,
                                 const moe_shared_experts *sh, int64_t T, const void *xa,
                                 const float *xs, const float *sg, const ws_bufs *b,
                                 cudaStream_t ss) {
-    int sbm = moe__cuda_pick_bm(sx->dtype, T, 1);
+    int sbm = moe__cuda_pick_bm(sx->dtype, T, 1, moe__cuda_pairs(l, sx));
     return moe__cuda_run_experts(l, sx, &sh->mlp->opts, T, sbm, xa, xs, NULL, 1, NULL, NULL,
                                  NULL, cdiv(T, sbm), NULL, sx->gate ? sg : NULL, b->sh_h1,
                                  b->sh_h1q, b->sh_h1s, b->sh_y, 0, ss);
@@ -592,7 +605,7 @@ moe_status moe__cuda_forward_one(moe_layer *l, int64_t T, const void *x, const f
     }
     const int32_t  k   = ro->top_k, nl = ex->n_local;
     const int64_t  S   = T * k, H = ex->H;
-    const int      bm  = moe__cuda_pick_bm(ex->dtype, S, nl);
+    const int      bm  = moe__cuda_pick_bm(ex->dtype, S, nl, moe__cuda_pairs(l, ex));
     const int64_t  mt  = moe__cuda_max_tiles(S, nl, bm);
     ws_plan p = moe__cuda_plan(l, T, S);
     size_t need = moe__cuda_plan_bytes(&p) + WS_ALIGN;

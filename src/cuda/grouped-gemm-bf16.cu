@@ -23,6 +23,9 @@
  *                     mma.sync BN = 128, 8 warps (2 x 4), 3 stages (two CTAs per SM).
  *                     64-row tiles in prefill (two or three CTAs per SM) were 11-29%
  *                     slower: the bigger tile reads fewer operand bytes per FLOP.
+ *   BM = 256 prefill of experts with 192 rows or more on average, wgmma only: the
+ *                     same kernel in two-CTA clusters, each CTA 128 rows of a 256-row
+ *                     tile, the weight stage shared by TMA multicast.
  */
 #include "grouped-gemm-ws.cuh"
 
@@ -34,9 +37,10 @@ using bf16_tiles = gemm_tiles<gemm_tile<DT, 16, 32, 1, 2, 8, false>,    // 0 dec
                               gemm_tile<DT, 32, 32, 1, 2, 8, false>,    // 1 decode, busier
                               gemm_tile<DT, 64, 128, 4, 1, 4, true>,    // 2 middle, wgmma
                               gemm_tile<DT, 64, 128, 2, 2, 4, false>,   // 3 middle, mma.sync
-                              gemm_ws_tile<DT>,                         // 4 prefill, wgmma
+                              gemm_ws_tile<DT, false>,                  // 4 prefill, wgmma
                               gemm_tile<DT, 128, 128, 2, 4, 3, false>,  // 5 prefill, mma.sync
-                              gemm_tile<DT, 32, 64, 4, 1, 6, true>>;    // 6 decode 32, wgmma
+                              gemm_tile<DT, 32, 64, 4, 1, 6, true>,     // 6 decode 32, wgmma
+                              gemm_ws_tile<DT, true>>;                  // 7 prefill, pairs
 
 template <int DT> static cudaError_t gemm16_launch(const moe__gemm_args *g, cudaStream_t st) {
     using L = bf16_tiles<DT>;
@@ -45,6 +49,7 @@ template <int DT> static cudaError_t gemm16_launch(const moe__gemm_args *g, cuda
     case 32: return g->wgmma ? L::template launch<6>(g, st) : L::template launch<1>(g, st);
     case 64: return g->wgmma ? L::template launch<2>(g, st) : L::template launch<3>(g, st);
     case 128: return g->wgmma ? L::template launch<4>(g, st) : L::template launch<5>(g, st);
+    case 256: return g->wgmma ? L::template launch<7>(g, st) : cudaErrorInvalidValue;
     default: return cudaErrorInvalidValue;
     }
 }
@@ -57,7 +62,9 @@ cudaError_t moe__grouped_gemm_bf16_cuda(const moe__gemm_args *g, cudaStream_t st
     return cudaErrorInvalidValue;
 }
 
-cudaError_t moe__grouped_gemm_bf16_setup_cuda(void) {
+cudaError_t moe__grouped_gemm_bf16_setup_cuda(int *pair_ctas) {
     cudaError_t e = bf16_tiles<MOE_CUDA_BF16>::setup();
-    return e != cudaSuccess ? e : bf16_tiles<MOE_CUDA_F16>::setup();
+    if (e == cudaSuccess) e = bf16_tiles<MOE_CUDA_F16>::setup();
+    if (e != cudaSuccess || !pair_ctas) return e;
+    return ws_pair_ctas<MOE_CUDA_BF16>(pair_ctas);
 }

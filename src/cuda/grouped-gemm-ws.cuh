@@ -23,8 +23,18 @@
  * A consumer warpgroup whose 64 rows are all padding (an expert's last
  * tile) issues no wgmma; it still takes and hands back every stage.
  *
- * Measured and not kept (NOTES v17): clusters of two CTAs on consecutive M
- * tiles sharing each weight stage by TMA multicast (25-45% slower).
+ * PAIR (the layout's tile table in 256-row tiles, moe__cuda_pick_bm): CTAs
+ * run in clusters of two on the two 128-row halves of one 256-row tile of
+ * one expert, same output columns. Each loads half of the weight stage
+ * (the gate or the up rows of a gated tile) by TMA multicast into both, so
+ * an expert's weights cross from L2 into shared memory once per 256 rows
+ * instead of once per 128: the kernels were bound by that traffic (NOTES
+ * v17). A stage is refilled only when the consumers of both CTAs have
+ * released it (each empty mbarrier counts both CTAs' warps). An expert's
+ * last 256-row tile often has its rows in the first half only; the second
+ * CTA then only loads its half of the weights. Pairs of consecutive
+ * 128-row tiles, whatever their experts, were 25-45% slower (NOTES v17):
+ * a pair of a full and a nearly empty tile idled one SM for a whole tile.
  */
 #ifndef MOE_CUDA_GROUPED_GEMM_WS_CUH
 #define MOE_CUDA_GROUPED_GEMM_WS_CUH
@@ -68,18 +78,40 @@ static __device__ __forceinline__ void ws_regs_inc() {
 #endif
 }
 
-/* W2 epilogue of one consumer warp, rows row0 + lane / 4 (+ 8) of the tile
- * at layout row r0 (valid below r1): y[slot, n0 + c] = (acc + b2) * rw[slot]. */
+/* What the epilogue reads per row of a thread (rows row0 + lane / 4 + 8 h
+ * of the tile, h = 0, 1): the row's slot (-1 past the tile's rows) and its
+ * factor (W2: the routing weight; W13: the input scale), or 1. Loaded
+ * before the K loop, whose time hides their latency (two dependent global
+ * loads, ~1 us, stalled every W2 epilogue when loaded there). */
+struct ws_rows {
+    int   slot[2];
+    float f[2];
+};
+template <bool W13>
+static __device__ __forceinline__ ws_rows ws_rows_at(const moe__gemm_args &g, int r0, int r1,
+                                                     int row0, int lane) {
+    ws_rows   w;
+    const float *f = W13 ? g.in_scale : g.rw;
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+        const int r = r0 + row0 + (lane >> 2) + 8 * h;
+        w.slot[h]   = r < r1 ? gemm_row_slot(g, r) : -1;
+        w.f[h]      = f && w.slot[h] >= 0 ? f[w.slot[h]] : 1.0f;
+    }
+    return w;
+}
+
+/* W2 epilogue of one consumer warp, its rows' slots and routing weights in
+ * rw: y[slot, n0 + c] = (acc + b2) * rw[slot]. */
 static __device__ __forceinline__ void ws_store_w2(const moe__gemm_args &g, const float (*acc)[4],
-                                                   int e, int r0, int r1, int row0, int64_t n0,
+                                                   int e, const ws_rows &rw, int64_t n0,
                                                    int lane) {
     const float *bias = g.bias ? g.bias + (int64_t)e * g.N_w : nullptr;
 #pragma unroll
     for (int h = 0; h < 2; h++) {
-        const int r = r0 + row0 + (lane >> 2) + 8 * h;
-        if (r >= r1) continue;
-        const int   s   = gemm_row_slot(g, r);
-        const float wgt = g.rw ? g.rw[s] : 1.0f;
+        const int s = rw.slot[h];
+        if (s < 0) continue;
+        const float wgt = rw.f[h];
         float      *o   = (float *)g.out + (int64_t)s * g.N_out + n0;
 #pragma unroll
         for (int nt = 0; nt < WS_BN / 8; nt++) {
@@ -97,8 +129,9 @@ static __device__ __forceinline__ void ws_store_w2(const moe__gemm_args &g, cons
     }
 }
 
-/* W13 epilogue of one consumer warp (rows as above; n0: the tile's first
- * output column). Per pass of 128 output columns: the activation of each
+/* W13 epilogue of one consumer warp (rows row0 + lane / 4 (+ 8) of the
+ * tile at layout row r0, valid below r1; their input scales in rw; n0: the
+ * tile's first output column). Per pass of 128 output columns: the activation of each
  * (gate, up) pair into the warp's 16 x 128 staging tile sw, whose 16-byte
  * chunks are XOR-swizzled by row (chunk c of row r at c ^ (r & 7)) so that
  * the m16n8 pairs land without bank conflicts; then whole-row 16-byte
@@ -110,7 +143,7 @@ static __device__ __forceinline__ void ws_store_w2(const moe__gemm_args &g, cons
 template <int ACT, class T>
 static __device__ __forceinline__ void ws_store_w13(const moe__gemm_args &g, const float (*acc)[4],
                                                     int e, int r0, int r1, int row0, int64_t n0,
-                                                    T *sw, int lane) {
+                                                    const ws_rows &rw, T *sw, int lane) {
     constexpr bool GATED = act_is_gated(ACT), INTER = ACT == MOE_ACT_SWIGLU_OAI;
     constexpr int  PASSES = GATED || INTER ? 1 : 2; // RELU2: 256 outputs a tile
     constexpr int  NP     = INTER ? 32 : 16;        // column tiles read per pass
@@ -121,12 +154,7 @@ static __device__ __forceinline__ void ws_store_w13(const moe__gemm_args &g, con
         if (INTER) return 2 * n0 + c < g.N_w ? 2 * n0 + c : -1;
         return n0 + c < g.N_out ? n0 + c : -1;
     };
-    float sc[2];
-#pragma unroll
-    for (int h = 0; h < 2; h++) {
-        const int r = r0 + row0 + (lane >> 2) + 8 * h;
-        sc[h]       = g.in_scale && r < r1 ? g.in_scale[gemm_row_slot(g, r)] : 1.0f;
-    }
+    const float *sc = rw.f;
 #pragma unroll
     for (int p = 0; p < PASSES; p++) {
         __syncwarp(); // the previous pass's (or tile's) reads of sw are done
@@ -191,19 +219,25 @@ struct ws_step {
  * experts' tiles alternate full and nearly empty, half the CTAs would get
  * all the full ones (measured: mixtral-8x7b T >= 1024 3-4% faster with the
  * rotation, dev/cuda/NOTES.md v17). Returns false past the last tile. */
+template <bool PAIR>
 static __device__ __forceinline__ bool ws_step_at(const moe__gemm_args &g, int i, int n_m,
-                                                  int outw, ws_step &t) {
-    const int G   = (int)gridDim.x;
-    const int lin = i * G + ((int)blockIdx.x + i * (1 - (G & 1))) % G;
+                                                  int outw, int rank, ws_step &t) {
+    const int G   = (int)gridDim.x / (PAIR ? 2 : 1);  // clusters of PAIR CTAs
+    const int me  = (int)blockIdx.x / (PAIR ? 2 : 1); // (a cluster's CTAs are consecutive)
+    const int lin = i * G + (me + i * (1 - (G & 1))) % G;
     if (lin >= n_m * g.grid_n) return false;
     int m, n;
     gemm_tile_at(lin, n_m, g.grid_n, m, n);
-    gemm_tile_rows(g, m, WS_BM, t.e, t.r0, t.r1);
+    gemm_tile_rows(g, m, PAIR ? 2 * WS_BM : WS_BM, t.e, t.r0, t.r1);
+    if (PAIR) { // this CTA's half of the 256 rows; none when the tile has fewer
+        t.r0 += rank * WS_BM;
+        t.r1 = t.r0 + max(0, min(t.r1 - t.r0, WS_BM));
+    }
     t.n0 = (int64_t)n * outw;
     return true;
 }
 
-template <int DT, bool W13>
+template <int DT, bool W13, bool PAIR>
 static __global__ void __launch_bounds__(WS_THREADS)
     grouped_gemm_ws_kernel(const __grid_constant__ moe__gemm_args g) {
     constexpr int BM = WS_BM, BN = WS_BN, STAGES = WS_STAGES, NCONS = 256;
@@ -217,16 +251,21 @@ static __global__ void __launch_bounds__(WS_THREADS)
     const uint32_t full0  = smem_u32(sB + (size_t)STAGES * BN * 128) + (W13 ? WS_OUT_BYTES : 0);
     const uint32_t empty0 = full0 + 8 * STAGES;
 
+    const int rank = PAIR ? cluster_rank() : 0;
     if (threadIdx.x == 0) {
         /* full: the producer's 128 cp.async arrivals + its TMA thread's;
-         * empty: one arrival per consumer warp */
+         * empty: one arrival per consumer warp (of both CTAs of a pair) */
         for (int s = 0; s < STAGES; s++) {
             mbar_init(full0 + 8 * s, 128 + 1);
-            mbar_init(empty0 + 8 * s, NCONS / 32);
+            mbar_init(empty0 + 8 * s, (PAIR ? 2 : 1) * NCONS / 32);
         }
         mbar_init_fence();
     }
-    __syncthreads();
+    /* (a pair: the other CTA's copies and arrivals may come once this returns) */
+    if (PAIR)
+        cluster_sync();
+    else
+        __syncthreads();
     /* Programmatic dependent launch (see grouped-gemm.cuh): W13 waits
      * first; W2 only reads the grouping (complete) before its wait, so its
      * producer streams the first tile's weight stages while W13 ends. */
@@ -235,9 +274,11 @@ static __global__ void __launch_bounds__(WS_THREADS)
         pdl_launch();
     }
 
-    const int     n_m    = g.tiles ? *g.n_tiles : (int)((g.n_rows + BM - 1) / BM);
+    constexpr int TR     = PAIR ? 2 * BM : BM; // layout rows per entry of the tile table
+    const int     n_m    = g.tiles ? *g.n_tiles : (int)((g.n_rows + TR - 1) / TR);
     const int     outw   = gemm_out_cols(g.act, W13, BN);
-    const int     waves  = (n_m * g.grid_n + (int)gridDim.x - 1) / (int)gridDim.x;
+    const int     groups = (int)gridDim.x / (PAIR ? 2 : 1); // CTAs or pairs
+    const int     waves  = (n_m * g.grid_n + groups - 1) / groups;
     const int64_t kbytes = g.K * 2;
     const int     KT     = (int)((kbytes + 127) / 128);
     const bool    gated  = W13 && act_is_gated(g.act), inter = W13 && g.act == MOE_ACT_SWIGLU_OAI;
@@ -258,21 +299,28 @@ static __global__ void __launch_bounds__(WS_THREADS)
             dst_o[j]    = smem_u32(sA) + r * 128 + ((ch ^ (r & 7)) << 4);
         }
         /* the weight stage: BOXES boxes of TMA_BOX_ROWS rows (a gated tile:
-         * half from the gate half of the map, half from up) */
+         * half from the gate half of the map, half from up); a pair's CTA
+         * loads its half of the boxes into both CTAs, and expects all */
         auto load_B = [&](const ws_step &t, int kt, int st) {
             const uint32_t bar = full0 + 8 * st, dst = smem_u32(sB + (size_t)st * BN * 128);
             mbar_expect_bytes(bar, BN * 128);
+            constexpr int NB = PAIR ? BOXES / 2 : BOXES;
 #pragma unroll
-            for (int b = 0; b < BOXES; b++) {
+            for (int b = rank * NB; b < rank * NB + NB; b++) {
                 const int h = gated && b >= BOXES / 2;
                 const int r = (int)(inter ? 2 * t.n0 : t.n0) + (b - h * BOXES / 2) * TMA_BOX_ROWS;
-                tma_load_4d(dst + b * TMA_BOX_ROWS * 128, &g.w_map, bar, kt * 128, r, h, t.e);
+                if (PAIR)
+                    tma_load_4d_multicast(dst + b * TMA_BOX_ROWS * 128, &g.w_map, bar, kt * 128,
+                                          r, h, t.e, 3);
+                else
+                    tma_load_4d(dst + b * TMA_BOX_ROWS * 128, &g.w_map, bar, kt * 128, r, h,
+                                t.e);
             }
         };
         int early = 0; // W2: weight stages of the first tile issued before the wait
         if (!W13) {
             ws_step t;
-            if (ct == 0 && ws_step_at(g, 0, n_m, outw, t))
+            if (ct == 0 && ws_step_at<PAIR>(g, 0, n_m, outw, rank, t))
                 for (; early < STAGES && early < KT; early++) load_B(t, early, early);
             pdl_wait();
             pdl_launch();
@@ -280,7 +328,7 @@ static __global__ void __launch_bounds__(WS_THREADS)
         int it = 0; // stages filled so far, over all tiles
         for (int i = 0; i < waves; i++) {
             ws_step t;
-            if (!ws_step_at(g, i, n_m, outw, t)) continue;
+            if (!ws_step_at<PAIR>(g, i, n_m, outw, rank, t)) continue;
             const char   *src_p[BM / 16];
 #pragma unroll
             for (int j = 0; j < BM / 16; j++) {
@@ -291,7 +339,13 @@ static __global__ void __launch_bounds__(WS_THREADS)
             }
             for (int kt = 0; kt < KT; kt++, it++) {
                 const int st = it % STAGES;
-                if (it >= STAGES) mbar_wait(empty0 + 8 * st, (uint32_t)(it / STAGES - 1) & 1);
+                if (it >= STAGES) {
+                    const uint32_t par = (uint32_t)(it / STAGES - 1) & 1;
+                    if (PAIR)
+                        mbar_wait_cluster(empty0 + 8 * st, par);
+                    else
+                        mbar_wait(empty0 + 8 * st, par);
+                }
                 if (ct == 0 && it >= early) load_B(t, kt, st);
                 const int64_t kb  = (int64_t)kt * 128;
                 const bool    kok = kb + ch * 16 < kbytes;
@@ -318,13 +372,17 @@ static __global__ void __launch_bounds__(WS_THREADS)
         auto full_wait = [&](int i) {
             mbar_wait(full0 + 8 * (i % STAGES), (uint32_t)(i / STAGES) & 1);
         };
-        auto release = [&](int i) { // the stage of step i is read
-            if (lane == 0) mbar_arrive(empty0 + 8 * (i % STAGES));
+        auto release = [&](int i) { // the stage of step i is read (in both CTAs of a pair)
+            if (lane == 0) {
+                mbar_arrive(empty0 + 8 * (i % STAGES));
+                if (PAIR) mbar_arrive_cluster(empty0 + 8 * (i % STAGES), rank ^ 1);
+            }
         };
         for (int i = 0; i < waves; i++) {
             ws_step t;
-            if (!ws_step_at(g, i, n_m, outw, t)) continue;
-            const bool busy = __shfl_sync(0xffffffffu, 64 * wg < t.r1 - t.r0, 0);
+            if (!ws_step_at<PAIR>(g, i, n_m, outw, rank, t)) continue;
+            const bool    busy = __shfl_sync(0xffffffffu, 64 * wg < t.r1 - t.r0, 0);
+            const ws_rows rows = ws_rows_at<W13>(g, t.r0, t.r1, row0, lane);
             float         acc[BN / 8][4];
 #pragma unroll
             for (int nt = 0; nt < BN / 8; nt++)
@@ -357,40 +415,45 @@ static __global__ void __launch_bounds__(WS_THREADS)
             }
             if (__shfl_sync(0xffffffffu, row0 >= t.r1 - t.r0, 0)) continue; // all rows padding
             if constexpr (!W13) {
-                ws_store_w2(g, acc, t.e, t.r0, t.r1, row0, t.n0, lane);
+                ws_store_w2(g, acc, t.e, rows, t.n0, lane);
             } else {
                 switch (g.act) {
                 case MOE_ACT_SILU:
-                    ws_store_w13<MOE_ACT_SILU>(g, acc, t.e, t.r0, t.r1, row0, t.n0, sw, lane);
+                    ws_store_w13<MOE_ACT_SILU>(g, acc, t.e, t.r0, t.r1, row0, t.n0, rows, sw, lane);
                     break;
                 case MOE_ACT_GELU:
-                    ws_store_w13<MOE_ACT_GELU>(g, acc, t.e, t.r0, t.r1, row0, t.n0, sw, lane);
+                    ws_store_w13<MOE_ACT_GELU>(g, acc, t.e, t.r0, t.r1, row0, t.n0, rows, sw, lane);
                     break;
                 case MOE_ACT_GELU_TANH:
-                    ws_store_w13<MOE_ACT_GELU_TANH>(g, acc, t.e, t.r0, t.r1, row0, t.n0, sw,
+                    ws_store_w13<MOE_ACT_GELU_TANH>(g, acc, t.e, t.r0, t.r1, row0, t.n0, rows, sw,
                                                     lane);
                     break;
                 case MOE_ACT_SWIGLU_OAI:
-                    ws_store_w13<MOE_ACT_SWIGLU_OAI>(g, acc, t.e, t.r0, t.r1, row0, t.n0, sw,
+                    ws_store_w13<MOE_ACT_SWIGLU_OAI>(g, acc, t.e, t.r0, t.r1, row0, t.n0, rows, sw,
                                                      lane);
                     break;
                 default:
-                    ws_store_w13<MOE_ACT_RELU2>(g, acc, t.e, t.r0, t.r1, row0, t.n0, sw, lane);
+                    ws_store_w13<MOE_ACT_RELU2>(g, acc, t.e, t.r0, t.r1, row0, t.n0, rows, sw, lane);
                 }
             }
         }
     }
     /* no producer thread leaves while its copies may be in flight: the
-     * consumers waited for every stage */
-    __syncthreads();
+     * consumers waited for every stage; nor a pair's CTA while the other
+     * may still arrive on its barriers */
+    if (PAIR)
+        cluster_sync();
+    else
+        __syncthreads();
 }
 
-/* The persistent tile: setup() raises both kernels' shared-memory limits;
- * launch() starts one CTA per multiprocessor, or fewer when the layout can
- * have fewer tiles. */
-template <int DT> struct gemm_ws_tile {
+/* The persistent tile (PAIR: in two-CTA clusters): setup() raises both
+ * kernels' shared-memory limits; launch() starts one CTA per multiprocessor
+ * (a pair: as many clusters as fit at once, g->pair_ctas CTAs, found by
+ * ws_pair_ctas), or fewer when the layout can have fewer tiles. */
+template <int DT, bool PAIR> struct gemm_ws_tile {
     template <bool W13> static cudaError_t setup_one() {
-        return cudaFuncSetAttribute(grouped_gemm_ws_kernel<DT, W13>,
+        return cudaFuncSetAttribute(grouped_gemm_ws_kernel<DT, W13, PAIR>,
                                     cudaFuncAttributeMaxDynamicSharedMemorySize,
                                     (int)ws_smem_bytes<W13>());
     }
@@ -399,12 +462,32 @@ template <int DT> struct gemm_ws_tile {
         return e != cudaSuccess ? e : setup_one<false>();
     }
     template <bool W13> static cudaError_t launch_one(const moe__gemm_args *g, cudaStream_t st) {
-        return gemm_start(grouped_gemm_ws_kernel<DT, W13>, g, W13, WS_BN, WS_THREADS,
-                          ws_smem_bytes<W13>(), g->n_sm, st);
+        return gemm_start(grouped_gemm_ws_kernel<DT, W13, PAIR>, g, W13, WS_BN, WS_THREADS,
+                          ws_smem_bytes<W13>(), PAIR ? g->pair_ctas : g->n_sm, st, PAIR ? 2 : 1);
     }
     static cudaError_t launch(const moe__gemm_args *g, cudaStream_t st) {
         return g->w13 ? launch_one<true>(g, st) : launch_one<false>(g, st);
     }
 };
+
+/* CTAs of the two-CTA clusters of the paired kernel that the device runs at
+ * once (W13's, the larger shared memory), after setup(); 0 if none. */
+template <int DT> static cudaError_t ws_pair_ctas(int *n) {
+    cudaLaunchConfig_t  cfg = {};
+    cudaLaunchAttribute a;
+    a.id               = cudaLaunchAttributeClusterDimension;
+    a.val.clusterDim.x = 2;
+    a.val.clusterDim.y = a.val.clusterDim.z = 1;
+    cfg.gridDim          = dim3(2);
+    cfg.blockDim         = dim3(WS_THREADS);
+    cfg.dynamicSmemBytes = ws_smem_bytes<true>();
+    cfg.attrs            = &a;
+    cfg.numAttrs         = 1;
+    int clusters         = 0;
+    cudaError_t e =
+        cudaOccupancyMaxActiveClusters(&clusters, grouped_gemm_ws_kernel<DT, true, true>, &cfg);
+    *n = e == cudaSuccess ? 2 * clusters : 0;
+    return e;
+}
 
 #endif /* MOE_CUDA_GROUPED_GEMM_WS_CUH */

@@ -691,20 +691,27 @@ static cudaError_t gemm_setup() {
 
 /* Launches a grouped GEMM kernel of BN-wide tiles over g's layout: grid_n
  * set from BN, one CTA per tile the table can hold (grid_n x max_tiles), or
- * at most max_ctas of them (a persistent kernel loops over the rest). */
+ * at most max_ctas of them (a persistent kernel loops over the rest); in
+ * clusters of `cluster` CTAs, that many per tile (max_ctas a multiple). */
 static cudaError_t gemm_start(void (*kernel)(moe__gemm_args), const moe__gemm_args *g, bool w13,
                               int BN, int threads, size_t smem, int64_t max_ctas,
-                              cudaStream_t st) {
+                              cudaStream_t st, unsigned cluster = 1) {
     const int      outw = gemm_out_cols(g->act, w13, BN);
     moe__gemm_args a    = *g;
     a.grid_n            = (int)((g->N_out + outw - 1) / outw);
-    const int64_t n_cta = (int64_t)a.grid_n * g->max_tiles;
+    const int64_t n_cta = (int64_t)a.grid_n * g->max_tiles * cluster;
     if (n_cta == 0) return cudaSuccess;
-    if (n_cta > 0x7fffffff) return cudaErrorInvalidConfiguration;
-    cudaLaunchAttribute      attr;
-    const cudaLaunchConfig_t cfg = launch_config(
+    if (n_cta > 0x7fffffff || max_ctas < cluster) return cudaErrorInvalidConfiguration;
+    cudaLaunchAttribute attr[2];
+    cudaLaunchConfig_t  cfg = launch_config(
         dim3((unsigned)(n_cta < max_ctas ? n_cta : max_ctas)), dim3(threads), smem, st, g->pdl,
-        &attr);
+        &attr[0]);
+    if (cluster > 1) {
+        attr[cfg.numAttrs].id           = cudaLaunchAttributeClusterDimension;
+        attr[cfg.numAttrs].val.clusterDim = { cluster, 1, 1 };
+        cfg.attrs                       = attr;
+        cfg.numAttrs++;
+    }
     const cudaError_t e = cudaLaunchKernelEx(&cfg, kernel, a);
     return e != cudaSuccess ? e : cudaGetLastError();
 }

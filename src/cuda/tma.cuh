@@ -101,4 +101,73 @@ static __device__ __forceinline__ void tma_load_4d(uint32_t dst, const void *map
 #endif
 }
 
+/* ---- two-CTA clusters (the paired prefill kernel, grouped-gemm-ws.cuh) */
+
+/* This CTA's rank in its cluster. */
+static __device__ __forceinline__ int cluster_rank() {
+    uint32_t r = 0;
+#ifdef MOE_WGMMA
+    asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(r));
+#endif
+    return (int)r;
+}
+
+/* Every thread of every CTA of the cluster: what each wrote before is seen
+ * by all after (mbarrier inits included). */
+static __device__ __forceinline__ void cluster_sync() {
+#ifdef MOE_WGMMA
+    asm volatile("barrier.cluster.arrive.release.aligned;\n"
+                 "barrier.cluster.wait.acquire.aligned;\n" ::: "memory");
+#else
+    __trap();
+#endif
+}
+
+/* One arrival on the mbarrier at offset bar of CTA rank's shared memory. */
+static __device__ __forceinline__ void mbar_arrive_cluster(uint32_t bar, int rank) {
+#ifdef MOE_WGMMA
+    asm volatile("{\n"
+                 "  .reg .b32 ra;\n"
+                 "  mapa.shared::cluster.u32 ra, %0, %1;\n"
+                 "  mbarrier.arrive.shared::cluster.b64 _, [ra];\n"
+                 "}\n" ::"r"(bar),
+                 "r"(rank)
+                 : "memory");
+#else
+    (void)bar; (void)rank;
+#endif
+}
+
+/* mbar_wait for a barrier that other CTAs of the cluster arrive on. */
+static __device__ __forceinline__ void mbar_wait_cluster(uint32_t bar, uint32_t parity) {
+#ifdef MOE_WGMMA
+    asm volatile("{\n"
+                 "  .reg .pred done;\n"
+                 "WAIT_%=:\n"
+                 "  mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
+                 "  @!done bra WAIT_%=;\n"
+                 "}\n" ::"r"(bar),
+                 "r"(parity)
+                 : "memory");
+#else
+    (void)bar; (void)parity;
+#endif
+}
+
+/* tma_load_4d into the same offset dst of every CTA of the cluster in mask
+ * (bit i: rank i), the bytes counted by the mbarrier at offset bar of each. */
+static __device__ __forceinline__ void tma_load_4d_multicast(uint32_t dst, const void *map,
+                                                             uint32_t bar, int c0, int c1, int c2,
+                                                             int c3, uint16_t mask) {
+#ifdef MOE_WGMMA
+    asm volatile("cp.async.bulk.tensor.4d.shared::cluster.global.tile.mbarrier::complete_tx::bytes"
+                 ".multicast::cluster [%0], [%1, {%2, %3, %4, %5}], [%6], %7;\n" ::"r"(dst),
+                 "l"(map), "r"(c0), "r"(c1), "r"(c2), "r"(c3), "r"(bar), "h"(mask)
+                 : "memory");
+#else
+    (void)dst; (void)map; (void)bar; (void)c0; (void)c1; (void)c2; (void)c3; (void)mask;
+    __trap();
+#endif
+}
+
 #endif /* MOE_CUDA_TMA_CUH */
