@@ -169,11 +169,16 @@ static __host__ __device__ constexpr bool act_is_gated(int act) {
 }
 
 /* Activation of the W13 epilogue, fp32. g = gate (or the single value of
- * RELU2), u = up. */
+ * RELU2), u = up. The sigmoids use the fast exponential and division
+ * (ex2.approx, rcp.approx): the precise ones cost ~25 instructions a value,
+ * run 64 times per thread in the prefill tiles' epilogue while the tensor
+ * cores wait (dev/cuda/NOTES.md v21). Their error (~1e-6 relative; a zero
+ * where exp(-g) > 2^126, i.e. for silu values under 1e-36) is far below
+ * the bf16 rounding of the result. */
 static __device__ __forceinline__ float act_apply(int act, float g, float u, float alpha,
                                                   float limit) {
     switch (act) {
-    case MOE_ACT_SILU: return g / (1.0f + expf(-g)) * u;
+    case MOE_ACT_SILU: return __fdividef(g, 1.0f + __expf(-g)) * u;
     case MOE_ACT_GELU: return 0.5f * g * (1.0f + erff(g * 0.70710678118654752f)) * u;
     case MOE_ACT_GELU_TANH: {
         float c = 0.79788456080286536f * (g + 0.044715f * g * g * g);
@@ -182,7 +187,7 @@ static __device__ __forceinline__ float act_apply(int act, float g, float u, flo
     case MOE_ACT_SWIGLU_OAI: {
         g = fminf(g, limit);
         u = fminf(fmaxf(u, -limit), limit);
-        return (u + 1.0f) * g / (1.0f + expf(-alpha * g));
+        return (u + 1.0f) * __fdividef(g, 1.0f + __expf(-alpha * g));
     }
     default: { float r = fmaxf(g, 0.0f); return r * r; } /* RELU2 */
     }
