@@ -28,13 +28,15 @@
  * one expert, same output columns. Each loads half of the weight stage
  * (the gate or the up rows of a gated tile) by TMA multicast into both, so
  * an expert's weights cross from L2 into shared memory once per 256 rows
- * instead of once per 128: the kernels were bound by that traffic (NOTES
- * v17). A stage is refilled only when the consumers of both CTAs have
- * released it (each empty mbarrier counts both CTAs' warps). An expert's
+ * instead of once per 128 (mixtral-8x7b T = 16384 -4.7%, NOTES v21). A
+ * stage is refilled only when the consumers of both CTAs have released it
+ * (each empty mbarrier counts both CTAs' warps; plain arrive and wait, as
+ * cluster-scope acquire / release made the pairs 20-30% slower). An expert's
  * last 256-row tile often has its rows in the first half only; the second
  * CTA then only loads its half of the weights. Pairs of consecutive
- * 128-row tiles, whatever their experts, were 25-45% slower (NOTES v17):
- * a pair of a full and a nearly empty tile idled one SM for a whole tile.
+ * 128-row tiles, whatever their experts, measured 25-45% slower in v17,
+ * put down then to lockstep between a full and a nearly empty tile; how
+ * that version's barriers were scoped is not recorded.
  */
 #ifndef MOE_CUDA_GROUPED_GEMM_WS_CUH
 #define MOE_CUDA_GROUPED_GEMM_WS_CUH
@@ -339,13 +341,7 @@ static __global__ void __launch_bounds__(WS_THREADS)
             }
             for (int kt = 0; kt < KT; kt++, it++) {
                 const int st = it % STAGES;
-                if (it >= STAGES) {
-                    const uint32_t par = (uint32_t)(it / STAGES - 1) & 1;
-                    if (PAIR)
-                        mbar_wait_cluster(empty0 + 8 * st, par);
-                    else
-                        mbar_wait(empty0 + 8 * st, par);
-                }
+                if (it >= STAGES) mbar_wait(empty0 + 8 * st, (uint32_t)(it / STAGES - 1) & 1);
                 if (ct == 0 && it >= early) load_B(t, kt, st);
                 const int64_t kb  = (int64_t)kt * 128;
                 const bool    kok = kb + ch * 16 < kbytes;

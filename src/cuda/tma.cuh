@@ -123,7 +123,10 @@ static __device__ __forceinline__ void cluster_sync() {
 #endif
 }
 
-/* One arrival on the mbarrier at offset bar of CTA rank's shared memory. */
+/* One arrival on the mbarrier at offset bar of CTA rank's shared memory
+ * (CTA-scope release, as CUTLASS's cluster barriers: with .release.cluster
+ * here and .acquire.cluster on the wait the paired kernel ran 20-30%
+ * slower, dev/cuda/NOTES.md v21). */
 static __device__ __forceinline__ void mbar_arrive_cluster(uint32_t bar, int rank) {
 #ifdef MOE_WGMMA
     asm volatile("{\n"
@@ -135,22 +138,6 @@ static __device__ __forceinline__ void mbar_arrive_cluster(uint32_t bar, int ran
                  : "memory");
 #else
     (void)bar; (void)rank;
-#endif
-}
-
-/* mbar_wait for a barrier that other CTAs of the cluster arrive on. */
-static __device__ __forceinline__ void mbar_wait_cluster(uint32_t bar, uint32_t parity) {
-#ifdef MOE_WGMMA
-    asm volatile("{\n"
-                 "  .reg .pred done;\n"
-                 "WAIT_%=:\n"
-                 "  mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
-                 "  @!done bra WAIT_%=;\n"
-                 "}\n" ::"r"(bar),
-                 "r"(parity)
-                 : "memory");
-#else
-    (void)bar; (void)parity;
 #endif
 }
 
