@@ -23,7 +23,7 @@
  *                     mma.sync BN = 128, 8 warps (2 x 4), 3 stages (two CTAs per SM).
  *                     64-row tiles in prefill (two or three CTAs per SM) were 11-29%
  *                     slower: the bigger tile reads fewer operand bytes per FLOP.
- *   BM = 256 prefill of experts with 192 rows or more on average, wgmma only: the
+ *   BM = 256 prefill of experts with 384 rows or more on average, wgmma only: the
  *                     same kernel in two-CTA clusters, each CTA 128 rows of a 256-row
  *                     tile, the weight stage shared by TMA multicast.
  */

@@ -707,9 +707,9 @@ static cudaError_t gemm_start(void (*kernel)(moe__gemm_args), const moe__gemm_ar
         dim3((unsigned)(n_cta < max_ctas ? n_cta : max_ctas)), dim3(threads), smem, st, g->pdl,
         &attr[0]);
     if (cluster > 1) {
-        attr[cfg.numAttrs].id           = cudaLaunchAttributeClusterDimension;
+        attr[cfg.numAttrs].id             = cudaLaunchAttributeClusterDimension;
         attr[cfg.numAttrs].val.clusterDim = { cluster, 1, 1 };
-        cfg.attrs                       = attr;
+        cfg.attrs                         = attr;
         cfg.numAttrs++;
     }
     const cudaError_t e = cudaLaunchKernelEx(&cfg, kernel, a);
