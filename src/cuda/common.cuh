@@ -83,21 +83,28 @@ static __device__ __forceinline__ void pdl_launch() {
 }
 
 /* A launch on st; with pdl, as a programmatic dependent of the stream's
- * previous kernel (*attr holds the attribute: it must outlive the launch
- * call). */
+ * previous kernel; with cluster > 1, in clusters of that many consecutive
+ * CTAs. attr holds the attributes (room for two when both are asked for);
+ * it must outlive the launch call. */
 static inline cudaLaunchConfig_t launch_config(dim3 grid, dim3 block, size_t smem,
                                                cudaStream_t st, bool pdl,
-                                               cudaLaunchAttribute *attr) {
+                                               cudaLaunchAttribute *attr,
+                                               unsigned cluster = 1) {
     cudaLaunchConfig_t cfg = {};
     cfg.gridDim          = grid;
     cfg.blockDim         = block;
     cfg.dynamicSmemBytes = smem;
     cfg.stream           = st;
+    cfg.attrs            = attr;
     if (pdl) {
-        attr->id = cudaLaunchAttributeProgrammaticStreamSerialization;
-        attr->val.programmaticStreamSerializationAllowed = 1;
-        cfg.attrs    = attr;
-        cfg.numAttrs = 1;
+        attr[cfg.numAttrs].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+        attr[cfg.numAttrs].val.programmaticStreamSerializationAllowed = 1;
+        cfg.numAttrs++;
+    }
+    if (cluster > 1) {
+        attr[cfg.numAttrs].id             = cudaLaunchAttributeClusterDimension;
+        attr[cfg.numAttrs].val.clusterDim = { cluster, 1, 1 };
+        cfg.numAttrs++;
     }
     return cfg;
 }

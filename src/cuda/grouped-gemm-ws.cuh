@@ -470,17 +470,10 @@ template <int DT, bool PAIR> struct gemm_ws_tile {
 /* CTAs of the two-CTA clusters of the paired kernel that the device runs at
  * once (W13's, the larger shared memory), after setup(); 0 if none. */
 template <int DT> static cudaError_t ws_pair_ctas(int *n) {
-    cudaLaunchConfig_t  cfg = {};
-    cudaLaunchAttribute a;
-    a.id               = cudaLaunchAttributeClusterDimension;
-    a.val.clusterDim.x = 2;
-    a.val.clusterDim.y = a.val.clusterDim.z = 1;
-    cfg.gridDim          = dim3(2);
-    cfg.blockDim         = dim3(WS_THREADS);
-    cfg.dynamicSmemBytes = ws_smem_bytes<true>();
-    cfg.attrs            = &a;
-    cfg.numAttrs         = 1;
-    int clusters         = 0;
+    cudaLaunchAttribute      a;
+    const cudaLaunchConfig_t cfg =
+        launch_config(dim3(2), dim3(WS_THREADS), ws_smem_bytes<true>(), 0, false, &a, 2);
+    int         clusters = 0;
     cudaError_t e =
         cudaOccupancyMaxActiveClusters(&clusters, grouped_gemm_ws_kernel<DT, true, true>, &cfg);
     *n = e == cudaSuccess ? 2 * clusters : 0;

@@ -702,16 +702,10 @@ static cudaError_t gemm_start(void (*kernel)(moe__gemm_args), const moe__gemm_ar
     const int64_t n_cta = (int64_t)a.grid_n * g->max_tiles * cluster;
     if (n_cta == 0) return cudaSuccess;
     if (n_cta > 0x7fffffff || max_ctas < cluster) return cudaErrorInvalidConfiguration;
-    cudaLaunchAttribute attr[2];
-    cudaLaunchConfig_t  cfg = launch_config(
+    cudaLaunchAttribute      attr[2];
+    const cudaLaunchConfig_t cfg = launch_config(
         dim3((unsigned)(n_cta < max_ctas ? n_cta : max_ctas)), dim3(threads), smem, st, g->pdl,
-        &attr[0]);
-    if (cluster > 1) {
-        attr[cfg.numAttrs].id             = cudaLaunchAttributeClusterDimension;
-        attr[cfg.numAttrs].val.clusterDim = { cluster, 1, 1 };
-        cfg.attrs                         = attr;
-        cfg.numAttrs++;
-    }
+        attr, cluster);
     const cudaError_t e = cudaLaunchKernelEx(&cfg, kernel, a);
     return e != cudaSuccess ? e : cudaGetLastError();
 }
