@@ -17,6 +17,10 @@
  * and the same for a plain AVX-512 (or scalar) sum over the same bytes of the
  * next copy (MOE_HOT=1: one copy, read from cache). MOE_STREAMS, MOE_PF_FAR and MOE_PF_NEAR override the CPU stream
  * plan (cpu-formats.h) for experiments; they are not read by the library.
+ * GPTQ act-order: MOE_ACT_ORDER=perm gives the matrix a g_idx as quantizers
+ * make it (a random permutation of K cut into groups: the grouped kernels
+ * in k_order), MOE_ACT_ORDER=uneven one of random groups (the act-order
+ * kernels).
  */
 #include "internal.h"
 #include "../src/cpu/cpu-formats.h"
@@ -95,6 +99,23 @@ int main(int argc, char **argv) {
         src[i] = (float)((int)(seed >> 40) % 2001 - 1000) / 10000.0f;
     }
     w.data = data, w.scales = sc, w.zeros = zr;
+    const char *act   = getenv("MOE_ACT_ORDER");
+    int32_t    *g_idx = NULL, *order = NULL;
+    if (act && *act && s.g_idx) {
+        g_idx = malloc(s.g_idx), order = malloc(s.g_idx);
+        for (int64_t k = 0; k < cols; k++) order[k] = (int32_t)k;
+        for (int64_t k = cols - 1; k > 0; k--) { /* a random permutation */
+            seed = seed * 6364136223846793005ull + 1442695040888963407ull;
+            const int64_t j = (int64_t)((seed >> 33) % (uint64_t)(k + 1));
+            const int32_t t = order[k];
+            order[k] = order[j], order[j] = t;
+        }
+        for (int64_t j = 0; j < cols; j++) g_idx[order[j]] = (int32_t)(j / gs);
+        if (!strcmp(act, "uneven")) /* groups 0..6 only */
+            for (int64_t k = 0; k < cols; k++) g_idx[k] = (int32_t)(k % 7 % (cols / gs));
+        w.g_idx   = g_idx;
+        w.k_order = moe__gidx_order(g_idx, cols, gs, order) == 1 ? order : NULL;
+    }
     if (!tr->quantize_ref) moe__from_f32(f, src, data, rows * cols); /* a plain type */
     else if (tr->quantize_ref(src, &w)) { fprintf(stderr, "quantize_ref failed\n"); return 1; }
     free(src);
@@ -142,9 +163,10 @@ int main(int argc, char **argv) {
     }
     const double bytes = (double)(mbytes + s.scales + s.zeros);
     const double k_us = median_of(tk, reps), p_us = median_of(tp, reps);
-    printf("%-12s %5lld x %-5lld n_x %d  streams %d pf %zu/%zu  kernel %7.1f us %5.1f GB/s  "
+    printf("%-12s%s %5lld x %-5lld n_x %d  streams %d pf %zu/%zu  kernel %7.1f us %5.1f GB/s  "
            "read %7.1f us %5.1f GB/s  ratio %.2f\n",
-           argv[1], (long long)rows, (long long)cols, n_x, moe__cpu_plan.streams,
+           argv[1], w.k_order ? "+perm" : w.g_idx ? "+act" : "", (long long)rows, (long long)cols,
+           n_x, moe__cpu_plan.streams,
            moe__cpu_plan.pf_far, moe__cpu_plan.pf_near, k_us, bytes / k_us * 1e-3, p_us,
            bytes / p_us * 1e-3, p_us / k_us);
     (void)sink;

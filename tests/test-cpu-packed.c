@@ -3,8 +3,11 @@
  * formats (INT4_GPTQ, INT8_GPTQ, INT4_AWQ; src/cpu/gemv-wna16.c): for
  * random checkpoint tables made by the formats' reference quantizers,
  * gemm_packed on pack()'s output must give the same bits as gemm on the
- * checkpoint layout (cpu-formats.h's contract), for act-order g_idx on and
- * off, group sizes 32/64/128, f16 and bf16 scales, row counts that are not
+ * checkpoint layout (cpu-formats.h's contract), without g_idx, with a g_idx
+ * of random groups (the act-order kernels) and with one that a quantizer
+ * makes (groups of group_size columns of a random permutation: the grouped
+ * kernels in k_order, also held bitwise against the grouped kernels on the
+ * same matrix with its columns sorted by group), group sizes 32/64/128, f16 and bf16 scales, row counts that are not
  * a multiple of the 32-row panel, row ranges that start and end anywhere
  * and 1..9 input rows. The full products are also held against the fp64
  * dot product of the reference dequantization (dequant_row_ref), so a
@@ -26,8 +29,20 @@ typedef struct pcase {
     int32_t    group;
     moe_format sf;
     int64_t    rows, cols;
-    bool       g_idx;
+    int        g_idx; /* GIDX_* */
 } pcase;
+
+enum { GIDX_NONE, GIDX_RANDOM, GIDX_SORTABLE };
+static const char *const gidx_name[] = { "", " g_idx", " sorted g_idx" };
+
+/* y = gemm of w (rows [0, R)) on NX rows x (K each, f32), through the
+ * format's act_quantize; xq (NX rows of xs bytes) keeps the kernel's rows. */
+static void run_gemm(const moe__cpu_format *cf, const moe__wmat *w, const float *x, int64_t NX,
+                     char *xq, size_t xs, float *y) {
+    const int64_t K = w->cols;
+    for (int64_t i = 0; i < NX; i++) cf->act_quantize(w, x + i * K, K, xq + (size_t)i * xs);
+    cf->gemm(w, 0, w->rows, xq, xs, NX, y, w->rows);
+}
 
 static void check_packed(const pcase *c) {
     const moe__format_traits *t  = moe__format(c->f);
@@ -44,11 +59,23 @@ static void check_packed(const pcase *c) {
     void    *data  = calloc(1, s.data), *sc = calloc(1, s.scales), *zp = calloc(1, s.zeros + 4);
     int32_t *g_idx = malloc(sizeof(int32_t) * (size_t)K);
     test_fill_normal(&rng, src, (size_t)(R * K), 0.1f);
+    int32_t *order = malloc(sizeof(int32_t) * (size_t)K);
     for (int64_t k = 0; k < K; k++) g_idx[k] = (int32_t)(test_rng_u64(&rng) % (uint64_t)ng);
+    if (c->g_idx == GIDX_SORTABLE) { /* column perm[j] in group j / group */
+        for (int64_t k = 0; k < K; k++) order[k] = (int32_t)k;
+        for (int64_t k = K - 1; k > 0; k--) {
+            const int64_t j = (int64_t)(test_rng_u64(&rng) % (uint64_t)(k + 1));
+            const int32_t v = order[k];
+            order[k] = order[j], order[j] = v;
+        }
+        for (int64_t j = 0; j < K; j++) g_idx[order[j]] = (int32_t)(j / c->group);
+    }
+    const int sortable = moe__gidx_order(g_idx, K, c->group, order);
+    CHECK(sortable == (c->g_idx == GIDX_SORTABLE), "%s: moe__gidx_order says %d", name, sortable);
     moe__wmat w = { .format = c->f, .rows = R, .cols = K, .group_size = c->group,
                     .scale_format = c->sf, .data = data, .scales = sc,
                     .zeros = s.zeros ? zp : NULL, .g_idx = c->g_idx ? g_idx : NULL,
-                    .scale2 = 1.0f };
+                    .k_order = c->g_idx == GIDX_SORTABLE ? order : NULL, .scale2 = 1.0f };
     REQUIRE(t->quantize_ref(src, &w) == MOE_OK, "%s: quantize", name);
 
     /* pack over two different initial buffers: every byte must be written. */
@@ -71,24 +98,43 @@ static void check_packed(const pcase *c) {
     float *x = aligned_alloc(64, sizeof(float) * (size_t)(NX * K));
     test_fill_normal(&rng, x, (size_t)(NX * K), 1.0f);
     for (int64_t k = 0; k < K; k++) x[4 * K + k] *= 1e-6f; /* a tiny row */
-    /* The kernels' input rows (the 4-bit formats' bf16 pairs: act_quantize),
-     * and the values they hold for the reference (act_fake_quant_ref). */
-    const size_t xs = cf->act_quantize ? (cf->act_row_bytes(K) + 63) / 64 * 64
-                                       : (size_t)K * sizeof(float); /* K % 32 == 0 */
+    /* The kernels' input rows (act_quantize: the 4-bit formats' bf16 pairs,
+     * in k_order where there is one). */
+    REQUIRE(cf->act_quantize, "%s: no act_quantize", name);
+    const size_t xs = (cf->act_row_bytes(K) + 63) / 64 * 64;
     char *xq = aligned_alloc(64, xs * (size_t)NX);
-    for (int64_t i = 0; i < NX; i++) {
-        if (cf->act_quantize) cf->act_quantize(&w, x + i * K, K, xq + (size_t)i * xs);
-        else memcpy(xq + (size_t)i * xs, x + i * K, (size_t)K * sizeof(float));
-        if (t->act_fake_quant_ref) t->act_fake_quant_ref(&w, x + i * K, K);
-    }
-    CHECK((cf->act_quantize != NULL) == (c->f != MOE_FORMAT_INT8_GPTQ),
-          "%s: bf16 activations are the 4-bit formats'", name);
 
     /* Full products: packed == checkpoint bitwise, and near the reference. */
     float  *full = malloc(sizeof(float) * (size_t)(NX * R));
     float  *part = malloc(sizeof(float) * (size_t)(NX * R));
     float  *wrow = malloc(sizeof(float) * (size_t)K);
-    cf->gemm(&w, 0, R, xq, xs, NX, full, R);
+    run_gemm(cf, &w, x, NX, xq, xs, full);
+    if (c->g_idx == GIDX_SORTABLE) {
+        /* The same matrix and rows with K sorted by group, quantized without
+         * g_idx (the same scales and values) and run by the grouped kernels:
+         * the same bits. */
+        float  *srcs = malloc(sizeof(float) * (size_t)(R * K));
+        float  *xsrt = malloc(sizeof(float) * (size_t)(NX * K));
+        float  *ys   = malloc(sizeof(float) * (size_t)(NX * R));
+        void   *ds   = calloc(1, s.data), *scs = calloc(1, s.scales);
+        char   *xqs  = aligned_alloc(64, xs * (size_t)NX);
+        for (int64_t j = 0; j < K; j++) {
+            for (int64_t r = 0; r < R; r++) srcs[r * K + j] = src[r * K + order[j]];
+            for (int64_t i = 0; i < NX; i++) xsrt[i * K + j] = x[i * K + order[j]];
+        }
+        moe__wmat ws = w;
+        ws.data = ds, ws.scales = scs, ws.g_idx = NULL, ws.k_order = NULL;
+        REQUIRE(t->quantize_ref(srcs, &ws) == MOE_OK, "%s: quantize sorted", name);
+        CHECK(memcmp(scs, sc, s.scales) == 0, "%s: sorted columns, other scales", name);
+        run_gemm(cf, &ws, xsrt, NX, xqs, xs, ys);
+        long diff = 0;
+        for (int64_t i = 0; i < NX * R; i++) diff += memcmp(&ys[i], &full[i], 4) != 0;
+        CHECK(diff == 0, "%s g%d: %ld outputs differ from the grouped kernel on sorted columns",
+              name, (int)c->group, diff);
+        free(srcs); free(xsrt); free(ys); free(ds); free(scs); free(xqs);
+    }
+    for (int64_t i = 0; i < NX; i++) /* the values the kernels' rows hold */
+        if (t->act_fake_quant_ref) t->act_fake_quant_ref(&w, x + i * K, K);
     long bad = 0, off_ref = 0;
     for (int64_t r = 0; r < R; r++) {
         t->dequant_row_ref(&w, r, wrow);
@@ -123,7 +169,7 @@ static void check_packed(const pcase *c) {
                             test_fail(__FILE__, __LINE__, "%s g%d %s%s: rows [%lld, %lld), %lld "
                                       "inputs: packed y[%lld][%lld] = %a, gemm %a", name,
                                       (int)c->group, moe_format_name(c->sf),
-                                      c->g_idx ? " g_idx" : "", (long long)r0, (long long)r1,
+                                      gidx_name[c->g_idx], (long long)r0, (long long)r1,
                                       (long long)nx, (long long)(i0 + i), (long long)r,
                                       (double)part[i * (r1 - r0) + (r - r0)],
                                       (double)full[(i0 + i) * R + r]);
@@ -131,8 +177,9 @@ static void check_packed(const pcase *c) {
         }
     }
     CHECK(bad == 0, "%s g%d%s: %ld packed outputs differ from gemm", name, (int)c->group,
-          c->g_idx ? " g_idx" : "", bad);
-    free(src); free(data); free(sc); free(zp); free(g_idx); free(pk); free(pk2); free(x); free(xq);
+          gidx_name[c->g_idx], bad);
+    free(src); free(data); free(sc); free(zp); free(g_idx); free(order); free(pk); free(pk2);
+    free(x); free(xq);
     free(full); free(part); free(wrow);
 }
 
@@ -141,7 +188,7 @@ TEST(cpu_packed_wna16_matches_gemm) {
     const int32_t    groups[] = { 32, 64, 128 };
     for (size_t fi = 0; fi < 3; fi++)
         for (size_t gi = 0; gi < 3; gi++)
-            for (int act = 0; act < 2; act++) {
+            for (int act = GIDX_NONE; act <= GIDX_SORTABLE; act++) {
                 if (act && fmts[fi] == MOE_FORMAT_INT4_AWQ) continue; /* GPTQ only */
                 const pcase c = { fmts[fi], groups[gi],
                                   gi == 1 ? MOE_FORMAT_BF16 : MOE_FORMAT_F16, 200, 384, act };
@@ -153,14 +200,17 @@ TEST(cpu_packed_wna16_shapes) {
     /* Fewer rows than a panel, one panel plus a few, K of many groups
      * (more than one zeros line per AWQ panel: groups % 4 != 0). */
     const pcase cases[] = {
-        { MOE_FORMAT_INT4_AWQ, 32, MOE_FORMAT_BF16, 8, 288, false },
-        { MOE_FORMAT_INT4_AWQ, 64, MOE_FORMAT_F16, 40, 1344, false },
-        { MOE_FORMAT_INT4_GPTQ, 128, MOE_FORMAT_F16, 13, 1152, true },
-        { MOE_FORMAT_INT4_GPTQ, 32, MOE_FORMAT_BF16, 136, 2080, false },
-        { MOE_FORMAT_INT8_GPTQ, 32, MOE_FORMAT_F16, 1, 96, false },
-        { MOE_FORMAT_INT8_GPTQ, 64, MOE_FORMAT_BF16, 264, 640, true },
-        { MOE_FORMAT_INT4_AWQ, 128, MOE_FORMAT_F16, 64, 1024, false }, /* whole panels */
-        { MOE_FORMAT_INT4_GPTQ, 64, MOE_FORMAT_F16, 96, 512, false },
+        { MOE_FORMAT_INT4_AWQ, 32, MOE_FORMAT_BF16, 8, 288, GIDX_NONE },
+        { MOE_FORMAT_INT4_AWQ, 64, MOE_FORMAT_F16, 40, 1344, GIDX_NONE },
+        { MOE_FORMAT_INT4_GPTQ, 128, MOE_FORMAT_F16, 13, 1152, GIDX_RANDOM },
+        { MOE_FORMAT_INT4_GPTQ, 128, MOE_FORMAT_BF16, 45, 1152, GIDX_SORTABLE },
+        { MOE_FORMAT_INT4_GPTQ, 32, MOE_FORMAT_BF16, 136, 2080, GIDX_NONE },
+        { MOE_FORMAT_INT4_GPTQ, 32, MOE_FORMAT_F16, 100, 2080, GIDX_SORTABLE },
+        { MOE_FORMAT_INT8_GPTQ, 32, MOE_FORMAT_F16, 1, 96, GIDX_NONE },
+        { MOE_FORMAT_INT8_GPTQ, 64, MOE_FORMAT_BF16, 264, 640, GIDX_RANDOM },
+        { MOE_FORMAT_INT8_GPTQ, 128, MOE_FORMAT_BF16, 70, 1024, GIDX_SORTABLE },
+        { MOE_FORMAT_INT4_AWQ, 128, MOE_FORMAT_F16, 64, 1024, GIDX_NONE }, /* whole panels */
+        { MOE_FORMAT_INT4_GPTQ, 64, MOE_FORMAT_F16, 96, 512, GIDX_NONE },
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) check_packed(&cases[i]);
 }

@@ -20,12 +20,18 @@
 
 enum { METRIC_NMSE, METRIC_ATOL, METRIC_COS };
 
+/* GPTQ act-order tables: none; W13's groups reversed (k and K-1-k swap
+ * groups); a random permutation cut into groups, as quantizers make them,
+ * on both projections (the CPU sorts K by group: moe__wmat.k_order); random
+ * groups of uneven sizes on both (the CPU's act-order kernels). */
+enum { GIDX_NONE, GIDX_REVERSED, GIDX_PERMUTED, GIDX_UNEVEN };
+
 typedef struct qcase {
     moe_format f;
     int32_t    group;
     moe_format scale_format;
     int        metric;
-    int        g_idx;        /* GPTQ act-order                          */
+    int        g_idx;        /* GPTQ act-order: GIDX_*                  */
     float      input_scale;  /* FP8_TENSOR static activation scale, 0 = dynamic */
     float      x_sigma;
     int        mixed;        /* W2 in format f2 instead of f            */
@@ -113,16 +119,27 @@ static bool qlayer_build(const qcase *c, int32_t E, int64_t H, int64_t I, int32_
         o.w13.input_scale = o.w2.input_scale = q->in_scale;
     }
     if (c->g_idx) {
-        /* GPTQ act-order: the quantizer grouped columns contiguously; a
-         * g_idx that is a valid permutation-free mapping of the same groups
-         * exercises the lookup (columns k and K-1-k swap groups). The
-         * dequantized weights change, and both backends read the same. */
-        q->g_idx = malloc(sizeof(int32_t) * (size_t)(E * H));
-        int64_t ng = H / c->group;
+        /* The quantizer grouped columns contiguously; g_idx regroups them,
+         * so the dequantized weights change, and both backends read the
+         * same. */
+        q->g_idx = malloc(sizeof(int32_t) * (size_t)(E * (H + I)));
+        test_rng gr = { 77 };
         for (int32_t e = 0; e < E; e++)
-            for (int64_t k = 0; k < H; k++)
-                q->g_idx[e * H + k] = (int32_t)((ng - 1) - k / c->group);
+            for (int p = 0; p < 2; p++) {
+                const int64_t K = p ? I : H, ng = K / c->group;
+                int32_t      *g = q->g_idx + (p ? E * H + e * I : e * H);
+                for (int64_t k = 0; k < K; k++)
+                    g[k] = c->g_idx == GIDX_REVERSED ? (int32_t)(ng - 1 - k / c->group)
+                         : c->g_idx == GIDX_UNEVEN   ? (int32_t)(test_rng_u64(&gr) % (uint64_t)ng)
+                                                     : (int32_t)(k / c->group);
+                for (int64_t k = K - 1; k > 0 && c->g_idx == GIDX_PERMUTED; k--) {
+                    const int64_t j = (int64_t)(test_rng_u64(&gr) % (uint64_t)(k + 1));
+                    const int32_t v = g[k];
+                    g[k] = g[j], g[j] = v;
+                }
+            }
         o.w13.g_idx = q->g_idx;
+        if (c->g_idx != GIDX_REVERSED) o.w2.g_idx = q->g_idx + E * H;
     }
     if (moe_routed_experts_create(&o, &q->experts, err, sizeof err)) {
         test_fail(__FILE__, __LINE__, "%s experts: %s", moe_format_name(c->f), err);
@@ -252,7 +269,13 @@ QTEST(int8_w8a8, .f = MOE_FORMAT_INT8_W8A8, .metric = METRIC_NMSE)
 QTEST(int4_gptq, .f = MOE_FORMAT_INT4_GPTQ, .group = 128, .scale_format = MOE_FORMAT_F16,
       .metric = METRIC_NMSE)
 QTEST(int4_gptq_act_order_bf16, .f = MOE_FORMAT_INT4_GPTQ, .group = 64,
-      .scale_format = MOE_FORMAT_BF16, .metric = METRIC_NMSE, .g_idx = 1)
+      .scale_format = MOE_FORMAT_BF16, .metric = METRIC_NMSE, .g_idx = GIDX_REVERSED)
+QTEST(int4_gptq_act_order_permuted, .f = MOE_FORMAT_INT4_GPTQ, .group = 128,
+      .scale_format = MOE_FORMAT_F16, .metric = METRIC_NMSE, .g_idx = GIDX_PERMUTED)
+QTEST(int4_gptq_act_order_uneven, .f = MOE_FORMAT_INT4_GPTQ, .group = 32,
+      .scale_format = MOE_FORMAT_BF16, .metric = METRIC_NMSE, .g_idx = GIDX_UNEVEN)
+QTEST(int8_gptq_act_order_permuted, .f = MOE_FORMAT_INT8_GPTQ, .group = 64,
+      .scale_format = MOE_FORMAT_BF16, .metric = METRIC_NMSE, .g_idx = GIDX_PERMUTED)
 QTEST(int8_gptq, .f = MOE_FORMAT_INT8_GPTQ, .group = 32, .scale_format = MOE_FORMAT_F16,
       .metric = METRIC_NMSE)
 QTEST(int4_awq, .f = MOE_FORMAT_INT4_AWQ, .group = 64, .scale_format = MOE_FORMAT_F16,

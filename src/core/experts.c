@@ -44,8 +44,10 @@ static const void **table_ptr(moe_weights *w, int t) {
 }
 
 static moe__wmat make_view(const moe_routed_experts *e, moe_format f, const moe_weights *w,
-                           const moe__wsizes *s, int64_t rows, int64_t cols, int32_t i) {
+                           const moe__wsizes *s, const int32_t *k_order, int64_t rows,
+                           int64_t cols, int32_t i) {
     const moe_experts_options *o = &e->opts;
+    if (k_order) k_order += (size_t)i * (size_t)cols;
     return (moe__wmat){
         .format       = f,
         .rows         = rows,
@@ -57,6 +59,7 @@ static moe__wmat make_view(const moe_routed_experts *e, moe_format f, const moe_
         .zeros        = w->zeros ? (const char *)w->zeros + (size_t)i * s->zeros : NULL,
         .g_idx        = w->g_idx ? (const int32_t *)((const char *)w->g_idx + (size_t)i * s->g_idx)
                                  : NULL,
+        .k_order      = k_order && k_order[0] >= 0 ? k_order : NULL,
         .scale2       = w->scale2 ? w->scale2[i] : 1.0f,
         .input_scale  = w->input_scale ? w->input_scale[i] : 0.0f,
         .bias         = w->bias ? w->bias + (size_t)i * (size_t)rows : NULL,
@@ -64,12 +67,53 @@ static moe__wmat make_view(const moe_routed_experts *e, moe_format f, const moe_
 }
 
 moe__wmat moe__experts_w13(const moe_routed_experts *e, int32_t i) {
-    return make_view(e, e->fmt13, &e->opts.w13, &e->s13, moe__w13_rows(&e->opts), e->opts.d_model,
-                     i);
+    return make_view(e, e->fmt13, &e->opts.w13, &e->s13, e->k_order13, moe__w13_rows(&e->opts),
+                     e->opts.d_model, i);
 }
 
 moe__wmat moe__experts_w2(const moe_routed_experts *e, int32_t i) {
-    return make_view(e, e->fmt2, &e->opts.w2, &e->s2, e->opts.d_model, e->opts.d_ff, i);
+    return make_view(e, e->fmt2, &e->opts.w2, &e->s2, e->k_order2, e->opts.d_model, e->opts.d_ff,
+                     i);
+}
+
+int moe__gidx_order(const int32_t *g_idx, int64_t cols, int32_t group_size, int32_t *order) {
+    const int64_t ng   = cols / group_size;
+    int64_t      *fill = moe__calloc((size_t)ng, sizeof *fill); /* columns placed per group */
+    if (!fill) return -1;
+    for (int64_t k = 0; k < cols; k++) fill[g_idx[k]]++;
+    int balanced = 1;
+    for (int64_t g = 0; g < ng; g++) {
+        balanced &= fill[g] == group_size;
+        fill[g] = 0;
+    }
+    for (int64_t k = 0; k < cols && balanced; k++)
+        order[g_idx[k] * (int64_t)group_size + fill[g_idx[k]]++] = (int32_t)k;
+    moe__free(fill);
+    return balanced;
+}
+
+/* One projection's k_order table (n_experts, cols) from its g_idx table. */
+static moe_status build_order(const int32_t *g_idx, int32_t n, int64_t cols, int32_t group_size,
+                              int32_t **out, char *err, size_t errlen) {
+    if (!g_idx) return MOE_OK;
+    if (!*out && !(*out = moe__malloc((size_t)n * (size_t)cols * sizeof(int32_t)))) goto nomem;
+    for (int32_t i = 0; i < n; i++) {
+        const size_t o = (size_t)i * (size_t)cols;
+        const int    r = moe__gidx_order(g_idx + o, cols, group_size, *out + o);
+        if (r < 0) goto nomem;
+        if (!r) (*out)[o] = -1;
+    }
+    return MOE_OK;
+nomem:
+    return moe__errf(err, errlen, MOE_ERR_NOMEM, "out of memory ordering the act-order columns");
+}
+
+moe_status moe__experts_order(moe_routed_experts *e, char *err, size_t errlen) {
+    const moe_experts_options *o = &e->opts;
+    moe_status st = build_order(o->w13.g_idx, o->n_experts, o->d_model, o->group_size,
+                                &e->k_order13, err, errlen);
+    return st ? st : build_order(o->w2.g_idx, o->n_experts, o->d_ff, o->group_size, &e->k_order2,
+                                 err, errlen);
 }
 
 static moe_status check_map(const int32_t *map, int32_t n_global, int32_t n_local, char *err,
@@ -197,6 +241,7 @@ moe_status moe_routed_experts_create(const moe_experts_options *opts, moe_routed
             goto fail;
         }
     }
+    if ((st = moe__experts_order(e, err, errlen))) goto fail;
     *out = e;
     return MOE_OK;
 fail:
@@ -209,6 +254,8 @@ void moe_routed_experts_destroy(moe_routed_experts *e) {
     for (int i = 0; i < 4; i++)
         if (e->impl_state[i] && e->impl_free[i]) e->impl_free[i](e->impl_state[i]);
     moe__free(e->expert_map);
+    moe__free(e->k_order13);
+    moe__free(e->k_order2);
     moe__aligned_free(e->owned);
     moe__free(e);
 }

@@ -91,10 +91,23 @@ typedef struct moe__wmat {
     const void    *scales;       /* this expert's scale table (layout: format table)     */
     const void    *zeros;        /* this expert's zero points, or NULL                   */
     const int32_t *g_idx;        /* (cols), or NULL                                      */
+    /* GPTQ act-order whose every group has group_size columns (as the
+     * quantizers make them): the columns sorted stably by group,
+     * k_order[j] = the column at place j, so places [g G, (g + 1) G) are
+     * group g's. The CPU kernels then run K in this order with the grouped
+     * kernels (moe__gidx_order). NULL: no g_idx, or groups of other sizes. */
+    const int32_t *k_order;
     float          scale2;       /* second-level scale (NVFP4), 1 when unused            */
     float          input_scale;  /* static activation scale (FP8_TENSOR), 0 = dynamic    */
     const float   *bias;         /* (rows), or NULL                                      */
 } moe__wmat;
+
+/* GPTQ act-order: 1 when every group of g_idx (cols values in [0, cols /
+ * group_size), as validated) holds exactly group_size columns, and then
+ * order (cols) = the columns sorted stably by group (moe__wmat.k_order);
+ * 0 when some group holds another count (order untouched); -1 when out of
+ * memory. */
+int moe__gidx_order(const int32_t *g_idx, int64_t cols, int32_t group_size, int32_t *order);
 
 /* Bytes per expert of each table of a (rows, cols) matrix. */
 typedef struct moe__wsizes {
@@ -168,11 +181,18 @@ struct moe_routed_experts {
      * a layer first binds these experts to an implementation, freed here. */
     void               *impl_state[4];
     void              (*impl_free[4])(void *state);
+    /* GPTQ act-order column orders (moe__wmat.k_order), (n_experts, cols)
+     * per projection with g_idx, else NULL; an expert whose groups are not
+     * all group_size columns has -1 as its first entry. */
+    int32_t            *k_order13, *k_order2;
 };
 
 /* Views of expert e's (local id) two matrices. */
 moe__wmat moe__experts_w13(const moe_routed_experts *e, int32_t expert);
 moe__wmat moe__experts_w2(const moe_routed_experts *e, int32_t expert);
+/* (Re)builds k_order13 / k_order2 from the g_idx tables: at creation, and
+ * after a migration has rewritten them. MOE_ERR_NOMEM with a message. */
+moe_status moe__experts_order(moe_routed_experts *e, char *err, size_t errlen);
 /* Rows of W13 per expert: 2 d_ff for gated activations, d_ff for RELU2. */
 int64_t   moe__w13_rows(const moe_experts_options *o);
 /* W2's format: *o->w2_format, or o->format when that is NULL. */

@@ -19,6 +19,15 @@
  * gemm_packed gives the same bits as gemm: per row, the same group sums in
  * the same order. The portable build runs the packed form on the fp32
  * engine too (same dequantized values, same bits).
+ *
+ * GPTQ act-order (g_idx) whose groups each hold group_size columns, as the
+ * quantizers write them, runs K in w->k_order, the columns sorted by group
+ * (internal.h): act_quantize puts each activation row in that order, the
+ * packed form stores the words of the sorted columns, and the grouped
+ * kernels run on both, the checkpoint-layout ones gathering each word's
+ * values from the columns k_order names. The group sums then follow the
+ * sorted order; other g_idx tables keep the act-order kernels (a scale per
+ * column, about a quarter of the grouped speed).
  */
 #include "gemv-fp.h"
 
@@ -63,12 +72,31 @@ typedef struct pk_geom {
     size_t  pan;         /* bytes of one panel                                 */
 } pk_geom;
 
+/* Whether w runs the act-order kernels (a scale per column): GPTQ g_idx
+ * without a k_order. */
+static inline bool wna16_act(const moe__wmat *w) { return w->g_idx && !w->k_order; }
+
+/* Word row kw of GPTQ row r in the kernels' K order: the checkpoint's word,
+ * or with k_order the values of columns k_order[kw * per ..] gathered into
+ * one word (value j in bits bits * j ..). */
+static uint32_t gptq_word(const moe__wmat *w, int bits, int64_t kw, int64_t r) {
+    const uint32_t *q = (const uint32_t *)w->data; // (cols / per, rows)
+    const int       per = 32 / bits;
+    if (!w->k_order) return q[kw * w->rows + r];
+    uint32_t v = 0;
+    for (int j = 0; j < per; j++) {
+        const int64_t k = w->k_order[kw * per + j];
+        v |= ((q[(k / per) * w->rows + r] >> (bits * (k % per))) & ((1u << bits) - 1)) << (bits * j);
+    }
+    return v;
+}
+
 static pk_geom pk_geom_of(const moe__wmat *w) {
     pk_geom g;
     g.bits = w->format == MOE_FORMAT_INT8_GPTQ ? 8 : 4;
     g.per  = 32 / g.bits;
     g.awq  = w->format == MOE_FORMAT_INT4_AWQ;
-    g.act  = !g.awq && w->g_idx != NULL;
+    g.act  = wna16_act(w);
     g.ng   = w->cols / w->group_size;
     g.npan = (w->rows + PK_ROWS - 1) / PK_ROWS;
     g.wb   = (size_t)(w->group_size / g.per) * PK_WROW;
@@ -123,8 +151,11 @@ static void wna16_pack(const moe__wmat *w, void *dst) {
                 }
             }
         }
-        for (int64_t kw = 0; kw < nkw && !pg.awq; kw++)
-            memcpy(P + pk_word_off(&pg, G, kw), q + kw * R + rb, (size_t)n * 4);
+        for (int64_t kw = 0; kw < nkw && !pg.awq; kw++) {
+            uint32_t *dw = (uint32_t *)(P + pk_word_off(&pg, G, kw));
+            if (!w->k_order) memcpy(dw, q + kw * R + rb, (size_t)n * 4);
+            else for (int64_t l = 0; l < n; l++) dw[l] = gptq_word(w, pg.bits, kw, rb + l);
+        }
     }
     /* AWQ words: 8 rows of the checkpoint (k = 8 kw ..) at a time, read in
      * order; checkpoint word c of those rows gives rows 8c .. 8c + 7 their
@@ -144,6 +175,14 @@ static void wna16_pack(const moe__wmat *w, void *dst) {
     }
 }
 
+/* An activation row as f32 in the kernels' K order (w->k_order): INT8_GPTQ's
+ * activation rows, and the portable 4-bit ones before their bf16 rounding. */
+static void f32_in_k_order(const moe__wmat *w, const float *x, int64_t cols, void *xq) {
+    float *d = xq;
+    if (!w->k_order) memcpy(d, x, (size_t)cols * sizeof(float));
+    else for (int64_t k = 0; k < cols; k++) d[k] = x[w->k_order[k]];
+}
+
 #if !WV_AVX512
 /* ===== Portable: one row at a time on the fp32 engine ===== */
 
@@ -159,7 +198,7 @@ static inline void unpack_gptq(const moe__wmat *w, int64_t r, int64_t k0, int64_
     const uint32_t *q = (const uint32_t *)w->data; // (cols / (32/bits), rows)
     const int per = 32 / bits, zero = 1 << (bits - 1);
     const uint32_t mask = (1u << bits) - 1;
-    if (w->g_idx) {
+    if (wna16_act(w)) {
         for (int64_t k = k0; k < k0 + kc; k += per) {
             uint32_t v = q[(k / per) * w->rows + r];
             for (int j = 0; j < per; j++, v >>= bits)
@@ -171,7 +210,7 @@ static inline void unpack_gptq(const moe__wmat *w, int64_t r, int64_t k0, int64_
     for (int64_t g0 = k0; g0 < k0 + kc; g0 += w->group_size) {
         const float s = scale_at(w, (g0 / w->group_size) * w->rows + r);
         for (int64_t k = g0; k < g0 + w->group_size; k += per) {
-            uint32_t v = q[(k / per) * w->rows + r];
+            uint32_t v = gptq_word(w, bits, k / per, r);
             for (int j = 0; j < per; j++, v >>= bits)
                 out[k - k0 + j] = (float)((int)(v & mask) - zero) * s;
         }
@@ -223,10 +262,14 @@ static void unpack_packed(const moe__wmat *w, int64_t r, int64_t k0, int64_t kc,
     }
 }
 
-/* The 4-bit formats' activations: f32 rows of bf16 values, in natural
- * order for the fp32 engine (cpu-formats.h). */
+/* The 4-bit formats' activations: f32 rows of bf16 values, in the
+ * kernels' K order for the fp32 engine (cpu-formats.h). */
 #define wq4_act_row_bytes moe__cpu_bf16_f32_row_bytes
-#define wq4_act           moe__cpu_bf16_f32_row
+
+static void wq4_act(const moe__wmat *w, const float *x, int64_t cols, void *xq) {
+    f32_in_k_order(w, x, cols, xq);
+    moe__bf16_act_fake_quant_ref(w, xq, cols);
+}
 
 #define WNA16_ENTRY(name, ...)                                                                 \
     static void gemm_##name(const moe__wmat *w, int64_t r0, int64_t r1, const void *xq,        \
@@ -272,15 +315,20 @@ static const int wq_pos[8] = { 0, 4, 2, 6, 1, 5, 3, 7 };
 static size_t wq4_act_row_bytes(int64_t cols) { return (size_t)cols * 2; }
 
 static void wq4_act(const moe__wmat *w, const float *x, int64_t cols, void *xq) {
-    (void)w;
     static const _Alignas(64) uint16_t idx[32] = { 0,  4,  2,  6,  1,  5,  3,  7,
                                                    8,  12, 10, 14, 9,  13, 11, 15,
                                                    16, 20, 18, 22, 17, 21, 19, 23,
                                                    24, 28, 26, 30, 25, 29, 27, 31 };
     const __m512i ix = _mm512_load_si512(idx);
     for (int64_t k = 0; k < cols; k += 32) { /* K % 32 == 0: groups of 32, 64 or 128 */
-        const __m512i v = _mm512_inserti64x4(_mm512_castsi256_si512(moe__cpu_bf16_x16(x + k)),
-                                             moe__cpu_bf16_x16(x + k + 16), 1);
+        _Alignas(64) float xo[32];
+        const float       *xk = x + k;
+        if (w->k_order) {
+            for (int i = 0; i < 32; i++) xo[i] = x[w->k_order[k + i]];
+            xk = xo;
+        }
+        const __m512i v = _mm512_inserti64x4(_mm512_castsi256_si512(moe__cpu_bf16_x16(xk)),
+                                             moe__cpu_bf16_x16(xk + 16), 1);
         _mm512_storeu_si512((char *)xq + 2 * k, _mm512_permutexvar_epi16(ix, v));
     }
 }
@@ -347,10 +395,22 @@ static inline __m512 scales16(const moe__wmat *w, int64_t g, int64_t r, __mmask1
     return _mm512_cvtph_ps(h);
 }
 
-/* The 16 rows' packed words of word-row kw (GPTQ). */
+/* The 16 rows' words of word row kw in the kernels' K order (gptq_word):
+ * with k_order, each value shifted out of its column's word into place. */
 static inline __m512i gptq_words(const uint32_t *q, const moe__wmat *w, int64_t kw, int64_t r,
-                                 __mmask16 m) {
-    return _mm512_maskz_loadu_epi32(m, q + kw * w->rows + r);
+                                 __mmask16 m, int bits) {
+    if (!w->k_order) return _mm512_maskz_loadu_epi32(m, q + kw * w->rows + r);
+    const int     per  = 32 / bits;
+    const __m512i mask = _mm512_set1_epi32((1 << bits) - 1);
+    __m512i       v    = _mm512_setzero_si512();
+    for (int j = 0; j < per; j++) {
+        const int64_t k   = w->k_order[kw * per + j];
+        const __m512i c   = _mm512_maskz_loadu_epi32(m, q + (k / per) * w->rows + r);
+        const __m512i val = _mm512_and_si512(
+            _mm512_srl_epi32(c, _mm_cvtsi32_si128((int)(bits * (k % per)))), mask);
+        v = _mm512_or_si512(v, _mm512_sll_epi32(val, _mm_cvtsi32_si128(bits * j)));
+    }
+    return v;
 }
 
 /* Value j of the words, minus the zero point, as floats. 4 bits: vpermps
@@ -388,9 +448,10 @@ static inline __attribute__((always_inline)) void wv_step(
     __m512 acc[4];
     for (int i = 0; i < NX; i++) acc[i] = _mm512_load_ps(ga[i]);
     const int per = 32 / bits;
-    if (bits == 4 && !w->g_idx) {
+    if (bits == 4 && !wna16_act(w)) {
         __m512i b[4];
-        wq_pairs(gptq_words(q, w, k / 8, rb, m), false, _mm512_setzero_si512(), wq_table(false), b);
+        wq_pairs(gptq_words(q, w, k / 8, rb, m, 4), false, _mm512_setzero_si512(), wq_table(false),
+                 b);
 #pragma GCC unroll 4
         for (int t = 0; t < 4; t++)
             for (int i = 0; i < NX; i++)
@@ -399,9 +460,9 @@ static inline __attribute__((always_inline)) void wv_step(
         __m512i words = _mm512_setzero_si512();
 #pragma GCC unroll 8 /* constant shifts, no loop counter */
         for (int j = 0; j < 8; j++) {
-            if (j % per == 0) words = gptq_words(q, w, (k + j) / per, rb, m);
+            if (j % per == 0) words = gptq_words(q, w, (k + j) / per, rb, m, bits);
             __m512 val = gptq_val(words, j % per, bits);
-            if (w->g_idx) val = _mm512_mul_ps(val, scales16(w, w->g_idx[k + j], rb, m));
+            if (wna16_act(w)) val = _mm512_mul_ps(val, scales16(w, w->g_idx[k + j], rb, m));
             for (int i = 0; i < NX; i++)
                 acc[i] = _mm512_fmadd_ps(val, wv_x(xs[i], k + j, bits), acc[i]);
         }
@@ -436,12 +497,13 @@ static inline __attribute__((always_inline)) void gemm_wv(
                 for (int64_t v = 0; v < nv; v++) memset(ga[v], 0, sizeof ga[v]);
                 for (int64_t k = g0; k < g0 + G; k += 8) {
                     /* Every step is a new page (GPTQ: rows * 4 bytes further): the
-                     * step WV_PF ahead into L2, the step WV_PF_NEAR ahead into L1. */
-                    if (k + 8 * WV_PF < K) {
+                     * step WV_PF ahead into L2, the step WV_PF_NEAR ahead into L1
+                     * (not in k_order: its steps gather from other word rows). */
+                    if (k + 8 * WV_PF < K && !w->k_order) {
                         const char *p = pf0 + (size_t)((k + 8 * WV_PF) / 8) * step;
                         for (size_t o = 0; o < span; o += 64) __builtin_prefetch(p + o, 0, 2);
                     }
-                    if (k + 8 * WV_PF_NEAR < K) {
+                    if (k + 8 * WV_PF_NEAR < K && !w->k_order) {
                         const char *p = pf0 + (size_t)((k + 8 * WV_PF_NEAR) / 8) * step;
                         for (size_t o = 0; o < span; o += 64) __builtin_prefetch(p + o, 0, 3);
                     }
@@ -453,8 +515,8 @@ static inline __attribute__((always_inline)) void gemm_wv(
                     }
                 }
                 for (int64_t v = 0; v < nv; v++) {
-                    const __m512 sv = w->g_idx ? _mm512_set1_ps(1.0f)
-                                               : scales16(w, g0 / G, c0 + 16 * v, mk[v]);
+                    const __m512 sv = wna16_act(w) ? _mm512_set1_ps(1.0f)
+                                                   : scales16(w, g0 / G, c0 + 16 * v, mk[v]);
                     for (int64_t i = 0; i < nx; i++)
                         _mm512_store_ps(acc[v][i], _mm512_fmadd_ps(_mm512_load_ps(ga[v][i]), sv,
                                                                    _mm512_load_ps(acc[v][i])));
@@ -843,12 +905,12 @@ static void pk_gemm(const moe__wmat *w, int64_t r0, int64_t r1, const void *xq, 
 
 static void gemm_packed_int4_gptq(const moe__wmat *w, int64_t r0, int64_t r1, const void *xq,
                                   size_t xq_stride, int64_t n_x, float *y, int64_t y_stride) {
-    if (w->g_idx) pk_gemm(w, r0, r1, xq, xq_stride, n_x, y, y_stride, pk_int4_gptq_act, 1);
+    if (wna16_act(w)) pk_gemm(w, r0, r1, xq, xq_stride, n_x, y, y_stride, pk_int4_gptq_act, 1);
     else          pk_gemm(w, r0, r1, xq, xq_stride, n_x, y, y_stride, pk_int4_gptq, PK_NP);
 }
 static void gemm_packed_int8_gptq(const moe__wmat *w, int64_t r0, int64_t r1, const void *xq,
                                   size_t xq_stride, int64_t n_x, float *y, int64_t y_stride) {
-    if (w->g_idx) pk_gemm(w, r0, r1, xq, xq_stride, n_x, y, y_stride, pk_int8_gptq_act, 1);
+    if (wna16_act(w)) pk_gemm(w, r0, r1, xq, xq_stride, n_x, y, y_stride, pk_int8_gptq_act, 1);
     else          pk_gemm(w, r0, r1, xq, xq_stride, n_x, y, y_stride, pk_int8_gptq, PK_NP);
 }
 static void gemm_packed_int4_awq(const moe__wmat *w, int64_t r0, int64_t r1, const void *xq,
@@ -865,5 +927,5 @@ static void gemm_packed_int4_awq(const moe__wmat *w, int64_t r0, int64_t r1, con
 #endif
 
 WNA16_ENTRY(int4_gptq, .act_row_bytes = wq4_act_row_bytes, .act_quantize = wq4_act)
-WNA16_ENTRY(int8_gptq, )
+WNA16_ENTRY(int8_gptq, .act_row_bytes = fp_act_row_bytes, .act_quantize = f32_in_k_order)
 WNA16_ENTRY(int4_awq, .act_row_bytes = wq4_act_row_bytes, .act_quantize = wq4_act)

@@ -187,5 +187,7 @@ moe_status moe_eplb_migrate(moe_comm *c, moe_routed_experts *e, moe_expert_map *
     moe__free(mv);
     if (st) return st;
     if (bytes_sent) *bytes_sent = sent;
+    /* The slots' g_idx tables changed: their CPU column orders follow. */
+    if ((st = moe__experts_order(e, err, errlen))) return st;
     return moe_expert_map_set_physical(m, new_p2l, err, errlen);
 }
