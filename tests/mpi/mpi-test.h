@@ -12,7 +12,7 @@
 
 #include "moe.h"
 
-#include "internal.h"   /* the format table's reference quantizers (MXFP4 experts) */
+#include "internal.h"   /* the format table's reference quantizers (quantized experts) */
 
 #include <mpi.h>
 
@@ -79,7 +79,8 @@ typedef struct mt_model {
     int32_t        E, K;
     int64_t        H, I;
     moe_activation act;
-    moe_format     format;                  /* routed experts: F32 (0), BF16, MXFP4, INT4_AWQ */
+    moe_format     format;                  /* routed experts: F32 (0), BF16, MXFP4, INT4_AWQ,
+                                               INT4_GPTQ (act-order, mt_gidx)            */
     float         *w13, *w2, *b13, *b2;     /* (E, 2I, H), (E, H, I), (E, 2I), (E, H)  */
     float         *sw13, *sw2, *sgate;      /* shared: (2 Is, H), (H, Is), (H)         */
     int64_t        Is;
@@ -115,6 +116,21 @@ MT_FN void mt_model_free(mt_model *m) {
     free(m->sw13), free(m->sw2), free(m->sgate);
 }
 
+/* A GPTQ act-order g_idx (cols) of logical expert e's projection proj (0:
+ * w13, 1: w2): the columns cut into groups of g in a random order,
+ * g_idx[perm[j]] = j / g. Seeded from (e, proj): every rank builds the same
+ * table for the same expert, and experts differ, so a slot that kept the
+ * column order of the expert it held before computes a wrong result. */
+MT_FN void mt_gidx(int32_t e, int proj, int64_t cols, int32_t g, int32_t *g_idx) {
+    mt_rng r = { 1000 + 2 * (uint64_t)e + (uint64_t)proj };
+    for (int64_t k = 0; k < cols; k++) g_idx[k] = (int32_t)(k / g);
+    for (int64_t k = cols - 1; k > 0; k--) {   /* Fisher-Yates */
+        const int64_t j = (int64_t)(mt_u64(&r) % (uint64_t)(k + 1));
+        const int32_t t = g_idx[k];
+        g_idx[k] = g_idx[j], g_idx[j] = t;
+    }
+}
+
 /* Routed experts holding, in local order, the logical experts `which` (n),
  * with the expert map table (n_global) or NULL. */
 MT_FN moe_status mt_experts(const mt_model *m, const int32_t *which, int32_t n,
@@ -146,42 +162,55 @@ MT_FN moe_status mt_experts(const mt_model *m, const int32_t *which, int32_t n,
         .activation = m->act, .w13 = { .data = w13, .bias = b13 }, .w2 = { .data = w2, .bias = b2 },
         .n_experts_global = table ? n_global : 0, .expert_map = table,
     };
-    /* Quantized formats (MXFP4, INT4_AWQ): each expert through the format's
-     * reference quantizer; data, scales and zeros of w13, then of w2. */
-    void *q[6] = { NULL, NULL, NULL, NULL, NULL, NULL };
-    if (m->format == MOE_FORMAT_MXFP4 || m->format == MOE_FORMAT_INT4_AWQ) {
+    /* Quantized formats (MXFP4, INT4_AWQ, INT4_GPTQ): each expert through the
+     * format's reference quantizer; data, scales, zeros and g_idx of w13, then
+     * of w2. GPTQ groups by each logical expert's own g_idx (mt_gidx), which
+     * the quantizer reads from the view. Create copies the tables: freed here. */
+    void *q[8] = { NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL };
+    if (m->format == MOE_FORMAT_MXFP4 || m->format == MOE_FORMAT_INT4_AWQ ||
+        m->format == MOE_FORMAT_INT4_GPTQ) {
         const moe__format_traits *ft = moe__format(m->format);
-        const bool    awq = m->format == MOE_FORMAT_INT4_AWQ;
+        const bool    awq  = m->format == MOE_FORMAT_INT4_AWQ;
+        const bool    gptq = m->format == MOE_FORMAT_INT4_GPTQ;
         moe__wsizes   sz[2];
         const int64_t rows[2] = { rows13, m->H }, cols[2] = { m->H, m->I };
         const float  *src[2]  = { w13, w2 };
         moe_weights  *dst[2]  = { &o.w13, &o.w2 };
-        if (awq) o.group_size = 32, o.scale_format = MOE_FORMAT_F16;
+        if (awq || gptq) o.group_size = 32, o.scale_format = MOE_FORMAT_F16;
         for (int t = 0; t < 2; t++) {
             moe_status st = ft->sizes(rows[t], cols[t], o.group_size, o.scale_format, &sz[t], err,
                                       errlen);
             if (st) return st;
-            for (int j = 0; j < 3; j++) {
-                const size_t b = j == 0 ? sz[t].data : j == 1 ? sz[t].scales : sz[t].zeros;
-                q[3 * t + j] = b ? calloc((size_t)n, b) : NULL;
+            for (int j = 0; j < 4; j++) {
+                const size_t b = j == 0   ? sz[t].data
+                                 : j == 1 ? sz[t].scales
+                                 : j == 2 ? sz[t].zeros
+                                          : sz[t].g_idx;
+                q[4 * t + j] = b ? calloc((size_t)n, b) : NULL;
             }
             for (int32_t i = 0; i < n; i++) {
+                int32_t *g_idx = gptq ? (int32_t *)(void *)((char *)q[4 * t + 3] +
+                                                            (size_t)i * sz[t].g_idx)
+                                      : NULL;
+                if (g_idx) mt_gidx(which[i], t, cols[t], o.group_size, g_idx);
                 moe__wmat w = { .format = m->format, .rows = rows[t], .cols = cols[t],
                                 .group_size = o.group_size, .scale_format = o.scale_format,
-                                .data = (char *)q[3 * t] + (size_t)i * sz[t].data,
-                                .scales = (char *)q[3 * t + 1] + (size_t)i * sz[t].scales,
-                                .zeros = awq ? (char *)q[3 * t + 2] + (size_t)i * sz[t].zeros
-                                             : NULL };
+                                .data = (char *)q[4 * t] + (size_t)i * sz[t].data,
+                                .scales = (char *)q[4 * t + 1] + (size_t)i * sz[t].scales,
+                                .zeros = awq ? (char *)q[4 * t + 2] + (size_t)i * sz[t].zeros
+                                             : NULL,
+                                .g_idx = g_idx };
                 ft->quantize_ref(src[t] + (size_t)i * (size_t)(rows[t] * cols[t]), &w);
             }
-            dst[t]->data   = q[3 * t];
-            dst[t]->scales = q[3 * t + 1];
-            dst[t]->zeros  = q[3 * t + 2];
+            dst[t]->data   = q[4 * t];
+            dst[t]->scales = q[4 * t + 1];
+            dst[t]->zeros  = q[4 * t + 2];
+            dst[t]->g_idx  = q[4 * t + 3];
         }
     }
     moe_status st = moe_routed_experts_create(&o, out, err, errlen);
     free(w13), free(w2), free(b13), free(b2);
-    for (int i = 0; i < 6; i++) free(q[i]);
+    for (int i = 0; i < 8; i++) free(q[i]);
     return st;
 }
 
