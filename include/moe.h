@@ -491,7 +491,10 @@ typedef struct moe_layer_options {
     moe_context        *context;    /* borrowed; NULL = the layer makes a private one         */
     moe_backend         backend;    /* MOE_BACKEND_AUTO picks the first capable               */
     moe_shared_order    shared_order;
-    moe_format          io_format;  /* x and out: F32 (default), BF16 or F16                  */
+    /* x and out: F32 (default), BF16 or F16. With BF16 the CUDA backend also
+     * stores each (token, expert) output row in bf16 before the sum over the
+     * token's experts (in f32), as vLLM does; F32 and F16 keep f32 rows. */
+    moe_format          io_format;
     int64_t             max_tokens; /* largest n_tokens of a forward; workspace is sized by it */
     /* The shared experts forwards will be given (borrowed). The layer sizes
      * its workspace for them and, on CUDA, uploads them at creation. A
@@ -816,8 +819,9 @@ moe_status moe_npy_write(const char *path, moe_format format, int32_t n_dims, co
  *   MOE_PARALLEL_EP  expert parallel: each rank holds whole experts (an
  *                    expert map says which); prepare sends every (token,
  *                    slot) to the rank owning its expert, finalize sends the
- *                    expert outputs back and reduces each token's slots in
- *                    slot order, in fp32. Because an expert row's result does
+ *                    expert outputs back (CUDA: in bf16 when the layer's
+ *                    io_format is) and reduces each token's slots in slot
+ *                    order, in fp32. The ranks' io_format must agree. Because an expert row's result does
  *                    not depend on the rest of its batch, the output is
  *                    bitwise identical to the single-rank result for any
  *                    ep_size. Every rank may pass different tokens.

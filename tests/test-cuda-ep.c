@@ -14,7 +14,9 @@
  * transport: within f32 rounding of one device, the same bits on every
  * rank. A tampered header must give
  * MOE_ERR_PROTOCOL on the receiver and MOE_ERR_TIMEOUT on the peers left
- * waiting, within the deadline; a tampered row MOE_ERR_PROTOCOL everywhere. With NCCL, a real one-rank communicator runs
+ * waiting, within the deadline; a tampered row MOE_ERR_PROTOCOL everywhere, and
+ * so does a rank whose layer has another io format (its combine rows would
+ * have another size). With NCCL, a real one-rank communicator runs
  * the same forward. Creation-time refusals run without a GPU.
  */
 #include "test.h"
@@ -43,7 +45,9 @@ enum { MAX_RANKS = 4, DEADLINE_MS = 3000 };
 
 /* ===== The in-process device transport ===== */
 
-typedef enum tamper { TAMPER_NONE = 0, TAMPER_HEADER, TAMPER_EXPERT } tamper;
+/* What goes wrong: rank 1 changes the header or the first row it receives
+ * from rank 0, or runs its layer with bf16 x and out (the others f32). */
+typedef enum tamper { TAMPER_NONE = 0, TAMPER_HEADER, TAMPER_EXPERT, TAMPER_IO } tamper;
 
 typedef struct board {
     int             P;
@@ -113,8 +117,8 @@ static moe_status t_post(moe_comm *c, const moe__msg *sends, int n_sends, const 
         }
         if (r->bytes && cudaMemcpy(r->buf, m->buf, r->bytes, cudaMemcpyDeviceToDevice))
             st = moe__comm_errf(c, MOE_ERR_CUDA, "copy failed");
-        if (b->tamper && c->rank == 1 && r->peer == 0 && r->bytes &&
-            r->sub == (b->tamper == TAMPER_HEADER ? 0 : 1))
+        if ((b->tamper == TAMPER_HEADER || b->tamper == TAMPER_EXPERT) && c->rank == 1 &&
+            r->peer == 0 && r->bytes && r->sub == (b->tamper == TAMPER_HEADER ? 0 : 1))
             cudaMemset(r->buf, 0x7f, 4);   /* the header's magic, the first row's expert id */
     }
     /* senders keep their buffers until every receiver has copied */
@@ -166,6 +170,7 @@ typedef struct ecase {
     tamper           tamper;
     int              migrate;       /* rebalance + migrate, then forward again */
     int              tp;            /* tensor parallel: d_ff slices, the same tokens */
+    moe_format       io;            /* the layers' x and out (0: f32) */
 } ecase;
 
 /* Weights of E experts: per-expert blocks of data and scales. */
@@ -224,25 +229,31 @@ static int64_t max_t(const ecase *c) {
     return m;
 }
 
-/* Runs x (T tokens, f32) through layer l on stream st; out (T, H) f32 host. */
-static moe_status run_layer(moe_layer *l, cudaStream_t st, int64_t T, int64_t H, int32_t E,
-                            const float *x, const float *logits, const moe_shared_experts *sh,
-                            float *out) {
+/* Runs x (T tokens, f32, given to the layer in its io format) through layer
+ * l on stream st; out (T, H) f32 host. */
+static moe_status run_layer(moe_layer *l, moe_format io, cudaStream_t st, int64_t T, int64_t H,
+                            int32_t E, const float *x, const float *logits,
+                            const moe_shared_experts *sh, float *out) {
     size_t wsz = moe_layer_workspace_size(l, T);
     void *d_x = NULL, *d_lg = NULL, *d_out = NULL, *d_ws = NULL;
     size_t xb = (size_t)(T ? T : 1) * (size_t)H * 4, lb = (size_t)(T ? T : 1) * (size_t)E * 4;
+    const size_t iob = (size_t)T * H * (io == MOE_FORMAT_F32 ? 4 : 2);
+    void *h_io = malloc(xb); /* x, then out, in the io format */
     moe_status s = MOE_ERR_CUDA;
-    if (cudaMalloc(&d_x, xb) || cudaMalloc(&d_lg, lb) || cudaMalloc(&d_out, xb) ||
+    if (!h_io || cudaMalloc(&d_x, xb) || cudaMalloc(&d_lg, lb) || cudaMalloc(&d_out, xb) ||
         cudaMalloc(&d_ws, wsz))
         goto done;
-    cudaMemcpy(d_x, x, (size_t)T * H * 4, cudaMemcpyHostToDevice);
+    moe__from_f32(io, x, h_io, T * H);
+    cudaMemcpy(d_x, h_io, iob, cudaMemcpyHostToDevice);
     cudaMemcpy(d_lg, logits, (size_t)T * E * 4, cudaMemcpyHostToDevice);
     cudaMemset(d_out, 0xff, xb);
     cudaMemset(d_ws, 0xff, wsz);
     s = moe_layer_forward(l, T, d_x, d_lg, sh, d_out, d_ws, wsz);
     if (!s && cudaStreamSynchronize(st)) s = MOE_ERR_CUDA;
-    if (!s) cudaMemcpy(out, d_out, (size_t)T * H * 4, cudaMemcpyDeviceToHost);
+    if (!s && cudaMemcpy(h_io, d_out, iob, cudaMemcpyDeviceToHost) == cudaSuccess)
+        moe__to_f32(io, h_io, out, T * H);
 done:
+    free(h_io);
     cudaFree(d_x);
     cudaFree(d_lg);
     cudaFree(d_out);
@@ -332,6 +343,7 @@ static void *rank_main(void *arg) {
     moe_comm *comm = NULL;
     wset w13 = { 0 }, w2 = { 0 };
     int32_t *slots = NULL, *load = NULL;
+    const moe_format io = c->tamper == TAMPER_IO && j->rank == 1 ? MOE_FORMAT_BF16 : c->io;
     j->status = MOE_ERR_INTERNAL;
     cudaSetDevice(0);
     cudaStreamCreate(&st);
@@ -363,19 +375,20 @@ static void *rank_main(void *arg) {
     }
     moe_layer_options lo = { .router = m->router, .experts = ex, .context = ctx,
                              .backend = MOE_BACKEND_CUDA, .max_tokens = max_t(c),
-                             .shared = m->shared, .shared_order = c->order, .parallel = &par };
+                             .shared = m->shared, .shared_order = c->order, .parallel = &par,
+                             .io_format = io };
     if (moe_layer_create(&lo, &l, err, sizeof err)) goto done;
     if (strcmp(moe_layer_prepare_finalize_impl(l), c->tp ? "nccl-tp" : "nccl"))
         snprintf(err, sizeof err, "prepare/finalize %s", moe_layer_prepare_finalize_impl(l));
     double t0 = moe__now_s();
-    j->status = run_layer(l, st, c->T[j->rank], c->H, c->E, m->x[j->rank], m->logits[j->rank],
-                          m->shared, j->out);
+    j->status = run_layer(l, io, st, c->T[j->rank], c->H, c->E, m->x[j->rank],
+                          m->logits[j->rank], m->shared, j->out);
     j->seconds = moe__now_s() - t0;
     if (j->status) snprintf(err, sizeof err, "%s", moe_layer_last_error(l));
     if (!j->status && load && !check_load(m, j->rank, map, load))
         snprintf(err, sizeof err, "EPLB counters differ from moe_expert_map_route's");
     if (!j->status && c->migrate && migrate(j, ex, map, comm, err, sizeof err) == MOE_OK)
-        j->status = run_layer(l, st, c->T[j->rank], c->H, c->E, m->x[j->rank],
+        j->status = run_layer(l, io, st, c->T[j->rank], c->H, c->E, m->x[j->rank],
                               m->logits[j->rank], m->shared, j->out2);
 done:
     snprintf(j->err, sizeof j->err, "%s", err);
@@ -438,7 +451,7 @@ static void ep_check(const ecase *c, uint64_t seed) {
     NEED(moe_context_create(&co, &ctx, err, sizeof err) == MOE_OK, "%s", err);
     moe_layer_options lo = { .router = m.router, .experts = full, .context = ctx,
                              .backend = MOE_BACKEND_CUDA, .max_tokens = max_t(c),
-                             .shared = m.shared, .shared_order = c->order };
+                             .shared = m.shared, .shared_order = c->order, .io_format = c->io };
     NEED(moe_layer_create(&lo, &one, err, sizeof err) == MOE_OK, "%s", err);
     for (int r = 0; r < c->P; r++) {
         const int64_t T = c->T[r];
@@ -454,7 +467,8 @@ static void ep_check(const ecase *c, uint64_t seed) {
             memcpy(m.logits[r], m.logits[0], (size_t)(T * c->E) * 4);
         }
         if (T) {
-            moe_status s = run_layer(one, st, T, H, c->E, m.x[r], m.logits[r], m.shared, m.ref[r]);
+            moe_status s = run_layer(one, c->io, st, T, H, c->E, m.x[r], m.logits[r], m.shared,
+                                     m.ref[r]);
             CHECK(s == MOE_OK, "single device: %s", moe_layer_last_error(one));
         }
     }
@@ -475,9 +489,9 @@ static void ep_check(const ecase *c, uint64_t seed) {
         if (c->tamper) {
             /* rank 1 sees the bad message. A bad header: it leaves, and the
              * others wait for it in vain. A bad row: it tells everyone with
-             * the combine. */
-            moe_status want = r == 1 || c->tamper == TAMPER_EXPERT ? MOE_ERR_PROTOCOL
-                                                                    : MOE_ERR_TIMEOUT;
+             * the combine. Another io format: every header says so. */
+            moe_status want = r == 1 || c->tamper != TAMPER_HEADER ? MOE_ERR_PROTOCOL
+                                                                   : MOE_ERR_TIMEOUT;
             CHECK(j->status == want, "tamper %d rank %d: %s (%s), want %s", c->tamper, r,
                   moe_status_name(j->status), j->err, moe_status_name(want));
             CHECK(j->seconds < DEADLINE_MS * 1e-3 + 5, "rank %d took %.1f s", r, j->seconds);
@@ -549,16 +563,23 @@ TEST(cuda_ep_bitwise_1_to_4_ranks) {
 }
 
 TEST(cuda_ep_bitwise_prefill) {
-    /* enough rows for prefill tiles and the multi-block layout */
+    /* enough rows for prefill tiles and the multi-block layout; then bf16 x
+     * and out, whose slot rows W2 stores and the combine sends as bf16 */
     ecase c = { .P = 2, .E = 16, .k = 8, .H = 256, .I = 256, .fmt = BF16,
                 .order = MOE_SHARED_BEFORE, .T = { 700, 300 } };
     ep_check(&c, 7);
+    c.io = BF16;
+    c.order = MOE_SHARED_IN_COMBINE;
+    c.Is = 128;
+    ep_check(&c, 9);
 }
 
 TEST(cuda_ep_bitwise_fp8_block) {
     ecase c = { .P = 3, .E = 16, .k = 4, .H = 256, .I = 256, .Is = 256, .fmt = FP8,
                 .order = MOE_SHARED_OVERLAPPED, .T = { 1, 64, 200 } };
     ep_check(&c, 8);
+    c.io = BF16;
+    ep_check(&c, 10);
 }
 
 TEST(cuda_ep_bitwise_replicas_orders_llama4) {
@@ -688,6 +709,8 @@ TEST(cuda_ep_tampered_messages) {
     ecase x = h;
     x.tamper = TAMPER_EXPERT;
     ep_check(&x, 41);
+    x.tamper = TAMPER_IO;
+    ep_check(&x, 42);
 }
 
 #ifdef MOE_HAVE_NCCL
@@ -721,11 +744,12 @@ TEST(cuda_ep_nccl_one_rank) {
         float *o1 = malloc((size_t)(T * SM_H) * 4), *o2 = malloc((size_t)(T * SM_H) * 4);
         test_fill_normal(&rng, x, (size_t)(T * SM_H), 1.0f);
         test_fill_normal(&rng, lg, (size_t)(T * SM_E), 1.0f);
-        CHECK_STATUS(run_layer(m.one, st, T, SM_H, SM_E, x, lg, NULL, o1), MOE_OK);
-        moe_status s = run_layer(m.ep, st, T, SM_H, SM_E, x, lg, NULL, o2);
+        CHECK_STATUS(run_layer(m.one, MOE_FORMAT_F32, st, T, SM_H, SM_E, x, lg, NULL, o1),
+                     MOE_OK);
+        moe_status s = run_layer(m.ep, MOE_FORMAT_F32, st, T, SM_H, SM_E, x, lg, NULL, o2);
         CHECK(s == MOE_OK, "nccl forward: %s", moe_layer_last_error(m.ep));
         CHECK(!s && memcmp(o1, o2, (size_t)(T * SM_H) * 4) == 0, "differs from one device");
-        CHECK_STATUS(run_layer(m.ep, st, 0, SM_H, SM_E, x, lg, NULL, o2), MOE_OK);
+        CHECK_STATUS(run_layer(m.ep, MOE_FORMAT_F32, st, 0, SM_H, SM_E, x, lg, NULL, o2), MOE_OK);
         free(x);
         free(lg);
         free(o1);

@@ -441,6 +441,11 @@ TEST(cuda_layer_bf16_shape_grid) {
         { 1000, 1024, 256, 4, 2, BF16, F32, MOE_ACT_SILU, 0, 0, 0, 0, 0, 0, 0 },
         { 1100, 256, 160, 4, 2, MOE_FORMAT_F16, MOE_FORMAT_F16, MOE_ACT_GELU_TANH, 0, 1, 0, 0,
           0, 0, 0 },
+        /* bf16 x and out: W2 stores bf16 slot rows (finalize.cu) from the 128-row
+         * tiles (with biases), the pairs, and, in the 8-token forward, the decode
+         * tiles, which must round them to the same bits */
+        { 600, 512, 256, 8, 2, BF16, BF16, MOE_ACT_SILU, 0, 1, 0, 0, 0, 0, 0 },
+        { 1600, 256, 128, 4, 2, BF16, BF16, MOE_ACT_SILU, 0, 0, 0, 0, 0, 0, 0 },
     };
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++)
         layer_check(&cases[i], 100 + i, false);
@@ -508,6 +513,8 @@ TEST(cuda_layer_fp8_block) {
         { 48, 1536, 768, 32, 8, FP8, BF16, MOE_ACT_SILU, 0, 0, 0, 0, 0, 0, 0 },
         /* long K on the prefill tiles (10 stages of W13): stage buffers refilled */
         { 200, 1280, 256, 8, 2, FP8, F32, MOE_ACT_SILU, 0, 0, 0, 0, 0, 0, 0 },
+        /* bf16 out: bf16 slot rows from the prefill and (8 tokens) decode tiles */
+        { 300, 384, 256, 8, 2, FP8, BF16, MOE_ACT_SILU, 0, 1, 0, 0, 0, 0, 0 },
     };
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++)
         layer_check(&cases[i], 500 + i, i == 5);

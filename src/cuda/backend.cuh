@@ -134,13 +134,14 @@ moe_status moe__cuda_prepare_inputs(moe_layer *l, int64_t T, const void *x,
                                     const cuda_experts *sx, const ws_bufs *b, cudaStream_t st,
                                     moe__cuda_inputs *in);
 
-/* Both GEMMs of one experts object over a contiguous layout (see cuda.cu). */
+/* Both GEMMs of one experts object over a contiguous layout (see cuda.cu);
+ * W2's rows y at their slots, f32 or (y_bf16) bf16. */
 moe_status moe__cuda_run_experts(moe_layer *l, const cuda_experts *x, const moe_experts_options *xo,
                                  int64_t n_rows, int bm, const void *xq, const float *xs,
                                  const int32_t *row_slot, int32_t a_div, const int32_t *estart,
                                  const int32_t *tiles, const int32_t *n_tiles, int64_t mt,
                                  const float *in_scale, const float *rw, void *h1, void *h1q,
-                                 float *h1s, float *y, int pdl, cudaStream_t st);
+                                 float *h1s, void *y, int y_bf16, int pdl, cudaStream_t st);
 
 /* The shared experts on stream ss: all T tokens through the one expert of
  * sx, output sh_y (T, H) f32 (see cuda.cu). */

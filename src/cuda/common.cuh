@@ -266,12 +266,14 @@ typedef struct moe__gemm_args {
     int64_t        n_rows;
     /* W13: per-slot factor before the activation (Llama-4) or NULL; out
      * (n_rows, N_out) compute type + fp8 scales (n_rows, ceil(N_out/128)).
-     * W2: out (slots, N_out) f32 at row_slot[r]; row weight rw[slot] or NULL. */
+     * W2: out (slots, N_out) at row_slot[r], f32 or (y_bf16) bf16; row weight
+     * rw[slot] or NULL. */
     const float   *in_scale;
     const float   *rw;
     void          *out;
     float         *out_scale;
     int            out_f32;       /* fp8 W13: store f32 rows (decode, quantized after)  */
+    int            y_bf16;        /* W2: store bf16 rows (the layer's output is bf16)   */
     int            grid_n;        /* set by the launcher: CTAs along N                  */
     int            n_sm;          /* the device's multiprocessors                       */
     int            pair_ctas;     /* BM 256: CTAs of the two-CTA clusters that fit      */
@@ -320,11 +322,12 @@ cudaError_t moe__decode_prologue_setup_cuda(size_t smem);
 cudaError_t moe__decode_prologue_cuda(const moe__prologue_args *a, cudaStream_t st);
 
 /* finalize.cu: out[t] = sum_j y[t k + j] over held slots (slot_row >= 0), in
- * slot order, f32, + shared_y[t] when not NULL; stored in io_fmt. With
- * by_row the rows are y[slot_row[t k + j]] instead (expert parallel: outputs
- * come back in send order). */
-cudaError_t moe__finalize_cuda(const float *y, const int32_t *slot_row, const float *shared_y,
-                               int64_t T, int32_t k, int64_t H, void *out, int io_fmt, int pdl,
-                               int by_row, cudaStream_t st);
+ * slot order, f32, + shared_y[t] when not NULL; stored in io_fmt. y holds
+ * f32 rows, or bf16 ones with y_bf16. With by_row the rows are
+ * y[slot_row[t k + j]] instead (expert parallel: outputs come back in send
+ * order). */
+cudaError_t moe__finalize_cuda(const void *y, int y_bf16, const int32_t *slot_row,
+                               const float *shared_y, int64_t T, int32_t k, int64_t H, void *out,
+                               int io_fmt, int pdl, int by_row, cudaStream_t st);
 
 #endif /* MOE_CUDA_COMMON_CUH */

@@ -459,7 +459,7 @@ moe_status moe__cuda_run_experts(moe_layer *l, const cuda_experts *x, const moe_
                                  const int32_t *row_slot, int32_t a_div, const int32_t *estart,
                                  const int32_t *tiles, const int32_t *n_tiles, int64_t mt,
                                  const float *in_scale, const float *rw, void *h1, void *h1q,
-                                 float *h1s, float *y, int pdl, cudaStream_t st) {
+                                 float *h1s, void *y, int y_bf16, int pdl, cudaStream_t st) {
     const bool fp8 = x->dtype == MOE_CUDA_FP8, decode8 = fp8 && bm < 64;
     moe__gemm_args g;
     memset(&g, 0, sizeof g);
@@ -522,6 +522,7 @@ moe_status moe__cuda_run_experts(moe_layer *l, const cuda_experts *x, const moe_
     g.in_scale = NULL;
     g.rw = rw;
     g.out = y;
+    g.y_bf16 = y_bf16;
     g.out_scale = NULL;
     ce = x->dtype == MOE_CUDA_FP8 ? moe__grouped_gemm_fp8_cuda(&g, st)
                                   : moe__grouped_gemm_bf16_cuda(&g, st);
@@ -536,7 +537,7 @@ moe_status moe__cuda_run_shared(moe_layer *l, const cuda_experts *sx,
     int sbm = moe__cuda_pick_bm(sx->dtype, T, 1, moe__cuda_pairs(l, sx));
     return moe__cuda_run_experts(l, sx, &sh->mlp->opts, T, sbm, xa, xs, NULL, 1, NULL, NULL,
                                  NULL, cdiv(T, sbm), NULL, sx->gate ? sg : NULL, b->sh_h1,
-                                 b->sh_h1q, b->sh_h1s, b->sh_y, 0, ss);
+                                 b->sh_h1q, b->sh_h1s, b->sh_y, 0, 0, ss);
 }
 
 moe_status moe__cuda_prepare_inputs(moe_layer *l, int64_t T, const void *x,
@@ -595,6 +596,7 @@ moe_status moe__cuda_forward_one(moe_layer *l, int64_t T, const void *x, const f
     const moe_router_options *ro = &router->opts;
     const cuda_experts *ex = moe__cuda_experts_state(l->opts.experts);
     if (!c || !cl || !ex) return moe__errf(err, errlen, MOE_ERR_INTERNAL, "cuda: layer not set up");
+    const int y_bf16 = out_fmt == MOE_FORMAT_BF16; /* slot rows (finalize.cu) */
     const cuda_experts *sx = NULL;
     if (sh) {
         sx = moe__cuda_experts_state(sh->mlp);
@@ -675,12 +677,12 @@ moe_status moe__cuda_forward_one(moe_layer *l, int64_t T, const void *x, const f
     if ((s = moe__cuda_run_experts(l, ex, &l->opts.experts->opts, S, bm, xa, xs, ao.row_slot, k,
                                    ao.expert_start, ao.tiles, ao.n_tiles, mt,
                                    llama4 ? w_in : NULL, llama4 ? NULL : w_in, b.h1, b.h1q,
-                                   b.h1s, b.y, 1, st)))
+                                   b.h1s, b.y, y_bf16, 1, st)))
         return s;
     if (overlap) MOE_CUDA_TRY(cudaStreamWaitEvent(st, c->join, 0), err, errlen);
     // 7. combine
-    MOE_CUDA_TRY(moe__finalize_cuda(b.y, ao.slot_row, sx ? b.sh_y : NULL, T, k, H, out, out_fmt,
-                                    !overlap, 0, st), err, errlen);
+    MOE_CUDA_TRY(moe__finalize_cuda(b.y, y_bf16, ao.slot_row, sx ? b.sh_y : NULL, T, k, H, out,
+                                    out_fmt, !overlap, 0, st), err, errlen);
     return MOE_OK;
 }
 

@@ -71,6 +71,7 @@ typedef struct ep_route_args {
     int32_t        me;
     uint32_t       call;
     int64_t        d_model;
+    int32_t        io_format;           /* the layer's (the headers carry it)      */
     int32_t       *load;                /* (n_physical) EPLB counters, or NULL     */
     int32_t       *send_slot, *pos, *send_phys, *cnt; /* (S), (S), (S), (P)        */
     ep_hdr        *hdr_out;             /* (P)                                     */
@@ -121,7 +122,8 @@ static __global__ void __launch_bounds__(EP_ROUTE_THREADS) ep_route_kernel(const
         int32_t off = 0;
         for (int32_t r = 0; r < P; r++) {
             a.cnt[r] = cnt[r];
-            a.hdr_out[r] = ep_hdr{ MOE__EP_MAGIC, a.call, a.me, cnt[r], a.d_model, a.n_slots / a.k };
+            a.hdr_out[r] = ep_hdr{ MOE__EP_MAGIC, a.call, a.me, cnt[r], a.d_model,
+                                   a.n_slots / a.k, a.io_format };
             cur[r] = off;
             off += cnt[r];
         }
@@ -367,6 +369,9 @@ static moe_status ep_forward_call(moe_layer *l, int64_t T, const void *x, const 
     const size_t  rb = row_bytes(ex->dtype, H);
     const int32_t n_sc = ex->dtype == MOE_CUDA_FP8 ? (int32_t)cdiv(H, MOE_CUDA_QBLOCK) : 0;
     const bool    llama4 = ro->scoring == MOE_SCORING_LLAMA4;
+    /* the slot rows W2 writes, sends back and finalize sums: bf16 when the
+     * output is (finalize.cu), as on one GPU, so the bits are the same */
+    const int     y_bf16 = l->opts.io_format == MOE_FORMAT_BF16;
     cudaStream_t  st = cx->main;
     ws_plan bp = moe__cuda_plan(l, T, C);
     ep_plan ep = ep_plan_for(l, T);
@@ -408,8 +413,8 @@ static moe_status ep_forward_call(moe_layer *l, int64_t T, const void *x, const 
     const uint32_t call_no = (uint32_t)c->stats.calls++;
     const ep_route_args ra = {
         ids_in, S, K, m->o.n_experts, h->d_map, h->d_map + m->n_physical, m->n_physical, P,
-        (int32_t)m->o.placement, me, call_no, H, e.load, e.send_slot, e.pos, e.send_phys, e.cnt,
-        e.hdr_out, e.flag,
+        (int32_t)m->o.placement, me, call_no, H, (int32_t)l->opts.io_format, e.load, e.send_slot,
+        e.pos, e.send_phys, e.cnt, e.hdr_out, e.flag,
     };
     const int threads = S >= EP_ROUTE_THREADS ? EP_ROUTE_THREADS : (int)cdiv(S ? S : 1, 32) * 32;
     ep_route_kernel<<<1, threads, (size_t)34 * P * 4, st>>>(ra);
@@ -431,7 +436,7 @@ static moe_status ep_forward_call(moe_layer *l, int64_t T, const void *x, const 
     MOE_CUDA_TRY(cudaMemcpyAsync(hin, e.hdr_in, (size_t)P * (sizeof(ep_hdr) + 4),
                                  cudaMemcpyDeviceToHost, st), err, errlen);
     if ((s = wait_stream(l, MOE__PHASE_DISPATCH, "expert-parallel dispatch (counts)"))) return s;
-    hin[me] = ep_hdr{ MOE__EP_MAGIC, call_no, me, cnt[me], H, T };
+    hin[me] = ep_hdr{ MOE__EP_MAGIC, call_no, me, cnt[me], H, T, (int32_t)l->opts.io_format };
     off[0] = roff[0] = 0;
     for (int32_t r = 0; r < P; r++) {
         const ep_hdr *hd = &hin[r];
@@ -498,7 +503,7 @@ static moe_status ep_forward_call(moe_layer *l, int64_t T, const void *x, const 
                                        n_sc ? e.recv_xs : NULL, b.ao.row_slot, 1,
                                        b.ao.expert_start, b.ao.tiles, b.ao.n_tiles, mt,
                                        llama4 ? e.recv_w : NULL, llama4 ? NULL : e.recv_w, b.h1,
-                                       b.h1q, b.h1s, b.y, 0, st)))
+                                       b.h1q, b.h1s, b.y, y_bf16, 0, st)))
             return s;
     }
 
@@ -506,16 +511,17 @@ static moe_status ep_forward_call(moe_layer *l, int64_t T, const void *x, const 
     MOE_CUDA_TRY(cudaEventRecord(h->ev[2], st), err, errlen);
     ns = nr = 0;
     for (int32_t r = 0; r < P; r++) {
-        const size_t nin = (size_t)hin[r].n_rows, hb = (size_t)H * 4;
+        const size_t nin = (size_t)hin[r].n_rows, hb = (size_t)H * (y_bf16 ? 2 : 4);
+        char        *y = (char *)b.y, *back = (char *)e.back;
         if (r == me) {
             if (cnt[r])
-                MOE_CUDA_TRY(cudaMemcpyAsync(e.back + (size_t)off[r] * H,
-                                             b.y + (size_t)roff[r] * H, (size_t)cnt[r] * hb,
-                                             cudaMemcpyDeviceToDevice, st), err, errlen);
+                MOE_CUDA_TRY(cudaMemcpyAsync(back + (size_t)off[r] * hb, y + (size_t)roff[r] * hb,
+                                             (size_t)cnt[r] * hb, cudaMemcpyDeviceToDevice, st),
+                             err, errlen);
             continue;
         }
-        sends[ns++] = moe__msg{ r, 4, b.y + (size_t)roff[r] * H, nin * hb };
-        recvs[nr++] = moe__msg{ r, 4, e.back + (size_t)off[r] * H, (size_t)cnt[r] * hb };
+        sends[ns++] = moe__msg{ r, 4, y + (size_t)roff[r] * hb, nin * hb };
+        recvs[nr++] = moe__msg{ r, 4, back + (size_t)off[r] * hb, (size_t)cnt[r] * hb };
         sends[ns++] = moe__msg{ r, 5, e.flag + me, 4 };
         recvs[nr++] = moe__msg{ r, 5, e.flag + r, 4 };
     }
@@ -530,7 +536,7 @@ static moe_status ep_forward_call(moe_layer *l, int64_t T, const void *x, const 
     }
     if (order == MOE_SHARED_OVERLAPPED || order == MOE_SHARED_IN_COMBINE)
         MOE_CUDA_TRY(cudaStreamWaitEvent(st, cx->join, 0), err, errlen);
-    MOE_CUDA_TRY(moe__finalize_cuda(e.back, e.pos, sx ? b.sh_y : NULL, T, K, H, out,
+    MOE_CUDA_TRY(moe__finalize_cuda(e.back, y_bf16, e.pos, sx ? b.sh_y : NULL, T, K, H, out,
                                     l->opts.io_format, 0, 1, st), err, errlen);
 
     // 8. complete within the deadline, then the protocol flags

@@ -10,7 +10,10 @@
  *
  * finalize: out[t] = sum_j y[t k + j] (j = 0..k-1 in order, slots whose
  *   expert is held here only; the routing weight is already in y) + shared_y[t],
- *   fp32, one rounding into the io format. Deterministic: no atomics.
+ *   fp32, one rounding into the io format. Deterministic: no atomics. y rows
+ *   are bf16 when the output is (W2 rounded each slot's row, as vLLM's
+ *   per-slot cache does), halving the bytes W2 writes and this reads; f32
+ *   otherwise.
  */
 #include "common.cuh"
 
@@ -66,9 +69,33 @@ static __global__ void __launch_bounds__(PREP_THREADS)
     }
 }
 
-/* One thread per (t, 4 columns) when H % 4 == 0, else per column. */
+/* V values of y row r from column c, as f32. */
 template <int V>
-static __global__ void finalize_kernel(const float *y, const int32_t *slot_row,
+static __device__ __forceinline__ void load_y(const float *y, int64_t r, int64_t H, int64_t c,
+                                              float *v) {
+    if (V == 4) {
+        const float4 f = *(const float4 *)(y + r * H + c);
+        v[0] = f.x, v[V > 1 ? 1 : 0] = f.y, v[V > 2 ? 2 : 0] = f.z, v[V > 3 ? 3 : 0] = f.w;
+    } else {
+        v[0] = y[r * H + c];
+    }
+}
+template <int V>
+static __device__ __forceinline__ void load_y(const __nv_bfloat16 *y, int64_t r, int64_t H,
+                                              int64_t c, float *v) {
+    if (V == 4) {
+        const uint2          u = *(const uint2 *)(y + r * H + c);
+        const __nv_bfloat162 a = *(const __nv_bfloat162 *)&u.x, b = *(const __nv_bfloat162 *)&u.y;
+        v[0] = __low2float(a), v[V > 1 ? 1 : 0] = __high2float(a);
+        v[V > 2 ? 2 : 0] = __low2float(b), v[V > 3 ? 3 : 0] = __high2float(b);
+    } else {
+        v[0] = __bfloat162float(y[r * H + c]);
+    }
+}
+
+/* One thread per (t, 4 columns) when H % 4 == 0, else per column. */
+template <int V, class Y>
+static __global__ void finalize_kernel(const Y *y, const int32_t *slot_row,
                                        const float *shared_y, int64_t T, int32_t k, int64_t H,
                                        void *out, int io_fmt, int by_row) {
     pdl_wait(); // launched as a programmatic dependent of W2
@@ -91,15 +118,7 @@ static __global__ void finalize_kernel(const float *y, const int32_t *slot_row,
             const int64_t row = j0 + q < k ? slot_row[s] : -1;
             held[q] = row >= 0;
             const int64_t r = by_row ? (row >= 0 ? row : 0) : s;
-            if (j0 + q < k) {
-                if (V == 4) {
-                    float4 f = *(const float4 *)(y + r * H + c);
-                    v[q][0] = f.x; v[q][V > 1 ? 1 : 0] = f.y;
-                    v[q][V > 2 ? 2 : 0] = f.z; v[q][V > 3 ? 3 : 0] = f.w;
-                } else {
-                    v[q][0] = y[r * H + c];
-                }
-            }
+            if (j0 + q < k) load_y<V>(y, r, H, c, v[q]);
         }
 #pragma unroll
         for (int q = 0; q < 8; q++)
@@ -124,18 +143,29 @@ cudaError_t moe__prepare_x_cuda(const void *x, int io_fmt, int64_t T, int64_t H,
     return cudaGetLastError();
 }
 
-cudaError_t moe__finalize_cuda(const float *y, const int32_t *slot_row, const float *shared_y,
-                               int64_t T, int32_t k, int64_t H, void *out, int io_fmt, int pdl,
-                               int by_row, cudaStream_t st) {
+template <class Y>
+static cudaError_t finalize_launch(const cudaLaunchConfig_t *cfg, bool v4, const void *y,
+                                   const int32_t *slot_row, const float *shared_y, int64_t T,
+                                   int32_t k, int64_t H, void *out, int io_fmt, int by_row) {
+    const Y *yt = (const Y *)y;
+    return v4 ? cudaLaunchKernelEx(cfg, finalize_kernel<4, Y>, yt, slot_row, shared_y, T, k, H,
+                                   out, io_fmt, by_row)
+              : cudaLaunchKernelEx(cfg, finalize_kernel<1, Y>, yt, slot_row, shared_y, T, k, H,
+                                   out, io_fmt, by_row);
+}
+
+cudaError_t moe__finalize_cuda(const void *y, int y_bf16, const int32_t *slot_row,
+                               const float *shared_y, int64_t T, int32_t k, int64_t H, void *out,
+                               int io_fmt, int pdl, int by_row, cudaStream_t st) {
     if (T == 0) return cudaSuccess;
     const bool v4 = H % 4 == 0;
     const int64_t n = T * (v4 ? H / 4 : H);
     cudaLaunchAttribute attr;
     const cudaLaunchConfig_t cfg =
         launch_config(dim3((unsigned)((n + 255) / 256)), dim3(256), 0, st, pdl, &attr);
-    cudaError_t e = v4 ? cudaLaunchKernelEx(&cfg, finalize_kernel<4>, y, slot_row, shared_y, T, k,
-                                            H, out, io_fmt, by_row)
-                       : cudaLaunchKernelEx(&cfg, finalize_kernel<1>, y, slot_row, shared_y, T, k,
-                                            H, out, io_fmt, by_row);
+    cudaError_t e = y_bf16 ? finalize_launch<__nv_bfloat16>(&cfg, v4, y, slot_row, shared_y, T,
+                                                            k, H, out, io_fmt, by_row)
+                           : finalize_launch<float>(&cfg, v4, y, slot_row, shared_y, T, k, H, out,
+                                                    io_fmt, by_row);
     return e != cudaSuccess ? e : cudaGetLastError();
 }

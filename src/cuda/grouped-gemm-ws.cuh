@@ -103,8 +103,22 @@ static __device__ __forceinline__ ws_rows ws_rows_at(const moe__gemm_args &g, in
     return w;
 }
 
+/* The W2 output pair (acc + b2) * rw of column tile nt, row half h (tile
+ * columns c, c + 1 with c = 8 nt + 2 (lane % 4)). */
+static __device__ __forceinline__ float2 ws_w2_pair(const moe__gemm_args &g, const float (*acc)[4],
+                                                    const float *bias, int64_t n0, int nt, int h,
+                                                    float wgt, int lane) {
+    const int64_t c  = nt * 8 + (lane & 3) * 2;
+    float         v0 = acc[nt][2 * h], v1 = acc[nt][2 * h + 1];
+    if (bias) {
+        v0 += n0 + c < g.N_out ? bias[n0 + c] : 0.0f;
+        v1 += n0 + c + 1 < g.N_out ? bias[n0 + c + 1] : 0.0f;
+    }
+    return make_float2(v0 * wgt, v1 * wgt);
+}
+
 /* W2 epilogue of one consumer warp, its rows' slots and routing weights in
- * rw: y[slot, n0 + c] = (acc + b2) * rw[slot]. */
+ * rw: y[slot, n0 + c] = (acc + b2) * rw[slot], f32 rows. */
 static __device__ __forceinline__ void ws_store_w2(const moe__gemm_args &g, const float (*acc)[4],
                                                    int e, const ws_rows &rw, int64_t n0,
                                                    int lane) {
@@ -113,20 +127,50 @@ static __device__ __forceinline__ void ws_store_w2(const moe__gemm_args &g, cons
     for (int h = 0; h < 2; h++) {
         const int s = rw.slot[h];
         if (s < 0) continue;
-        const float wgt = rw.f[h];
-        float      *o   = (float *)g.out + (int64_t)s * g.N_out + n0;
+        float *o = (float *)g.out + (int64_t)s * g.N_out + n0;
 #pragma unroll
         for (int nt = 0; nt < WS_BN / 8; nt++) {
-            const int64_t c  = nt * 8 + (lane & 3) * 2;
-            float         v0 = acc[nt][2 * h], v1 = acc[nt][2 * h + 1];
-            if (bias) {
-                v0 += n0 + c < g.N_out ? bias[n0 + c] : 0.0f;
-                v1 += n0 + c + 1 < g.N_out ? bias[n0 + c + 1] : 0.0f;
-            }
+            const int64_t c = nt * 8 + (lane & 3) * 2;
+            const float2  v = ws_w2_pair(g, acc, bias, n0, nt, h, rw.f[h], lane);
             if (n0 + c + 1 < g.N_out)
-                *(float2 *)(o + c) = make_float2(v0 * wgt, v1 * wgt);
+                *(float2 *)(o + c) = v;
             else if (n0 + c < g.N_out)
-                o[c] = v0 * wgt;
+                o[c] = v.x;
+        }
+    }
+}
+
+/* The same as bf16 rows (y_bf16). A thread's pair is 4 bytes, so a quad of
+ * lanes would write 16 bytes of a row, half of each 32-byte sector; instead
+ * lanes l and l ^ 1 (the same row) swap one pair of column tiles nt, nt + 1:
+ * the even lane stores 4 columns of nt, the odd one 4 of nt + 1, and a quad
+ * writes 32 contiguous bytes of its row, as the f32 rows' quads do. */
+static __device__ __forceinline__ void ws_store_w2_bf16(const moe__gemm_args &g,
+                                                        const float (*acc)[4], int e,
+                                                        const ws_rows &rw, int64_t n0, int lane) {
+    const float *bias = g.bias ? g.bias + (int64_t)e * g.N_w : nullptr;
+    const bool   odd  = lane & 1, vec = g.N_out % 4 == 0;
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+        const int      s = rw.slot[h]; // (lanes l, l ^ 1 share it: both shuffle or neither)
+        __nv_bfloat16 *o = (__nv_bfloat16 *)g.out + (int64_t)max(s, 0) * g.N_out + n0;
+#pragma unroll
+        for (int nt = 0; nt < WS_BN / 8; nt += 2) {
+            const __nv_bfloat162 a = __float22bfloat162_rn(ws_w2_pair(g, acc, bias, n0, nt, h,
+                                                                      rw.f[h], lane));
+            const __nv_bfloat162 b = __float22bfloat162_rn(ws_w2_pair(g, acc, bias, n0, nt + 1,
+                                                                      h, rw.f[h], lane));
+            const uint32_t ua = *(const uint32_t *)&a, ub = *(const uint32_t *)&b;
+            const uint32_t got = __shfl_xor_sync(0xffffffffu, odd ? ua : ub, 1);
+            const uint2    q   = odd ? make_uint2(got, ub) : make_uint2(ua, got);
+            const int64_t  c   = (nt + odd) * 8 + ((lane & 3) >> 1) * 4; // q's first column
+            if (s < 0 || n0 + c >= g.N_out) continue;
+            if (vec && n0 + c + 3 < g.N_out) {
+                *(uint2 *)(o + c) = q;
+            } else {
+                const __nv_bfloat16 *v = (const __nv_bfloat16 *)&q;
+                for (int i = 0; i < 4 && n0 + c + i < g.N_out; i++) o[c + i] = v[i];
+            }
         }
     }
 }
@@ -411,7 +455,10 @@ static __global__ void __launch_bounds__(WS_THREADS)
             }
             if (__shfl_sync(0xffffffffu, row0 >= t.r1 - t.r0, 0)) continue; // all rows padding
             if constexpr (!W13) {
-                ws_store_w2(g, acc, t.e, rows, t.n0, lane);
+                if (g.y_bf16)
+                    ws_store_w2_bf16(g, acc, t.e, rows, t.n0, lane);
+                else
+                    ws_store_w2(g, acc, t.e, rows, t.n0, lane);
             } else {
                 switch (g.act) {
                 case MOE_ACT_SILU:

@@ -587,8 +587,7 @@ static __global__ void __launch_bounds__(gemm_threads<WM, WN, WS>())
     __syncthreads();
 
     if (!W13) {
-        // W2: y[slot, n0 + c] = (acc + b2) * rw[slot], f32
-        float *out = (float *)g.out;
+        // W2: y[slot, n0 + c] = (acc + b2) * rw[slot], f32 or bf16 rows
         const float *bias = g.bias ? g.bias + (int64_t)e * g.N_w : nullptr;
         for (int i = threadIdx.x; i < BM * (BN / 4); i += NTHR) {
             int r = i / (BN / 4), c = (i % (BN / 4)) * 4;
@@ -607,7 +606,15 @@ static __global__ void __launch_bounds__(gemm_threads<WM, WN, WS>())
                 v.w += bias[n0 + c + 3];
             }
             v.x *= wgt; v.y *= wgt; v.z *= wgt; v.w *= wgt;
-            *(float4 *)(out + (int64_t)s * g.N_out + n0 + c) = v;
+            const int64_t o = (int64_t)s * g.N_out + n0 + c;
+            if (g.y_bf16) {
+                const __nv_bfloat162 lo = __floats2bfloat162_rn(v.x, v.y);
+                const __nv_bfloat162 hi = __floats2bfloat162_rn(v.z, v.w);
+                *(uint2 *)((__nv_bfloat16 *)g.out + o) =
+                    make_uint2(*(const uint32_t *)&lo, *(const uint32_t *)&hi);
+            } else {
+                *(float4 *)((float *)g.out + o) = v;
+            }
         }
         return;
     }

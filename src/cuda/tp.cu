@@ -91,7 +91,7 @@ static moe_status tp_forward_call(moe_layer *l, int64_t T, const void *x, const 
 
     // 1. counts first
     const uint32_t call_no = (uint32_t)c->stats.calls++;
-    *h_out = tp_hdr{ MOE__EP_MAGIC, call_no, me, 0, H, T };
+    *h_out = tp_hdr{ MOE__EP_MAGIC, call_no, me, 0, H, T, (int32_t)l->opts.io_format };
     int ns = 0, nr = 0;
     for (int32_t r = 0; r < P; r++) {
         if (r == me) continue;

@@ -72,6 +72,10 @@ moe_status moe__ep_check_hdr(moe_layer *l, const char *what, const moe__ep_hdr *
     if (h->d_model != d_model)
         return moe__ep_protocol(l, what, "rank %d: d_model %lld, here %lld", r,
                                 (long long)h->d_model, (long long)d_model);
+    if (h->io_format != (int32_t)l->opts.io_format)
+        return moe__ep_protocol(l, what, "rank %d: io format %s, here %s", r,
+                                moe_format_name((moe_format)h->io_format),
+                                moe_format_name(l->opts.io_format));
     if (max_rows >= 0 && (h->n_rows < 0 || h->n_rows > max_rows))
         return moe__ep_protocol(l, what, "rank %d announces %d rows, capacity %lld", r,
                                 h->n_rows, (long long)max_rows);

@@ -106,6 +106,7 @@ typedef struct moe__ep_hdr {
     int32_t  n_rows;      /* EP: rows that follow                                     */
     int64_t  d_model;
     int64_t  n_tokens;    /* TP: the tokens of the forward (equal on every rank)      */
+    int32_t  io_format;   /* the layer's: the CUDA combine sends bf16 rows when bf16  */
 } moe__ep_hdr;
 /* Checks peer r's header against this forward (call, d_model; with max_rows
  * >= 0, n_rows in [0, max_rows]; with n_tokens >= 0, the same tokens):

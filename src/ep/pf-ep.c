@@ -204,7 +204,8 @@ static moe_status ep_prepare_call(moe_layer *l, moe__dispatch *d, void *ws, size
     int ns = 0, nr = 0;
     moe__msg *sends = msgs, *recvs = msgs + 2 * P;
     for (int32_t r = 0; r < P; r++) {
-        hdr_out[r] = (ep_hdr){ MOE__EP_MAGIC, call_no, me, send_cnt[r], H, d->n_tokens };
+        hdr_out[r] = (ep_hdr){ MOE__EP_MAGIC, call_no, me, send_cnt[r], H, d->n_tokens,
+                               (int32_t)l->opts.io_format };
         if (r == me) continue;
         sends[ns++] = (moe__msg){ r, 0, &hdr_out[r], sizeof(ep_hdr) };
         recvs[nr++] = (moe__msg){ r, 0, &hdr_in[r], sizeof(ep_hdr) };
@@ -441,7 +442,7 @@ static moe_status tp_finalize_call(moe_layer *l, const moe__dispatch *d, const f
     ep_hdr *out_h = call->hdr, *in_h = call->hdr + P;
     moe__msg *sends = call->msgs, *recvs = call->msgs + 2 * P;
     int ns = 0, nr = 0;
-    *out_h = (ep_hdr){ MOE__EP_MAGIC, call_no, me, 0, H, n };
+    *out_h = (ep_hdr){ MOE__EP_MAGIC, call_no, me, 0, H, n, (int32_t)l->opts.io_format };
     for (int32_t r = 0; r < P; r++) {
         if (r == me) continue;
         sends[ns++] = (moe__msg){ r, 0, out_h, sizeof(ep_hdr) };

@@ -230,7 +230,7 @@ static int run_case(const ep_case *c, char *why) {
         memcpy(&canary, out + n * H, 4);
         if (!fail && canary != 0xffffffffu) fail = mt_fail(why, "wrote past the output");
     }
-    /* Dispatch bytes: per forward a 32-byte header to each peer, then per row
+    /* Dispatch bytes: per forward a 40-byte header to each peer, then per row
      * sent away a 16-byte record and the activation row (bf16 for BF16, MXFP4,
      * AWQ). */
     moe_comm_get_stats(g_comm, &s1);
@@ -246,7 +246,7 @@ static int run_case(const ep_case *c, char *why) {
                                     c->format == MOE_FORMAT_INT4_AWQ
                                 ? 2
                                 : 4;
-        const int64_t want = 2 * ((mt_size - 1) * 32 + away * (16 + elt * H));
+        const int64_t want = 2 * ((mt_size - 1) * 40 + away * (16 + elt * H));
         const int64_t got  = s1.bytes_sent_dispatch - s0.bytes_sent_dispatch;
         if (got != want)
             fail = mt_fail(why, "dispatch sent %lld bytes, want %lld", (long long)got,
