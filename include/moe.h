@@ -821,10 +821,11 @@ moe_status moe_npy_write(const char *path, moe_format format, int32_t n_dims, co
  *                    slot) to the rank owning its expert, finalize sends the
  *                    expert outputs back (CUDA: in bf16 when the layer's
  *                    io_format is) and reduces each token's slots in slot
- *                    order, in fp32. The ranks' io_format must agree. Because an expert row's result does
- *                    not depend on the rest of its batch, the output is
- *                    bitwise identical to the single-rank result for any
- *                    ep_size. Every rank may pass different tokens.
+ *                    order, in fp32. The ranks' io_format must agree.
+ *                    Because an expert row's result does not depend on the
+ *                    rest of its batch, the output is bitwise identical to
+ *                    the single-rank result for any ep_size. Every rank may
+ *                    pass different tokens.
  *   MOE_PARALLEL_TP  tensor parallel: every rank holds every expert with a
  *                    slice d_ff / tp_size of the intermediate dimension
  *                    (moe_routed_experts_create_tp) and gets the same tokens;

@@ -80,8 +80,11 @@ int moe__gidx_order(const int32_t *g_idx, int64_t cols, int32_t group_size, int3
     const int64_t ng   = cols / group_size;
     int64_t      *fill = moe__calloc((size_t)ng, sizeof *fill); /* columns placed per group */
     if (!fill) return -1;
-    for (int64_t k = 0; k < cols; k++) fill[g_idx[k]]++;
     int balanced = 1;
+    for (int64_t k = 0; k < cols && balanced; k++) { /* (validated; a guard all the same) */
+        balanced = g_idx[k] >= 0 && g_idx[k] < ng;
+        if (balanced) fill[g_idx[k]]++;
+    }
     for (int64_t g = 0; g < ng; g++) {
         balanced &= fill[g] == group_size;
         fill[g] = 0;

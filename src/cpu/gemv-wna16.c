@@ -27,7 +27,7 @@
  * kernels run on both, the checkpoint-layout ones gathering each word's
  * values from the columns k_order names. The group sums then follow the
  * sorted order; other g_idx tables keep the act-order kernels (a scale per
- * column, about a quarter of the grouped speed).
+ * column: 40% of the grouped speed, bench/results/2026-11-30-cpu-zen5-gptq-act-order.md).
  */
 #include "gemv-fp.h"
 
