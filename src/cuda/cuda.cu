@@ -523,6 +523,7 @@ moe_status moe__cuda_run_experts(moe_layer *l, const cuda_experts *x, const moe_
     g.rw = rw;
     g.out = y;
     g.y_bf16 = y_bf16;
+    g.wide_w2 = n_rows >= 64 * (int64_t)xo->n_experts;
     g.out_scale = NULL;
     ce = x->dtype == MOE_CUDA_FP8 ? moe__grouped_gemm_fp8_cuda(&g, st)
                                   : moe__grouped_gemm_bf16_cuda(&g, st);

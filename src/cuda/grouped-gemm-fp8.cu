@@ -38,8 +38,13 @@
  *                    warp-specialized (a producer warpgroup fills the stages, so that
  *                    one consumer scales its partial sums while the other's wgmma runs:
  *                    qwen3-30b-a3b T=4096 1206 -> 1082 us, deepseek-v3 7639 -> 7111);
- *                    W2 and RELU2 BN = 128 on one, 4 stages (warp-specialized with its
- *                    one consumer, W2 was slower: qwen3 T=4096 1170 vs 1082 us)
+ *                    W2 from 64 rows per expert on average the same way, BN = 256 on two
+ *                    warpgroups (qwen3-30b-a3b T=4096 1037 -> 996 us, T=16384 3821 ->
+ *                    3653; deepseek-v3 T=4096 7267 -> 6990; at 32 rows, qwen3 T=512, it
+ *                    was 1.4% slower: half-empty tiles, one CTA per SM where the memory-
+ *                    bound regime wants two); below that, and RELU2's W13, BN = 128 on one,
+ *                    4 stages (warp-specialized with its one consumer, W2 was slower:
+ *                    qwen3 T=4096 1170 vs 1082 us)
  */
 #include "grouped-gemm.cuh"
 
@@ -57,13 +62,16 @@ using fp8_tiles = gemm_tiles<gemm_tile<FP8, 16, 32, 1, 2, 2, false>,            
                              gemm_tile<FP8, 16, 128, 4, 1, 3, true>,             // 6 wide decode
                              gemm_tile<FP8, 32, 128, 4, 1, 3, true>,             // 7 wide 32
                              gemm_tile<FP8, 64, 128, 4, 1, 4, true>,             // 8 W2, RELU2
-                             gemm_tile<FP8, 64, 256, 4, 2, 4, true, GEMM_W13, true>>; // 9 gated W13
+                             gemm_tile<FP8, 64, 256, 4, 2, 4, true, GEMM_W13, true>,  // 9 gated W13
+                             gemm_tile<FP8, 64, 256, 4, 2, 4, true, GEMM_W2, true>>;  // 10 W2
 
 static cudaError_t gemm8_launch(const moe__gemm_args *g, cudaStream_t st) {
     using L = fp8_tiles;
     const bool one_wg = !g->w13 || g->act == MOE_ACT_RELU2; // a 128-wide prefill tile
     if (g->BM == 64)
-        return g->wgmma ? (one_wg ? L::launch<8>(g, st) : L::launch<9>(g, st))
+        return g->wgmma ? (!g->w13 && g->wide_w2 ? L::launch<10>(g, st)
+                           : one_wg              ? L::launch<8>(g, st)
+                                                 : L::launch<9>(g, st))
                         : (one_wg ? L::launch<2>(g, st) : L::launch<3>(g, st));
     if (g->BM != 16 && g->BM != 32) return cudaErrorInvalidValue;
     const bool b16 = g->BM == 16;

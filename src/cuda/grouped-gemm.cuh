@@ -150,9 +150,10 @@ static __global__ void __launch_bounds__(gemm_threads<WM, WN, WS>())
     static_assert(!WG || SWAP || (TM == 16 && (TN == 128 || TN == 64 || TN == 32) && WM % 4 == 0),
                   "wgmma tile");
     static_assert(!SWAP || (WM * WN == 4 && BN % 64 == 0 && !WS), "swapped decode tile");
-    /* WS: the fp8 gated W13 prefill tile, one 64-row warpgroup row (the
-     * bf16/f16 prefill tile is grouped-gemm-ws.cuh's persistent kernel) */
-    static_assert(!WS || (WG && BM == 64 && WM == 4 && DT == MOE_CUDA_FP8 && W13), "WS tile");
+    /* WS: the fp8 prefill tiles of gated W13 and of W2, one 64-row warpgroup
+     * row (the bf16/f16 prefill tile is grouped-gemm-ws.cuh's persistent
+     * kernel) */
+    static_assert(!WS || (WG && BM == 64 && WM == 4 && DT == MOE_CUDA_FP8), "WS tile");
     /* fp8 on wgmma: its sums differ in their last bits from mma.sync's, so
      * a build uses wgmma for every fp8 tile, decode included (a row's
      * result must not depend on the regime its batch picked: expert
@@ -407,6 +408,10 @@ static __global__ void __launch_bounds__(gemm_threads<WM, WN, WS>())
     };
 
     if constexpr (WS) {
+        if (!W13) { // (W2 reads W13's output from its first stage)
+            pdl_wait();
+            pdl_launch();
+        }
         if (producer) {
             // the producer: a stage's copies once its consumers released it
             for (int kt = 0; kt < KT; kt++) {
