@@ -34,7 +34,8 @@
  * thread waits on the stage's mbarrier; the activation side stays on
  * cp.async (W13 gathers its rows by token).
  *
- * The warp-specialized fp8 gated W13 prefill tile (WS): two consumer
+ * The warp-specialized fp8 prefill tile of gated W13 and (64+ rows per
+ * expert) W2 (WS): two consumer
  * warpgroups only issue wgmma and scale their partial sums (one scales while
  * the other's batch runs), and one more warpgroup, the producer, fills the
  * stages: its thread 0 by TMA (B), all 128 threads by cp.async (A), each
