@@ -35,15 +35,14 @@
  * cp.async (W13 gathers its rows by token).
  *
  * The warp-specialized fp8 prefill tile of gated W13 and (64+ rows per
- * expert) W2 (WS): two consumer
- * warpgroups only issue wgmma and scale their partial sums (one scales while
- * the other's batch runs), and one more warpgroup, the producer, fills the
- * stages: its thread 0 by TMA (B), all 128 threads by cp.async (A), each
- * announcing its copies' landing on the stage's "full" mbarrier; each
- * consumer thread releases a stage on its "empty" mbarrier once it has
- * scaled the batch that read it. Nothing waits at a CTA-wide barrier inside
- * the K loop. (The bf16/f16 prefill tile is a persistent form of the same
- * scheme: grouped-gemm-ws.cuh.)
+ * expert) W2 (WS): two consumer warpgroups only issue wgmma and scale their
+ * partial sums (one scales while the other's batch runs), and one more
+ * warpgroup, the producer, fills the stages: its thread 0 by TMA (B), all
+ * 128 threads by cp.async (A), each announcing its copies' landing on the
+ * stage's "full" mbarrier; each consumer thread releases a stage on its
+ * "empty" mbarrier once it has scaled the batch that read it. Nothing waits
+ * at a CTA-wide barrier inside the K loop. (The bf16/f16 prefill tile is a
+ * persistent form of the same scheme: grouped-gemm-ws.cuh.)
  */
 #ifndef MOE_CUDA_GROUPED_GEMM_CUH
 #define MOE_CUDA_GROUPED_GEMM_CUH
