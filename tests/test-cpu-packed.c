@@ -214,3 +214,23 @@ TEST(cpu_packed_wna16_shapes) {
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) check_packed(&cases[i]);
 }
+
+/* moe__gidx_order on small tables: the stable sort by group, and the tables
+ * it declines (a group of another size, a group out of range). */
+TEST(cpu_gidx_order) {
+    int32_t order[8];
+    const int32_t plain[8] = { 0, 0, 0, 0, 1, 1, 1, 1 }; /* k / 4: the identity */
+    CHECK(moe__gidx_order(plain, 8, 4, order) == 1, "k / 4 is sortable");
+    for (int k = 0; k < 8; k++) CHECK(order[k] == k, "order[%d] = %d", k, order[k]);
+    const int32_t mixed[8] = { 1, 0, 1, 0, 0, 1, 1, 0 };
+    const int32_t want[8]  = { 1, 3, 4, 7, 0, 2, 5, 6 }; /* group 0's columns, then group 1's */
+    CHECK(moe__gidx_order(mixed, 8, 4, order) == 1, "two groups of four");
+    for (int k = 0; k < 8; k++)
+        CHECK(order[k] == want[k], "order[%d] = %d, want %d", k, order[k], want[k]);
+    const int32_t uneven[8] = { 0, 0, 0, 0, 0, 1, 1, 1 };
+    const int32_t low[8]    = { 0, 0, 0, 0, 1, 1, 1, -1 };
+    const int32_t high[8]   = { 0, 0, 0, 0, 1, 1, 1, 2 };
+    CHECK(moe__gidx_order(uneven, 8, 4, order) == 0, "five and three columns");
+    CHECK(moe__gidx_order(low, 8, 4, order) == 0, "group -1");
+    CHECK(moe__gidx_order(high, 8, 4, order) == 0, "group 2 of 2");
+}
