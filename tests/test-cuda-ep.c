@@ -8,16 +8,16 @@
  * post, deadline-bound wait). The prepare/finalize code is the one an NCCL
  * communicator runs. Each rank's output must be bitwise the output of one
  * device holding every expert on the same tokens, for 1-4 ranks, ranks with
- * no tokens, decode and prefill batches, bf16 and fp8-block, EPLB replicas,
- * every shared-experts order and Llama-4 scoring, and again after an EPLB
- * rebalance has migrated the device weights. Tensor parallel over the same
- * transport: within f32 rounding of one device, the same bits on every
- * rank. A tampered header must give
- * MOE_ERR_PROTOCOL on the receiver and MOE_ERR_TIMEOUT on the peers left
- * waiting, within the deadline; a tampered row MOE_ERR_PROTOCOL everywhere, and
- * so does a rank whose layer has another io format (its combine rows would
- * have another size). With NCCL, a real one-rank communicator runs
- * the same forward. Creation-time refusals run without a GPU.
+ * no tokens, decode and prefill batches, bf16 and fp8-block, f32 and bf16 x
+ * and out, EPLB replicas, every shared-experts order and Llama-4 scoring, and
+ * again after an EPLB rebalance has migrated the device weights. Tensor
+ * parallel over the same transport: within f32 rounding of one device, the
+ * same bits on every rank. A tampered header must give MOE_ERR_PROTOCOL on
+ * the receiver and MOE_ERR_TIMEOUT on the peers left waiting, within the
+ * deadline; a tampered row MOE_ERR_PROTOCOL everywhere, and so does a rank
+ * whose layer has another io format (its combine rows would have another
+ * size). With NCCL, a real one-rank communicator runs the same forward.
+ * Creation-time refusals run without a GPU.
  */
 #include "test.h"
 
