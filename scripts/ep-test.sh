@@ -103,7 +103,7 @@ faults() {
 for np in 2 4; do
     for point in before mid-dispatch after-dispatch mid-combine; do faults "$np" "$point" "$TRIALS"; done
     faults "$np" silent 2
-    for point in bad-magic big-count bad-expert long-rows bad-slot; do faults "$np" "$point" 2; done
+    for point in bad-magic big-count bad-expert long-rows bad-slot bad-io; do faults "$np" "$point" 2; done
 done
 
 # No false alarm: rank 1 sleeps half the deadline before every 10th of 200 forwards.

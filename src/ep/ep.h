@@ -157,6 +157,7 @@ enum {
     MOE__FAULT_BAD_EXPERT     = 6,   /* rows for an expert id beyond the map           */
     MOE__FAULT_LONG_ROWS      = 7,   /* activation messages 4 bytes longer than announced */
     MOE__FAULT_BAD_SLOT       = 8,   /* a row whose slot is not in ascending order     */
+    MOE__FAULT_IO_FORMAT      = 9,   /* headers naming another io format               */
 };
 
 /* ===== Migration plan (eplb-state.c) =====

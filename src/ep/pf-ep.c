@@ -215,6 +215,7 @@ static moe_status ep_prepare_call(moe_layer *l, moe__dispatch *d, void *ws, size
         if (moe__ep_fault_point == MOE__FAULT_BAD_MAGIC) hdr_out[r].magic ^= 0x100;
         if (moe__ep_fault_point == MOE__FAULT_BIG_COUNT)
             hdr_out[r].n_rows = (int32_t)max_rows_peer + 1;
+        if (moe__ep_fault_point == MOE__FAULT_IO_FORMAT) hdr_out[r].io_format ^= 1;
     }
     if ((st = moe__comm_exchange(c, MOE__PHASE_DISPATCH, sends, ns, recvs, nr)))
         return moe__ep_fail(l, st, "expert-parallel dispatch (counts)");

@@ -9,7 +9,8 @@
  * answering: sleeps 1.5 deadlines, then exits), slow (the victim sleeps half
  * the deadline before every 10th forward: no one may fail), none, and
  * malformed messages from the victim: bad-magic, big-count, bad-expert,
- * long-rows, bad-slot (survivors must answer MOE_ERR_PROTOCOL).
+ * long-rows, bad-slot, bad-io (headers naming another io format; survivors
+ * must answer MOE_ERR_PROTOCOL).
  *
  * Every surviving rank prints one line
  *   RESULT ok rank R MOE_ERR_... after S s
@@ -75,7 +76,8 @@ int main(int argc, char **argv) {
                : !strcmp(point, "big-count")      ? 5
                : !strcmp(point, "bad-expert")     ? 6
                : !strcmp(point, "long-rows")      ? 7
-               : !strcmp(point, "bad-slot")       ? 8 : 0;
+               : !strcmp(point, "bad-slot")       ? 8
+               : !strcmp(point, "bad-io")         ? 9 : 0;
     const int malformed = hook >= 4;
     if (!hook && !slow && !none && strcmp(point, "before") && strcmp(point, "silent")) {
         if (!mt_rank) fprintf(stderr, "unknown point %s\n", point);
