@@ -134,6 +134,11 @@ moe_status moe__cuda_prepare_inputs(moe_layer *l, int64_t T, const void *x,
                                     const cuda_experts *sx, const ws_bufs *b, cudaStream_t st,
                                     moe__cuda_inputs *in);
 
+/* Whether W2 stores its slot rows in bf16 for a forward whose output is in
+ * out_fmt (finalize.cu): one rule for one GPU and expert parallelism, whose
+ * outputs must be the same bits. */
+static inline int moe__cuda_y_bf16(int out_fmt) { return out_fmt == MOE_FORMAT_BF16; }
+
 /* Both GEMMs of one experts object over a contiguous layout (see cuda.cu);
  * W2's rows y at their slots, f32 or (y_bf16) bf16. */
 moe_status moe__cuda_run_experts(moe_layer *l, const cuda_experts *x, const moe_experts_options *xo,

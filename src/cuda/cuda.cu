@@ -597,7 +597,7 @@ moe_status moe__cuda_forward_one(moe_layer *l, int64_t T, const void *x, const f
     const moe_router_options *ro = &router->opts;
     const cuda_experts *ex = moe__cuda_experts_state(l->opts.experts);
     if (!c || !cl || !ex) return moe__errf(err, errlen, MOE_ERR_INTERNAL, "cuda: layer not set up");
-    const int y_bf16 = out_fmt == MOE_FORMAT_BF16; /* slot rows (finalize.cu) */
+    const int y_bf16 = moe__cuda_y_bf16(out_fmt);
     const cuda_experts *sx = NULL;
     if (sh) {
         sx = moe__cuda_experts_state(sh->mlp);

@@ -369,9 +369,8 @@ static moe_status ep_forward_call(moe_layer *l, int64_t T, const void *x, const 
     const size_t  rb = row_bytes(ex->dtype, H);
     const int32_t n_sc = ex->dtype == MOE_CUDA_FP8 ? (int32_t)cdiv(H, MOE_CUDA_QBLOCK) : 0;
     const bool    llama4 = ro->scoring == MOE_SCORING_LLAMA4;
-    /* the slot rows W2 writes, sends back and finalize sums: bf16 when the
-     * output is (finalize.cu), as on one GPU, so the bits are the same */
-    const int     y_bf16 = l->opts.io_format == MOE_FORMAT_BF16;
+    /* the slot rows W2 writes, sends back and finalize sums */
+    const int     y_bf16 = moe__cuda_y_bf16(l->opts.io_format);
     cudaStream_t  st = cx->main;
     ws_plan bp = moe__cuda_plan(l, T, C);
     ep_plan ep = ep_plan_for(l, T);

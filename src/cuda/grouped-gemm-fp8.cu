@@ -67,12 +67,12 @@ using fp8_tiles = gemm_tiles<gemm_tile<FP8, 16, 32, 1, 2, 2, false>,            
 
 static cudaError_t gemm8_launch(const moe__gemm_args *g, cudaStream_t st) {
     using L = fp8_tiles;
-    const bool one_wg = !g->w13 || g->act == MOE_ACT_RELU2; // a 128-wide prefill tile
-    if (g->BM == 64)
-        return g->wgmma ? (!g->w13 && g->wide_w2 ? L::launch<10>(g, st)
-                           : one_wg              ? L::launch<8>(g, st)
-                                                 : L::launch<9>(g, st))
-                        : (one_wg ? L::launch<2>(g, st) : L::launch<3>(g, st));
+    const bool gated = g->w13 && g->act != MOE_ACT_RELU2; // 256 weight rows: gate and up
+    if (g->BM == 64) {
+        if (!g->wgmma) return gated ? L::launch<3>(g, st) : L::launch<2>(g, st);
+        if (gated) return L::launch<9>(g, st);
+        return !g->w13 && g->wide_w2 ? L::launch<10>(g, st) : L::launch<8>(g, st);
+    }
     if (g->BM != 16 && g->BM != 32) return cudaErrorInvalidValue;
     const bool b16 = g->BM == 16;
     if (!g->wgmma) return b16 ? L::launch<0>(g, st) : L::launch<1>(g, st);
