@@ -61,15 +61,7 @@ static void check_packed(const pcase *c) {
     test_fill_normal(&rng, src, (size_t)(R * K), 0.1f);
     int32_t *order = malloc(sizeof(int32_t) * (size_t)K);
     for (int64_t k = 0; k < K; k++) g_idx[k] = (int32_t)(test_rng_u64(&rng) % (uint64_t)ng);
-    if (c->g_idx == GIDX_SORTABLE) { /* column perm[j] in group j / group */
-        for (int64_t k = 0; k < K; k++) order[k] = (int32_t)k;
-        for (int64_t k = K - 1; k > 0; k--) {
-            const int64_t j = (int64_t)(test_rng_u64(&rng) % (uint64_t)(k + 1));
-            const int32_t v = order[k];
-            order[k] = order[j], order[j] = v;
-        }
-        for (int64_t j = 0; j < K; j++) g_idx[order[j]] = (int32_t)(j / c->group);
-    }
+    if (c->g_idx == GIDX_SORTABLE) test_gidx_permuted(&rng, K, c->group, g_idx);
     const int sortable = moe__gidx_order(g_idx, K, c->group, order);
     CHECK(sortable == (c->g_idx == GIDX_SORTABLE), "%s: moe__gidx_order says %d", name, sortable);
     moe__wmat w = { .format = c->f, .rows = R, .cols = K, .group_size = c->group,

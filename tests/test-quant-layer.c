@@ -128,15 +128,13 @@ static bool qlayer_build(const qcase *c, int32_t E, int64_t H, int64_t I, int32_
             for (int p = 0; p < 2; p++) {
                 const int64_t K = p ? I : H, ng = K / c->group;
                 int32_t      *g = q->g_idx + (p ? E * H + e * I : e * H);
+                if (c->g_idx == GIDX_PERMUTED) {
+                    test_gidx_permuted(&gr, K, c->group, g);
+                    continue;
+                }
                 for (int64_t k = 0; k < K; k++)
                     g[k] = c->g_idx == GIDX_REVERSED ? (int32_t)(ng - 1 - k / c->group)
-                         : c->g_idx == GIDX_UNEVEN   ? (int32_t)(test_rng_u64(&gr) % (uint64_t)ng)
-                                                     : (int32_t)(k / c->group);
-                for (int64_t k = K - 1; k > 0 && c->g_idx == GIDX_PERMUTED; k--) {
-                    const int64_t j = (int64_t)(test_rng_u64(&gr) % (uint64_t)(k + 1));
-                    const int32_t v = g[k];
-                    g[k] = g[j], g[j] = v;
-                }
+                                                     : (int32_t)(test_rng_u64(&gr) % (uint64_t)ng);
             }
         o.w13.g_idx = q->g_idx;
         if (c->g_idx != GIDX_REVERSED) o.w2.g_idx = q->g_idx + E * H;

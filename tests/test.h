@@ -72,6 +72,9 @@ uint64_t test_rng_u64(test_rng *r);
 float    test_rng_uniform(test_rng *r);          /* [0, 1)              */
 float    test_rng_normal(test_rng *r);           /* N(0, 1)             */
 void     test_fill_normal(test_rng *r, float *x, size_t n, float sigma);
+/* A GPTQ act-order g_idx as the quantizers write it: the cols columns in a
+ * random order, cut into groups of group (g_idx[perm[j]] = j / group). */
+void     test_gidx_permuted(test_rng *r, int64_t cols, int32_t group, int32_t *g_idx);
 
 /* Sum (a-b)^2 / sum b^2 (b the reference); 0 when both are all zero. */
 double test_nmse(const float *a, const double *ref, size_t n);

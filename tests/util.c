@@ -29,6 +29,15 @@ void test_fill_normal(test_rng *r, float *x, size_t n, float sigma) {
     for (size_t i = 0; i < n; i++) x[i] = sigma * test_rng_normal(r);
 }
 
+void test_gidx_permuted(test_rng *r, int64_t cols, int32_t group, int32_t *g_idx) {
+    for (int64_t k = 0; k < cols; k++) g_idx[k] = (int32_t)(k / group);
+    for (int64_t k = cols - 1; k > 0; k--) { /* Fisher-Yates */
+        const int64_t j = (int64_t)(test_rng_u64(r) % (uint64_t)(k + 1));
+        const int32_t v = g_idx[k];
+        g_idx[k] = g_idx[j], g_idx[j] = v;
+    }
+}
+
 double test_nmse(const float *a, const double *ref, size_t n) {
     double num = 0, den = 0;
     for (size_t i = 0; i < n; i++) {

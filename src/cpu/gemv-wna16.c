@@ -906,12 +906,12 @@ static void pk_gemm(const moe__wmat *w, int64_t r0, int64_t r1, const void *xq, 
 static void gemm_packed_int4_gptq(const moe__wmat *w, int64_t r0, int64_t r1, const void *xq,
                                   size_t xq_stride, int64_t n_x, float *y, int64_t y_stride) {
     if (wna16_act(w)) pk_gemm(w, r0, r1, xq, xq_stride, n_x, y, y_stride, pk_int4_gptq_act, 1);
-    else          pk_gemm(w, r0, r1, xq, xq_stride, n_x, y, y_stride, pk_int4_gptq, PK_NP);
+    else              pk_gemm(w, r0, r1, xq, xq_stride, n_x, y, y_stride, pk_int4_gptq, PK_NP);
 }
 static void gemm_packed_int8_gptq(const moe__wmat *w, int64_t r0, int64_t r1, const void *xq,
                                   size_t xq_stride, int64_t n_x, float *y, int64_t y_stride) {
     if (wna16_act(w)) pk_gemm(w, r0, r1, xq, xq_stride, n_x, y, y_stride, pk_int8_gptq_act, 1);
-    else          pk_gemm(w, r0, r1, xq, xq_stride, n_x, y, y_stride, pk_int8_gptq, PK_NP);
+    else              pk_gemm(w, r0, r1, xq, xq_stride, n_x, y, y_stride, pk_int8_gptq, PK_NP);
 }
 static void gemm_packed_int4_awq(const moe__wmat *w, int64_t r0, int64_t r1, const void *xq,
                                  size_t xq_stride, int64_t n_x, float *y, int64_t y_stride) {
