@@ -117,12 +117,29 @@ static __device__ __forceinline__ float2 ws_w2_pair(const moe__gemm_args &g, con
     return make_float2(v0 * wgt, v1 * wgt);
 }
 
+/* The epilogues come in two forms. The general one checks each column
+ * against the matrix's end, adds the bias and has a scalar tail: fully
+ * unrolled, that is 25-45 KB of code per tile, fetched again at every tile
+ * while the producer's loads keep L2 busy. It took ~4.8 us a tile, with
+ * its stores or its activation removed as well (NOTES v23). PLAIN, for
+ * the usual tile (no bias, every column inside the matrix, vector stores
+ * aligned), is straight-line code of ~12 KB: 2.3-3.0 us. Both give the
+ * same bits: the general one adds no bias when there is none. */
+template <bool W13>
+static __device__ __forceinline__ bool ws_plain(const moe__gemm_args &g, int64_t n0, int outw,
+                                                int vec) {
+    const int64_t end = W13 && g.act == MOE_ACT_SWIGLU_OAI ? 2 * n0 + 2 * outw : n0 + outw;
+    return !g.bias && end <= (W13 && g.act == MOE_ACT_SWIGLU_OAI ? g.N_w : g.N_out) &&
+           g.N_out % vec == 0 && ((uintptr_t)g.out & 15) == 0;
+}
+
 /* W2 epilogue of one consumer warp, its rows' slots and routing weights in
  * rw: y[slot, n0 + c] = (acc + b2) * rw[slot], f32 rows. */
+template <bool PLAIN>
 static __device__ __forceinline__ void ws_store_w2(const moe__gemm_args &g, const float (*acc)[4],
                                                    int e, const ws_rows &rw, int64_t n0,
                                                    int lane) {
-    const float *bias = g.bias ? g.bias + (int64_t)e * g.N_w : nullptr;
+    const float *bias = !PLAIN && g.bias ? g.bias + (int64_t)e * g.N_w : nullptr;
 #pragma unroll
     for (int h = 0; h < 2; h++) {
         const int s = rw.slot[h];
@@ -132,7 +149,7 @@ static __device__ __forceinline__ void ws_store_w2(const moe__gemm_args &g, cons
         for (int nt = 0; nt < WS_BN / 8; nt++) {
             const int64_t c = nt * 8 + (lane & 3) * 2;
             const float2  v = ws_w2_pair(g, acc, bias, n0, nt, h, rw.f[h], lane);
-            if (n0 + c + 1 < g.N_out)
+            if (PLAIN || n0 + c + 1 < g.N_out)
                 *(float2 *)(o + c) = v;
             else if (n0 + c < g.N_out)
                 o[c] = v.x;
@@ -140,20 +157,29 @@ static __device__ __forceinline__ void ws_store_w2(const moe__gemm_args &g, cons
     }
 }
 
+/* One 8-byte store, so that a quad writes whole 32-byte sectors: from two
+ * registers that are not a pair, the compiler otherwise emits two 4-byte
+ * stores, each writing every other 4 bytes of 8 rows' sectors. */
+static __device__ __forceinline__ void st_global_v2(void *p, uint2 v) {
+    asm volatile("st.global.v2.b32 [%0], {%1, %2};\n" ::"l"(p), "r"(v.x), "r"(v.y) : "memory");
+}
+
 /* The same as bf16 rows (y_bf16). A thread's pair is 4 bytes, so a quad of
  * lanes would write 16 bytes of a row, half of each 32-byte sector; instead
  * lanes l and l ^ 1 (the same row) swap one pair of column tiles nt, nt + 1:
  * the even lane stores 4 columns of nt, the odd one 4 of nt + 1, and a quad
  * writes 32 contiguous bytes of its row, as the f32 rows' quads do. */
+template <bool PLAIN>
 static __device__ __forceinline__ void ws_store_w2_bf16(const moe__gemm_args &g,
                                                         const float (*acc)[4], int e,
                                                         const ws_rows &rw, int64_t n0, int lane) {
-    const float *bias = g.bias ? g.bias + (int64_t)e * g.N_w : nullptr;
-    const bool   odd  = lane & 1, vec = g.N_out % 4 == 0;
+    const float *bias = !PLAIN && g.bias ? g.bias + (int64_t)e * g.N_w : nullptr;
+    const bool   odd  = lane & 1, vec = PLAIN || g.N_out % 4 == 0;
+    const int    lc   = odd * 8 + ((lane & 3) >> 1) * 4; // q's first column in 16 of the tile
 #pragma unroll
     for (int h = 0; h < 2; h++) {
-        const int      s = rw.slot[h]; // (lanes l, l ^ 1 share it: both shuffle or neither)
-        __nv_bfloat16 *o = (__nv_bfloat16 *)g.out + (int64_t)max(s, 0) * g.N_out + n0;
+        const int      s = rw.slot[h]; // (lanes l, l ^ 1 share it; every lane shuffles)
+        __nv_bfloat16 *o = (__nv_bfloat16 *)g.out + (int64_t)max(s, 0) * g.N_out + n0 + lc;
 #pragma unroll
         for (int nt = 0; nt < WS_BN / 8; nt += 2) {
             const __nv_bfloat162 a = __float22bfloat162_rn(ws_w2_pair(g, acc, bias, n0, nt, h,
@@ -163,13 +189,13 @@ static __device__ __forceinline__ void ws_store_w2_bf16(const moe__gemm_args &g,
             const uint32_t ua = *(const uint32_t *)&a, ub = *(const uint32_t *)&b;
             const uint32_t got = __shfl_xor_sync(0xffffffffu, odd ? ua : ub, 1);
             const uint2    q   = odd ? make_uint2(got, ub) : make_uint2(ua, got);
-            const int64_t  c   = (nt + odd) * 8 + ((lane & 3) >> 1) * 4; // q's first column
-            if (s < 0 || n0 + c >= g.N_out) continue;
-            if (vec && n0 + c + 3 < g.N_out) {
-                *(uint2 *)(o + c) = q;
+            const int64_t  c   = n0 + nt * 8 + lc; // q's first column in the row
+            if (s < 0 || (!PLAIN && c >= g.N_out)) continue;
+            if (PLAIN || (vec && c + 3 < g.N_out)) {
+                st_global_v2(o + nt * 8, q);
             } else {
                 const __nv_bfloat16 *v = (const __nv_bfloat16 *)&q;
-                for (int i = 0; i < 4 && n0 + c + i < g.N_out; i++) o[c + i] = v[i];
+                for (int i = 0; i < 4 && c + i < g.N_out; i++) o[nt * 8 + i] = v[i];
             }
         }
     }
@@ -186,7 +212,7 @@ static __device__ __forceinline__ void ws_store_w2_bf16(const moe__gemm_args &g,
  * argument: with act_apply's switch inside the loop (64 inlined copies of
  * it, a 650 KB kernel) W13 measured 40% slower than staging an f32 tile;
  * this way, 5% faster (dev/cuda/NOTES.md v17). */
-template <int ACT, class T>
+template <int ACT, bool PLAIN, class T>
 static __device__ __forceinline__ void ws_store_w13(const moe__gemm_args &g, const float (*acc)[4],
                                                     int e, int r0, int r1, int row0, int64_t n0,
                                                     const ws_rows &rw, T *sw, int lane) {
@@ -194,7 +220,7 @@ static __device__ __forceinline__ void ws_store_w13(const moe__gemm_args &g, con
     constexpr int  PASSES = GATED || INTER ? 1 : 2; // RELU2: 256 outputs a tile
     constexpr int  NP     = INTER ? 32 : 16;        // column tiles read per pass
     constexpr int  VEC    = 16 / sizeof(T);
-    const float   *bias   = g.bias ? g.bias + (int64_t)e * g.N_w : nullptr;
+    const float   *bias   = !PLAIN && g.bias ? g.bias + (int64_t)e * g.N_w : nullptr;
     /* weight row of tile column c, -1 past the matrix (gate half for GATED) */
     auto wrow = [&](int c) -> int64_t {
         if (INTER) return 2 * n0 + c < g.N_w ? 2 * n0 + c : -1;
@@ -236,12 +262,12 @@ static __device__ __forceinline__ void ws_store_w13(const moe__gemm_args &g, con
         }
         __syncwarp();
         /* (N_out is a multiple of 8 whenever the TMA maps exist: 16-byte rows) */
-        const bool vec_ok = g.N_out % VEC == 0 && ((uintptr_t)g.out & 15) == 0;
+        const bool vec_ok = PLAIN || (g.N_out % VEC == 0 && ((uintptr_t)g.out & 15) == 0);
 #pragma unroll
         for (int i = lane; i < 16 * 16; i += 32) {
             const int     rr = i >> 4, cc = i & 15, r = r0 + row0 + rr;
             const int64_t col = n0 + p * 128 + cc * VEC;
-            if (r >= r1 || col >= g.N_out) continue;
+            if (r >= r1 || (!PLAIN && col >= g.N_out)) continue;
             T       *o = (T *)g.out + (int64_t)r * g.N_out + col;
             const T *s = sw + rr * 128 + ((cc ^ (rr & 7)) << 3);
             if (vec_ok)
@@ -257,6 +283,31 @@ struct ws_step {
     int     e, r0, r1;
     int64_t n0;
 };
+
+/* ws_store_w13 with the layer's activation as its template argument. */
+template <bool PLAIN, class T>
+static __device__ __forceinline__ void ws_store_w13_act(const moe__gemm_args &g,
+                                                        const float (*acc)[4], const ws_step &t,
+                                                        int row0, const ws_rows &rows, T *sw,
+                                                        int lane) {
+    switch (g.act) {
+    case MOE_ACT_SILU:
+        return ws_store_w13<MOE_ACT_SILU, PLAIN>(g, acc, t.e, t.r0, t.r1, row0, t.n0, rows, sw,
+                                                 lane);
+    case MOE_ACT_GELU:
+        return ws_store_w13<MOE_ACT_GELU, PLAIN>(g, acc, t.e, t.r0, t.r1, row0, t.n0, rows, sw,
+                                                 lane);
+    case MOE_ACT_GELU_TANH:
+        return ws_store_w13<MOE_ACT_GELU_TANH, PLAIN>(g, acc, t.e, t.r0, t.r1, row0, t.n0, rows,
+                                                      sw, lane);
+    case MOE_ACT_SWIGLU_OAI:
+        return ws_store_w13<MOE_ACT_SWIGLU_OAI, PLAIN>(g, acc, t.e, t.r0, t.r1, row0, t.n0, rows,
+                                                       sw, lane);
+    default:
+        return ws_store_w13<MOE_ACT_RELU2, PLAIN>(g, acc, t.e, t.r0, t.r1, row0, t.n0, rows, sw,
+                                                  lane);
+    }
+}
 
 /* The tile a CTA takes at its step i: waves of one tile per CTA in the
  * grouped order (gemm_tile_at), the CTA's place in the wave rotated by one
@@ -455,30 +506,19 @@ static __global__ void __launch_bounds__(WS_THREADS)
             }
             if (__shfl_sync(0xffffffffu, row0 >= t.r1 - t.r0, 0)) continue; // all rows padding
             if constexpr (!W13) {
-                if (g.y_bf16)
-                    ws_store_w2_bf16(g, acc, t.e, rows, t.n0, lane);
+                const bool plain = ws_plain<false>(g, t.n0, BN, g.y_bf16 ? 4 : 2);
+                if (g.y_bf16 && plain)
+                    ws_store_w2_bf16<true>(g, acc, t.e, rows, t.n0, lane);
+                else if (g.y_bf16)
+                    ws_store_w2_bf16<false>(g, acc, t.e, rows, t.n0, lane);
+                else if (plain)
+                    ws_store_w2<true>(g, acc, t.e, rows, t.n0, lane);
                 else
-                    ws_store_w2(g, acc, t.e, rows, t.n0, lane);
+                    ws_store_w2<false>(g, acc, t.e, rows, t.n0, lane);
+            } else if (ws_plain<true>(g, t.n0, outw, 16 / sizeof(T))) {
+                ws_store_w13_act<true>(g, acc, t, row0, rows, sw, lane);
             } else {
-                switch (g.act) {
-                case MOE_ACT_SILU:
-                    ws_store_w13<MOE_ACT_SILU>(g, acc, t.e, t.r0, t.r1, row0, t.n0, rows, sw, lane);
-                    break;
-                case MOE_ACT_GELU:
-                    ws_store_w13<MOE_ACT_GELU>(g, acc, t.e, t.r0, t.r1, row0, t.n0, rows, sw, lane);
-                    break;
-                case MOE_ACT_GELU_TANH:
-                    ws_store_w13<MOE_ACT_GELU_TANH>(g, acc, t.e, t.r0, t.r1, row0, t.n0, rows, sw,
-                                                    lane);
-                    break;
-                case MOE_ACT_SWIGLU_OAI:
-                    ws_store_w13<MOE_ACT_SWIGLU_OAI>(g, acc, t.e, t.r0, t.r1, row0, t.n0, rows, sw,
-                                                     lane);
-                    break;
-                default:
-                    ws_store_w13<MOE_ACT_RELU2>(g, acc, t.e, t.r0, t.r1, row0, t.n0, rows, sw,
-                                                lane);
-                }
+                ws_store_w13_act<false>(g, acc, t, row0, rows, sw, lane);
             }
         }
     }
