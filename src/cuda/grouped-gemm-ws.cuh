@@ -82,25 +82,31 @@ static __device__ __forceinline__ void ws_regs_inc() {
 
 /* What the epilogue reads per row of a thread (rows row0 + lane / 4 + 8 h
  * of the tile, h = 0, 1): the row's slot (-1 past the tile's rows) and its
- * factor (W2: the routing weight; W13: the input scale), or 1. Loaded
- * before the K loop, so that the epilogue does not start by waiting on two
- * dependent global loads (measured within 2% either way: NOTES v21). */
+ * factor (W2: the routing weight; W13: the input scale), or 1. The slots
+ * are read at the step's start and the factors, which are read through
+ * them, in the middle of the K loop (ws_rows_factors): read at the start
+ * too, the consumers waited there for the slots (~1 us a step, NOTES v23). */
 struct ws_rows {
     int   slot[2];
     float f[2];
 };
-template <bool W13>
 static __device__ __forceinline__ ws_rows ws_rows_at(const moe__gemm_args &g, int r0, int r1,
                                                      int row0, int lane) {
-    ws_rows      w;
-    const float *f = W13 ? g.in_scale : g.rw;
+    ws_rows w;
 #pragma unroll
     for (int h = 0; h < 2; h++) {
         const int r = r0 + row0 + (lane >> 2) + 8 * h;
         w.slot[h]   = r < r1 ? gemm_row_slot(g, r) : -1;
-        w.f[h]      = f && w.slot[h] >= 0 ? f[w.slot[h]] : 1.0f;
+        w.f[h]      = 1.0f;
     }
     return w;
+}
+template <bool W13>
+static __device__ __forceinline__ void ws_rows_factors(const moe__gemm_args &g, ws_rows &w) {
+    const float *f = W13 ? g.in_scale : g.rw;
+#pragma unroll
+    for (int h = 0; h < 2; h++)
+        if (f && w.slot[h] >= 0) w.f[h] = f[w.slot[h]];
 }
 
 /* The W2 output pair (acc + b2) * rw of column tile nt, row half h (tile
@@ -315,23 +321,58 @@ static __device__ __forceinline__ void ws_store_w13_act(const moe__gemm_args &g,
  * same M tile modulo GEMM_GROUP_M at every step (132 = 4 mod 8): where
  * experts' tiles alternate full and nearly empty, half the CTAs would get
  * all the full ones (measured: mixtral-8x7b T >= 1024 3-4% faster with the
- * rotation, dev/cuda/NOTES.md v17). Returns false past the last tile. */
+ * rotation, dev/cuda/NOTES.md v17).
+ *
+ * It is read in two parts, each one dependent global read: ws_ahead_table
+ * (the tile table's entry: expert and first row) and ws_ahead_end (the
+ * expert's end row), then ws_ahead_step makes the step of them. The
+ * consumers read the next step's parts while the K loop of the current one
+ * runs: read at the step's start, the two reads kept them from their first
+ * stage for ~1 us a step (NOTES v23). The producer, which runs stages
+ * ahead, reads them at once (ws_step_at). */
+struct ws_ahead {
+    bool ok; // the step exists: false past the last tile
+    int  m, n, e, r0, end;
+};
 template <bool PAIR>
-static __device__ __forceinline__ bool ws_step_at(const moe__gemm_args &g, int i, int n_m,
-                                                  int outw, int rank, ws_step &t) {
-    const int G   = (int)gridDim.x / (PAIR ? 2 : 1);  // clusters of PAIR CTAs
-    const int me  = (int)blockIdx.x / (PAIR ? 2 : 1); // (a cluster's CTAs are consecutive)
-    const int lin = i * G + (me + i * (1 - (G & 1))) % G;
-    if (lin >= n_m * g.grid_n) return false;
-    int m, n;
-    gemm_tile_at(lin, n_m, g.grid_n, m, n);
-    gemm_tile_rows(g, m, PAIR ? 2 * WS_BM : WS_BM, t.e, t.r0, t.r1);
+static __device__ __forceinline__ void ws_ahead_table(const moe__gemm_args &g, int i, int n_m,
+                                                      ws_ahead &a) {
+    constexpr int TR  = PAIR ? 2 * WS_BM : WS_BM;        // layout rows per tile table entry
+    const int     G   = (int)gridDim.x / (PAIR ? 2 : 1);  // clusters of PAIR CTAs
+    const int     me  = (int)blockIdx.x / (PAIR ? 2 : 1); // (a cluster's CTAs are consecutive)
+    const int     lin = i * G + (me + i * (1 - (G & 1))) % G;
+    a.ok              = lin < n_m * g.grid_n;
+    if (!a.ok) return;
+    gemm_tile_at(lin, n_m, g.grid_n, a.m, a.n);
+    a.e  = g.tiles ? g.tiles[2 * a.m] : 0;
+    a.r0 = g.tiles ? g.tiles[2 * a.m + 1] : a.m * TR;
+}
+static __device__ __forceinline__ void ws_ahead_end(const moe__gemm_args &g, ws_ahead &a) {
+    if (a.ok) a.end = g.tiles ? g.expert_start[a.e + 1] : (int)g.n_rows;
+}
+/* (the rows gemm_tile_rows gives, and a pair's CTA's half of them) */
+template <bool PAIR>
+static __device__ __forceinline__ bool ws_ahead_step(const ws_ahead &a, int outw, int rank,
+                                                     ws_step &t) {
+    constexpr int TR = PAIR ? 2 * WS_BM : WS_BM;
+    if (!a.ok) return false;
+    t.e  = a.e;
+    t.r0 = a.r0;
+    t.r1 = min(a.end, a.r0 + TR);
     if (PAIR) { // this CTA's half of the 256 rows; none when the tile has fewer
         t.r0 += rank * WS_BM;
         t.r1 = t.r0 + max(0, min(t.r1 - t.r0, WS_BM));
     }
-    t.n0 = (int64_t)n * outw;
+    t.n0 = (int64_t)a.n * outw;
     return true;
+}
+template <bool PAIR>
+static __device__ __forceinline__ bool ws_step_at(const moe__gemm_args &g, int i, int n_m,
+                                                  int outw, int rank, ws_step &t) {
+    ws_ahead a;
+    ws_ahead_table<PAIR>(g, i, n_m, a);
+    ws_ahead_end(g, a);
+    return ws_ahead_step<PAIR>(a, outw, rank, t);
 }
 
 template <int DT, bool W13, bool PAIR>
@@ -469,12 +510,16 @@ static __global__ void __launch_bounds__(WS_THREADS)
                 if (PAIR) mbar_arrive_cluster(empty0 + 8 * (i % STAGES), rank ^ 1);
             }
         };
+        ws_ahead nx; // the next step's tile, read during the current step
+        ws_ahead_table<PAIR>(g, 0, n_m, nx);
+        ws_ahead_end(g, nx);
         for (int i = 0; i < waves; i++) {
             ws_step t;
-            if (!ws_step_at<PAIR>(g, i, n_m, outw, rank, t)) continue;
-            const bool    busy = __shfl_sync(0xffffffffu, 64 * wg < t.r1 - t.r0, 0);
-            const ws_rows rows = ws_rows_at<W13>(g, t.r0, t.r1, row0, lane);
-            float         acc[BN / 8][4];
+            if (!ws_ahead_step<PAIR>(nx, outw, rank, t)) continue;
+            ws_ahead_table<PAIR>(g, i + 1, n_m, nx);
+            const bool busy = __shfl_sync(0xffffffffu, 64 * wg < t.r1 - t.r0, 0);
+            ws_rows    rows = ws_rows_at(g, t.r0, t.r1, row0, lane);
+            float      acc[BN / 8][4];
 #pragma unroll
             for (int nt = 0; nt < BN / 8; nt++)
 #pragma unroll
@@ -493,6 +538,10 @@ static __global__ void __launch_bounds__(WS_THREADS)
                         wgmma_step<DT, BN, true>(&acc[0][0], wgmma_desc(a_wg + ks * 32),
                                                  wgmma_desc(b_wg + ks * 32));
                     wgmma_commit();
+                    if (kt == KT / 2) { // (reads issued while the batch runs)
+                        ws_ahead_end(g, nx);
+                        ws_rows_factors<W13>(g, rows);
+                    }
                     wgmma_wait<1>(); // the previous step's batch is done: hand its stage back
                     if (kt > 0) release(it - 1);
                 }
@@ -502,6 +551,7 @@ static __global__ void __launch_bounds__(WS_THREADS)
                 for (int kt = 0; kt < KT; kt++, it++) {
                     full_wait(it);
                     release(it);
+                    if (kt == KT / 2) ws_ahead_end(g, nx);
                 }
             }
             if (__shfl_sync(0xffffffffu, row0 >= t.r1 - t.r0, 0)) continue; // all rows padding
