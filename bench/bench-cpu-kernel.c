@@ -15,7 +15,8 @@
  * (the last-level cache holds no expert from the previous token). Reported,
  * as medians over reps calls: microseconds, GB/s of weight and scale bytes,
  * and the same for a plain AVX-512 (or scalar) sum over the same bytes of the
- * next copy (MOE_HOT=1: one copy, read from cache). MOE_STREAMS, MOE_PF_FAR and MOE_PF_NEAR override the CPU stream
+ * next copy (MOE_HOT=1: one copy, read from cache). MOE_STREAMS, MOE_PF_FAR (both far
+ * distances: pf_far and pf_far_packed) and MOE_PF_NEAR override the CPU stream
  * plan (cpu-formats.h) for experiments; they are not read by the library.
  * GPTQ act-order: MOE_ACT_ORDER=perm gives the matrix a g_idx as quantizers
  * make it (a random permutation of K cut into groups: the grouped kernels
@@ -80,7 +81,8 @@ int main(int argc, char **argv) {
     const moe__cpu_format    *kf = moe__cpu_format_get(f);
     if (!tr || !kf) { fprintf(stderr, "%s: no CPU kernel\n", argv[1]); return 1; }
     if (getenv("MOE_STREAMS")) moe__cpu_plan.streams = atoi(getenv("MOE_STREAMS"));
-    if (getenv("MOE_PF_FAR")) moe__cpu_plan.pf_far = (size_t)atoll(getenv("MOE_PF_FAR"));
+    if (getenv("MOE_PF_FAR"))
+        moe__cpu_plan.pf_far = moe__cpu_plan.pf_far_packed = (size_t)atoll(getenv("MOE_PF_FAR"));
     if (getenv("MOE_PF_NEAR")) moe__cpu_plan.pf_near = (size_t)atoll(getenv("MOE_PF_NEAR"));
 
     char        err[256];
@@ -163,12 +165,12 @@ int main(int argc, char **argv) {
     }
     const double bytes = (double)(mbytes + s.scales + s.zeros);
     const double k_us = median_of(tk, reps), p_us = median_of(tp, reps);
-    printf("%-12s%s %5lld x %-5lld n_x %d  streams %d pf %zu/%zu  kernel %7.1f us %5.1f GB/s  "
+    printf("%-12s%s %5lld x %-5lld n_x %d  streams %d pf %zu/%zu/%zu  kernel %7.1f us %5.1f GB/s  "
            "read %7.1f us %5.1f GB/s  ratio %.2f\n",
            argv[1], w.k_order ? "+perm" : w.g_idx ? "+act" : "", (long long)rows, (long long)cols,
-           n_x, moe__cpu_plan.streams,
-           moe__cpu_plan.pf_far, moe__cpu_plan.pf_near, k_us, bytes / k_us * 1e-3, p_us,
-           bytes / p_us * 1e-3, p_us / k_us);
+           n_x, moe__cpu_plan.streams, moe__cpu_plan.pf_far, moe__cpu_plan.pf_far_packed,
+           moe__cpu_plan.pf_near, k_us, bytes / k_us * 1e-3, p_us, bytes / p_us * 1e-3,
+           p_us / k_us);
     (void)sink;
     return 0;
 }

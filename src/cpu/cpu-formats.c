@@ -47,12 +47,17 @@ static const moe__cpu_format *const g_cpu_formats[MOE_FORMAT_COUNT] = {
  *   (bench/bench-cpu-kernel.c, qwen3-30b-a3b's W13 and W2 shapes): 16384 /
  *   4096 against 8192 / 2048 took NVFP4, Q8_0 and Q4_K's W13 up by 4-8%
  *   (to 0.83-0.88 of the plain read), no kernel down; 24576 and 32768 gained
- *   nothing more.
+ *   nothing more. The packed GPTQ / AWQ kernels, four panel streams of
+ *   their own, go 12288 ahead: against 16384, int4-gptq's W2 shape went from
+ *   0.77-0.80 of the plain read to 0.83, its W13 shape from 0.84-0.85 to
+ *   0.87-0.88, int4-awq and int8-gptq up 1-5 points; at 12288 Q4_K's W13
+ *   shape lost 3 points, so the other kernels keep 16384
+ *   (bench/results/2026-11-30-cpu-zen5-packed-prefetch.md).
  *   Measured on Zen 5 only; other AMD cores get the same plan untested.
  * Other CPUs keep the Intel plan, which is also the plan before the first
  * moe__cpu_format_get. */
-#define PLAN_INTEL { .streams = 4, .pf_far = 3072, .pf_near = 768 }
-#define PLAN_AMD   { .streams = 1, .pf_far = 16384, .pf_near = 4096 }
+#define PLAN_INTEL { .streams = 4, .pf_far = 3072, .pf_near = 768, .pf_far_packed = 3072 }
+#define PLAN_AMD   { .streams = 1, .pf_far = 16384, .pf_near = 4096, .pf_far_packed = 12288 }
 
 moe__cpu_stream_plan moe__cpu_stream_plan_for(const char *vendor) {
     if (vendor && !strcmp(vendor, "AuthenticAMD")) return (moe__cpu_stream_plan)PLAN_AMD;

@@ -186,6 +186,7 @@ static inline __m512 moe__cpu_dp_bf16(__m512 acc, __m512i w, __m512i x) {
 typedef struct moe__cpu_stream_plan {
     int    streams;         /* interleaved row streams per tile (moe__cpu_stream_row) */
     size_t pf_far, pf_near; /* prefetch distances in bytes (moe__cpu_prefetch)        */
+    size_t pf_far_packed;   /* pf_far of the packed GPTQ / AWQ kernels (gemv-wna16.c) */
 } moe__cpu_stream_plan;
 extern moe__cpu_stream_plan moe__cpu_plan;
 

@@ -670,8 +670,9 @@ static void gemm_int4_awq(const moe__wmat *w, int64_t r0, int64_t r1, const void
  * bits, and act-order, times the scale of each k), then acc = fma(group sum, group
  * scale (1 with g_idx), acc); so gemm_packed and gemm give the same bits.
  * Each panel's stream is prefetched as cpu-formats.h says, at its share of
- * the plan's distance (moe__cpu_pf_share: the plan's on Intel; a quarter on
- * AMD, where the whole distance took GPTQ's W2 shape from 30 to 26 GB/s),
+ * the plan's far distance for these kernels, pf_far_packed (moe__cpu_pf_share:
+ * the plan's on Intel; a quarter on AMD, where the whole distance took GPTQ's
+ * W2 shape from 30 to 26 GB/s),
  * and its first far bytes (which that prefetch never asks for) when a run
  * starts; near a panel's end the prefetch goes on in the same panel of the
  * next run (pk_prefetch): the qwen3-30b-a3b W2 shape (K = 768, 12 KiB
@@ -699,7 +700,7 @@ static inline __m512 pk_scales(const char *line, int v, bool bf16) {
  * otherwise starts on memory latency in all but its first stream. */
 static inline void pk_prefetch(const char *base, const char *wp, size_t pan, int np) {
     const size_t off  = (size_t)(wp - base);
-    const size_t far  = off + moe__cpu_pf_share(moe__cpu_plan.pf_far, PK_NP);
+    const size_t far  = off + moe__cpu_pf_share(moe__cpu_plan.pf_far_packed, PK_NP);
     const size_t near = off + moe__cpu_pf_share(moe__cpu_plan.pf_near, PK_NP);
     const char  *pf = base + far + (far >= pan ? (size_t)(np - 1) * pan : 0);
     const char  *pn = base + near + (near >= pan ? (size_t)(np - 1) * pan : 0);
@@ -714,7 +715,7 @@ static inline __attribute__((always_inline)) void pk_start(const pk_geom *pg, co
                                                            __m512 (*out)[2][PK_XMAX], int NP,
                                                            int NX) {
     for (int p = 0; p < NP; p++) {
-        for (size_t o = 0; o < moe__cpu_pf_share(moe__cpu_plan.pf_far, PK_NP); o += 64)
+        for (size_t o = 0; o < moe__cpu_pf_share(moe__cpu_plan.pf_far_packed, PK_NP); o += 64)
             __builtin_prefetch(P + (size_t)p * pg->pan + o, 0, 2);
         for (int v = 0; v < 2; v++)
             for (int i = 0; i < NX; i++) out[p][v][i] = _mm512_setzero_ps();
