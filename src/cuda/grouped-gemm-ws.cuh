@@ -125,12 +125,13 @@ static __device__ __forceinline__ float2 ws_w2_pair(const moe__gemm_args &g, con
 
 /* The epilogues come in two forms. The general one checks each column
  * against the matrix's end, adds the bias and has a scalar tail: fully
- * unrolled, that is 25-45 KB of code per tile, fetched again at every tile
- * while the producer's loads keep L2 busy. It took ~4.8 us a tile, with
- * its stores or its activation removed as well (NOTES v23). PLAIN, for
- * the usual tile (no bias, every column inside the matrix, vector stores
- * aligned), is straight-line code of ~12 KB: 2.3-3.0 us. Both give the
- * same bits: the general one adds no bias when there is none. */
+ * unrolled, that is 25-45 KB of code per tile. It took ~4.8 us a tile,
+ * with its stores or its activation removed as well (NOTES v23: likely the
+ * fetch of that code at every tile while the producer's loads keep L2
+ * busy). PLAIN, for the usual tile (no bias, every column inside the
+ * matrix, vector stores aligned), is straight-line code of ~12 KB: 2.3-3.0
+ * us. Both give the same bits: the general one adds no bias when there is
+ * none. */
 template <bool W13>
 static __device__ __forceinline__ bool ws_plain(const moe__gemm_args &g, int64_t n0, int outw,
                                                 int vec) {
