@@ -135,8 +135,8 @@ static __device__ __forceinline__ float2 ws_w2_pair(const moe__gemm_args &g, con
 template <bool W13>
 static __device__ __forceinline__ bool ws_plain(const moe__gemm_args &g, int64_t n0, int outw,
                                                 int vec) {
-    const int64_t end = W13 && g.act == MOE_ACT_SWIGLU_OAI ? 2 * n0 + 2 * outw : n0 + outw;
-    return !g.bias && end <= (W13 && g.act == MOE_ACT_SWIGLU_OAI ? g.N_w : g.N_out) &&
+    const bool inter = W13 && g.act == MOE_ACT_SWIGLU_OAI; // (weight rows 2 n0 .. 2 (n0 + outw))
+    return !g.bias && (inter ? 2 * (n0 + outw) <= g.N_w : n0 + outw <= g.N_out) &&
            g.N_out % vec == 0 && ((uintptr_t)g.out & 15) == 0;
 }
 
@@ -345,13 +345,12 @@ static __device__ __forceinline__ void ws_ahead_table(const moe__gemm_args &g, i
     a.ok              = lin < n_m * g.grid_n;
     if (!a.ok) return;
     gemm_tile_at(lin, n_m, g.grid_n, a.m, a.n);
-    a.e  = g.tiles ? g.tiles[2 * a.m] : 0;
-    a.r0 = g.tiles ? g.tiles[2 * a.m + 1] : a.m * TR;
+    gemm_tile_start(g, a.m, TR, a.e, a.r0);
 }
 static __device__ __forceinline__ void ws_ahead_end(const moe__gemm_args &g, ws_ahead &a) {
-    if (a.ok) a.end = g.tiles ? g.expert_start[a.e + 1] : (int)g.n_rows;
+    if (a.ok) a.end = gemm_expert_end(g, a.e);
 }
-/* (the rows gemm_tile_rows gives, and a pair's CTA's half of them) */
+/* (gemm_tile_rows's rows, and a pair's CTA's half of them) */
 template <bool PAIR>
 static __device__ __forceinline__ bool ws_ahead_step(const ws_ahead &a, int outw, int rank,
                                                      ws_step &t) {

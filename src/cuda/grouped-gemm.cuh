@@ -74,18 +74,22 @@ static __device__ __forceinline__ int gemm_row_slot(const moe__gemm_args &g, int
     return g.row_slot ? g.row_slot[r] : r;
 }
 
+/* M tile m (BM layout rows per tile table entry) -> its expert and first
+ * layout row: the tile table's entry. */
+static __device__ __forceinline__ void gemm_tile_start(const moe__gemm_args &g, int m, int BM,
+                                                       int &e, int &r0) {
+    e  = g.tiles ? g.tiles[2 * m] : 0;
+    r0 = g.tiles ? g.tiles[2 * m + 1] : m * BM;
+}
+/* The end of expert e's layout rows (a read that depends on the entry's). */
+static __device__ __forceinline__ int gemm_expert_end(const moe__gemm_args &g, int e) {
+    return g.tiles ? g.expert_start[e + 1] : (int)g.n_rows;
+}
 /* M tile m -> its expert and layout rows [r0, r1) (at most BM). */
 static __device__ __forceinline__ void gemm_tile_rows(const moe__gemm_args &g, int m, int BM,
                                                       int &e, int &r0, int &r1) {
-    if (g.tiles) {
-        e  = g.tiles[2 * m];
-        r0 = g.tiles[2 * m + 1];
-        r1 = min(g.expert_start[e + 1], r0 + BM);
-    } else {
-        e  = 0;
-        r0 = m * BM;
-        r1 = (int)min((int64_t)r0 + BM, g.n_rows);
-    }
+    gemm_tile_start(g, m, BM, e, r0);
+    r1 = min(gemm_expert_end(g, e), r0 + BM);
 }
 
 /* Output columns one W13 CTA produces from its BN weight rows. */
