@@ -446,6 +446,12 @@ TEST(cuda_layer_bf16_shape_grid) {
          * tiles, which must round them to the same bits */
         { 600, 512, 256, 8, 2, BF16, BF16, MOE_ACT_SILU, 0, 1, 0, 0, 0, 0, 0 },
         { 1600, 256, 128, 4, 2, BF16, BF16, MOE_ACT_SILU, 0, 0, 0, 0, 0, 0, 0 },
+        /* biases on 128-row tiles inside the matrix (their plain epilogue with
+         * biases, grouped-gemm-ws.cuh): SwiGLU-OAI's interleaved rows (also
+         * paired, 800 rows per expert) and ReLU2's two passes of 128 columns */
+        { 400, 256, 256, 8, 2, BF16, BF16, MOE_ACT_SWIGLU_OAI, 0, 1, 0, 0, 0, 0, 0 },
+        { 1600, 256, 256, 4, 2, BF16, F32, MOE_ACT_SWIGLU_OAI, 0, 1, 0, 0, 0, 0, 0 },
+        { 400, 256, 256, 8, 2, BF16, F32, MOE_ACT_RELU2, 0, 1, 0, 0, 0, 0, 0 },
     };
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++)
         layer_check(&cases[i], 100 + i, false);

@@ -114,7 +114,7 @@ static int bench_model(const moe_preset *p, moe_format fmt, const long *tokens, 
     uint64_t seed = 0x9e3779b97f4a7c15ull;
 
     void *w13 = NULL, *w2 = NULL;
-    float *s13 = NULL, *s2 = NULL, *bias = NULL, *logits = NULL;
+    float *s13 = NULL, *s2 = NULL, *bias = NULL, *b13 = NULL, *b2 = NULL, *logits = NULL;
     int32_t *ids = NULL;
     float *wts = NULL;
     moe_router *router = NULL;
@@ -150,14 +150,21 @@ static int bench_model(const moe_preset *p, moe_format fmt, const long *tokens, 
         bias = malloc((size_t)E * 4);
         fill_f32(bias, (size_t)E, -0.01f, 0.01f, &seed);
     }
+    if (p->biases) { /* gpt-oss: both projections have biases, so its epilogues add them */
+        b13 = malloc((size_t)(E * r13) * 4);
+        b2 = malloc((size_t)(E * H) * 4);
+        if (!b13 || !b2) { fprintf(stderr, "moe bench-cuda: out of host memory\n"); rc = 1; goto done; }
+        fill_f32(b13, (size_t)(E * r13), -0.1f, 0.1f, &seed);
+        fill_f32(b2, (size_t)(E * H), -0.1f, 0.1f, &seed);
+    }
     moe_router_options ro = { .n_experts = E, .top_k = k, .scoring = p->scoring,
                               .renormalize = p->renormalize, .n_group = p->n_group,
                               .topk_group = p->topk_group, .correction_bias = bias,
                               .routed_scaling_factor = p->routed_scaling };
     moe_experts_options eo = { .n_experts = E, .d_model = H, .d_ff = I, .format = fmt,
                                .activation = p->activation, .flags = MOE_EXPERTS_BORROW,
-                               .w13 = { .data = w13, .scales = s13 },
-                               .w2 = { .data = w2, .scales = s2 } };
+                               .w13 = { .data = w13, .scales = s13, .bias = b13 },
+                               .w2 = { .data = w2, .scales = s2, .bias = b2 } };
     if (moe_router_create(&ro, &router, err, sizeof err) ||
         moe_routed_experts_create(&eo, &ex, err, sizeof err)) {
         fprintf(stderr, "moe bench-cuda: %s\n", err);
@@ -275,7 +282,7 @@ done:
     if (ev0) cudaEventDestroy(ev0);
     if (ev1) cudaEventDestroy(ev1);
     if (st) cudaStreamDestroy(st);
-    free(w13); free(w2); free(s13); free(s2); free(bias); free(logits); free(ids); free(wts);
+    free(w13); free(w2); free(s13); free(s2); free(bias); free(b13); free(b2); free(logits); free(ids); free(wts);
     free(xh);
     return rc;
 }

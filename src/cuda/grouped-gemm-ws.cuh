@@ -109,44 +109,59 @@ static __device__ __forceinline__ void ws_rows_factors(const moe__gemm_args &g, 
         if (f && w.slot[h] >= 0) w.f[h] = f[w.slot[h]];
 }
 
+/* The epilogues come in three forms. WS_GENERAL checks each column
+ * against the matrix's end, adds the bias if there is one and has a scalar
+ * tail: fully unrolled, that is 25-45 KB of code per tile. It took ~4.8 us
+ * a tile, with its stores or its activation removed as well (NOTES v23:
+ * likely the fetch of that code at every tile while the producer's loads
+ * keep L2 busy). WS_PLAIN, for the usual tile (no bias, every column inside
+ * the matrix, vector stores aligned), is straight-line code of ~12 KB:
+ * 2.3-3.0 us. WS_PLAIN_BIAS is the same tile with the expert's biases (gpt-oss),
+ * loaded without checks. All give the same bits: the general form adds no
+ * bias when there is none, and the same expression when there is. */
+enum { WS_GENERAL, WS_PLAIN, WS_PLAIN_BIAS };
+
+template <bool W13>
+static __device__ __forceinline__ int ws_form(const moe__gemm_args &g, int64_t n0, int outw,
+                                              int vec) {
+    const bool inter = W13 && g.act == MOE_ACT_SWIGLU_OAI; // (weight rows 2 n0 .. 2 (n0 + outw))
+    const bool plain = (inter ? 2 * (n0 + outw) <= g.N_w : n0 + outw <= g.N_out) &&
+                       g.N_out % vec == 0 && ((uintptr_t)g.out & 15) == 0;
+    return !plain ? WS_GENERAL : g.bias ? WS_PLAIN_BIAS : WS_PLAIN;
+}
+
+/* Expert e's biases, as the form reads them: none for WS_PLAIN. */
+template <int FORM>
+static __device__ __forceinline__ const float *ws_bias(const moe__gemm_args &g, int e) {
+    return FORM != WS_PLAIN && g.bias ? g.bias + (int64_t)e * g.N_w : nullptr;
+}
+
 /* The W2 output pair (acc + b2) * rw of column tile nt, row half h (tile
  * columns c, c + 1 with c = 8 nt + 2 (lane % 4)). */
+template <int FORM>
 static __device__ __forceinline__ float2 ws_w2_pair(const moe__gemm_args &g, const float (*acc)[4],
                                                     const float *bias, int64_t n0, int nt, int h,
                                                     float wgt, int lane) {
     const int64_t c  = nt * 8 + (lane & 3) * 2;
     float         v0 = acc[nt][2 * h], v1 = acc[nt][2 * h + 1];
-    if (bias) {
+    if (FORM == WS_PLAIN_BIAS) {
+        v0 += bias[n0 + c];
+        v1 += bias[n0 + c + 1];
+    } else if (FORM == WS_GENERAL && bias) {
         v0 += n0 + c < g.N_out ? bias[n0 + c] : 0.0f;
         v1 += n0 + c + 1 < g.N_out ? bias[n0 + c + 1] : 0.0f;
     }
     return make_float2(v0 * wgt, v1 * wgt);
 }
 
-/* The epilogues come in two forms. The general one checks each column
- * against the matrix's end, adds the bias and has a scalar tail: fully
- * unrolled, that is 25-45 KB of code per tile. It took ~4.8 us a tile,
- * with its stores or its activation removed as well (NOTES v23: likely the
- * fetch of that code at every tile while the producer's loads keep L2
- * busy). PLAIN, for the usual tile (no bias, every column inside the
- * matrix, vector stores aligned), is straight-line code of ~12 KB: 2.3-3.0
- * us. Both give the same bits: the general one adds no bias when there is
- * none. */
-template <bool W13>
-static __device__ __forceinline__ bool ws_plain(const moe__gemm_args &g, int64_t n0, int outw,
-                                                int vec) {
-    const bool inter = W13 && g.act == MOE_ACT_SWIGLU_OAI; // (weight rows 2 n0 .. 2 (n0 + outw))
-    return !g.bias && (inter ? 2 * (n0 + outw) <= g.N_w : n0 + outw <= g.N_out) &&
-           g.N_out % vec == 0 && ((uintptr_t)g.out & 15) == 0;
-}
-
 /* W2 epilogue of one consumer warp, its rows' slots and routing weights in
  * rw: y[slot, n0 + c] = (acc + b2) * rw[slot], f32 rows. */
-template <bool PLAIN>
+template <int FORM>
 static __device__ __forceinline__ void ws_store_w2(const moe__gemm_args &g, const float (*acc)[4],
                                                    int e, const ws_rows &rw, int64_t n0,
                                                    int lane) {
-    const float *bias = !PLAIN && g.bias ? g.bias + (int64_t)e * g.N_w : nullptr;
+    constexpr bool PLAIN = FORM != WS_GENERAL;
+    const float   *bias  = ws_bias<FORM>(g, e);
 #pragma unroll
     for (int h = 0; h < 2; h++) {
         const int s = rw.slot[h];
@@ -155,7 +170,7 @@ static __device__ __forceinline__ void ws_store_w2(const moe__gemm_args &g, cons
 #pragma unroll
         for (int nt = 0; nt < WS_BN / 8; nt++) {
             const int64_t c = nt * 8 + (lane & 3) * 2;
-            const float2  v = ws_w2_pair(g, acc, bias, n0, nt, h, rw.f[h], lane);
+            const float2  v = ws_w2_pair<FORM>(g, acc, bias, n0, nt, h, rw.f[h], lane);
             if (PLAIN || n0 + c + 1 < g.N_out)
                 *(float2 *)(o + c) = v;
             else if (n0 + c < g.N_out)
@@ -176,12 +191,13 @@ static __device__ __forceinline__ void st_global_v2(void *p, uint2 v) {
  * lanes l and l ^ 1 (the same row) swap one pair of column tiles nt, nt + 1:
  * the even lane stores 4 columns of nt, the odd one 4 of nt + 1, and a quad
  * writes 32 contiguous bytes of its row, as the f32 rows' quads do. */
-template <bool PLAIN>
+template <int FORM>
 static __device__ __forceinline__ void ws_store_w2_bf16(const moe__gemm_args &g,
                                                         const float (*acc)[4], int e,
                                                         const ws_rows &rw, int64_t n0, int lane) {
-    const float *bias = !PLAIN && g.bias ? g.bias + (int64_t)e * g.N_w : nullptr;
-    const bool   odd  = lane & 1, vec = PLAIN || g.N_out % 4 == 0;
+    constexpr bool PLAIN = FORM != WS_GENERAL;
+    const float   *bias  = ws_bias<FORM>(g, e);
+    const bool     odd   = lane & 1, vec = PLAIN || g.N_out % 4 == 0;
     const int    lc   = odd * 8 + ((lane & 3) >> 1) * 4; // q's first column in 16 of the tile
 #pragma unroll
     for (int h = 0; h < 2; h++) {
@@ -189,10 +205,10 @@ static __device__ __forceinline__ void ws_store_w2_bf16(const moe__gemm_args &g,
         __nv_bfloat16 *o = (__nv_bfloat16 *)g.out + (int64_t)max(s, 0) * g.N_out + n0 + lc;
 #pragma unroll
         for (int nt = 0; nt < WS_BN / 8; nt += 2) {
-            const __nv_bfloat162 a = __float22bfloat162_rn(ws_w2_pair(g, acc, bias, n0, nt, h,
-                                                                      rw.f[h], lane));
-            const __nv_bfloat162 b = __float22bfloat162_rn(ws_w2_pair(g, acc, bias, n0, nt + 1,
-                                                                      h, rw.f[h], lane));
+            const __nv_bfloat162 a = __float22bfloat162_rn(
+                ws_w2_pair<FORM>(g, acc, bias, n0, nt, h, rw.f[h], lane));
+            const __nv_bfloat162 b = __float22bfloat162_rn(
+                ws_w2_pair<FORM>(g, acc, bias, n0, nt + 1, h, rw.f[h], lane));
             const uint32_t ua = *(const uint32_t *)&a, ub = *(const uint32_t *)&b;
             const uint32_t got = __shfl_xor_sync(0xffffffffu, odd ? ua : ub, 1);
             const uint2    q   = odd ? make_uint2(got, ub) : make_uint2(ua, got);
@@ -219,30 +235,31 @@ static __device__ __forceinline__ void ws_store_w2_bf16(const moe__gemm_args &g,
  * argument: with act_apply's switch inside the loop (64 inlined copies of
  * it, a 650 KB kernel) W13 measured 40% slower than staging an f32 tile;
  * this way, 5% faster (dev/cuda/NOTES.md v17). */
-template <int ACT, bool PLAIN, class T>
+template <int ACT, int FORM, class T>
 static __device__ __forceinline__ void ws_store_w13(const moe__gemm_args &g, const float (*acc)[4],
                                                     int e, int r0, int r1, int row0, int64_t n0,
                                                     const ws_rows &rw, T *sw, int lane) {
     constexpr bool GATED = act_is_gated(ACT), INTER = ACT == MOE_ACT_SWIGLU_OAI;
+    constexpr bool PLAIN  = FORM != WS_GENERAL;
     constexpr int  PASSES = GATED || INTER ? 1 : 2; // RELU2: 256 outputs a tile
     constexpr int  NP     = INTER ? 32 : 16;        // column tiles read per pass
     constexpr int  VEC    = 16 / sizeof(T);
-    const float   *bias   = !PLAIN && g.bias ? g.bias + (int64_t)e * g.N_w : nullptr;
+    const float   *bias   = ws_bias<FORM>(g, e);
     /* weight row of tile column c, -1 past the matrix (gate half for GATED) */
     auto wrow = [&](int c) -> int64_t {
-        if (INTER) return 2 * n0 + c < g.N_w ? 2 * n0 + c : -1;
-        return n0 + c < g.N_out ? n0 + c : -1;
+        if (INTER) return PLAIN || 2 * n0 + c < g.N_w ? 2 * n0 + c : -1;
+        return PLAIN || n0 + c < g.N_out ? n0 + c : -1;
     };
     const float *sc = rw.f;
 #pragma unroll
     for (int p = 0; p < PASSES; p++) {
         __syncwarp(); // the previous pass's (or tile's) reads of sw are done
 #pragma unroll
-        for (int h = 0; h < 2; h++) {
-            const int rr = (lane >> 2) + 8 * h; // row within the warp's 16
+        for (int nt = p * NP; nt < p * NP + NP; nt++) {
+            const int c = nt * 8 + (lane & 3) * 2; // this thread's two tile columns
 #pragma unroll
-            for (int nt = p * NP; nt < p * NP + NP; nt++) {
-                const int c = nt * 8 + (lane & 3) * 2; // this thread's two tile columns
+            for (int h = 0; h < 2; h++) {
+                const int rr = (lane >> 2) + 8 * h; // row within the warp's 16
                 float     v[2];
 #pragma unroll
                 for (int q = 0; q < (INTER ? 1 : 2); q++) {
@@ -253,7 +270,10 @@ static __device__ __forceinline__ void ws_store_w13(const moe__gemm_args &g, con
                     float uv = (GATED   ? acc[nt + 16][2 * h + q]
                                 : INTER ? acc[nt][2 * h + 1]
                                         : acc[nt][2 * h + q]) * sc[h]; // (RELU2: unused)
-                    if (bias) {
+                    if (FORM == WS_PLAIN_BIAS) {
+                        gv += bias[gr];
+                        uv += bias[ur];
+                    } else if (FORM == WS_GENERAL && bias) {
                         gv += gr >= 0 ? bias[gr] : 0.0f;
                         uv += ur >= 0 ? bias[ur] : 0.0f;
                     }
@@ -292,28 +312,39 @@ struct ws_step {
 };
 
 /* ws_store_w13 with the layer's activation as its template argument. */
-template <bool PLAIN, class T>
+template <int FORM, class T>
 static __device__ __forceinline__ void ws_store_w13_act(const moe__gemm_args &g,
                                                         const float (*acc)[4], const ws_step &t,
                                                         int row0, const ws_rows &rows, T *sw,
                                                         int lane) {
     switch (g.act) {
     case MOE_ACT_SILU:
-        return ws_store_w13<MOE_ACT_SILU, PLAIN>(g, acc, t.e, t.r0, t.r1, row0, t.n0, rows, sw,
-                                                 lane);
+        return ws_store_w13<MOE_ACT_SILU, FORM>(g, acc, t.e, t.r0, t.r1, row0, t.n0, rows, sw,
+                                                lane);
     case MOE_ACT_GELU:
-        return ws_store_w13<MOE_ACT_GELU, PLAIN>(g, acc, t.e, t.r0, t.r1, row0, t.n0, rows, sw,
-                                                 lane);
+        return ws_store_w13<MOE_ACT_GELU, FORM>(g, acc, t.e, t.r0, t.r1, row0, t.n0, rows, sw,
+                                                lane);
     case MOE_ACT_GELU_TANH:
-        return ws_store_w13<MOE_ACT_GELU_TANH, PLAIN>(g, acc, t.e, t.r0, t.r1, row0, t.n0, rows,
-                                                      sw, lane);
+        return ws_store_w13<MOE_ACT_GELU_TANH, FORM>(g, acc, t.e, t.r0, t.r1, row0, t.n0, rows,
+                                                     sw, lane);
     case MOE_ACT_SWIGLU_OAI:
-        return ws_store_w13<MOE_ACT_SWIGLU_OAI, PLAIN>(g, acc, t.e, t.r0, t.r1, row0, t.n0, rows,
-                                                       sw, lane);
+        return ws_store_w13<MOE_ACT_SWIGLU_OAI, FORM>(g, acc, t.e, t.r0, t.r1, row0, t.n0, rows,
+                                                      sw, lane);
     default:
-        return ws_store_w13<MOE_ACT_RELU2, PLAIN>(g, acc, t.e, t.r0, t.r1, row0, t.n0, rows, sw,
-                                                  lane);
+        return ws_store_w13<MOE_ACT_RELU2, FORM>(g, acc, t.e, t.r0, t.r1, row0, t.n0, rows, sw,
+                                                 lane);
     }
+}
+
+/* The W2 epilogue in its form (ws_form) and output type. */
+template <int FORM>
+static __device__ __forceinline__ void ws_store_w2_form(const moe__gemm_args &g,
+                                                        const float (*acc)[4], const ws_step &t,
+                                                        const ws_rows &rows, int lane) {
+    if (g.y_bf16)
+        ws_store_w2_bf16<FORM>(g, acc, t.e, rows, t.n0, lane);
+    else
+        ws_store_w2<FORM>(g, acc, t.e, rows, t.n0, lane);
 }
 
 /* The tile a CTA takes at its step i: waves of one tile per CTA in the
@@ -556,19 +587,19 @@ static __global__ void __launch_bounds__(WS_THREADS)
             }
             if (__shfl_sync(0xffffffffu, row0 >= t.r1 - t.r0, 0)) continue; // all rows padding
             if constexpr (!W13) {
-                const bool plain = ws_plain<false>(g, t.n0, BN, g.y_bf16 ? 4 : 2);
-                if (g.y_bf16 && plain)
-                    ws_store_w2_bf16<true>(g, acc, t.e, rows, t.n0, lane);
-                else if (g.y_bf16)
-                    ws_store_w2_bf16<false>(g, acc, t.e, rows, t.n0, lane);
-                else if (plain)
-                    ws_store_w2<true>(g, acc, t.e, rows, t.n0, lane);
-                else
-                    ws_store_w2<false>(g, acc, t.e, rows, t.n0, lane);
-            } else if (ws_plain<true>(g, t.n0, outw, 16 / sizeof(T))) {
-                ws_store_w13_act<true>(g, acc, t, row0, rows, sw, lane);
+                switch (ws_form<false>(g, t.n0, BN, g.y_bf16 ? 4 : 2)) {
+                case WS_PLAIN: ws_store_w2_form<WS_PLAIN>(g, acc, t, rows, lane); break;
+                case WS_PLAIN_BIAS: ws_store_w2_form<WS_PLAIN_BIAS>(g, acc, t, rows, lane); break;
+                default: ws_store_w2_form<WS_GENERAL>(g, acc, t, rows, lane);
+                }
             } else {
-                ws_store_w13_act<false>(g, acc, t, row0, rows, sw, lane);
+                switch (ws_form<true>(g, t.n0, outw, 16 / sizeof(T))) {
+                case WS_PLAIN: ws_store_w13_act<WS_PLAIN>(g, acc, t, row0, rows, sw, lane); break;
+                case WS_PLAIN_BIAS:
+                    ws_store_w13_act<WS_PLAIN_BIAS>(g, acc, t, row0, rows, sw, lane);
+                    break;
+                default: ws_store_w13_act<WS_GENERAL>(g, acc, t, row0, rows, sw, lane);
+                }
             }
         }
     }
