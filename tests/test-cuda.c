@@ -423,6 +423,10 @@ TEST(cuda_layer_bf16_shape_grid) {
         { 5, 512, 256, 64, 8, MOE_FORMAT_BF16, MOE_FORMAT_BF16, MOE_ACT_SILU, 0, 0, 0, 0, 0, 0, 0 },
         { 64, 256, 192, 8, 2, MOE_FORMAT_BF16, MOE_FORMAT_F32, MOE_ACT_SILU, 0, 0, 0, 0, 0, 0, 0 },
         { 300, 384, 160, 16, 4, BF16, F32, MOE_ACT_SILU, 0, 0, 0, 0, 0, 0, 0 },
+        /* 25-64 rows per expert: the 64-row tile where the persistent tile's 256
+         * columns do not divide 2 I and H (as gpt-oss's 2880), else that tile */
+        { 120, 384, 160, 16, 4, BF16, F32, MOE_ACT_SILU, 0, 0, 0, 0, 0, 0, 0 },
+        { 120, 512, 256, 16, 4, BF16, BF16, MOE_ACT_SILU, 0, 1, 0, 0, 0, 0, 0 },
         { 700, 256, 128, 4, 2, MOE_FORMAT_BF16, MOE_FORMAT_F16, MOE_ACT_SILU, 0, 0, 0, 0, 0, 0, 0 },
         { 33, 144, 48, 12, 3, MOE_FORMAT_F16, MOE_FORMAT_F32, MOE_ACT_SILU, 0, 0, 0, 0, 0, 0, 0 },
         { 200, 256, 128, 8, 2, MOE_FORMAT_F16, MOE_FORMAT_F16, MOE_ACT_GELU, 0, 0, 0, 0, 0, 0, 0 },

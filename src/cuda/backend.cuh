@@ -94,9 +94,14 @@ static inline size_t row_bytes(int dtype, int64_t H) {
 
 /* The uploaded state of e, or NULL. */
 cuda_experts *moe__cuda_experts_state(const moe_routed_experts *e);
-/* Rows per tile for m rows spread over n experts. */
-int           moe__cuda_pick_bm(int dtype, int64_t rows, int32_t n_experts, bool pairs);
-bool          moe__cuda_pairs(const moe_layer *l, const cuda_experts *x);
+/* Rows per tile for rows spread over n_experts, on the prefill kernels of
+ * kind (moe__cuda_prefill_kind; 0 gives the most tiles). */
+int           moe__cuda_pick_bm(int dtype, int64_t rows, int32_t n_experts, int kind);
+/* Which of the persistent bf16/f16 prefill tiles (grouped-gemm-ws.cuh) x
+ * may run, as flags: in two-CTA pairs; at 25-64 rows per expert too (its
+ * 256-column tiles whole in both GEMMs). 0: neither, or mma.sync. */
+enum { PREFILL_PAIRS = 1, PREFILL_SMALL = 2, WS_TILE_N = 256 /* (WS_BN) */ };
+int           moe__cuda_prefill_kind(const moe_layer *l, const cuda_experts *x);
 /* Tile-table entries for rows over n_experts with bm-row tiles. */
 int64_t       moe__cuda_max_tiles(int64_t rows, int32_t n_experts, int bm);
 

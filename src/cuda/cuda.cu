@@ -285,18 +285,30 @@ static moe_status upload_router(moe_layer *l, char *err, size_t errlen) {
  * tiles would leave the pair's second CTA without rows. */
 #define PAIR_AVG 384.0
 
-int moe__cuda_pick_bm(int dtype, int64_t rows, int32_t n_experts, bool pairs) {
+/* Between the decode tiles and 64 rows per expert on average, bf16/f16
+ * runs the persistent 128-row tile where it exists and its 256-column
+ * tiles are whole in both GEMMs (PREFILL_SMALL), the 64-row tile
+ * elsewhere. A 128-row tile is still under the card's ridge point (~165
+ * FLOP per byte), so its padding rows cost no time, and the persistent
+ * kernel overlaps a tile's epilogue with the next one's loads. Measured
+ * against the 64-row tile (dev/cuda/NOTES.md v24): qwen3-30b-a3b 512
+ * tokens 377 -> 357 us, mixtral-8x7b 256 tokens 911 -> 721, olmoe-1b-7b
+ * 512 tokens 291 -> 262, llama4-scout level; gpt-oss-20b (2880 columns:
+ * 11.25 and 22.5 tiles of 256) 439 -> 493 at 256 tokens, so it keeps the
+ * 64-row tile there (the partial tiles as the cause is inferred). */
+int moe__cuda_pick_bm(int dtype, int64_t rows, int32_t n_experts, int kind) {
     double avg = (double)rows / (double)(n_experts > 0 ? n_experts : 1);
     if (avg <= DECODE16_AVG) return 16;
     if (avg <= DECODE32_AVG) return 32;
-    if (dtype == MOE_CUDA_FP8 || avg <= 64.0) return 64;
-    return pairs && avg >= PAIR_AVG ? 256 : 128;
+    if (dtype == MOE_CUDA_FP8 || (!(kind & PREFILL_SMALL) && avg <= 64.0)) return 64;
+    return (kind & PREFILL_PAIRS) && avg >= PAIR_AVG ? 256 : 128;
 }
 
-/* Whether x's prefill may run in pairs (moe__cuda_pick_bm). */
-bool moe__cuda_pairs(const moe_layer *l, const cuda_experts *x) {
+int moe__cuda_prefill_kind(const moe_layer *l, const cuda_experts *x) {
     const cuda_ctx *c = (const cuda_ctx *)l->ctx->cuda;
-    return c->wgmma && x->tma && c->pair_ctas >= 2;
+    if (!c->wgmma || !x->tma) return 0;
+    const bool whole = x->n13 % WS_TILE_N == 0 && x->H % WS_TILE_N == 0;
+    return (c->pair_ctas >= 2 ? PREFILL_PAIRS : 0) | (whole ? PREFILL_SMALL : 0);
 }
 
 int64_t moe__cuda_max_tiles(int64_t rows, int32_t n_experts, int bm) {
@@ -310,7 +322,7 @@ ws_plan moe__cuda_plan(const moe_layer *l, int64_t T, int64_t R) {
     const int64_t  H    = e->opts.d_model, I = e->opts.d_ff, k = ro->top_k;
     const int64_t  S    = T * k;
     const int32_t  nl   = e->opts.n_experts;
-    const int      bm   = moe__cuda_pick_bm(dt, R, nl, false); // (the most tiles)
+    const int      bm   = moe__cuda_pick_bm(dt, R, nl, 0); // (the most tiles)
     const bool     fp8  = dt == MOE_CUDA_FP8;
     const moe_shared_experts *sh = l->opts.shared;
     const int64_t  Is   = sh ? sh->mlp->opts.d_ff : 0;
@@ -535,7 +547,7 @@ moe_status moe__cuda_run_shared(moe_layer *l, const cuda_experts *sx,
                                 const moe_shared_experts *sh, int64_t T, const void *xa,
                                 const float *xs, const float *sg, const ws_bufs *b,
                                 cudaStream_t ss) {
-    int sbm = moe__cuda_pick_bm(sx->dtype, T, 1, moe__cuda_pairs(l, sx));
+    int sbm = moe__cuda_pick_bm(sx->dtype, T, 1, moe__cuda_prefill_kind(l, sx));
     return moe__cuda_run_experts(l, sx, &sh->mlp->opts, T, sbm, xa, xs, NULL, 1, NULL, NULL,
                                  NULL, cdiv(T, sbm), NULL, sx->gate ? sg : NULL, b->sh_h1,
                                  b->sh_h1q, b->sh_h1s, b->sh_y, 0, 0, ss);
@@ -608,7 +620,7 @@ moe_status moe__cuda_forward_one(moe_layer *l, int64_t T, const void *x, const f
     }
     const int32_t  k   = ro->top_k, nl = ex->n_local;
     const int64_t  S   = T * k, H = ex->H;
-    const int      bm  = moe__cuda_pick_bm(ex->dtype, S, nl, moe__cuda_pairs(l, ex));
+    const int      bm  = moe__cuda_pick_bm(ex->dtype, S, nl, moe__cuda_prefill_kind(l, ex));
     const int64_t  mt  = moe__cuda_max_tiles(S, nl, bm);
     ws_plan p = moe__cuda_plan(l, T, S);
     size_t need = moe__cuda_plan_bytes(&p) + WS_ALIGN;

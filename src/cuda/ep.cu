@@ -494,7 +494,7 @@ static moe_status ep_forward_call(moe_layer *l, int64_t T, const void *x, const 
                                                               ex->n_global, e.recv_ids, e.recv_w,
                                                               e.flag + me);
         MOE_CUDA_TRY(cudaGetLastError(), err, errlen);
-        const int     bm = moe__cuda_pick_bm(ex->dtype, R, nl, moe__cuda_pairs(l, ex));
+        const int     bm = moe__cuda_pick_bm(ex->dtype, R, nl, moe__cuda_prefill_kind(l, ex));
         const int64_t mt = moe__cuda_max_tiles(R, nl, bm);
         MOE_CUDA_TRY(moe__align_cuda(e.recv_ids, R, 1, ex->map, ex->n_global, nl, bm, mt, &b.ao,
                                      st), err, errlen);

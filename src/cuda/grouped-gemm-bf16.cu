@@ -15,7 +15,8 @@
  *                     (grouped-gemm.cuh), 6 stages, weights by TMA: mixtral T = 64
  *                     791 -> 694 us; on mma.sync BN = 32, 2 warps (1 x 2), 8 stages
  *   BM = 64  middle:  BN = 128, 4 stages: one warpgroup on wgmma (sm_90a), else 4
- *                     warps (2 x 2) on mma.sync
+ *                     warps (2 x 2) on mma.sync. On wgmma the 128-row tile below
+ *                     replaces it where its column tiles are whole (moe__cuda_pick_bm)
  *   BM = 128 prefill: BN = 256, 4 stages, on wgmma the persistent warp-specialized
  *                     kernel of grouped-gemm-ws.cuh (one CTA per SM: a producer
  *                     warpgroup and two consumer warpgroups of 64 x 256; an expert's
