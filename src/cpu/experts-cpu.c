@@ -24,6 +24,12 @@
  *   2. W2: task = (expert, block of bm output rows of W2) over all rows of
  *      the expert; bias, gate and the scatter into d->y.
  *
+ * When each phase would hold an expert in one task (decode of small
+ * experts, four or more of them per thread: qwen3-30b-a3b at 1 and 8
+ * tokens on 2 threads), a task instead runs one expert's rows through all
+ * four (task_expert): one pool run per forward instead of four, so no
+ * thread waits at a phase's end for the others' last task.
+ *
  * Decode (an expert has one or a few rows) thus streams every touched
  * weight byte exactly once, split evenly over the threads; prefill re-reads
  * a weight tile (about TILE_BYTES, sized to stay in L2) from cache for each
@@ -138,6 +144,7 @@ typedef struct job_state {
     int64_t                   bf, nb1;  /* phase 1: columns per task, tasks/expert */
     int64_t                   bm, nb2;  /* phase 2: rows per task, tasks/expert   */
     int64_t                   gather_rows; /* phases 0 and 1b: rows per task      */
+    bool                      per_expert;  /* one task per expert (task_expert)   */
     int64_t                   n_tasks[4]; /* per phase                            */
 } job_state;
 
@@ -219,11 +226,9 @@ static moe__wmat job_w2(const job_state *j, int32_t ex, gemm_fn *gemm) {
 
 /* ===== Phase 0: gather input rows, gate ===== */
 
-static void task_gather(const job_state *j, int64_t task, int thread) {
+static void gather_rows(const job_state *j, int64_t r0, int64_t r1, int thread) {
     const moe__dispatch *d  = j->d;
     const int64_t        H  = d->d_model;
-    const int64_t        r0 = task * j->gather_rows;
-    const int64_t        r1 = r0 + j->gather_rows < d->n_rows ? r0 + j->gather_rows : d->n_rows;
     float               *tmp = thread_scratch(j, thread);
     for (int64_t r = r0; r < r1; r++) {
         const int32_t s  = d->row_slot[r];
@@ -252,6 +257,12 @@ static void task_gather(const job_state *j, int64_t task, int thread) {
             gate_of(j)[r]    = 1.0f / (1.0f + expf(-g));
         }
     }
+}
+
+static void task_gather(const job_state *j, int64_t task, int thread) {
+    const int64_t r0 = task * j->gather_rows;
+    gather_rows(j, r0, r0 + j->gather_rows < j->d->n_rows ? r0 + j->gather_rows : j->d->n_rows,
+                thread);
 }
 
 /* ===== Phase 1: W13, bias, activation ===== */
@@ -309,14 +320,16 @@ static void task_w13(const job_state *j, int64_t task, int thread) {
 
 /* ===== Phase 1b: quantize a for W2 ===== */
 
-static void task_quant_a(const job_state *j, int64_t task) {
-    const moe__dispatch *d  = j->d;
-    const int64_t        r0 = task * j->gather_rows;
-    const int64_t        r1 = r0 + j->gather_rows < d->n_rows ? r0 + j->gather_rows : d->n_rows;
+static void quant_a_rows(const job_state *j, int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; r++) {
-        moe__wmat w = moe__experts_w2(j->e, expert_of_row(d, r));
+        moe__wmat w = moe__experts_w2(j->e, expert_of_row(j->d, r));
         j->cf2->act_quantize(&w, a_row(j, r), j->e->opts.d_ff, aq_row(j, r));
     }
+}
+
+static void task_quant_a(const job_state *j, int64_t task) {
+    const int64_t r0 = task * j->gather_rows;
+    quant_a_rows(j, r0, r0 + j->gather_rows < j->d->n_rows ? r0 + j->gather_rows : j->d->n_rows);
 }
 
 /* ===== Phase 2: W2, bias, gate, scatter ===== */
@@ -357,6 +370,20 @@ static void task_w2(const job_state *j, int64_t task, int thread) {
     }
 }
 
+/* ===== Decode: one expert through every phase ===== */
+
+/* Task i = active expert i, when its W13 and its W2 are one task each
+ * (nb1 = nb2 = 1, job_plan): the same kernels on the same rows as the
+ * phases run them, so the same bits. */
+static void task_expert(const job_state *j, int64_t task, int thread) {
+    const int32_t ex = j->active[task];
+    const int64_t r0 = j->d->expert_start[ex], r1 = j->d->expert_start[ex + 1];
+    gather_rows(j, r0, r1, thread);
+    task_w13(j, task, thread);
+    if (j->cf2->act_quantize) quant_a_rows(j, r0, r1);
+    task_w2(j, task, thread);
+}
+
 static void run_task(void *arg, int64_t task, int thread) {
     const run_state *rs = arg;
     const job_state *j  = &rs->js[0];
@@ -366,7 +393,12 @@ static void run_task(void *arg, int64_t task, int thread) {
     }
     switch (rs->phase) {
     case PHASE_GATHER:  task_gather(j, task, thread); break;
-    case PHASE_W13:     task_w13(j, task, thread); break;
+    case PHASE_W13:
+        if (j->per_expert)
+            task_expert(j, task, thread);
+        else
+            task_w13(j, task, thread);
+        break;
     case PHASE_QUANT_A: task_quant_a(j, task); break;
     case PHASE_W2:      task_w2(j, task, thread); break;
     }
@@ -503,10 +535,11 @@ static void job_plan(job_state *j, int n_threads) {
     if (j->gather_rows > GATHER_ROWS) j->gather_rows = GATHER_ROWS;
     if (j->gather_rows < 1) j->gather_rows = 1;
     const int64_t n_gather     = (d->n_rows + j->gather_rows - 1) / j->gather_rows;
-    j->n_tasks[PHASE_GATHER]   = n_gather;
+    j->per_expert              = stream && j->nb1 == 1 && j->nb2 == 1;
+    j->n_tasks[PHASE_GATHER]   = j->per_expert ? 0 : n_gather;
     j->n_tasks[PHASE_W13]      = (int64_t)j->n_active * j->nb1;
-    j->n_tasks[PHASE_QUANT_A]  = j->cf2->act_quantize ? n_gather : 0;
-    j->n_tasks[PHASE_W2]       = (int64_t)j->n_active * j->nb2;
+    j->n_tasks[PHASE_QUANT_A]  = j->cf2->act_quantize && !j->per_expert ? n_gather : 0;
+    j->n_tasks[PHASE_W2]       = j->per_expert ? 0 : (int64_t)j->n_active * j->nb2;
 }
 
 static moe_status cpu_run(const moe__experts_job *jobs, int n_jobs, moe__exec *ex,
