@@ -198,7 +198,7 @@ static __device__ __forceinline__ void ws_store_w2_bf16(const moe__gemm_args &g,
     constexpr bool PLAIN = FORM != WS_GENERAL;
     const float   *bias  = ws_bias<FORM>(g, e);
     const bool     odd   = lane & 1, vec = PLAIN || g.N_out % 4 == 0;
-    const int    lc   = odd * 8 + ((lane & 3) >> 1) * 4; // q's first column in 16 of the tile
+    const int      lc    = odd * 8 + ((lane & 3) >> 1) * 4; // q's first column in 16 of the tile
 #pragma unroll
     for (int h = 0; h < 2; h++) {
         const int      s = rw.slot[h]; // (lanes l, l ^ 1 share it; every lane shuffles)
@@ -254,6 +254,8 @@ static __device__ __forceinline__ void ws_store_w13(const moe__gemm_args &g, con
 #pragma unroll
     for (int p = 0; p < PASSES; p++) {
         __syncwarp(); // the previous pass's (or tile's) reads of sw are done
+        /* column tiles outside, the two row halves inside: a bias value is
+         * loaded once for both rows (rows outside, ptxas spilled 42-50 bytes) */
 #pragma unroll
         for (int nt = p * NP; nt < p * NP + NP; nt++) {
             const int c = nt * 8 + (lane & 3) * 2; // this thread's two tile columns
