@@ -255,7 +255,7 @@ static __device__ __forceinline__ void ws_store_w13(const moe__gemm_args &g, con
     for (int p = 0; p < PASSES; p++) {
         __syncwarp(); // the previous pass's (or tile's) reads of sw are done
         /* column tiles outside, the two row halves inside: a bias value is
-         * loaded once for both rows (rows outside, ptxas spilled 42-50 bytes) */
+         * loaded once for both rows (rows outside, ptxas spilled 30-50 bytes) */
 #pragma unroll
         for (int nt = p * NP; nt < p * NP + NP; nt++) {
             const int c = nt * 8 + (lane & 3) * 2; // this thread's two tile columns
