@@ -153,7 +153,11 @@ static int bench_model(const moe_preset *p, moe_format fmt, const long *tokens, 
     if (p->biases) { /* gpt-oss: both projections have biases, so its epilogues add them */
         b13 = malloc((size_t)(E * r13) * 4);
         b2 = malloc((size_t)(E * H) * 4);
-        if (!b13 || !b2) { fprintf(stderr, "moe bench-cuda: out of host memory\n"); rc = 1; goto done; }
+        if (!b13 || !b2) {
+            fprintf(stderr, "moe bench-cuda: out of host memory\n");
+            rc = 1;
+            goto done;
+        }
         fill_f32(b13, (size_t)(E * r13), -0.1f, 0.1f, &seed);
         fill_f32(b2, (size_t)(E * H), -0.1f, 0.1f, &seed);
     }
@@ -282,8 +286,8 @@ done:
     if (ev0) cudaEventDestroy(ev0);
     if (ev1) cudaEventDestroy(ev1);
     if (st) cudaStreamDestroy(st);
-    free(w13); free(w2); free(s13); free(s2); free(bias); free(b13); free(b2); free(logits); free(ids); free(wts);
-    free(xh);
+    free(w13); free(w2); free(s13); free(s2); free(bias); free(b13); free(b2);
+    free(logits); free(ids); free(wts); free(xh);
     return rc;
 }
 

@@ -259,10 +259,14 @@ static void gather_rows(const job_state *j, int64_t r0, int64_t r1, int thread) 
     }
 }
 
+/* The end of the rows of phase 0 / 1b task `task` (from task * gather_rows). */
+static int64_t gather_task_end(const job_state *j, int64_t task) {
+    const int64_t r1 = (task + 1) * j->gather_rows;
+    return r1 < j->d->n_rows ? r1 : j->d->n_rows;
+}
+
 static void task_gather(const job_state *j, int64_t task, int thread) {
-    const int64_t r0 = task * j->gather_rows;
-    gather_rows(j, r0, r0 + j->gather_rows < j->d->n_rows ? r0 + j->gather_rows : j->d->n_rows,
-                thread);
+    gather_rows(j, task * j->gather_rows, gather_task_end(j, task), thread);
 }
 
 /* ===== Phase 1: W13, bias, activation ===== */
@@ -328,8 +332,7 @@ static void quant_a_rows(const job_state *j, int64_t r0, int64_t r1) {
 }
 
 static void task_quant_a(const job_state *j, int64_t task) {
-    const int64_t r0 = task * j->gather_rows;
-    quant_a_rows(j, r0, r0 + j->gather_rows < j->d->n_rows ? r0 + j->gather_rows : j->d->n_rows);
+    quant_a_rows(j, task * j->gather_rows, gather_task_end(j, task));
 }
 
 /* ===== Phase 2: W2, bias, gate, scatter ===== */

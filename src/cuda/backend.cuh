@@ -100,7 +100,7 @@ int           moe__cuda_pick_bm(int dtype, int64_t rows, int32_t n_experts, int 
 /* Which of the persistent bf16/f16 prefill tiles (grouped-gemm-ws.cuh) x
  * may run, as flags: in two-CTA pairs; at 25-64 rows per expert too (its
  * 256-column tiles whole in both GEMMs). 0: neither, or mma.sync. */
-enum { PREFILL_PAIRS = 1, PREFILL_SMALL = 2, WS_TILE_N = 256 /* (WS_BN) */ };
+enum { PREFILL_PAIRS = 1, PREFILL_SMALL = 2, WS_TILE_N = 256 /* = WS_BN (asserted) */ };
 int           moe__cuda_prefill_kind(const moe_layer *l, const cuda_experts *x);
 /* Tile-table entries for rows over n_experts with bm-row tiles. */
 int64_t       moe__cuda_max_tiles(int64_t rows, int32_t n_experts, int bm);

@@ -28,7 +28,11 @@
  *                     same kernel in two-CTA clusters, each CTA 128 rows of a 256-row
  *                     tile, the weight stage shared by TMA multicast.
  */
+#include "backend.cuh"
 #include "grouped-gemm-ws.cuh"
+
+/* moe__cuda_prefill_kind decides whole column tiles by WS_TILE_N */
+static_assert(WS_TILE_N == WS_BN, "backend.cuh's WS_TILE_N is the persistent tile's BN");
 
 // ---- launchers
 
