@@ -525,6 +525,17 @@ TEST(cuda_layer_fp8_block) {
         { 200, 1280, 256, 8, 2, FP8, F32, MOE_ACT_SILU, 0, 0, 0, 0, 0, 0, 0 },
         /* bf16 out: bf16 slot rows from the prefill and (8 tokens) decode tiles */
         { 300, 384, 256, 8, 2, FP8, BF16, MOE_ACT_SILU, 0, 1, 0, 0, 0, 0, 0 },
+        /* the persistent tile (sm_90a, 64+ rows per expert, whole column
+         * tiles) in both GEMMs: expert tails, several tiles per CTA (W13:
+         * 256 steps over 132 CTAs), every gated activation, SWIGLU_OAI with
+         * biases, Llama-4's input scale, W2's K over many stages */
+        { 600, 512, 384, 8, 2, FP8, BF16, MOE_ACT_SILU, 0, 0, 0, 0, 0, 0, 0 },
+        { 1024, 512, 512, 16, 4, FP8, BF16, MOE_ACT_SILU, 0, 0, 0, 0, 0, 0, 0 },
+        { 400, 256, 128, 4, 2, FP8, F32, MOE_ACT_GELU, 0, 0, 0, 0, 0, 0, 0 },
+        { 400, 256, 128, 4, 2, FP8, F32, MOE_ACT_GELU_TANH, 0, 0, 0, 0, 0, 0, 0 },
+        { 300, 256, 256, 8, 2, FP8, F32, MOE_ACT_SWIGLU_OAI, 0, 1, 0, 0, 0, 0, 0 },
+        { 256, 256, 128, 4, 1, FP8, BF16, MOE_ACT_SILU, MOE_SCORING_LLAMA4, 0, 0, 0, 0, 0, 0 },
+        { 200, 256, 1280, 4, 2, FP8, F32, MOE_ACT_SILU, 0, 0, 0, 0, 0, 0, 0 },
     };
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++)
         layer_check(&cases[i], 500 + i, i == 5);

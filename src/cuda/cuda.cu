@@ -24,7 +24,7 @@
  *
  * The regime is chosen from n_tokens alone: BM = 16 or 32 rows per tile
  * (decode: each touched weight row streamed once) when an expert gets up to
- * 8 or 24 rows on average, else 64 / 128 (prefill). Same n_tokens, same
+ * 8 or 12 (fp8: 24) rows on average, else 64 / 128 (prefill). Same n_tokens, same
  * launches: the forward is a fixed sequence a CUDA graph can capture.
  */
 #include "backend.cuh"
@@ -280,6 +280,12 @@ static moe_status upload_router(moe_layer *l, char *err, size_t errlen) {
  * experts, not the average (at 16 on average, ~45% of them get more). */
 #define DECODE16_AVG 8.0
 #define DECODE32_AVG 24.0
+/* bf16/f16 leave the 32-row tile from 12 rows on: at 13-24 the 128-row
+ * (PREFILL_SMALL) or 64-row prefill tiles were faster (qwen3-30b-a3b 256 /
+ * 320 / 384 tokens 356 / 363 / 367 -> 342 / 344 / 350 us, gpt-oss-20b 192
+ * tokens 446 -> 439, llama4-scout +-0.9%; dev/cuda/NOTES.md v25). fp8
+ * keeps 24: its 64-row tile from 16 or 12 was 3-7% slower on qwen3. */
+#define DECODE32_AVG_16 12.0
 /* Rows per expert on average from which bf16/f16 prefill runs in pairs of
  * 128-row tiles (BM 256, grouped-gemm-ws.cuh): below it, most 256-row
  * tiles would leave the pair's second CTA without rows. */
@@ -299,7 +305,7 @@ static moe_status upload_router(moe_layer *l, char *err, size_t errlen) {
 int moe__cuda_pick_bm(int dtype, int64_t rows, int32_t n_experts, int kind) {
     double avg = (double)rows / (double)(n_experts > 0 ? n_experts : 1);
     if (avg <= DECODE16_AVG) return 16;
-    if (avg <= DECODE32_AVG) return 32;
+    if (avg <= (dtype == MOE_CUDA_FP8 ? DECODE32_AVG : DECODE32_AVG_16)) return 32;
     if (dtype == MOE_CUDA_FP8 || (!(kind & PREFILL_SMALL) && avg <= 64.0)) return 64;
     return (kind & PREFILL_PAIRS) && avg >= PAIR_AVG ? 256 : 128;
 }

@@ -46,7 +46,7 @@
  *                    4 stages (warp-specialized with its one consumer, W2 was slower:
  *                    qwen3 T=4096 1170 vs 1082 us)
  */
-#include "grouped-gemm.cuh"
+#include "grouped-gemm-ws8.cuh"
 
 #define FP8 MOE_CUDA_FP8
 
@@ -63,13 +63,15 @@ using fp8_tiles = gemm_tiles<gemm_tile<FP8, 16, 32, 1, 2, 2, false>,            
                              gemm_tile<FP8, 32, 128, 4, 1, 3, true>,             // 7 wide 32
                              gemm_tile<FP8, 64, 128, 4, 1, 4, true>,             // 8 W2, RELU2
                              gemm_tile<FP8, 64, 256, 4, 2, 4, true, GEMM_W13, true>,  // 9 gated W13
-                             gemm_tile<FP8, 64, 256, 4, 2, 4, true, GEMM_W2, true>>;  // 10 W2
+                             gemm_tile<FP8, 64, 256, 4, 2, 4, true, GEMM_W2, true>,   // 10 W2
+                             gemm_ws8_tile>;                                  // 11 persistent
 
 static cudaError_t gemm8_launch(const moe__gemm_args *g, cudaStream_t st) {
     using L = fp8_tiles;
     const bool gated = g->w13 && g->act != MOE_ACT_RELU2; // 256 weight rows: gate and up
     if (g->BM == 64) {
         if (!g->wgmma) return gated ? L::launch<3>(g, st) : L::launch<2>(g, st);
+        if (ws8_fits(g)) return L::launch<11>(g, st);
         if (gated) return L::launch<9>(g, st);
         return !g->w13 && g->wide_w2 ? L::launch<10>(g, st) : L::launch<8>(g, st);
     }

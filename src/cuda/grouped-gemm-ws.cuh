@@ -155,8 +155,9 @@ static __device__ __forceinline__ float2 ws_w2_pair(const moe__gemm_args &g, con
 }
 
 /* W2 epilogue of one consumer warp, its rows' slots and routing weights in
- * rw: y[slot, n0 + c] = (acc + b2) * rw[slot], f32 rows. */
-template <int FORM>
+ * rw: y[slot, n0 + c] = (acc + b2) * rw[slot], f32 rows; NT column tiles of
+ * 8 (the fp8 kernel's consumers hold 128 columns, grouped-gemm-ws8.cuh). */
+template <int FORM, int NT = WS_BN / 8>
 static __device__ __forceinline__ void ws_store_w2(const moe__gemm_args &g, const float (*acc)[4],
                                                    int e, const ws_rows &rw, int64_t n0,
                                                    int lane) {
@@ -168,7 +169,7 @@ static __device__ __forceinline__ void ws_store_w2(const moe__gemm_args &g, cons
         if (s < 0) continue;
         float *o = (float *)g.out + (int64_t)s * g.N_out + n0;
 #pragma unroll
-        for (int nt = 0; nt < WS_BN / 8; nt++) {
+        for (int nt = 0; nt < NT; nt++) {
             const int64_t c = nt * 8 + (lane & 3) * 2;
             const float2  v = ws_w2_pair<FORM>(g, acc, bias, n0, nt, h, rw.f[h], lane);
             if (PLAIN || n0 + c + 1 < g.N_out)
@@ -191,7 +192,7 @@ static __device__ __forceinline__ void st_global_v2(void *p, uint2 v) {
  * lanes l and l ^ 1 (the same row) swap one pair of column tiles nt, nt + 1:
  * the even lane stores 4 columns of nt, the odd one 4 of nt + 1, and a quad
  * writes 32 contiguous bytes of its row, as the f32 rows' quads do. */
-template <int FORM>
+template <int FORM, int NT = WS_BN / 8>
 static __device__ __forceinline__ void ws_store_w2_bf16(const moe__gemm_args &g,
                                                         const float (*acc)[4], int e,
                                                         const ws_rows &rw, int64_t n0, int lane) {
@@ -204,7 +205,7 @@ static __device__ __forceinline__ void ws_store_w2_bf16(const moe__gemm_args &g,
         const int      s = rw.slot[h]; // (lanes l, l ^ 1 share it; every lane shuffles)
         __nv_bfloat16 *o = (__nv_bfloat16 *)g.out + (int64_t)max(s, 0) * g.N_out + n0 + lc;
 #pragma unroll
-        for (int nt = 0; nt < WS_BN / 8; nt += 2) {
+        for (int nt = 0; nt < NT; nt += 2) {
             const __nv_bfloat162 a = __float22bfloat162_rn(
                 ws_w2_pair<FORM>(g, acc, bias, n0, nt, h, rw.f[h], lane));
             const __nv_bfloat162 b = __float22bfloat162_rn(
@@ -339,14 +340,26 @@ static __device__ __forceinline__ void ws_store_w13_act(const moe__gemm_args &g,
 }
 
 /* The W2 epilogue in its form (ws_form) and output type. */
-template <int FORM>
+template <int FORM, int NT = WS_BN / 8>
 static __device__ __forceinline__ void ws_store_w2_form(const moe__gemm_args &g,
                                                         const float (*acc)[4], const ws_step &t,
                                                         const ws_rows &rows, int lane) {
     if (g.y_bf16)
-        ws_store_w2_bf16<FORM>(g, acc, t.e, rows, t.n0, lane);
+        ws_store_w2_bf16<FORM, NT>(g, acc, t.e, rows, t.n0, lane);
     else
-        ws_store_w2<FORM>(g, acc, t.e, rows, t.n0, lane);
+        ws_store_w2<FORM, NT>(g, acc, t.e, rows, t.n0, lane);
+}
+
+/* ws_store_w2_form in the form of the NT x 8 columns from t.n0 (ws_form). */
+template <int NT = WS_BN / 8>
+static __device__ __forceinline__ void ws_store_w2_any(const moe__gemm_args &g,
+                                                       const float (*acc)[4], const ws_step &t,
+                                                       const ws_rows &rows, int lane) {
+    switch (ws_form<false>(g, t.n0, NT * 8, g.y_bf16 ? 4 : 2)) {
+    case WS_PLAIN: return ws_store_w2_form<WS_PLAIN, NT>(g, acc, t, rows, lane);
+    case WS_PLAIN_BIAS: return ws_store_w2_form<WS_PLAIN_BIAS, NT>(g, acc, t, rows, lane);
+    default: return ws_store_w2_form<WS_GENERAL, NT>(g, acc, t, rows, lane);
+    }
 }
 
 /* The tile a CTA takes at its step i: waves of one tile per CTA in the
@@ -368,10 +381,10 @@ struct ws_ahead {
     bool ok; // the step exists: false past the last tile
     int  m, n, e, r0, end;
 };
-template <bool PAIR>
+template <bool PAIR, int BM = WS_BM>
 static __device__ __forceinline__ void ws_ahead_table(const moe__gemm_args &g, int i, int n_m,
                                                       ws_ahead &a) {
-    constexpr int TR  = PAIR ? 2 * WS_BM : WS_BM;        // layout rows per tile table entry
+    constexpr int TR  = PAIR ? 2 * BM : BM;              // layout rows per tile table entry
     const int     G   = (int)gridDim.x / (PAIR ? 2 : 1);  // clusters of PAIR CTAs
     const int     me  = (int)blockIdx.x / (PAIR ? 2 : 1); // (a cluster's CTAs are consecutive)
     const int     lin = i * G + (me + i * (1 - (G & 1))) % G;
@@ -384,28 +397,28 @@ static __device__ __forceinline__ void ws_ahead_end(const moe__gemm_args &g, ws_
     if (a.ok) a.end = gemm_expert_end(g, a.e);
 }
 /* (gemm_tile_rows's rows, and a pair's CTA's half of them) */
-template <bool PAIR>
+template <bool PAIR, int BM = WS_BM>
 static __device__ __forceinline__ bool ws_ahead_step(const ws_ahead &a, int outw, int rank,
                                                      ws_step &t) {
-    constexpr int TR = PAIR ? 2 * WS_BM : WS_BM;
+    constexpr int TR = PAIR ? 2 * BM : BM;
     if (!a.ok) return false;
     t.e  = a.e;
     t.r0 = a.r0;
     t.r1 = min(a.end, a.r0 + TR);
     if (PAIR) { // this CTA's half of the 256 rows; none when the tile has fewer
-        t.r0 += rank * WS_BM;
-        t.r1 = t.r0 + max(0, min(t.r1 - t.r0, WS_BM));
+        t.r0 += rank * BM;
+        t.r1 = t.r0 + max(0, min(t.r1 - t.r0, BM));
     }
     t.n0 = (int64_t)a.n * outw;
     return true;
 }
-template <bool PAIR>
+template <bool PAIR, int BM = WS_BM>
 static __device__ __forceinline__ bool ws_step_at(const moe__gemm_args &g, int i, int n_m,
                                                   int outw, int rank, ws_step &t) {
     ws_ahead a;
-    ws_ahead_table<PAIR>(g, i, n_m, a);
+    ws_ahead_table<PAIR, BM>(g, i, n_m, a);
     ws_ahead_end(g, a);
-    return ws_ahead_step<PAIR>(a, outw, rank, t);
+    return ws_ahead_step<PAIR, BM>(a, outw, rank, t);
 }
 
 template <int DT, bool W13, bool PAIR>
@@ -589,11 +602,7 @@ static __global__ void __launch_bounds__(WS_THREADS)
             }
             if (__shfl_sync(0xffffffffu, row0 >= t.r1 - t.r0, 0)) continue; // all rows padding
             if constexpr (!W13) {
-                switch (ws_form<false>(g, t.n0, BN, g.y_bf16 ? 4 : 2)) {
-                case WS_PLAIN: ws_store_w2_form<WS_PLAIN>(g, acc, t, rows, lane); break;
-                case WS_PLAIN_BIAS: ws_store_w2_form<WS_PLAIN_BIAS>(g, acc, t, rows, lane); break;
-                default: ws_store_w2_form<WS_GENERAL>(g, acc, t, rows, lane);
-                }
+                ws_store_w2_any(g, acc, t, rows, lane);
             } else {
                 switch (ws_form<true>(g, t.n0, outw, 16 / sizeof(T))) {
                 case WS_PLAIN: ws_store_w13_act<WS_PLAIN>(g, acc, t, row0, rows, sw, lane); break;
