@@ -275,7 +275,8 @@ typedef struct moe__gemm_args {
     int            out_f32;       /* fp8 W13: store f32 rows (decode, quantized after)  */
     int            y_bf16;        /* W2: store bf16 rows (the layer's output is bf16)   */
     int            wide_w2;       /* fp8 W2 prefill, 64+ rows per expert on average: the
-                                   * warp-specialized 64 x 256 tile                     */
+                                   * warp-specialized 64 x 256 tile where the persistent
+                                   * one does not fit (grouped-gemm-ws8.cuh)            */
     int            grid_n;        /* set by the launcher: CTAs along N                  */
     int            n_sm;          /* the device's multiprocessors                       */
     int            pair_ctas;     /* BM 256: CTAs of the two-CTA clusters that fit      */
