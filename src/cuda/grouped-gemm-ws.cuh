@@ -421,6 +421,47 @@ static __device__ __forceinline__ bool ws_step_at(const moe__gemm_args &g, int i
     return ws_ahead_step<PAIR, BM>(a, outw, rank, t);
 }
 
+/* A producer thread's share of the activation rows of every stage: its
+ * 16-byte chunk ch = ct % 8 of rows ct / 8 + 16 j of the BM-row stage
+ * (W13 gathers them by token); kbytes: a row's bytes. Also the fp8 kernel's
+ * (grouped-gemm-ws8.cuh). */
+/* The A row of layout row r (below its tile's end): the token W13 gathers,
+ * or r. */
+static __device__ __forceinline__ int64_t ws_a_row(const moe__gemm_args &g, int r) {
+    return g.gather ? gemm_row_slot(g, r) / g.a_div : r;
+}
+template <int BM> struct ws_a_rows {
+    uint32_t    dst[BM / 16]; // in stage 0
+    const char *src[BM / 16]; // this tile's rows, nullptr past its end
+    int         ch;
+    __device__ __forceinline__ ws_a_rows(const char *sA, int ct) : ch(ct & 7) {
+#pragma unroll
+        for (int j = 0; j < BM / 16; j++) {
+            const int r = (ct >> 3) + 16 * j;
+            dst[j]      = smem_u32(sA) + r * 128 + ((ch ^ (r & 7)) << 4);
+        }
+    }
+    __device__ __forceinline__ void tile(const moe__gemm_args &g, const ws_step &t, int ct,
+                                         int64_t kbytes) {
+#pragma unroll
+        for (int j = 0; j < BM / 16; j++) {
+            const int r   = t.r0 + (ct >> 3) + 16 * j;
+            src[j] = r < t.r1 ? (const char *)g.a + ws_a_row(g, r) * kbytes + ch * 16 : nullptr;
+        }
+    }
+    /* cp.async of K slice kt into stage st (zeros past the rows and K) */
+    __device__ __forceinline__ void load(const moe__gemm_args &g, int kt, int st,
+                                         int64_t kbytes) const {
+        const int64_t kb  = (int64_t)kt * 128;
+        const bool    kok = kb + ch * 16 < kbytes;
+#pragma unroll
+        for (int j = 0; j < BM / 16; j++) {
+            const bool ok = kok && src[j] != nullptr;
+            cp_async16(dst[j] + (uint32_t)st * BM * 128, ok ? src[j] + kb : g.a, ok ? 16 : 0);
+        }
+    }
+};
+
 template <int DT, bool W13, bool PAIR>
 static __global__ void __launch_bounds__(WS_THREADS)
     grouped_gemm_ws_kernel(const __grid_constant__ moe__gemm_args g) {
@@ -473,15 +514,8 @@ static __global__ void __launch_bounds__(WS_THREADS)
 
     if (producer) {
         ws_regs_dec();
-        const int   ct = threadIdx.x - NCONS, ch = ct & 7;
-        const char *A  = (const char *)g.a;
-        /* this thread's 16-byte chunk ch of rows ct / 8 + 16 j of every stage */
-        uint32_t dst_o[BM / 16];
-#pragma unroll
-        for (int j = 0; j < BM / 16; j++) {
-            const int r = (ct >> 3) + 16 * j;
-            dst_o[j]    = smem_u32(sA) + r * 128 + ((ch ^ (r & 7)) << 4);
-        }
+        const int     ct = threadIdx.x - NCONS;
+        ws_a_rows<BM> ar(sA, ct);
         /* the weight stage: BOXES boxes of TMA_BOX_ROWS rows (a gated tile:
          * half from the gate half of the map, half from up); a pair's CTA
          * loads its half of the boxes into both CTAs, and expects all */
@@ -513,26 +547,12 @@ static __global__ void __launch_bounds__(WS_THREADS)
         for (int i = 0; i < waves; i++) {
             ws_step t;
             if (!ws_step_at<PAIR>(g, i, n_m, outw, rank, t)) continue;
-            const char   *src_p[BM / 16];
-#pragma unroll
-            for (int j = 0; j < BM / 16; j++) {
-                const int r = t.r0 + (ct >> 3) + 16 * j;
-                int64_t   src = -1;
-                if (r < t.r1) src = g.gather ? gemm_row_slot(g, r) / g.a_div : r;
-                src_p[j] = src >= 0 ? A + src * kbytes + ch * 16 : nullptr;
-            }
+            ar.tile(g, t, ct, kbytes);
             for (int kt = 0; kt < KT; kt++, it++) {
                 const int st = it % STAGES;
                 if (it >= STAGES) mbar_wait(empty0 + 8 * st, (uint32_t)(it / STAGES - 1) & 1);
                 if (ct == 0 && it >= early) load_B(t, kt, st);
-                const int64_t kb  = (int64_t)kt * 128;
-                const bool    kok = kb + ch * 16 < kbytes;
-#pragma unroll
-                for (int j = 0; j < BM / 16; j++) {
-                    const bool ok = kok && src_p[j] != nullptr;
-                    cp_async16(dst_o[j] + (uint32_t)st * BM * 128, ok ? src_p[j] + kb : A,
-                               ok ? 16 : 0);
-                }
+                ar.load(g, kt, st, kbytes);
                 cp_async_arrive_noinc(full0 + 8 * st);
             }
         }

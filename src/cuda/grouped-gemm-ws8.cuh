@@ -195,14 +195,8 @@ static __global__ void __launch_bounds__(WS_THREADS)
 
     if (producer) {
         ws_regs_dec();
-        const int   ct = threadIdx.x - NCONS, ch = ct & 7;
-        const char *A  = (const char *)g.a;
-        uint32_t    dst_o[BM / 16]; // this thread's chunk ch of rows ct / 8 + 16 j
-#pragma unroll
-        for (int j = 0; j < BM / 16; j++) {
-            const int r = (ct >> 3) + 16 * j;
-            dst_o[j]    = smem_u32(sA) + r * 128 + ((ch ^ (r & 7)) << 4);
-        }
+        const int     ct = threadIdx.x - NCONS;
+        ws_a_rows<BM> ar(sA, ct);
         /* the weight stage: 8 boxes of 32 rows; gated, consumer c's are the
          * gate then the up rows of outputs n0 + 64 c .. + 63 */
         auto load_B = [&](const ws_step &t, int kt, int st) {
@@ -228,22 +222,13 @@ static __global__ void __launch_bounds__(WS_THREADS)
         for (int i = 0; i < waves; i++) {
             ws_step t;
             if (!ws_step_at<false, BM>(g, i, n_m, outw, 0, t)) continue;
-            const char *src_p[BM / 16];
-#pragma unroll
-            for (int j = 0; j < BM / 16; j++) {
-                const int r   = t.r0 + (ct >> 3) + 16 * j;
-                int64_t   src = -1;
-                if (r < t.r1) src = g.gather ? gemm_row_slot(g, r) / g.a_div : r;
-                src_p[j] = src >= 0 ? A + src * g.K + ch * 16 : nullptr;
-            }
+            ar.tile(g, t, ct, g.K);
             /* this thread's scale copy: row ct's activation scales, or (ct =
              * BM + 2 c + h) the weight block of consumer c's half h */
             const float *sp = nullptr;
             if (ct < BM) {
                 const int r = t.r0 + ct;
-                if (r < t.r1)
-                    sp = g.a_scale +
-                         (int64_t)(g.gather ? gemm_row_slot(g, r) / g.a_div : r) * kblocks;
+                if (r < t.r1) sp = g.a_scale + ws_a_row(g, r) * kblocks;
             } else if (ct < SC) {
                 const int     c = (ct - BM) >> 1, h = (ct - BM) & 1;
                 const int64_t row =
@@ -254,14 +239,7 @@ static __global__ void __launch_bounds__(WS_THREADS)
                 const int st = it % STAGES;
                 if (it >= STAGES) mbar_wait(empty0 + 8 * st, (uint32_t)(it / STAGES - 1) & 1);
                 if (ct == 0 && it >= early) load_B(t, kt, st);
-                const int64_t kb  = (int64_t)kt * 128;
-                const bool    kok = kb + ch * 16 < g.K;
-#pragma unroll
-                for (int j = 0; j < BM / 16; j++) {
-                    const bool ok = kok && src_p[j] != nullptr;
-                    cp_async16(dst_o[j] + (uint32_t)st * BM * 128, ok ? src_p[j] + kb : A,
-                               ok ? 16 : 0);
-                }
+                ar.load(g, kt, st, g.K);
                 if (ct < SC)
                     cp_async4(smem_u32(sS + st * SC + ct), sp ? sp + kt : g.w_scale, sp ? 4 : 0);
                 cp_async_arrive_noinc(full0 + 8 * st);
