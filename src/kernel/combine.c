@@ -15,11 +15,12 @@ typedef struct combine_task_args {
     int64_t             tokens_per_task;
 } combine_task_args;
 
-/* o[k] += w * y[k] (w = 1: o[k] += y[k], the same bits), k < n, on separate
- * arrays. In blocks of 16 with restrict pointers, which -O2's vectorizer
- * takes (it leaves loops of unknown length scalar: a 1-token finalize of
- * qwen3-30b-a3b was ~6 us); each element gets the same operations as one at
- * a time (no FMA contraction in ISO C mode), so the same bits. */
+/* o[k] += w * y[k] (w = 1: o[k] += y[k], the same bits), k < n; o is the
+ * output, y a workspace or shared-experts row, never the same memory. In
+ * blocks of 16 with restrict pointers, which GCC's -O2 vectorizer takes (it
+ * leaves loops of unknown length scalar: one token's 8 rows of 2048 took 4.0
+ * us, now 0.6); each element gets the same operations as one at a time (no
+ * FMA contraction in ISO C mode), so the same bits. */
 static void add_scaled(float *restrict o, float w, const float *restrict y, int64_t n) {
     int64_t k = 0;
     for (; k + 16 <= n; k += 16)
