@@ -136,21 +136,25 @@ static __device__ __forceinline__ const float *ws_bias(const moe__gemm_args &g, 
     return FORM != WS_PLAIN && g.bias ? g.bias + (int64_t)e * g.N_w : nullptr;
 }
 
+/* v plus the bias value at i as the form adds it: always (WS_PLAIN_BIAS),
+ * 0 outside the matrix (WS_GENERAL with biases), or nothing. */
+template <int FORM>
+static __device__ __forceinline__ float ws_biased(float v, const float *bias, int64_t i,
+                                                  bool inside) {
+    if (FORM == WS_PLAIN_BIAS) return v + bias[i];
+    if (FORM == WS_GENERAL && bias) return v + (inside ? bias[i] : 0.0f);
+    return v;
+}
+
 /* The W2 output pair (acc + b2) * rw of column tile nt, row half h (tile
  * columns c, c + 1 with c = 8 nt + 2 (lane % 4)). */
 template <int FORM>
 static __device__ __forceinline__ float2 ws_w2_pair(const moe__gemm_args &g, const float (*acc)[4],
                                                     const float *bias, int64_t n0, int nt, int h,
                                                     float wgt, int lane) {
-    const int64_t c  = nt * 8 + (lane & 3) * 2;
-    float         v0 = acc[nt][2 * h], v1 = acc[nt][2 * h + 1];
-    if (FORM == WS_PLAIN_BIAS) {
-        v0 += bias[n0 + c];
-        v1 += bias[n0 + c + 1];
-    } else if (FORM == WS_GENERAL && bias) {
-        v0 += n0 + c < g.N_out ? bias[n0 + c] : 0.0f;
-        v1 += n0 + c + 1 < g.N_out ? bias[n0 + c + 1] : 0.0f;
-    }
+    const int64_t c  = n0 + nt * 8 + (lane & 3) * 2;
+    const float   v0 = ws_biased<FORM>(acc[nt][2 * h], bias, c, c < g.N_out);
+    const float   v1 = ws_biased<FORM>(acc[nt][2 * h + 1], bias, c + 1, c + 1 < g.N_out);
     return make_float2(v0 * wgt, v1 * wgt);
 }
 
@@ -269,17 +273,11 @@ static __device__ __forceinline__ void ws_store_w13(const moe__gemm_args &g, con
                     const int64_t gr = wrow(c + q);                          // gate row
                     const int64_t ur = GATED ? (gr >= 0 ? g.N_out + gr : -1) // up row
                                              : INTER ? (gr >= 0 ? gr + 1 : -1) : gr;
-                    float gv = acc[nt][2 * h + q] * sc[h];
-                    float uv = (GATED   ? acc[nt + 16][2 * h + q]
-                                : INTER ? acc[nt][2 * h + 1]
-                                        : acc[nt][2 * h + q]) * sc[h]; // (RELU2: unused)
-                    if (FORM == WS_PLAIN_BIAS) {
-                        gv += bias[gr];
-                        uv += bias[ur];
-                    } else if (FORM == WS_GENERAL && bias) {
-                        gv += gr >= 0 ? bias[gr] : 0.0f;
-                        uv += ur >= 0 ? bias[ur] : 0.0f;
-                    }
+                    const float gv = ws_biased<FORM>(acc[nt][2 * h + q] * sc[h], bias, gr, gr >= 0);
+                    const float uv = ws_biased<FORM>((GATED   ? acc[nt + 16][2 * h + q]
+                                                      : INTER ? acc[nt][2 * h + 1]
+                                                              : acc[nt][2 * h + q]) * sc[h],
+                                                     bias, ur, ur >= 0); // (RELU2: unused)
                     v[q] = act_apply(ACT, gv, uv, g.alpha, g.limit);
                 }
                 const int j = INTER ? c / 2 : c - p * 128; // output column in the pass
@@ -425,6 +423,25 @@ static __device__ __forceinline__ bool ws_step_at(const moe__gemm_args &g, int i
  * 16-byte chunk ch = ct % 8 of rows ct / 8 + 16 j of the BM-row stage
  * (W13 gathers them by token); kbytes: a row's bytes. Also the fp8 kernel's
  * (grouped-gemm-ws8.cuh). */
+/* A W2 producer's start: before the PDL wait (W13 may still run; the
+ * grouping W2 reads first is complete) its thread 0 issues the weight
+ * stages of the CTA's first tile by load_B(t, kt, stage); then the wait.
+ * Returns how many stages it issued (0 for W13, which waited at the start). */
+template <bool W13, bool PAIR, int BM, class LoadB>
+static __device__ __forceinline__ int ws_w2_start(const moe__gemm_args &g, int ct, int n_m,
+                                                  int outw, int rank, int stages, int KT,
+                                                  LoadB load_B) {
+    int early = 0;
+    if (!W13) {
+        ws_step t;
+        if (ct == 0 && ws_step_at<PAIR, BM>(g, 0, n_m, outw, rank, t))
+            for (; early < stages && early < KT; early++) load_B(t, early, early);
+        pdl_wait();
+        pdl_launch();
+    }
+    return early;
+}
+
 /* The A row of layout row r (below its tile's end): the token W13 gathers,
  * or r. */
 static __device__ __forceinline__ int64_t ws_a_row(const moe__gemm_args &g, int r) {
@@ -535,14 +552,7 @@ static __global__ void __launch_bounds__(WS_THREADS)
                                 t.e);
             }
         };
-        int early = 0; // W2: weight stages of the first tile issued before the wait
-        if (!W13) {
-            ws_step t;
-            if (ct == 0 && ws_step_at<PAIR>(g, 0, n_m, outw, rank, t))
-                for (; early < STAGES && early < KT; early++) load_B(t, early, early);
-            pdl_wait();
-            pdl_launch();
-        }
+        const int early = ws_w2_start<W13, PAIR, BM>(g, ct, n_m, outw, rank, STAGES, KT, load_B);
         int it = 0; // stages filled so far, over all tiles
         for (int i = 0; i < waves; i++) {
             ws_step t;

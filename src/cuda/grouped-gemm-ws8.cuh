@@ -210,14 +210,7 @@ static __global__ void __launch_bounds__(WS_THREADS)
                 tma_load_4d(dst + b * TMA_BOX_ROWS * 128, &g.w_map, bar, kt * 128, r, h, t.e);
             }
         };
-        int early = 0; // W2: weight stages of the first tile issued before the wait
-        if (!W13) {
-            ws_step t;
-            if (ct == 0 && ws_step_at<false, BM>(g, 0, n_m, outw, 0, t))
-                for (; early < STAGES && early < KT; early++) load_B(t, early, early);
-            pdl_wait();
-            pdl_launch();
-        }
+        const int early = ws_w2_start<W13, false, BM>(g, ct, n_m, outw, 0, STAGES, KT, load_B);
         int it = 0; // stages filled so far, over all tiles
         for (int i = 0; i < waves; i++) {
             ws_step t;
