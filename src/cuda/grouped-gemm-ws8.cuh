@@ -77,16 +77,19 @@ static __device__ __forceinline__ void ws8_store_w13(const moe__gemm_args &g,
     constexpr bool INTER = ACT == MOE_ACT_SWIGLU_OAI;
     const float   *bias  = g.bias ? g.bias + (int64_t)t.e * g.N_w : nullptr;
     const int64_t  j0    = t.n0 + 64 * c; // the consumer's first output column
-    float          v[2][16], amax[2] = { 0.0f, 0.0f };
+    /* a thread's value i (of 16 per row) is output column out_col(i) of the
+     * consumer: INTER, column tile i holds the pair (gate, up) of output
+     * 4 i + lane % 4; gated, tile i / 2's value i % 2, its up value 8 tiles on */
+    auto out_col = [&](int i) {
+        return INTER ? 4 * i + (lane & 3) : 8 * (i / 2) + 2 * (lane & 3) + i % 2;
+    };
+    float v[2][16], amax[2] = { 0.0f, 0.0f };
 #pragma unroll
     for (int h = 0; h < 2; h++)
 #pragma unroll
         for (int i = 0; i < 16; i++) {
-            /* INTER: column tile i holds the pair (gate, up) of output
-             * 4 i + lane % 4; gated: tile i / 2's q = i % 2 value, with its
-             * up value 8 tiles on */
             const int     nt = INTER ? i : i / 2, q = INTER ? 0 : i % 2;
-            const int     j  = INTER ? 4 * nt + (lane & 3) : 8 * nt + 2 * (lane & 3) + q;
+            const int     j  = out_col(i);
             const int64_t gr = INTER ? 2 * (j0 + j) : j0 + j;
             const int64_t ur = INTER ? gr + 1 : g.N_out + gr;
             float gv = acc[nt][2 * h + q] * rows.f[h];
@@ -116,8 +119,7 @@ static __device__ __forceinline__ void ws8_store_w13(const moe__gemm_args &g,
         uint8_t *d = so + ((lane >> 2) + 8 * h) * 64;
 #pragma unroll
         for (int i = 0; i < 16; i++) {
-            const int j = INTER ? 4 * i + (lane & 3) : 8 * (i / 2) + 2 * (lane & 3) + i % 2;
-            d[j] = __nv_cvt_float_to_fp8(v[h][i] / scale[h], __NV_SATFINITE, __NV_E4M3);
+            d[out_col(i)] = __nv_cvt_float_to_fp8(v[h][i] / scale[h], __NV_SATFINITE, __NV_E4M3);
         }
     }
     __syncwarp();
