@@ -198,8 +198,10 @@ static void make_weights(test_rng *rng, moe_format f, int32_t E, int64_t rows, i
 static size_t io_size(moe_format f) { return f == MOE_FORMAT_F32 ? 4 : 2; }
 
 /* Runs one case on CUDA and REF; returns false (after reporting) on failure.
- * With graph, also captures the forward and checks replays bit for bit. */
-static void layer_check(const lcase *c, uint64_t seed, bool graph) {
+ * With graph, also captures the forward and checks replays bit for bit.
+ * grouped: DeepSeek-V3's routing (8 groups, 4 kept, a correction bias,
+ * weights scaled by 2.5). */
+static void layer_check_routing(const lcase *c, uint64_t seed, bool graph, bool grouped) {
     test_rng rng = { seed };
     char err[512];
     const int64_t T = c->T, H = c->H, I = c->I;
@@ -259,13 +261,24 @@ static void layer_check(const lcase *c, uint64_t seed, bool graph) {
                               .renormalize = 1, .d_model = c->use_gate_logits ? H : 0,
                               .gate_weight = rgate };
     if (c->scoring == MOE_SCORING_LLAMA4) ro.renormalize = 0;
+    float *cbias = NULL;
+    if (grouped) {
+        cbias = malloc((size_t)E * sizeof(float));
+        test_fill_normal(&rng, cbias, (size_t)E, 0.5f);
+        ro.n_group = 8;
+        ro.topk_group = 4;
+        ro.correction_bias = cbias;
+        ro.routed_scaling_factor = 2.5f;
+    }
     moe_experts_options eo = {
         .n_experts = n_local, .d_model = H, .d_ff = I, .format = c->wfmt, .activation = c->act,
         .w13 = { .data = w13, .scales = s13, .bias = b13 },
         .w2 = { .data = w2, .scales = s2, .bias = b2 },
         .n_experts_global = c->remote ? E : 0, .expert_map = map,
     };
-    REQUIRE(moe_router_create(&ro, &r, err, sizeof err) == MOE_OK, "%s", err);
+    const moe_status rs = moe_router_create(&ro, &r, err, sizeof err);
+    free(cbias); /* copied by the router */
+    REQUIRE(rs == MOE_OK, "%s", err);
     if (moe_routed_experts_create(&eo, &ex, err, sizeof err)) {
         test_fail(__FILE__, __LINE__, "experts: %s", err);
         goto done;
@@ -415,6 +428,10 @@ done:
     free(ref32); free(gpu32);
 }
 
+static void layer_check(const lcase *c, uint64_t seed, bool graph) {
+    layer_check_routing(c, seed, graph, false);
+}
+
 TEST(cuda_layer_bf16_shape_grid) {
     if (!have_device()) TEST_SKIP("no CUDA device");
     static const lcase cases[] = {
@@ -539,6 +556,30 @@ TEST(cuda_layer_fp8_block) {
     };
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++)
         layer_check(&cases[i], 500 + i, i == 5);
+}
+
+/* One token: the decode prologue's one-warp routing and grouping, then the
+ * decode tiles. Every router variant (DeepSeek-V3's grouped routing too),
+ * experts held elsewhere (fewer tiles than slots), Llama-4's input scale,
+ * shared experts before and overlapped, both formats, graph replays. */
+TEST(cuda_layer_one_token) {
+    if (!have_device()) TEST_SKIP("no CUDA device");
+    static const lcase cases[] = {
+        { 1, 512, 256, 128, 8, BF16, BF16, MOE_ACT_SILU, 0, 0, 0, 0, 0, 0, 0 },
+        { 1, 512, 256, 64, 8, FP8, BF16, MOE_ACT_SILU, MOE_SCORING_SIGMOID, 0, 0, 256, 0, 0,
+          MOE_SHARED_OVERLAPPED },
+        { 1, 256, 128, 64, 8, BF16, F32, MOE_ACT_SILU, MOE_SCORING_SIGMOID, 0, 1, 0, 0, 0, 0 },
+        { 1, 256, 128, 24, 6, FP8, F32, MOE_ACT_SILU, MOE_SCORING_SOFTMAX_TOPK, 0, 1, 0, 0, 0,
+          0 },
+        { 1, 256, 192, 32, 4, BF16, F32, MOE_ACT_SWIGLU_OAI, MOE_SCORING_SOFTMAX_TOPK, 1, 0, 0,
+          0, 0, 0 },
+        { 1, 512, 256, 16, 1, BF16, BF16, MOE_ACT_SILU, MOE_SCORING_LLAMA4, 0, 0, 256, 0, 0,
+          MOE_SHARED_BEFORE },
+        { 1, 512, 256, 16, 1, FP8, BF16, MOE_ACT_SILU, MOE_SCORING_LLAMA4, 0, 0, 0, 0, 0, 0 },
+        { 1, 256, 128, 8, 2, BF16, F32, MOE_ACT_GELU, 0, 0, 0, 0, 0, 1, 0 },
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++)
+        layer_check_routing(&cases[i], 700 + i, true, i == 1 || i == 2);
 }
 
 TEST(cuda_graph_replay_bitwise) {
