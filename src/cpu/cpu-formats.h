@@ -248,6 +248,19 @@ static inline int64_t moe__cpu_stream_row(int64_t r0, int64_t seg, int64_t t) {
     return r0 + (t % s) * seg + t / s;
 }
 
+/* The plan's rows (moe__cpu_stream_row) below r1 two at a time, for the
+ * kernels that run two weight rows against one activation row: *ra, and
+ * *rb (r1 when the rows ran out); false when none is left. Usage: for
+ * (int64_t t = 0, ra, rb; moe__cpu_stream_pair(r0, r1, seg, &t, &ra, &rb);). */
+static inline bool moe__cpu_stream_pair(int64_t r0, int64_t r1, int64_t seg, int64_t *t,
+                                        int64_t *ra, int64_t *rb) {
+    const int64_t steps = seg * moe__cpu_plan.streams;
+    *ra = *rb = r1;
+    while (*t < steps && *ra >= r1) *ra = moe__cpu_stream_row(r0, seg, (*t)++);
+    while (*t < steps && *rb >= r1) *rb = moe__cpu_stream_row(r0, seg, (*t)++);
+    return *ra < r1;
+}
+
 /* sum_k a[k] * b[k] in fp32 with the same fixed order as the F32 gemm (so a
  * value does not depend on where it is computed). Used for the shared
  * experts' gate. */

@@ -156,29 +156,44 @@ static const _Alignas(64) int8_t q4k_ctl[2][64] = {
 #undef Q4K_LANE
 #undef Q4K_E
 
-/* NP activation rows (at xr, xq_stride apart) against weight row blk. */
-static inline __attribute__((always_inline)) void q4k_rows(const moe_block_q4_k *blk, int64_t nb,
-                                                           int64_t K, const char *xr,
-                                                           size_t xq_stride, float *y,
+/* NW weight rows (w0, and w1 when NW = 2) against NP activation rows (at
+ * xr, xq_stride apart): y0[i * y_stride] (and y1[...]). Two weight rows
+ * share each activation block's loads: at one activation row the steps per
+ * weight row weigh on short rows (K = 768: 3 blocks). */
+static inline __attribute__((always_inline)) void q4k_rows(const moe_block_q4_k *w0,
+                                                           const moe_block_q4_k *w1, int NW,
+                                                           int64_t nb, int64_t K, const char *xr,
+                                                           size_t xq_stride, float *y0, float *y1,
                                                            int64_t y_stride, int NP) {
     const __m512i c01 = _mm512_load_si512(q4k_ctl[0]), c23 = _mm512_load_si512(q4k_ctl[1]);
-    __m512 acc[8];
+    const moe_block_q4_k *blk[2] = { w0, w1 };
+    float *y[2] = { y0, y1 };
+    __m512 acc[2][8];
+#pragma GCC unroll 2
+    for (int w = 0; w < NW; w++)
 #pragma GCC unroll 8
-    for (int i = 0; i < NP; i++) acc[i] = _mm512_setzero_ps();
+        for (int i = 0; i < NP; i++) acc[w][i] = _mm512_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
-        moe__cpu_prefetch(&blk[b], sizeof blk[b]);
-        q4k_wb o;
-        q4k_decode(&blk[b], c01, c23, &o);
+        q4k_wb o[2];
+#pragma GCC unroll 2
+        for (int w = 0; w < NW; w++) {
+            moe__cpu_prefetch(&blk[w][b], sizeof blk[w][b]);
+            q4k_decode(&blk[w][b], c01, c23, &o[w]);
+        }
 #pragma GCC unroll 8
         for (int i = 0; i < NP; i++) {
             const int8_t  *qa = (const int8_t *)(xr + (size_t)i * xq_stride);
             const float   *dx = (const float *)(qa + K);
             const int32_t *bs = (const int32_t *)(dx + nb);
-            acc[i] = q4k_block(&o, qa + b * 256, bs + 8 * b, dx + b, acc[i]);
+#pragma GCC unroll 2
+            for (int w = 0; w < NW; w++)
+                acc[w][i] = q4k_block(&o[w], qa + b * 256, bs + 8 * b, dx + b, acc[w][i]);
         }
     }
+#pragma GCC unroll 2
+    for (int w = 0; w < NW; w++)
 #pragma GCC unroll 8
-    for (int i = 0; i < NP; i++) y[i * y_stride] = _mm512_reduce_add_ps(acc[i]);
+        for (int i = 0; i < NP; i++) y[w][i * y_stride] = _mm512_reduce_add_ps(acc[w][i]);
 }
 #endif
 
@@ -188,6 +203,19 @@ static void gemm_q4k(const moe__wmat *w, int64_t r0, int64_t r1, const void *xq,
     const size_t  row_bytes = (size_t)nb * sizeof(moe_block_q4_k);
     const int64_t seg = moe__cpu_stream_seg(r0, r1);
 #if Q4K_AVX512
+    if (n_x == 1) { /* weight rows in pairs */
+        for (int64_t t = 0, ra, rb; moe__cpu_stream_pair(r0, r1, seg, &t, &ra, &rb);) {
+            const moe_block_q4_k *wa =
+                (const moe_block_q4_k *)((const char *)w->data + (size_t)ra * row_bytes);
+            const moe_block_q4_k *wb =
+                (const moe_block_q4_k *)((const char *)w->data + (size_t)rb * row_bytes);
+            if (rb < r1)
+                q4k_rows(wa, wb, 2, nb, K, xq, 0, y + (ra - r0), y + (rb - r0), 0, 1);
+            else
+                q4k_rows(wa, NULL, 1, nb, K, xq, 0, y + (ra - r0), NULL, 0, 1);
+        }
+        return;
+    }
     /* Chunks of activation rows outermost (MOE_CPU_X_CHUNK). Within a chunk,
      * each weight row meets its rows in passes of 8, 4, 2 and 1, all
      * accumulators in registers (q4k_rows); per output the operations are
@@ -204,10 +232,14 @@ static void gemm_q4k(const moe__wmat *w, int64_t r0, int64_t r1, const void *xq,
                 const int     np   = left >= 8 ? 8 : left >= 4 ? 4 : left >= 2 ? 2 : 1;
                 const char   *xr   = (const char *)xq + (size_t)i * xq_stride;
                 float        *yr   = y + i * y_stride + (r - r0);
-                if (np == 8)      q4k_rows(blk, nb, K, xr, xq_stride, yr, y_stride, 8);
-                else if (np == 4) q4k_rows(blk, nb, K, xr, xq_stride, yr, y_stride, 4);
-                else if (np == 2) q4k_rows(blk, nb, K, xr, xq_stride, yr, y_stride, 2);
-                else              q4k_rows(blk, nb, K, xr, xq_stride, yr, y_stride, 1);
+                if (np == 8)
+                    q4k_rows(blk, NULL, 1, nb, K, xr, xq_stride, yr, NULL, y_stride, 8);
+                else if (np == 4)
+                    q4k_rows(blk, NULL, 1, nb, K, xr, xq_stride, yr, NULL, y_stride, 4);
+                else if (np == 2)
+                    q4k_rows(blk, NULL, 1, nb, K, xr, xq_stride, yr, NULL, y_stride, 2);
+                else
+                    q4k_rows(blk, NULL, 1, nb, K, xr, xq_stride, yr, NULL, y_stride, 1);
                 i += np;
             }
         }

@@ -113,44 +113,74 @@ static inline __attribute__((always_inline)) void q6k_decode(const moe_block_q6_
     o->d    = _mm512_set1_ps(_cvtsh_ss(b->d));
 }
 
-/* NP activation rows (q8.h layout, at xr, xq_stride apart) against weight
- * row blk (nb blocks); writes y[i * y_stride]. */
-static inline __attribute__((always_inline)) void q6k_rows(const moe_block_q6_k *blk, int64_t nb,
-                                                           int64_t K, const char *xr,
-                                                           size_t xq_stride, float *y,
+/* acc + the decoded block o against block b of activation row a. */
+static inline __attribute__((always_inline)) __m512 q6k_block(const q6k_wb *o, const q8_act *a,
+                                                              int64_t b, __m512 acc) {
+    const int8_t  *qa = a->qa + 256 * b;
+    const __m512i  z  = _mm512_setzero_si512();
+    const __m512i  d0 = _mm512_dpbusd_epi32(z, o->u[0], _mm512_loadu_si512(qa));
+    const __m512i  d1 = _mm512_dpbusd_epi32(z, o->u[1], _mm512_loadu_si512(qa + 64));
+    const __m512i  d2 = _mm512_dpbusd_epi32(z, o->u[2], _mm512_loadu_si512(qa + 128));
+    const __m512i  d3 = _mm512_dpbusd_epi32(z, o->u[3], _mm512_loadu_si512(qa + 192));
+    const __m512i  is = _mm512_add_epi32(_mm512_madd_epi16(_mm512_packs_epi32(d0, d1), o->s01),
+                                         _mm512_madd_epi16(_mm512_packs_epi32(d2, d3), o->s23));
+    const __m512i  ms = _mm512_madd_epi16(_mm512_loadu_si512(a->as + 16 * b), o->sc32);
+    const __m512i  t  = _mm512_sub_epi32(is, _mm512_slli_epi32(ms, 5));
+    return _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(t), o->d),
+                           _mm512_set1_ps(a->ad[16 * b]), acc);
+}
+
+/* NW weight rows (w0, and w1 when NW = 2; nb blocks each) against NP
+ * activation rows (q8.h layout, at xr, xq_stride apart): y0[i * y_stride]
+ * (and y1[...]). Two weight rows share each activation block's loads, as in
+ * gemv-q4k.c. */
+static inline __attribute__((always_inline)) void q6k_rows(const moe_block_q6_k *w0,
+                                                           const moe_block_q6_k *w1, int NW,
+                                                           int64_t nb, int64_t K, const char *xr,
+                                                           size_t xq_stride, float *y0, float *y1,
                                                            int64_t y_stride, int NP) {
-    __m512 acc[4];
+    const moe_block_q6_k *blk[2] = { w0, w1 };
+    float *y[2] = { y0, y1 };
+    __m512 acc[2][4];
+#pragma GCC unroll 2
+    for (int w = 0; w < NW; w++)
 #pragma GCC unroll 4
-    for (int i = 0; i < NP; i++) acc[i] = _mm512_setzero_ps();
+        for (int i = 0; i < NP; i++) acc[w][i] = _mm512_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
-        moe__cpu_prefetch(&blk[b], sizeof blk[b]);
-        q6k_wb o;
-        q6k_decode(&blk[b], &o);
+        q6k_wb o[2];
+#pragma GCC unroll 2
+        for (int w = 0; w < NW; w++) {
+            moe__cpu_prefetch(&blk[w][b], sizeof blk[w][b]);
+            q6k_decode(&blk[w][b], &o[w]);
+        }
 #pragma GCC unroll 4
         for (int i = 0; i < NP; i++) {
-            const q8_act   a  = q8_act_view(xr + (size_t)i * xq_stride, K);
-            const int8_t  *qa = a.qa + 256 * b;
-            const __m512i  z  = _mm512_setzero_si512();
-            const __m512i  d0 = _mm512_dpbusd_epi32(z, o.u[0], _mm512_loadu_si512(qa));
-            const __m512i  d1 = _mm512_dpbusd_epi32(z, o.u[1], _mm512_loadu_si512(qa + 64));
-            const __m512i  d2 = _mm512_dpbusd_epi32(z, o.u[2], _mm512_loadu_si512(qa + 128));
-            const __m512i  d3 = _mm512_dpbusd_epi32(z, o.u[3], _mm512_loadu_si512(qa + 192));
-            const __m512i  is = _mm512_add_epi32(_mm512_madd_epi16(_mm512_packs_epi32(d0, d1), o.s01),
-                                                 _mm512_madd_epi16(_mm512_packs_epi32(d2, d3), o.s23));
-            const __m512i  ms = _mm512_madd_epi16(_mm512_loadu_si512(a.as + 16 * b), o.sc32);
-            const __m512i  t  = _mm512_sub_epi32(is, _mm512_slli_epi32(ms, 5));
-            acc[i] = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(t), o.d),
-                                     _mm512_set1_ps(a.ad[16 * b]), acc[i]);
+            const q8_act a = q8_act_view(xr + (size_t)i * xq_stride, K);
+#pragma GCC unroll 2
+            for (int w = 0; w < NW; w++) acc[w][i] = q6k_block(&o[w], &a, b, acc[w][i]);
         }
     }
+#pragma GCC unroll 2
+    for (int w = 0; w < NW; w++)
 #pragma GCC unroll 4
-    for (int i = 0; i < NP; i++) y[i * y_stride] = _mm512_reduce_add_ps(acc[i]);
+        for (int i = 0; i < NP; i++) y[w][i * y_stride] = _mm512_reduce_add_ps(acc[w][i]);
 }
 
 static void gemm_q6_k(const moe__wmat *w, int64_t r0, int64_t r1, const void *xq, size_t xq_stride,
                       int64_t n_x, float *y, int64_t y_stride) {
     const int64_t K = w->cols, nb = K / MOE_QK_K;
     const int64_t seg = moe__cpu_stream_seg(r0, r1);
+    const moe_block_q6_k *rows = (const moe_block_q6_k *)w->data; // (rows, nb)
+    if (n_x == 1) { /* weight rows in pairs */
+        for (int64_t t = 0, ra, rb; moe__cpu_stream_pair(r0, r1, seg, &t, &ra, &rb);) {
+            if (rb < r1)
+                q6k_rows(rows + ra * nb, rows + rb * nb, 2, nb, K, xq, 0, y + (ra - r0),
+                         y + (rb - r0), 0, 1);
+            else
+                q6k_rows(rows + ra * nb, NULL, 1, nb, K, xq, 0, y + (ra - r0), NULL, 0, 1);
+        }
+        return;
+    }
     /* Chunks of activation rows outermost (MOE_CPU_X_CHUNK), in passes of
      * up to 4 rows each. */
     for (int64_t c = 0; c < n_x; c += MOE_CPU_X_CHUNK) {
@@ -158,15 +188,18 @@ static void gemm_q6_k(const moe__wmat *w, int64_t r0, int64_t r1, const void *xq
         for (int64_t step = 0; step < seg * moe__cpu_plan.streams; step++) {
             const int64_t r = moe__cpu_stream_row(r0, seg, step);
             if (r >= r1) continue;
-            const moe_block_q6_k *blk = (const moe_block_q6_k *)w->data + r * nb; // (nb)
+            const moe_block_q6_k *blk = rows + r * nb; // (nb)
             for (int64_t i = c; i < c1;) {
                 const int64_t left = c1 - i;
                 const int     np   = left >= 4 ? 4 : left >= 2 ? 2 : 1;
                 const char   *xr   = (const char *)xq + (size_t)i * xq_stride;
                 float        *yr   = y + i * y_stride + (r - r0);
-                if (np == 4)      q6k_rows(blk, nb, K, xr, xq_stride, yr, y_stride, 4);
-                else if (np == 2) q6k_rows(blk, nb, K, xr, xq_stride, yr, y_stride, 2);
-                else              q6k_rows(blk, nb, K, xr, xq_stride, yr, y_stride, 1);
+                if (np == 4)
+                    q6k_rows(blk, NULL, 1, nb, K, xr, xq_stride, yr, NULL, y_stride, 4);
+                else if (np == 2)
+                    q6k_rows(blk, NULL, 1, nb, K, xr, xq_stride, yr, NULL, y_stride, 2);
+                else
+                    q6k_rows(blk, NULL, 1, nb, K, xr, xq_stride, yr, NULL, y_stride, 1);
                 i += np;
             }
         }
