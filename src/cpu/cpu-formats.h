@@ -176,6 +176,25 @@ static inline __m512 moe__cpu_dp_bf16(__m512 acc, __m512i w, __m512i x) {
                            _mm512_castsi512_ps(_mm512_slli_epi32(x, 16)), acc);
 #endif
 }
+
+#if defined(__AVX512BW__) && defined(__AVX512VNNI__)
+/* One 256-value block of the K-quants (gemv-q4k.c, gemv-q6k.c): unsigned
+ * codes u[0..3] (64 each, in the order the activation row is stored) times
+ * the int8 activations qa, each product sum of 4 (vpdpbusd; at most 4 * 63 *
+ * 127, so int16 holds it) packed to int16 and multiplied by the int16 scales
+ * s01 / s23 laid out as that packing leaves the sums (vpmaddwd). Exact in
+ * int32. */
+static inline __m512i moe__cpu_kquant_isum(const __m512i u[4], __m512i s01, __m512i s23,
+                                           const int8_t *qa) {
+    const __m512i z  = _mm512_setzero_si512();
+    const __m512i d0 = _mm512_dpbusd_epi32(z, u[0], _mm512_loadu_si512(qa));
+    const __m512i d1 = _mm512_dpbusd_epi32(z, u[1], _mm512_loadu_si512(qa + 64));
+    const __m512i d2 = _mm512_dpbusd_epi32(z, u[2], _mm512_loadu_si512(qa + 128));
+    const __m512i d3 = _mm512_dpbusd_epi32(z, u[3], _mm512_loadu_si512(qa + 192));
+    return _mm512_add_epi32(_mm512_madd_epi16(_mm512_packs_epi32(d0, d1), s01),
+                            _mm512_madd_epi16(_mm512_packs_epi32(d2, d3), s23));
+}
+#endif
 #endif
 
 /* How a core streams weight rows from memory, picked once per process for

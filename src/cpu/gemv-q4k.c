@@ -129,13 +129,7 @@ static inline __attribute__((always_inline)) void q4k_decode(const moe_block_q4_
 static inline __attribute__((always_inline)) __m512 q4k_block(const q4k_wb *o, const int8_t *a,
                                                               const int32_t *bs, const float *dx,
                                                               __m512 acc) {
-    const __m512i z  = _mm512_setzero_si512();
-    const __m512i d0 = _mm512_dpbusd_epi32(z, o->w[0], _mm512_loadu_si512(a));
-    const __m512i d1 = _mm512_dpbusd_epi32(z, o->w[1], _mm512_loadu_si512(a + 64));
-    const __m512i d2 = _mm512_dpbusd_epi32(z, o->w[2], _mm512_loadu_si512(a + 128));
-    const __m512i d3 = _mm512_dpbusd_epi32(z, o->w[3], _mm512_loadu_si512(a + 192));
-    const __m512i is = _mm512_add_epi32(_mm512_madd_epi16(_mm512_packs_epi32(d0, d1), o->s01),
-                                        _mm512_madd_epi16(_mm512_packs_epi32(d2, d3), o->s23));
+    const __m512i is = moe__cpu_kquant_isum(o->w, o->s01, o->s23, a);
     const __m256i mi = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)bs), o->m32);
     const __m512  t  = _mm512_fnmadd_ps(_mm512_zextps256_ps512(_mm256_cvtepi32_ps(mi)), o->dmin,
                                         _mm512_mul_ps(_mm512_cvtepi32_ps(is), o->d));

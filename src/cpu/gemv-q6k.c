@@ -116,16 +116,9 @@ static inline __attribute__((always_inline)) void q6k_decode(const moe_block_q6_
 /* acc + the decoded block o against block b of activation row a. */
 static inline __attribute__((always_inline)) __m512 q6k_block(const q6k_wb *o, const q8_act *a,
                                                               int64_t b, __m512 acc) {
-    const int8_t  *qa = a->qa + 256 * b;
-    const __m512i  z  = _mm512_setzero_si512();
-    const __m512i  d0 = _mm512_dpbusd_epi32(z, o->u[0], _mm512_loadu_si512(qa));
-    const __m512i  d1 = _mm512_dpbusd_epi32(z, o->u[1], _mm512_loadu_si512(qa + 64));
-    const __m512i  d2 = _mm512_dpbusd_epi32(z, o->u[2], _mm512_loadu_si512(qa + 128));
-    const __m512i  d3 = _mm512_dpbusd_epi32(z, o->u[3], _mm512_loadu_si512(qa + 192));
-    const __m512i  is = _mm512_add_epi32(_mm512_madd_epi16(_mm512_packs_epi32(d0, d1), o->s01),
-                                         _mm512_madd_epi16(_mm512_packs_epi32(d2, d3), o->s23));
-    const __m512i  ms = _mm512_madd_epi16(_mm512_loadu_si512(a->as + 16 * b), o->sc32);
-    const __m512i  t  = _mm512_sub_epi32(is, _mm512_slli_epi32(ms, 5));
+    const __m512i is = moe__cpu_kquant_isum(o->u, o->s01, o->s23, a->qa + 256 * b);
+    const __m512i ms = _mm512_madd_epi16(_mm512_loadu_si512(a->as + 16 * b), o->sc32);
+    const __m512i t  = _mm512_sub_epi32(is, _mm512_slli_epi32(ms, 5));
     return _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(t), o->d),
                            _mm512_set1_ps(a->ad[16 * b]), acc);
 }
