@@ -180,73 +180,105 @@ static inline void unit_scales(const moe__wmat *w, int64_t r, int64_t k0, int64_
 }
 
 #if FP4_AVX512
-/* One 128-value unit of weight codes (at qu) against NP activation rows
- * (k0: the unit's K offset), times the unit's lane scales s, into acc. */
+/* One 128-value unit of weight codes of NW weight rows (at qu[w]) against
+ * NP activation rows (k0: the unit's K offset), times each row's lane
+ * scales s[w], into acc[w]. Two weight rows share the activation loads. */
 static inline __attribute__((always_inline)) void fp4_unit(
-    __m512i t, const uint8_t *qu, __m512 s, int64_t k0, const char *xr, size_t xq_stride,
-    __m512 *acc, int NP) {
-    __m512bh wv[4];
-    decode_unit(t, qu, wv);
+    __m512i t, const uint8_t *const qu[2], const __m512 s[2], int NW, int64_t k0,
+    const char *xr, size_t xq_stride, __m512 (*acc)[4], int NP) {
+    __m512bh wv[2][4];
+#pragma GCC unroll 2
+    for (int w = 0; w < NW; w++) decode_unit(t, qu[w], wv[w]);
 #pragma GCC unroll 4
     for (int i = 0; i < NP; i++) {
         const uint16_t *x = (const uint16_t *)(xr + (size_t)i * xq_stride) + k0;
-        __m512 d = dp(_mm512_setzero_ps(), wv[0], x);
-        d = dp(d, wv[1], x + 32);
-        d = dp(d, wv[2], x + 64);
-        d = dp(d, wv[3], x + 96);
-        acc[i] = _mm512_fmadd_ps(d, s, acc[i]);
+#pragma GCC unroll 2
+        for (int w = 0; w < NW; w++) {
+            __m512 d = dp(_mm512_setzero_ps(), wv[w][0], x);
+            d = dp(d, wv[w][1], x + 32);
+            d = dp(d, wv[w][2], x + 64);
+            d = dp(d, wv[w][3], x + 96);
+            acc[w][i] = _mm512_fmadd_ps(d, s[w], acc[w][i]);
+        }
     }
 }
 
-/* NP activation rows (at xr, xq_stride apart) against weight row q:
- * writes y[i * y_stride]. The block scales of FP4_UPL units (MXFP4 8,
- * NVFP4 16) are loaded at once; per unit one permute spreads them over the
- * lanes of its dot products (ix[u % FP4_UPL]). Whole groups of such units
- * run unrolled (constant permute indices, one scale load and one prefetch
- * per group, no tail test: the per-unit bookkeeping was a third of the
- * loop); the rest of the row, unit by unit, in the same order. MXFP4 took
- * 4 units a load before: qwen3-30b-a3b's W2 rows (768 values) then ran
- * two units of their six through that slower rest (Zen 5, one core from
- * memory: 28 GB/s, now 32.5, as NVFP4). */
+/* The lane scales of FP4_UPL units from block b0 on (n blocks), of one row. */
+static inline __m512 fp4_scales(const moe__wmat *w, bool mx, const uint8_t *sc, int64_t b0,
+                                int n) {
+    return mx ? mx_scales16(sc + b0, n) : nv_scales16(sc + b0, n, w->scale2);
+}
+
+/* NW weight rows (codes q0 / q1, block scales sc0 / sc1; NW = 2 only with
+ * NP = 1) against NP activation rows (at xr, xq_stride apart): writes
+ * y0[i * y_stride] (and y1[...]). The block scales of FP4_UPL units (MXFP4
+ * 8, NVFP4 16) are loaded at once; per unit one permute spreads them over
+ * the lanes of its dot products (ix[u % FP4_UPL]). Whole groups of such
+ * units run unrolled (constant permute indices, one scale load and one
+ * prefetch per group, no tail test: the per-unit bookkeeping was a third
+ * of the loop); the rest of the row, unit by unit, in the same order. MXFP4
+ * took 4 units a load before: qwen3-30b-a3b's W2 rows (768 values) then
+ * ran two units of their six through that slower rest (Zen 5, one core
+ * from memory: 28 GB/s, now 32.5, as NVFP4). Two weight rows share each
+ * activation load (as gemv-q4k.c). */
 static inline __attribute__((always_inline)) void fp4_rows(
-    const moe__wmat *w, bool mx, __m512i t, const __m512i *ix, const uint8_t *q,
-    const uint8_t *sc, int64_t K, const char *xr, size_t xq_stride, float *y, int64_t y_stride,
-    int NP) {
+    const moe__wmat *w, bool mx, __m512i t, const __m512i *ix, const uint8_t *q0,
+    const uint8_t *sc0, const uint8_t *q1, const uint8_t *sc1, int NW, int64_t K,
+    const char *xr, size_t xq_stride, float *y0, float *y1, int64_t y_stride, int NP) {
     const int64_t kp = kp128(K), bs = mx ? MOE_QK_MXFP4 : MOE_QK_NVFP4, nbk = K / bs;
     const int64_t gk = FP4_U * FP4_UPL, kg = K / gk * gk; /* values per group; grouped part */
     const int     spl = (int)(gk / bs);                      /* scales per load            */
-    __m512        acc[4]; /* the loops over NP are unrolled so that these stay in
-                           * registers: rolled, they went to the stack, a store-
-                           * to-load round trip per unit and row */
+    const uint8_t *q[2] = { q0, q1 }, *sc[2] = { sc0, sc1 };
+    float         *y[2] = { y0, y1 };
+    __m512         acc[2][4]; /* the loops over NW and NP are unrolled so that these
+                               * stay in registers: rolled, they went to the stack, a
+                               * store-to-load round trip per unit and row */
+#pragma GCC unroll 2
+    for (int r = 0; r < NW; r++)
 #pragma GCC unroll 4
-    for (int i = 0; i < NP; i++) acc[i] = _mm512_setzero_ps();
+        for (int i = 0; i < NP; i++) acc[r][i] = _mm512_setzero_ps();
+    __m512 sv[2];
     for (int64_t k0 = 0; k0 < kg; k0 += gk) {
-        const __m512 sv = mx ? mx_scales16(sc + k0 / bs, spl)
-                             : nv_scales16(sc + k0 / bs, spl, w->scale2);
-        moe__cpu_prefetch(q + k0 / 2, (size_t)gk / 2);
+#pragma GCC unroll 2
+        for (int r = 0; r < NW; r++) {
+            sv[r] = fp4_scales(w, mx, sc[r], k0 / bs, spl);
+            moe__cpu_prefetch(q[r] + k0 / 2, (size_t)gk / 2);
+        }
 #pragma GCC unroll 4
-        for (int u = 0; u < FP4_UPL; u++)
-            fp4_unit(t, q + (k0 + u * FP4_U) / 2, _mm512_permutexvar_ps(ix[u], sv),
-                     k0 + u * FP4_U, xr, xq_stride, acc, NP);
+        for (int u = 0; u < FP4_UPL; u++) {
+            const uint8_t *qu[2] = { q[0] + (k0 + u * FP4_U) / 2,
+                                     NW > 1 ? q[1] + (k0 + u * FP4_U) / 2 : NULL };
+            const __m512   su[2] = { _mm512_permutexvar_ps(ix[u], sv[0]),
+                                     NW > 1 ? _mm512_permutexvar_ps(ix[u], sv[1]) : sv[0] };
+            fp4_unit(t, qu, su, NW, k0 + u * FP4_U, xr, xq_stride, acc, NP);
+        }
     }
-    __m512 sv = _mm512_setzero_ps();
+    sv[0] = sv[1] = _mm512_setzero_ps();
     for (int64_t k0 = kg, u = 0; k0 < kp; k0 += FP4_U, u++) {
-        if (u % FP4_UPL == 0) {
-            const int64_t b0 = k0 / bs, n = nbk - b0 < spl ? nbk - b0 : spl;
-            sv = mx ? mx_scales16(sc + b0, (int)n) : nv_scales16(sc + b0, (int)n, w->scale2);
+        _Alignas(64) uint8_t tail[2][64];
+        const uint8_t *qu[2] = { NULL, NULL };
+        __m512         su[2] = { sv[0], sv[1] };
+#pragma GCC unroll 2
+        for (int r = 0; r < NW; r++) {
+            if (u % FP4_UPL == 0) {
+                const int64_t b0 = k0 / bs, n = nbk - b0 < spl ? nbk - b0 : spl;
+                sv[r] = fp4_scales(w, mx, sc[r], b0, (int)n);
+            }
+            qu[r] = q[r] + k0 / 2;
+            moe__cpu_prefetch(qu[r], FP4_U / 2);
+            if (K - k0 < FP4_U) { /* never read past the row */
+                memset(tail[r], 0, sizeof tail[r]);
+                memcpy(tail[r], qu[r], (size_t)(K - k0) / 2);
+                qu[r] = tail[r];
+            }
+            su[r] = _mm512_permutexvar_ps(ix[u % FP4_UPL], sv[r]);
         }
-        _Alignas(64) uint8_t tail[64];
-        const uint8_t *qu = q + k0 / 2;
-        moe__cpu_prefetch(qu, FP4_U / 2);
-        if (K - k0 < FP4_U) { /* never read past the row */
-            memset(tail, 0, sizeof tail);
-            memcpy(tail, qu, (size_t)(K - k0) / 2);
-            qu = tail;
-        }
-        fp4_unit(t, qu, _mm512_permutexvar_ps(ix[u % FP4_UPL], sv), k0, xr, xq_stride, acc, NP);
+        fp4_unit(t, qu, su, NW, k0, xr, xq_stride, acc, NP);
     }
+#pragma GCC unroll 2
+    for (int r = 0; r < NW; r++)
 #pragma GCC unroll 4
-    for (int i = 0; i < NP; i++) y[i * y_stride] = _mm512_reduce_add_ps(acc[i]);
+        for (int i = 0; i < NP; i++) y[r][i * y_stride] = _mm512_reduce_add_ps(acc[r][i]);
 }
 #endif
 
@@ -267,6 +299,19 @@ static void gemm_fp4_vec(const moe__wmat *w, int64_t r0, int64_t r1, const void 
         ix[u] = _mm512_load_si512(v);
     }
     const int64_t seg = moe__cpu_stream_seg(r0, r1);
+    const uint8_t *codes = (const uint8_t *)w->data, *scales = (const uint8_t *)w->scales;
+    if (n_x == 1) { /* weight rows in pairs; constant mx: a loop of its own each */
+        for (int64_t s = 0, ra, rb; moe__cpu_stream_pair(r0, r1, seg, &s, &ra, &rb);) {
+            const uint8_t *qa = codes + ra * K / 2, *sa = scales + ra * (K / bs);
+            const uint8_t *qb = codes + rb * K / 2, *sb = scales + rb * (K / bs);
+            float         *ya = y + (ra - r0), *yb = y + (rb - r0);
+            if (rb < r1 && mx) fp4_rows(w, true, t, ix, qa, sa, qb, sb, 2, K, xq, 0, ya, yb, 0, 1);
+            else if (rb < r1) fp4_rows(w, false, t, ix, qa, sa, qb, sb, 2, K, xq, 0, ya, yb, 0, 1);
+            else if (mx) fp4_rows(w, true, t, ix, qa, sa, NULL, NULL, 1, K, xq, 0, ya, NULL, 0, 1);
+            else fp4_rows(w, false, t, ix, qa, sa, NULL, NULL, 1, K, xq, 0, ya, NULL, 0, 1);
+        }
+        return;
+    }
     /* Chunks of activation rows outermost (MOE_CPU_X_CHUNK), in passes of
      * up to 4 rows each. */
     for (int64_t c = 0; c < n_x; c += MOE_CPU_X_CHUNK) {
@@ -274,23 +319,26 @@ static void gemm_fp4_vec(const moe__wmat *w, int64_t r0, int64_t r1, const void 
         for (int64_t step = 0; step < seg * moe__cpu_plan.streams; step++) {
             const int64_t r = moe__cpu_stream_row(r0, seg, step);
             if (r >= r1) continue;
-            const uint8_t *q  = (const uint8_t *)w->data + r * K / 2;            // (K/2)
-            const uint8_t *sc = (const uint8_t *)w->scales + r * (K / bs);       // (K/bs)
+            const uint8_t *q  = codes + r * K / 2;          // (K/2)
+            const uint8_t *sc = scales + r * (K / bs);      // (K/bs)
             for (int64_t i = c; i < c1;) {
                 const int64_t left = c1 - i;
                 const int     np   = left >= 4 ? 4 : left >= 2 ? 2 : 1;
                 const char   *xr   = (const char *)xq + (size_t)i * xq_stride;
                 float        *yr   = y + i * y_stride + (r - r0);
                 /* constant mx and NP: each variant compiles to its own loop */
+#define FP4_PASS(MX, NP) \
+    fp4_rows(w, MX, t, ix, q, sc, NULL, NULL, 1, K, xr, xs, yr, NULL, y_stride, NP)
                 if (mx) {
-                    if (np == 4)      fp4_rows(w, true, t, ix, q, sc, K, xr, xs, yr, y_stride, 4);
-                    else if (np == 2) fp4_rows(w, true, t, ix, q, sc, K, xr, xs, yr, y_stride, 2);
-                    else              fp4_rows(w, true, t, ix, q, sc, K, xr, xs, yr, y_stride, 1);
+                    if (np == 4)      FP4_PASS(true, 4);
+                    else if (np == 2) FP4_PASS(true, 2);
+                    else              FP4_PASS(true, 1);
                 } else {
-                    if (np == 4)      fp4_rows(w, false, t, ix, q, sc, K, xr, xs, yr, y_stride, 4);
-                    else if (np == 2) fp4_rows(w, false, t, ix, q, sc, K, xr, xs, yr, y_stride, 2);
-                    else              fp4_rows(w, false, t, ix, q, sc, K, xr, xs, yr, y_stride, 1);
+                    if (np == 4)      FP4_PASS(false, 4);
+                    else if (np == 2) FP4_PASS(false, 2);
+                    else              FP4_PASS(false, 1);
                 }
+#undef FP4_PASS
                 i += np;
             }
         }
