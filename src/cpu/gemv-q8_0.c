@@ -269,28 +269,47 @@ static inline __attribute__((always_inline)) void q4u_unit(
     }
 }
 
-/* NP activation rows (at xr, xq_stride apart) against one weight row of nb
- * blocks: writes y[i * y_stride] for i < NP. Units alternate between each
- * row's two accumulators; they go in pairs, and the row loops are
- * unrolled, so that the accumulators are registers (with a runtime
- * parity index and rolled loops the multi-row variants kept them on the
- * stack: a store-to-load round trip per unit and row). */
+/* NW weight rows of nb blocks (row0, and row1 when NW = 2) against NP
+ * activation rows (at xr, xq_stride apart): writes y0[i * y_stride] (and
+ * y1[...]) for i < NP. Units alternate between each row's two accumulators;
+ * they go in pairs, and the row loops are unrolled, so that the
+ * accumulators are registers (with a runtime parity index and rolled loops
+ * the multi-row variants kept them on the stack: a store-to-load round trip
+ * per unit and row). Two weight rows share each unit's activation loads
+ * (as gemv-q4k.c). */
 static inline __attribute__((always_inline)) void q4u_rows(
-    moe_format f, const q4u_idx *ix, const uint8_t *row, int64_t nb, const char *xr,
-    size_t xq_stride, float *y, int64_t y_stride, int NP) {
-    const int64_t nu = (nb + 3) / 4;
-    __m512 e0 = _mm512_setzero_ps(), e1 = e0, e2 = e0, e3 = e0; /* even units, rows 0..3 */
-    __m512 o0 = e0, o1 = e0, o2 = e0, o3 = e0;                  /* odd units */
+    moe_format f, const q4u_idx *ix, const uint8_t *row0, const uint8_t *row1, int NW,
+    int64_t nb, const char *xr, size_t xq_stride, float *y0, float *y1, int64_t y_stride,
+    int NP) {
+    const int64_t  nu = (nb + 3) / 4;
+    const uint8_t *row[2] = { row0, row1 };
+    float         *y[2] = { y0, y1 };
+    __m512 e[2][4], o[2][4]; /* even and odd units, rows 0..3 */
+#pragma GCC unroll 2
+    for (int w = 0; w < NW; w++)
+#pragma GCC unroll 4
+        for (int i = 0; i < 4; i++) e[w][i] = o[w][i] = _mm512_setzero_ps();
     int64_t u = 0;
     for (; u + 1 < nu; u += 2) {
-        q4u_unit(f, ix, row, u, nu, nb, xr, xq_stride, &e0, &e1, &e2, &e3, NP);
-        q4u_unit(f, ix, row, u + 1, nu, nb, xr, xq_stride, &o0, &o1, &o2, &o3, NP);
+#pragma GCC unroll 2
+        for (int w = 0; w < NW; w++)
+            q4u_unit(f, ix, row[w], u, nu, nb, xr, xq_stride, &e[w][0], &e[w][1], &e[w][2],
+                     &e[w][3], NP);
+#pragma GCC unroll 2
+        for (int w = 0; w < NW; w++)
+            q4u_unit(f, ix, row[w], u + 1, nu, nb, xr, xq_stride, &o[w][0], &o[w][1], &o[w][2],
+                     &o[w][3], NP);
     }
-    if (u < nu) q4u_unit(f, ix, row, u, nu, nb, xr, xq_stride, &e0, &e1, &e2, &e3, NP);
-    const __m512 s[4] = { _mm512_add_ps(e0, o0), _mm512_add_ps(e1, o1), _mm512_add_ps(e2, o2),
-                          _mm512_add_ps(e3, o3) };
+    if (u < nu)
+#pragma GCC unroll 2
+        for (int w = 0; w < NW; w++)
+            q4u_unit(f, ix, row[w], u, nu, nb, xr, xq_stride, &e[w][0], &e[w][1], &e[w][2],
+                     &e[w][3], NP);
+#pragma GCC unroll 2
+    for (int w = 0; w < NW; w++)
 #pragma GCC unroll 4
-    for (int i = 0; i < NP; i++) y[i * y_stride] = _mm512_reduce_add_ps(s[i]);
+        for (int i = 0; i < NP; i++)
+            y[w][i * y_stride] = _mm512_reduce_add_ps(_mm512_add_ps(e[w][i], o[w][i]));
 }
 #endif
 
@@ -306,6 +325,25 @@ static void gemm_q4u(const moe__wmat *w, int64_t r0, int64_t r1, const void *xq,
     (void)block_values; /* the portable path's */
 #endif
     const int64_t seg = moe__cpu_stream_seg(r0, r1);
+#if Q80_AVX512
+    if (n_x == 1) { /* weight rows in pairs; constant format: a loop of its own each */
+        for (int64_t t = 0, ra, rb; moe__cpu_stream_pair(r0, r1, seg, &t, &ra, &rb);) {
+            const uint8_t *wa = (const uint8_t *)base + (size_t)ra * row_bytes;
+            const uint8_t *wb = (const uint8_t *)base + (size_t)rb * row_bytes;
+            float         *ya = y + (ra - r0), *yb = y + (rb - r0);
+#define Q4U_PAIR(F)                                                                \
+    do {                                                                           \
+        if (rb < r1) q4u_rows(F, &ix, wa, wb, 2, nb, xq, 0, ya, yb, 0, 1);         \
+        else         q4u_rows(F, &ix, wa, NULL, 1, nb, xq, 0, ya, NULL, 0, 1);     \
+    } while (0)
+            if (mx) Q4U_PAIR(MOE_FORMAT_GGUF_MXFP4);
+            else if (f == MOE_FORMAT_Q8_0) Q4U_PAIR(MOE_FORMAT_Q8_0);
+            else Q4U_PAIR(MOE_FORMAT_Q4_0);
+#undef Q4U_PAIR
+        }
+        return;
+    }
+#endif
     /* Chunks of activation rows outermost (MOE_CPU_X_CHUNK), in passes of
      * up to 4 rows each. */
     for (int64_t c = 0; c < n_x; c += MOE_CPU_X_CHUNK) {
@@ -327,9 +365,9 @@ static void gemm_q4u(const moe__wmat *w, int64_t r0, int64_t r1, const void *xq,
                 /* constant format and NP: each variant compiles to its own loop */
 #define Q4U_ROWS(F)                                                                \
     do {                                                                           \
-        if (np == 4)      q4u_rows(F, &ix, row, nb, xr, xs, yr, y_stride, 4);      \
-        else if (np == 2) q4u_rows(F, &ix, row, nb, xr, xs, yr, y_stride, 2);      \
-        else              q4u_rows(F, &ix, row, nb, xr, xs, yr, y_stride, 1);      \
+        if (np == 4)      q4u_rows(F, &ix, row, NULL, 1, nb, xr, xs, yr, NULL, y_stride, 4); \
+        else if (np == 2) q4u_rows(F, &ix, row, NULL, 1, nb, xr, xs, yr, NULL, y_stride, 2); \
+        else              q4u_rows(F, &ix, row, NULL, 1, nb, xr, xs, yr, NULL, y_stride, 1); \
     } while (0)
                 if (mx) Q4U_ROWS(MOE_FORMAT_GGUF_MXFP4);
                 else if (f == MOE_FORMAT_Q8_0) Q4U_ROWS(MOE_FORMAT_Q8_0);
