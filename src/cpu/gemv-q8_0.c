@@ -251,21 +251,20 @@ static inline __attribute__((always_inline)) __m512 q4u_decode(
  * the accumulators a[i] (one of each row's two). */
 static inline __attribute__((always_inline)) void q4u_unit(
     moe_format f, const q4u_idx *ix, const uint8_t *row, int64_t u, int64_t nu, int64_t nb,
-    const char *xr, size_t xq_stride, __m512 *a0, __m512 *a1, __m512 *a2, __m512 *a3, int NP) {
+    const char *xr, size_t xq_stride, __m512 a[4], int NP) {
     const int      bb = q4u_bb(f), ub = 4 * bb;
     const uint8_t *p  = row + u * ub;
     const int      n  = u + 1 < nu || nb % 4 == 0 ? ub : (int)(nb % 4) * bb;
     moe__cpu_prefetch(p, (size_t)ub);
     __m512i lo, hi;
     const __m512 dw = q4u_decode(f, ix, p, n, ub, &lo, &hi);
-    __m512 *const a[4] = { a0, a1, a2, a3 };
 #pragma GCC unroll 4
     for (int i = 0; i < NP; i++) {
         const q4u_rec *x = (const q4u_rec *)(xr + (size_t)i * xq_stride) + u;
         __m512i sum = _mm512_dpbusd_epi32(_mm512_load_si512(x->ns), lo, _mm512_load_si512(x->qa));
         sum = _mm512_dpbusd_epi32(sum, hi, _mm512_load_si512(x->qa + 64));
         const __m512 t = _mm512_mul_ps(_mm512_cvtepi32_ps(sum), _mm512_load_ps(x->dl));
-        *a[i] = _mm512_fmadd_ps(t, dw, *a[i]);
+        a[i] = _mm512_fmadd_ps(t, dw, a[i]);
     }
 }
 
@@ -292,19 +291,14 @@ static inline __attribute__((always_inline)) void q4u_rows(
     int64_t u = 0;
     for (; u + 1 < nu; u += 2) {
 #pragma GCC unroll 2
-        for (int w = 0; w < NW; w++)
-            q4u_unit(f, ix, row[w], u, nu, nb, xr, xq_stride, &e[w][0], &e[w][1], &e[w][2],
-                     &e[w][3], NP);
+        for (int w = 0; w < NW; w++) q4u_unit(f, ix, row[w], u, nu, nb, xr, xq_stride, e[w], NP);
 #pragma GCC unroll 2
         for (int w = 0; w < NW; w++)
-            q4u_unit(f, ix, row[w], u + 1, nu, nb, xr, xq_stride, &o[w][0], &o[w][1], &o[w][2],
-                     &o[w][3], NP);
+            q4u_unit(f, ix, row[w], u + 1, nu, nb, xr, xq_stride, o[w], NP);
     }
-    if (u < nu)
 #pragma GCC unroll 2
-        for (int w = 0; w < NW; w++)
-            q4u_unit(f, ix, row[w], u, nu, nb, xr, xq_stride, &e[w][0], &e[w][1], &e[w][2],
-                     &e[w][3], NP);
+    for (int w = 0; w < NW && u < nu; w++)
+        q4u_unit(f, ix, row[w], u, nu, nb, xr, xq_stride, e[w], NP);
 #pragma GCC unroll 2
     for (int w = 0; w < NW; w++)
 #pragma GCC unroll 4
