@@ -419,10 +419,6 @@ static __device__ __forceinline__ bool ws_step_at(const moe__gemm_args &g, int i
     return ws_ahead_step<PAIR, BM>(a, outw, rank, t);
 }
 
-/* A producer thread's share of the activation rows of every stage: its
- * 16-byte chunk ch = ct % 8 of rows ct / 8 + 16 j of the BM-row stage
- * (W13 gathers them by token); kbytes: a row's bytes. Also the fp8 kernel's
- * (grouped-gemm-ws8.cuh). */
 /* A W2 producer's start: before the PDL wait (W13 may still run; the
  * grouping W2 reads first is complete) its thread 0 issues the weight
  * stages of the CTA's first tile by load_B(t, kt, stage); then the wait.
@@ -447,6 +443,11 @@ static __device__ __forceinline__ int ws_w2_start(const moe__gemm_args &g, int c
 static __device__ __forceinline__ int64_t ws_a_row(const moe__gemm_args &g, int r) {
     return g.gather ? gemm_row_slot(g, r) / g.a_div : r;
 }
+
+/* A producer thread's share of the activation rows of every stage: its
+ * 16-byte chunk ch = ct % 8 of rows ct / 8 + 16 j of the BM-row stage
+ * (W13 gathers them by token); kbytes: a row's bytes. Also the fp8 kernel's
+ * (grouped-gemm-ws8.cuh). */
 template <int BM> struct ws_a_rows {
     uint32_t    dst[BM / 16]; // in stage 0
     const char *src[BM / 16]; // this tile's rows, nullptr past its end
