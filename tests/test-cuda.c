@@ -197,11 +197,17 @@ static void make_weights(test_rng *rng, moe_format f, int32_t E, int64_t rows, i
 
 static size_t io_size(moe_format f) { return f == MOE_FORMAT_F32 ? 4 : 2; }
 
+/* layer_check_routing's routing flags */
+enum {
+    ROUTE_GROUPED = 1, /* DeepSeek-V3's routing (8 groups, 4 kept, a correction
+                        * bias, weights scaled by 2.5) */
+    ROUTE_SKEWED  = 2, /* expert 0's logits raised by 4: most tokens choose it */
+};
+
 /* Runs one case on CUDA and REF; returns false (after reporting) on failure.
  * With graph, also captures the forward and checks replays bit for bit.
- * grouped: DeepSeek-V3's routing (8 groups, 4 kept, a correction bias,
- * weights scaled by 2.5). */
-static void layer_check_routing(const lcase *c, uint64_t seed, bool graph, bool grouped) {
+ * routing: ROUTE_* flags. */
+static void layer_check_routing(const lcase *c, uint64_t seed, bool graph, int routing) {
     test_rng rng = { seed };
     char err[512];
     const int64_t T = c->T, H = c->H, I = c->I;
@@ -236,6 +242,8 @@ static void layer_check_routing(const lcase *c, uint64_t seed, bool graph, bool 
      * square, the outputs it dominates out of atol. NMSE is checked too. */
     test_fill_normal(&rng, x32, (size_t)(T * H), c->wfmt == FP8 ? 0.1f : 1.0f);
     test_fill_normal(&rng, logits, (size_t)(T * E), 1.5f);
+    if (routing & ROUTE_SKEWED)
+        for (int64_t t = 0; t < T; t++) logits[t * E] += 4.0f;
     make_weights(&rng, c->wfmt, E, r13, H, 1.0f / sqrtf((float)H), &w13, &s13);
     make_weights(&rng, c->wfmt, E, H, I, 1.0f / sqrtf((float)I), &w2, &s2);
     if (c->biases) {
@@ -262,7 +270,7 @@ static void layer_check_routing(const lcase *c, uint64_t seed, bool graph, bool 
                               .gate_weight = rgate };
     if (c->scoring == MOE_SCORING_LLAMA4) ro.renormalize = 0;
     float *cbias = NULL;
-    if (grouped) {
+    if (routing & ROUTE_GROUPED) {
         cbias = malloc((size_t)E * sizeof(float));
         test_fill_normal(&rng, cbias, (size_t)E, 0.5f);
         ro.n_group = 8;
@@ -429,7 +437,7 @@ done:
 }
 
 static void layer_check(const lcase *c, uint64_t seed, bool graph) {
-    layer_check_routing(c, seed, graph, false);
+    layer_check_routing(c, seed, graph, 0);
 }
 
 TEST(cuda_layer_bf16_shape_grid) {
@@ -444,6 +452,11 @@ TEST(cuda_layer_bf16_shape_grid) {
          * columns do not divide 2 I and H (as gpt-oss's 2880), else that tile */
         { 120, 384, 160, 16, 4, BF16, F32, MOE_ACT_SILU, 0, 0, 0, 0, 0, 0, 0 },
         { 120, 512, 256, 16, 4, BF16, BF16, MOE_ACT_SILU, 0, 1, 0, 0, 0, 0, 0 },
+        /* 13-40 rows per expert with whole column tiles: the persistent kernel on
+         * 64-row tiles (one consumer warpgroup); several tiles per CTA and long
+         * K (W13's 16 slices through 5 stages); an expert with most of the rows
+         * (several 64-row tiles and a tail), f16 */
+        { 300, 1024, 512, 64, 8, MOE_FORMAT_F16, MOE_FORMAT_F16, MOE_ACT_GELU_TANH, 0, 0, 0, 0, 0, 0, 0 },
         { 700, 256, 128, 4, 2, MOE_FORMAT_BF16, MOE_FORMAT_F16, MOE_ACT_SILU, 0, 0, 0, 0, 0, 0, 0 },
         { 33, 144, 48, 12, 3, MOE_FORMAT_F16, MOE_FORMAT_F32, MOE_ACT_SILU, 0, 0, 0, 0, 0, 0, 0 },
         { 200, 256, 128, 8, 2, MOE_FORMAT_F16, MOE_FORMAT_F16, MOE_ACT_GELU, 0, 0, 0, 0, 0, 0, 0 },
@@ -556,6 +569,15 @@ TEST(cuda_layer_fp8_block) {
     };
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++)
         layer_check(&cases[i], 500 + i, i == 5);
+    /* one expert with most of the rows: its several tiles and tail on the
+     * 64-row persistent kernel (25 rows per expert on average), on the
+     * 128-row one (100) */
+    const lcase skewed[] = {
+        { 200, 512, 256, 16, 2, BF16, F32, MOE_ACT_SILU, 0, 0, 0, 0, 0, 0, 0 },
+        { 400, 512, 256, 8, 2, BF16, BF16, MOE_ACT_SILU, 0, 1, 0, 0, 0, 0, 0 },
+    };
+    for (size_t i = 0; i < sizeof skewed / sizeof *skewed; i++)
+        layer_check_routing(&skewed[i], 560 + i, false, ROUTE_SKEWED);
 }
 
 /* One token: the decode prologue's one-warp routing and grouping, then the
@@ -579,7 +601,7 @@ TEST(cuda_layer_one_token) {
         { 1, 256, 128, 8, 2, BF16, F32, MOE_ACT_GELU, 0, 0, 0, 0, 0, 1, 0 },
     };
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++)
-        layer_check_routing(&cases[i], 700 + i, true, i == 1 || i == 2);
+        layer_check_routing(&cases[i], 700 + i, true, i == 1 || i == 2 ? ROUTE_GROUPED : 0);
 }
 
 TEST(cuda_graph_replay_bitwise) {

@@ -243,6 +243,9 @@ typedef struct moe__gemm_args {
                                    * wgmma only: grouped-gemm-ws.cuh)                    */
     int            wgmma;         /* wgmma + TMA tiles (sm_90a device, w_map made), else
                                    * mma.sync + cp.async                                  */
+    int            ws64;          /* BM 64 on wgmma: the persistent kernel with one
+                                   * consumer warpgroup (grouped-gemm-ws.cuh), not the
+                                   * one-warpgroup tile of grouped-gemm.cuh               */
     /* A: rows of activations. gather: A row of layout row r is
      * row_slot[r] / a_div (tokens), else r. */
     const void    *a;             /* (a_rows, K) compute type                             */

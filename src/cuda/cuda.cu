@@ -290,6 +290,15 @@ static moe_status upload_router(moe_layer *l, char *err, size_t errlen) {
  * 128-row tiles (BM 256, grouped-gemm-ws.cuh): below it, most 256-row
  * tiles would leave the pair's second CTA without rows. */
 #define PAIR_AVG 384.0
+/* Rows per expert on average up to which bf16/f16 runs the persistent
+ * kernel on 64-row tiles (one consumer warpgroup, five stages) rather than
+ * 128-row ones, where its column tiles are whole (PREFILL_SMALL): the
+ * stages that held padding rows hold a fifth stage of weights, so more
+ * bytes are in flight per SM. qwen3-30b-a3b 256-640 tokens -3.2 to -3.9%,
+ * olmoe-1b-7b 128-384 tokens -3.3 to -4.4%, llama4-scout 256-640 -1.5 to
+ * -1.8%; at 64 rows per expert (half of the experts then take two tiles)
+ * +4 to +18% (dev/cuda/NOTES.md v27). */
+#define PERSIST64_AVG 48.0
 
 /* Between the decode tiles and 64 rows per expert on average, bf16/f16
  * runs the persistent 128-row tile where it exists and its 256-column
@@ -307,6 +316,7 @@ int moe__cuda_pick_bm(int dtype, int64_t rows, int32_t n_experts, int kind) {
     if (avg <= DECODE16_AVG) return 16;
     if (avg <= (dtype == MOE_CUDA_FP8 ? DECODE32_AVG : DECODE32_AVG_16)) return 32;
     if (dtype == MOE_CUDA_FP8 || (!(kind & PREFILL_SMALL) && avg <= 64.0)) return 64;
+    if (avg <= PERSIST64_AVG) return 64; // (PREFILL_SMALL: the persistent kernel's 64 rows)
     return (kind & PREFILL_PAIRS) && avg >= PAIR_AVG ? 256 : 128;
 }
 
@@ -487,6 +497,7 @@ moe_status moe__cuda_run_experts(moe_layer *l, const cuda_experts *x, const moe_
     g.limit = xo->swiglu_limit != 0 ? xo->swiglu_limit : 7.0f;
     g.BM = bm;
     g.wgmma = ((const cuda_ctx *)l->ctx->cuda)->wgmma && x->tma;
+    g.ws64 = bm == 64 && !fp8 && (moe__cuda_prefill_kind(l, x) & PREFILL_SMALL);
     g.n_sm  = ((const cuda_ctx *)l->ctx->cuda)->n_sm;
     g.pair_ctas = ((const cuda_ctx *)l->ctx->cuda)->pair_ctas;
     g.pdl = pdl;

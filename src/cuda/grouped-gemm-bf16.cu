@@ -15,8 +15,10 @@
  *                     (grouped-gemm.cuh), 6 stages, weights by TMA: mixtral T = 64
  *                     791 -> 694 us; on mma.sync BN = 32, 2 warps (1 x 2), 8 stages
  *   BM = 64  middle:  BN = 128, 4 stages: one warpgroup on wgmma (sm_90a), else 4
- *                     warps (2 x 2) on mma.sync. On wgmma the 128-row tile below
- *                     replaces it where its column tiles are whole (moe__cuda_pick_bm)
+ *                     warps (2 x 2) on mma.sync. On wgmma, where the column tiles
+ *                     are whole (moe__cuda_pick_bm), the persistent kernel below
+ *                     with one consumer warpgroup and 5 stages replaces it up to 48
+ *                     rows per expert, the 128-row tile from there
  *   BM = 128 prefill: BN = 256, 4 stages, on wgmma the persistent warp-specialized
  *                     kernel of grouped-gemm-ws.cuh (one CTA per SM: a producer
  *                     warpgroup and two consumer warpgroups of 64 x 256; an expert's
@@ -45,14 +47,17 @@ using bf16_tiles = gemm_tiles<gemm_tile<DT, 16, 32, 1, 2, 8, false>,    // 0 dec
                               gemm_ws_tile<DT, false>,                  // 4 prefill, wgmma
                               gemm_tile<DT, 128, 128, 2, 4, 3, false>,  // 5 prefill, mma.sync
                               gemm_tile<DT, 32, 64, 4, 1, 6, true>,     // 6 decode 32, wgmma
-                              gemm_ws_tile<DT, true>>;                  // 7 prefill, pairs
+                              gemm_ws_tile<DT, true>,                   // 7 prefill, pairs
+                              gemm_ws_tile<DT, false, 1>>;              // 8 middle, persistent
 
 template <int DT> static cudaError_t gemm16_launch(const moe__gemm_args *g, cudaStream_t st) {
     using L = bf16_tiles<DT>;
     switch (g->BM) {
     case 16: return L::template launch<0>(g, st);
     case 32: return g->wgmma ? L::template launch<6>(g, st) : L::template launch<1>(g, st);
-    case 64: return g->wgmma ? L::template launch<2>(g, st) : L::template launch<3>(g, st);
+    case 64:
+        if (!g->wgmma) return L::template launch<3>(g, st);
+        return g->ws64 ? L::template launch<8>(g, st) : L::template launch<2>(g, st);
     case 128: return g->wgmma ? L::template launch<4>(g, st) : L::template launch<5>(g, st);
     case 256: return g->wgmma ? L::template launch<7>(g, st) : cudaErrorInvalidValue;
     default: return cudaErrorInvalidValue;

@@ -1,6 +1,6 @@
 /*
  * grouped-gemm-ws.cuh - the persistent warp-specialized prefill kernel of
- * the bf16/f16 grouped GEMM (grouped-gemm-bf16.cu, BM = 128 on sm_90a).
+ * the bf16/f16 grouped GEMM (grouped-gemm-bf16.cu, BM = 128 or 64 on sm_90a).
  *
  * One CTA per multiprocessor loops over the tiles of 128 layout rows x 256
  * weight rows, in the order of the other kernels' grid (gemm_tile_at). A
@@ -21,7 +21,9 @@
  * output rows, 128 columns at a time, in its own 4 KB of shared memory
  * (outside the stages, which are already refilling) for 16-byte stores.
  * A consumer warpgroup whose 64 rows are all padding (an expert's last
- * tile) issues no wgmma; it still takes and hands back every stage.
+ * tile) issues no wgmma; it still takes and hands back every stage. Up to
+ * 48 rows per expert the kernel runs with one consumer warpgroup on 64-row
+ * tiles (ws_shape<1>), its fifth stage in the bytes the padding rows took.
  *
  * PAIR (the layout's tile table in 256-row tiles, moe__cuda_pick_bm): CTAs
  * run in clusters of two on the two 128-row halves of one 256-row tile of
@@ -49,14 +51,25 @@
 #define WS_BN     256
 #define WS_STAGES 4
 #define WS_THREADS 384 // two consumer warpgroups, then the producer
-#define WS_OUT_BYTES (8 * 16 * 128 * 2) // W13: each consumer warp's 16 x 128 output rows
+
+/* The kernel's shape by its consumer warpgroups NC: 2 (128-row tiles, 4
+ * stages) or 1 (64-row tiles, WS1_STAGES stages in about the same shared
+ * memory: the rows a 128-row stage spends on an expert's padding go to
+ * one more stage of weights in flight). */
+#define WS1_STAGES 5
+template <int NC> struct ws_shape {
+    static constexpr int BM = 64 * NC, STAGES = NC == 2 ? WS_STAGES : WS1_STAGES;
+    static constexpr int THREADS = 128 * (NC + 1); // the consumers, then the producer
+    static constexpr int OUT_BYTES = NC * 4 * 16 * 128 * 2; // W13: a consumer warp's 16 x 128
+};
 
 /* Stages (aligned to 1024 bytes for the swizzle), W13's per-warp output
- * staging (8 warps x 16 rows x 128 columns x 2 bytes), full and empty
- * mbarriers. */
-template <bool W13> static __host__ __device__ constexpr size_t ws_smem_bytes() {
-    return 1024 + (size_t)WS_STAGES * (WS_BM + WS_BN) * 128 + (W13 ? WS_OUT_BYTES : 0) +
-           2 * WS_STAGES * 8;
+ * staging (16 rows x 128 columns x 2 bytes a consumer warp), full and
+ * empty mbarriers. */
+template <bool W13, int NC = 2> static __host__ __device__ constexpr size_t ws_smem_bytes() {
+    using S = ws_shape<NC>;
+    return 1024 + (size_t)S::STAGES * (S::BM + WS_BN) * 128 + (W13 ? S::OUT_BYTES : 0) +
+           2 * S::STAGES * 8;
 }
 
 static __device__ __forceinline__ void store2(__nv_bfloat16 *p, float a, float b) {
@@ -66,9 +79,10 @@ static __device__ __forceinline__ void store2(__half *p, float a, float b) {
     *(__half2 *)p = __floats2half2_rn(a, b);
 }
 
-/* Registers per thread: the producer gives most of its share (it holds
- * addresses only) to the consumers, whose 64 x 256 f32 accumulators take
- * 128 of them (168 each at launch: 65536 / 384, rounded down to 8). */
+/* Registers per thread with two consumer warpgroups: the producer gives
+ * most of its share (it holds addresses only) to the consumers, whose
+ * 64 x 256 f32 accumulators take 128 of them (168 each at launch: 65536 /
+ * 384, rounded down to 8). With one consumer, 256 threads have 255 each. */
 static __device__ __forceinline__ void ws_regs_dec() {
 #ifdef MOE_WGMMA
     asm volatile("setmaxnreg.dec.sync.aligned.u32 56;\n" ::: "memory");
@@ -480,18 +494,19 @@ template <int BM> struct ws_a_rows {
     }
 };
 
-template <int DT, bool W13, bool PAIR>
-static __global__ void __launch_bounds__(WS_THREADS)
+template <int DT, bool W13, bool PAIR, int NC>
+static __global__ void __launch_bounds__(ws_shape<NC>::THREADS)
     grouped_gemm_ws_kernel(const __grid_constant__ moe__gemm_args g) {
-    constexpr int BM = WS_BM, BN = WS_BN, STAGES = WS_STAGES, NCONS = 256;
+    using S = ws_shape<NC>;
+    constexpr int BM = S::BM, BN = WS_BN, STAGES = S::STAGES, NCONS = 128 * NC;
     constexpr int BOXES = BN / TMA_BOX_ROWS;
     using T = std::conditional_t<DT == MOE_CUDA_F16, __half, __nv_bfloat16>;
     extern __shared__ __align__(128) char smem_raw[];
     char *smem = smem_raw + ((1024 - (smem_u32(smem_raw) & 1023)) & 1023);
     char *sA   = smem;                                   // (STAGES, BM, 128 bytes)
     char *sB   = sA + (size_t)STAGES * BM * 128;         // (STAGES, BN, 128 bytes)
-    T    *sO   = (T *)(sB + (size_t)STAGES * BN * 128);  // W13: (8 warps, 16, 128)
-    const uint32_t full0  = smem_u32(sB + (size_t)STAGES * BN * 128) + (W13 ? WS_OUT_BYTES : 0);
+    T    *sO   = (T *)(sB + (size_t)STAGES * BN * 128);  // W13: (4 NC warps, 16, 128)
+    const uint32_t full0  = smem_u32(sB + (size_t)STAGES * BN * 128) + (W13 ? S::OUT_BYTES : 0);
     const uint32_t empty0 = full0 + 8 * STAGES;
 
     const int rank = PAIR ? cluster_rank() : 0;
@@ -531,7 +546,7 @@ static __global__ void __launch_bounds__(WS_THREADS)
     const bool producer = __shfl_sync(0xffffffffu, (int)threadIdx.x, 0) >= NCONS;
 
     if (producer) {
-        ws_regs_dec();
+        if (NC == 2) ws_regs_dec();
         const int     ct = threadIdx.x - NCONS;
         ws_a_rows<BM> ar(sA, ct);
         /* the weight stage: BOXES boxes of TMA_BOX_ROWS rows (a gated tile:
@@ -557,7 +572,7 @@ static __global__ void __launch_bounds__(WS_THREADS)
         int it = 0; // stages filled so far, over all tiles
         for (int i = 0; i < waves; i++) {
             ws_step t;
-            if (!ws_step_at<PAIR>(g, i, n_m, outw, rank, t)) continue;
+            if (!ws_step_at<PAIR, BM>(g, i, n_m, outw, rank, t)) continue;
             ar.tile(g, t, ct, kbytes);
             for (int kt = 0; kt < KT; kt++, it++) {
                 const int st = it % STAGES;
@@ -568,7 +583,7 @@ static __global__ void __launch_bounds__(WS_THREADS)
             }
         }
     } else {
-        ws_regs_inc();
+        if (NC == 2) ws_regs_inc();
         if (!W13) {
             pdl_wait();
             pdl_launch();
@@ -588,12 +603,12 @@ static __global__ void __launch_bounds__(WS_THREADS)
             }
         };
         ws_ahead nx; // the next step's tile, read during the current step
-        ws_ahead_table<PAIR>(g, 0, n_m, nx);
+        ws_ahead_table<PAIR, BM>(g, 0, n_m, nx);
         ws_ahead_end(g, nx);
         for (int i = 0; i < waves; i++) {
             ws_step t;
-            if (!ws_ahead_step<PAIR>(nx, outw, rank, t)) continue;
-            ws_ahead_table<PAIR>(g, i + 1, n_m, nx);
+            if (!ws_ahead_step<PAIR, BM>(nx, outw, rank, t)) continue;
+            ws_ahead_table<PAIR, BM>(g, i + 1, n_m, nx);
             const bool busy = __shfl_sync(0xffffffffu, 64 * wg < t.r1 - t.r0, 0);
             ws_rows    rows = ws_rows_at(g, t.r0, t.r1, row0, lane);
             float      acc[BN / 8][4];
@@ -654,23 +669,26 @@ static __global__ void __launch_bounds__(WS_THREADS)
         __syncthreads();
 }
 
-/* The persistent tile (PAIR: in two-CTA clusters): setup() raises both
- * kernels' shared-memory limits; launch() starts one CTA per multiprocessor
- * (a pair: as many clusters as fit at once, g->pair_ctas CTAs, found by
- * ws_pair_ctas), or fewer when the layout can have fewer tiles. */
-template <int DT, bool PAIR> struct gemm_ws_tile {
+/* The persistent tile (PAIR: in two-CTA clusters; NC consumer warpgroups,
+ * ws_shape): setup() raises both kernels' shared-memory limits; launch()
+ * starts one CTA per multiprocessor (a pair: as many clusters as fit at
+ * once, g->pair_ctas CTAs, found by ws_pair_ctas), or fewer when the layout
+ * can have fewer tiles. */
+template <int DT, bool PAIR, int NC = 2> struct gemm_ws_tile {
+    static_assert(NC == 2 || !PAIR, "pairs share 128-row halves");
     template <bool W13> static cudaError_t setup_one() {
-        return cudaFuncSetAttribute(grouped_gemm_ws_kernel<DT, W13, PAIR>,
+        return cudaFuncSetAttribute(grouped_gemm_ws_kernel<DT, W13, PAIR, NC>,
                                     cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                    (int)ws_smem_bytes<W13>());
+                                    (int)ws_smem_bytes<W13, NC>());
     }
     static cudaError_t setup() {
         cudaError_t e = setup_one<true>();
         return e != cudaSuccess ? e : setup_one<false>();
     }
     template <bool W13> static cudaError_t launch_one(const moe__gemm_args *g, cudaStream_t st) {
-        return gemm_start(grouped_gemm_ws_kernel<DT, W13, PAIR>, g, W13, WS_BN, WS_THREADS,
-                          ws_smem_bytes<W13>(), PAIR ? g->pair_ctas : g->n_sm, st, PAIR ? 2 : 1);
+        return gemm_start(grouped_gemm_ws_kernel<DT, W13, PAIR, NC>, g, W13, WS_BN,
+                          ws_shape<NC>::THREADS, ws_smem_bytes<W13, NC>(),
+                          PAIR ? g->pair_ctas : g->n_sm, st, PAIR ? 2 : 1);
     }
     static cudaError_t launch(const moe__gemm_args *g, cudaStream_t st) {
         return g->w13 ? launch_one<true>(g, st) : launch_one<false>(g, st);
@@ -685,7 +703,7 @@ template <int DT> static cudaError_t ws_pair_ctas(int *n) {
         launch_config(dim3(2), dim3(WS_THREADS), ws_smem_bytes<true>(), 0, false, &a, 2);
     int         clusters = 0;
     cudaError_t e =
-        cudaOccupancyMaxActiveClusters(&clusters, grouped_gemm_ws_kernel<DT, true, true>, &cfg);
+        cudaOccupancyMaxActiveClusters(&clusters, grouped_gemm_ws_kernel<DT, true, true, 2>, &cfg);
     *n = e == cudaSuccess ? 2 * clusters : 0;
     return e;
 }
