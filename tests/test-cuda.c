@@ -452,11 +452,11 @@ TEST(cuda_layer_bf16_shape_grid) {
          * columns do not divide 2 I and H (as gpt-oss's 2880), else that tile */
         { 120, 384, 160, 16, 4, BF16, F32, MOE_ACT_SILU, 0, 0, 0, 0, 0, 0, 0 },
         { 120, 512, 256, 16, 4, BF16, BF16, MOE_ACT_SILU, 0, 1, 0, 0, 0, 0, 0 },
-        /* 13-40 rows per expert with whole column tiles: the persistent kernel on
-         * 64-row tiles (one consumer warpgroup); several tiles per CTA and long
-         * K (W13's 16 slices through 5 stages); an expert with most of the rows
-         * (several 64-row tiles and a tail), f16 */
-        { 300, 1024, 512, 64, 8, MOE_FORMAT_F16, MOE_FORMAT_F16, MOE_ACT_GELU_TANH, 0, 0, 0, 0, 0, 0, 0 },
+        /* 13-48 rows per expert with whole column tiles: the persistent kernel on
+         * 64-row tiles (one consumer warpgroup); several tiles per CTA, long K
+         * (W13's 16 slices through 5 stages), f16 (skewed routing: below) */
+        { 300, 1024, 512, 64, 8, MOE_FORMAT_F16, MOE_FORMAT_F16, MOE_ACT_GELU_TANH, 0, 0, 0, 0,
+          0, 0, 0 },
         { 700, 256, 128, 4, 2, MOE_FORMAT_BF16, MOE_FORMAT_F16, MOE_ACT_SILU, 0, 0, 0, 0, 0, 0, 0 },
         { 33, 144, 48, 12, 3, MOE_FORMAT_F16, MOE_FORMAT_F32, MOE_ACT_SILU, 0, 0, 0, 0, 0, 0, 0 },
         { 200, 256, 128, 8, 2, MOE_FORMAT_F16, MOE_FORMAT_F16, MOE_ACT_GELU, 0, 0, 0, 0, 0, 0, 0 },
@@ -489,6 +489,15 @@ TEST(cuda_layer_bf16_shape_grid) {
     };
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++)
         layer_check(&cases[i], 100 + i, false);
+    /* one expert with most of the rows: its several tiles and tail on the
+     * 64-row persistent kernel (25 rows per expert on average), on the
+     * 128-row one (100) */
+    static const lcase skewed[] = {
+        { 200, 512, 256, 16, 2, BF16, F32, MOE_ACT_SILU, 0, 0, 0, 0, 0, 0, 0 },
+        { 400, 512, 256, 8, 2, BF16, BF16, MOE_ACT_SILU, 0, 1, 0, 0, 0, 0, 0 },
+    };
+    for (size_t i = 0; i < sizeof skewed / sizeof *skewed; i++)
+        layer_check_routing(&skewed[i], 560 + i, false, ROUTE_SKEWED);
 }
 
 TEST(cuda_layer_activations_biases_maps) {
@@ -569,15 +578,6 @@ TEST(cuda_layer_fp8_block) {
     };
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++)
         layer_check(&cases[i], 500 + i, i == 5);
-    /* one expert with most of the rows: its several tiles and tail on the
-     * 64-row persistent kernel (25 rows per expert on average), on the
-     * 128-row one (100) */
-    const lcase skewed[] = {
-        { 200, 512, 256, 16, 2, BF16, F32, MOE_ACT_SILU, 0, 0, 0, 0, 0, 0, 0 },
-        { 400, 512, 256, 8, 2, BF16, BF16, MOE_ACT_SILU, 0, 1, 0, 0, 0, 0, 0 },
-    };
-    for (size_t i = 0; i < sizeof skewed / sizeof *skewed; i++)
-        layer_check_routing(&skewed[i], 560 + i, false, ROUTE_SKEWED);
 }
 
 /* One token: the decode prologue's one-warp routing and grouping, then the
