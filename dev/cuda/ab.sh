@@ -1,9 +1,9 @@
 #!/bin/sh
 # ab.sh - compares builds of the CUDA backend on a GPU machine: the tree as
-# it is (v0) and variants of it, each a copy under /tmp changed by one sed
-# expression, built in parallel; then the GPU tests (build/moe-test -o cuda)
-# of the builds named in TESTS, and rows of `moe bench --backend cuda`, the
-# binaries alternating row by row.
+# it is (v0) and variants of it changed by one sed expression each, every
+# one built in its own copy under /tmp, in parallel; then the GPU tests
+# (build/moe-test -o cuda) of the builds named in TESTS, and rows of `moe
+# bench --backend cuda`, the binaries alternating row by row.
 #   OUT=dir VARIANTS="..." ROWS="preset:format ..." TESTS="v0 ..." dev/cuda/ab.sh [tokens]
 # VARIANTS: one per line, "name|file|sed expression", for example
 #   mma|src/cuda/cuda.cu|1i #define MOE_CUDA_NO_WGMMA 1
@@ -17,18 +17,19 @@ TOKENS=${1:-1,8,64,512,4096}
 VARIANTS=${VARIANTS-"mma|src/cuda/cuda.cu|1i #define MOE_CUDA_NO_WGMMA 1"}
 ROWS=${ROWS:-"qwen3-30b-a3b:bf16 mixtral-8x7b:bf16 qwen3-30b-a3b:fp8-block deepseek-v3:fp8-block"}
 TESTS=${TESTS:-v0}
-mkdir -p "$OUT"
+mkdir -p "$OUT" && OUT=$(cd "$OUT" && pwd) # (the builds write their logs from their copies)
 J=$(nproc)
-bin_of() { [ "$1" = v0 ] && echo build || echo "/tmp/moe-$1/build"; }
+bin_of() { echo "/tmp/moe-$1/build"; }
 
-make -j"$J" NO_MPI=1 NO_NCCL=1 build/moe-test build/moe >"$OUT/build-v0.log" 2>&1 ||
-    tail -30 "$OUT/build-v0.log"
-printf '%s\n' "$VARIANTS" | {
+# Every build, v0 too, in a copy under /tmp: the checkout's build/ keeps
+# what its own make built (built here with NO_NCCL, it had left a later
+# scripts/gpu-check.sh on the same machine with a library without NCCL).
+printf 'v0||\n%s\n' "$VARIANTS" | {
 while IFS='|' read -r name file expr; do
     [ -n "$name" ] || continue
     d=/tmp/moe-$name
     rm -rf "$d" && mkdir -p "$d" && cp -r Makefile include src tools tests "$d"/
-    sed -i "$expr" "$d/$file"
+    [ -z "$file" ] || sed -i "$expr" "$d/$file"
     (cd "$d" && make -j"$J" NO_MPI=1 NO_NCCL=1 build/moe-test build/moe \
         >"$OUT/build-$name.log" 2>&1 || tail -30 "$OUT/build-$name.log") &
 done
