@@ -47,7 +47,6 @@
 
 #include <type_traits>
 
-#define WS_BM     128
 #define WS_BN     256
 #define WS_STAGES 4
 #define WS_THREADS 384 // two consumer warpgroups, then the producer
@@ -393,7 +392,7 @@ struct ws_ahead {
     bool ok; // the step exists: false past the last tile
     int  m, n, e, r0, end;
 };
-template <bool PAIR, int BM = WS_BM>
+template <bool PAIR, int BM>
 static __device__ __forceinline__ void ws_ahead_table(const moe__gemm_args &g, int i, int n_m,
                                                       ws_ahead &a) {
     constexpr int TR  = PAIR ? 2 * BM : BM;              // layout rows per tile table entry
@@ -409,7 +408,7 @@ static __device__ __forceinline__ void ws_ahead_end(const moe__gemm_args &g, ws_
     if (a.ok) a.end = gemm_expert_end(g, a.e);
 }
 /* (gemm_tile_rows's rows, and a pair's CTA's half of them) */
-template <bool PAIR, int BM = WS_BM>
+template <bool PAIR, int BM>
 static __device__ __forceinline__ bool ws_ahead_step(const ws_ahead &a, int outw, int rank,
                                                      ws_step &t) {
     constexpr int TR = PAIR ? 2 * BM : BM;
@@ -424,7 +423,7 @@ static __device__ __forceinline__ bool ws_ahead_step(const ws_ahead &a, int outw
     t.n0 = (int64_t)a.n * outw;
     return true;
 }
-template <bool PAIR, int BM = WS_BM>
+template <bool PAIR, int BM>
 static __device__ __forceinline__ bool ws_step_at(const moe__gemm_args &g, int i, int n_m,
                                                   int outw, int rank, ws_step &t) {
     ws_ahead a;
