@@ -1,6 +1,7 @@
 /*
- * test-cpu-packed.c - the bind-time re-layout of the weight-only group
- * formats (INT4_GPTQ, INT8_GPTQ, INT4_AWQ; src/cpu/gemv-wna16.c): for
+ * test-cpu-packed.c - the bind-time re-layouts: of the weight-only group
+ * formats (INT4_GPTQ, INT8_GPTQ, INT4_AWQ; src/cpu/gemv-wna16.c) and of
+ * Q4_K's 16-row groups (src/cpu/gemv-q4k.c). For
  * random checkpoint tables made by the formats' reference quantizers,
  * gemm_packed on pack()'s output must give the same bits as gemm on the
  * checkpoint layout (cpu-formats.h's contract), without g_idx, with a g_idx
@@ -63,7 +64,9 @@ static void check_packed(const pcase *c) {
     for (int64_t k = 0; k < K; k++) g_idx[k] = (int32_t)(test_rng_u64(&rng) % (uint64_t)ng);
     if (c->g_idx == GIDX_SORTABLE) test_gidx_permuted(&rng, K, c->group, g_idx);
     const int sortable = moe__gidx_order(g_idx, K, c->group, order);
-    CHECK(sortable == (c->g_idx == GIDX_SORTABLE), "%s: moe__gidx_order says %d", name, sortable);
+    if (c->f != MOE_FORMAT_Q4_K) /* (no g_idx there; its one group of K = 256 sorts) */
+        CHECK(sortable == (c->g_idx == GIDX_SORTABLE), "%s: moe__gidx_order says %d", name,
+              sortable);
     moe__wmat w = { .format = c->f, .rows = R, .cols = K, .group_size = c->group,
                     .scale_format = c->sf, .data = data, .scales = sc,
                     .zeros = s.zeros ? zp : NULL, .g_idx = c->g_idx ? g_idx : NULL,
@@ -74,7 +77,8 @@ static void check_packed(const pcase *c) {
     const size_t pb = cf->packed_bytes(&w);
     CHECK(pb >= s.data + s.scales + s.zeros, "%s: %zu packed bytes < the checkpoint's %zu", name,
           pb, s.data + s.scales + s.zeros);
-    if (R % 32 == 0 && ng % 4 == 0) /* no padding: the copy costs the checkpoint's bytes */
+    const bool whole = c->f == MOE_FORMAT_Q4_K ? R % 16 == 0 : R % 32 == 0 && ng % 4 == 0;
+    if (whole) /* no padding: the copy costs the checkpoint's bytes */
         CHECK(pb == s.data + s.scales + s.zeros, "%s: %zu packed bytes, checkpoint %zu", name, pb,
               s.data + s.scales + s.zeros);
     const size_t pba = (pb + 63) / 64 * 64;
@@ -186,6 +190,19 @@ TEST(cpu_packed_wna16_matches_gemm) {
                                   gi == 1 ? MOE_FORMAT_BF16 : MOE_FORMAT_F16, 200, 384, act };
                 check_packed(&c);
             }
+}
+
+/* Q4_K's 16-row groups (src/cpu/gemv-q4k.c): whole groups, a padded last
+ * group, fewer rows than a group, one and several blocks along K. */
+TEST(cpu_packed_q4_k_matches_gemm) {
+    if (!moe__cpu_format_get(MOE_FORMAT_Q4_K)->pack) TEST_SKIP("no packed Q4_K kernel in this build");
+    const pcase cases[] = {
+        { MOE_FORMAT_Q4_K, 256, MOE_FORMAT_F16, 200, 768, GIDX_NONE },
+        { MOE_FORMAT_Q4_K, 256, MOE_FORMAT_F16, 192, 2048, GIDX_NONE },
+        { MOE_FORMAT_Q4_K, 256, MOE_FORMAT_F16, 5, 256, GIDX_NONE },
+        { MOE_FORMAT_Q4_K, 256, MOE_FORMAT_F16, 33, 1280, GIDX_NONE },
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) check_packed(&cases[i]);
 }
 
 TEST(cpu_packed_wna16_shapes) {

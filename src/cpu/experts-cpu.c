@@ -83,11 +83,12 @@ static double weight_bytes(moe_format f) {
     return info.bits_per_weight / 8.0;
 }
 
-/* Rounds a tile size down to a multiple of 8 (the kernels' weight-row
- * block), within [8, max] and then at most n. */
+/* Rounds a tile size down to a multiple of 16 (the packed Q4_K kernel's row
+ * group, so that no group is split between two tasks), within [16, max]
+ * and then at most n. */
 static int64_t tile_clamp(double v, int64_t max, int64_t n) {
-    int64_t t = (int64_t)v / 8 * 8;
-    if (t < 8) t = 8;
+    int64_t t = (int64_t)v / 16 * 16;
+    if (t < 16) t = 16;
     if (t > max) t = max;
     return t < n ? t : n;
 }
@@ -525,9 +526,9 @@ static void job_plan(job_state *j, int n_threads) {
     j->bm  = tile_clamp(tile / ((double)o->d_ff * wb2), bm_max, o->d_model);
     /* Few experts touched (decode with a small top_k, shared experts alone):
      * smaller tiles so that every thread gets several. */
-    while (j->bf > 8 && j->n_active * ((o->d_ff + j->bf - 1) / j->bf) < 4 * n_threads)
+    while (j->bf > 16 && j->n_active * ((o->d_ff + j->bf - 1) / j->bf) < 4 * n_threads)
         j->bf = tile_clamp((double)j->bf / 2, bf_max, o->d_ff);
-    while (j->bm > 8 && j->n_active * ((o->d_model + j->bm - 1) / j->bm) < 4 * n_threads)
+    while (j->bm > 16 && j->n_active * ((o->d_model + j->bm - 1) / j->bm) < 4 * n_threads)
         j->bm = tile_clamp((double)j->bm / 2, bm_max, o->d_model);
     j->nb1 = (o->d_ff + j->bf - 1) / j->bf;
     j->nb2 = (o->d_model + j->bm - 1) / j->bm;

@@ -14,13 +14,15 @@
  * AVX-512 keeps the whole block in integers: the four vpdpbusd results
  * (partials of 4 products, |.| <= 4 * 15 * 127, so int16 holds them) are
  * packed to int16 and vpmaddwd multiplies them by the 6-bit scales, and
- * vpmaddwd also forms m[s] * bs[s] (|bs| < 2^15); the block then costs one
- * conversion and three fp32 operations per activation row:
- *     acc += dx * (d * isum - dmin * msum)   (16 lanes; msum in lanes 0..7)
+ * vpmaddwd also forms m[s] * bs[s] (|bs| < 2^15); both are summed to the
+ * block's exact isum and msum, and the block costs three fp32 operations
+ * per row and activation row (q4k_step):
+ *     acc += dx * (d * isum - dmin * msum)
  * The scales are decoded with vector byte operations, the weight rows are
  * streamed as cpu-formats.h says (moe__cpu_stream_row order,
  * moe__cpu_prefetch), and up to 8 activation rows share each decoded
- * block.
+ * block. Bound experts run the packed layout below (16 rows a register),
+ * with the same steps and bits.
  *
  * Activation row (act_row_bytes), cols a multiple of 256:
  *   int8  qa[cols]       q8_K values (quant.h's moe__quantize_row_q8_k),
@@ -30,8 +32,8 @@
  *   int32 bs[cols/32]    sum of qa over each sub-block (natural order)
  *
  * Order: per row, blocks in increasing k (the integer sums are exact, so
- * only the fp32 steps above count); one reduction tree at the end. The
- * portable path sums per sub-block in fp32 (each build has one kernel).
+ * only the fp32 steps above count). The portable path sums per sub-block
+ * in fp32 (each build has one kernel; it has no packed layout).
  */
 #include "cpu-formats.h"
 #include "../quant/quant.h"
@@ -93,13 +95,19 @@ static inline __m128i q4k_scales_v(const moe_block_q4_k *q) {
     return _mm_unpacklo_epi32(s1, s2);
 }
 
+/* The fp32 steps of one block, the same in both layouts (the packed kernel
+ * runs them on 16 rows' lanes): t = d * isum - dmin * msum with one
+ * rounding after the product, then acc + t * dx. */
+static inline float q4k_step(float isum, float d, float msum, float dmin, float dx, float acc) {
+    return fmaf(fmaf(-msum, dmin, isum * d), dx, acc);
+}
+
 /* One weight block, decoded once for every activation row of a pass. */
 typedef struct q4k_wb {
     __m512i w[4];     /* nibbles: (sb 0 | sb 2), (1 | 3), (4 | 6), (5 | 7)           */
     __m512i s01, s23; /* int16 scales matching packs(dot0, dot1), packs(dot2, dot3)     */
     __m256i m32;      /* m[0..7] zero-extended to int32 (vpmaddwd: high half adds 0)    */
-    __m512  d;        /* d, broadcast                                                   */
-    __m512  dmin;     /* dmin in lanes 0..7, zero above                                 */
+    float   d, dmin;
 } q4k_wb;
 
 static inline __attribute__((always_inline)) void q4k_decode(const moe_block_q4_k *q,
@@ -116,24 +124,30 @@ static inline __attribute__((always_inline)) void q4k_decode(const moe_block_q4_
     o->s01 = _mm512_shuffle_epi8(b, c01);
     o->s23 = _mm512_shuffle_epi8(b, c23);
     o->m32 = _mm256_cvtepu8_epi32(_mm_srli_si128(sm, 8));
-    uint32_t dd;
-    memcpy(&dd, &q->d, 4); /* d, dmin */
-    const __m128 f = _mm_cvtph_ps(_mm_cvtsi32_si128((int)dd));
-    o->d    = _mm512_broadcastss_ps(f);
-    o->dmin = _mm512_zextps256_ps512(_mm256_broadcastss_ps(_mm_movehdup_ps(f)));
+    o->d    = moe__cpu_half_to_f32(q->d);
+    o->dmin = moe__cpu_half_to_f32(q->dmin);
 }
 
-/* acc += dx * (d * sum_s sc[s] sum(q * qa) - dmin * sum_s m[s] bs[s]) for
- * one activation block (a: 256 bytes, bs: 8 sums). The integer sums are
- * exact (|partial| <= 4 * 15 * 127 fits the int16 packing). */
-static inline __attribute__((always_inline)) __m512 q4k_block(const q4k_wb *o, const int8_t *a,
-                                                              const int32_t *bs, const float *dx,
-                                                              __m512 acc) {
+/* acc + dx * (d * isum - dmin * msum) for one activation block (a: 256
+ * bytes, bs: 8 sums), with isum = sum_s sc[s] sum(q * qa) and msum = sum_s
+ * m[s] bs[s] exact integers (|partial| <= 4 * 15 * 127 fits the int16
+ * packing). */
+static inline __attribute__((always_inline)) float q4k_block(const q4k_wb *o, const int8_t *a,
+                                                             const int32_t *bs, float dx,
+                                                             float acc) {
     const __m512i is = moe__cpu_kquant_isum(o->w, o->s01, o->s23, a);
     const __m256i mi = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)bs), o->m32);
-    const __m512  t  = _mm512_fnmadd_ps(_mm512_zextps256_ps512(_mm256_cvtepi32_ps(mi)), o->dmin,
-                                        _mm512_mul_ps(_mm512_cvtepi32_ps(is), o->d));
-    return _mm512_fmadd_ps(t, _mm512_set1_ps(*dx), acc);
+    /* is folded to 8 lanes beside mi's 8, then each 128-bit lane summed and
+     * the lane pairs added: isum in dword 0, msum in dword 8. */
+    __m512i v = _mm512_inserti64x4(
+        _mm512_castsi256_si512(_mm256_add_epi32(_mm512_castsi512_si256(is),
+                                                _mm512_extracti64x4_epi64(is, 1))), mi, 1);
+    v = _mm512_add_epi32(v, _mm512_shuffle_epi32(v, _MM_PERM_BADC));
+    v = _mm512_add_epi32(v, _mm512_shuffle_epi32(v, _MM_PERM_CDAB));
+    v = _mm512_add_epi32(v, _mm512_shuffle_i64x2(v, v, _MM_SHUFFLE(2, 3, 0, 1)));
+    const int32_t isum = _mm_cvtsi128_si32(_mm512_castsi512_si128(v));
+    const int32_t msum = _mm_cvtsi128_si32(_mm512_extracti32x4_epi32(v, 2));
+    return q4k_step((float)isum, o->d, (float)msum, o->dmin, dx, acc);
 }
 
 /* Byte shuffles from the decoded scales (q4k_scales_v) to the int16
@@ -162,11 +176,11 @@ static inline __attribute__((always_inline)) void q4k_rows(const moe_block_q4_k 
     const __m512i c01 = _mm512_load_si512(q4k_ctl[0]), c23 = _mm512_load_si512(q4k_ctl[1]);
     const moe_block_q4_k *blk[2] = { w0, w1 };
     float *y[2] = { y0, y1 };
-    __m512 acc[2][8];
+    float acc[2][8];
 #pragma GCC unroll 2
     for (int w = 0; w < NW; w++)
 #pragma GCC unroll 8
-        for (int i = 0; i < NP; i++) acc[w][i] = _mm512_setzero_ps();
+        for (int i = 0; i < NP; i++) acc[w][i] = 0;
     for (int64_t b = 0; b < nb; b++) {
         q4k_wb o[2];
 #pragma GCC unroll 2
@@ -181,13 +195,197 @@ static inline __attribute__((always_inline)) void q4k_rows(const moe_block_q4_k 
             const int32_t *bs = (const int32_t *)(dx + nb);
 #pragma GCC unroll 2
             for (int w = 0; w < NW; w++)
-                acc[w][i] = q4k_block(&o[w], qa + b * 256, bs + 8 * b, dx + b, acc[w][i]);
+                acc[w][i] = q4k_block(&o[w], qa + b * 256, bs + 8 * b, dx[b], acc[w][i]);
         }
     }
 #pragma GCC unroll 2
     for (int w = 0; w < NW; w++)
 #pragma GCC unroll 8
-        for (int i = 0; i < NP; i++) y[w][i * y_stride] = _mm512_reduce_add_ps(acc[w][i]);
+        for (int i = 0; i < NP; i++) y[w][i * y_stride] = acc[w][i];
+}
+
+/* ===== The packed layout (bound experts: pack, gemm_packed) =====
+ *
+ * At one activation row the kernel above spends about 35 vector operations
+ * on a 144-byte block of one weight row (the scales' decode, the int16
+ * packing, the reductions): 27 GB/s from L2 on a Zen 5 core, short of what
+ * two cores must decode to follow the memory stream. The packed layout puts
+ * 16 weight rows in the 16 dword lanes of a register, so that a block's
+ * scales, mins and fp32 steps are paid once for 16 rows and a weight byte
+ * costs a mask and half a vpdpbusd.
+ *
+ * Rows go in groups of 16 (the last one padded with zero rows), a group one
+ * contiguous stream over K of Q4KP_REC-byte records, one per block of 256:
+ *   uint8 qs[32][16][4]  row r's qs bytes 4c .. 4c + 3 at [c][r]
+ *   uint8 sb[12][16]     row r's scale byte j at [j][r]
+ *   f16   d[16], dmin[16]
+ * (the checkpoint's 16 x 144 bytes, reordered). Chunk c = 8j + i holds in
+ * lane r row r's values 64j + 4i .. + 3 (low nibbles, sub-block 2j) and
+ * 64j + 32 + 4i .. + 3 (high nibbles, 2j + 1); each meets its 4 activation
+ * bytes broadcast. The high nibbles are used in place (x & 0xf0: 16 q), so
+ * the low sub-blocks take 16 sc[s] and the block's exact integer sum is
+ * 16 isum, scaled by d / 16 (exact): the same fp32 steps (q4k_step) as the
+ * checkpoint layout's kernel, so both give the same bits. */
+enum { Q4KP_ROWS = 16, Q4KP_REC = Q4KP_ROWS * (int)sizeof(moe_block_q4_k) };
+enum { Q4KP_SB = 2048, Q4KP_D = Q4KP_SB + 12 * 16, Q4KP_DMIN = Q4KP_D + 32 };
+_Static_assert(Q4KP_DMIN + 32 == Q4KP_REC, "q4_k packed record");
+
+static size_t q4k_packed_bytes(const moe__wmat *w) {
+    const int64_t groups = (w->rows + Q4KP_ROWS - 1) / Q4KP_ROWS, nb = w->cols / MOE_QK_K;
+    return (size_t)(groups * nb) * Q4KP_REC;
+}
+
+static void q4k_pack(const moe__wmat *w, void *dst) {
+    const int64_t         nb = w->cols / MOE_QK_K, groups = (w->rows + Q4KP_ROWS - 1) / Q4KP_ROWS;
+    const moe_block_q4_k *src = w->data;
+    for (int64_t g = 0; g < groups; g++)
+        for (int64_t b = 0; b < nb; b++) {
+            uint8_t *rec = (uint8_t *)dst + (size_t)(g * nb + b) * Q4KP_REC;
+            for (int r = 0; r < Q4KP_ROWS; r++) {
+                const int64_t  row = g * Q4KP_ROWS + r;
+                moe_block_q4_k q;
+                if (row < w->rows) q = src[row * nb + b];
+                else memset(&q, 0, sizeof q);
+                for (int c = 0; c < 32; c++) memcpy(rec + 64 * c + 4 * r, q.qs + 4 * c, 4);
+                for (int j = 0; j < 12; j++) rec[Q4KP_SB + 16 * j + r] = q.scales[j];
+                memcpy(rec + Q4KP_D + 2 * r, &q.d, 2);
+                memcpy(rec + Q4KP_DMIN + 2 * r, &q.dmin, 2);
+            }
+        }
+}
+
+/* vpermb indices: dword lane r takes byte 16 q + r (plane q of 4, row r). */
+#define Q4KP_L(q, r) (char)(16 * (q) + (r)), 0, 0, 0
+#define Q4KP_Q(q) Q4KP_L(q, 0), Q4KP_L(q, 1), Q4KP_L(q, 2), Q4KP_L(q, 3), Q4KP_L(q, 4), \
+    Q4KP_L(q, 5), Q4KP_L(q, 6), Q4KP_L(q, 7), Q4KP_L(q, 8), Q4KP_L(q, 9), Q4KP_L(q, 10), \
+    Q4KP_L(q, 11), Q4KP_L(q, 12), Q4KP_L(q, 13), Q4KP_L(q, 14), Q4KP_L(q, 15)
+static const _Alignas(64) char q4kp_plane[4][64] = { { Q4KP_Q(0) }, { Q4KP_Q(1) }, { Q4KP_Q(2) },
+                                                     { Q4KP_Q(3) } };
+#undef Q4KP_Q
+#undef Q4KP_L
+
+/* Plane s % 4 of v (16 bytes, one per row) zero-extended to 16 int32 lanes. */
+static inline __m512i q4kp_lanes(__m512i v, int s) {
+    return _mm512_maskz_permutexvar_epi8(0x1111111111111111ull,
+                                         _mm512_load_si512(q4kp_plane[s % 4]), v);
+}
+
+static inline __m512i q4kp_bcast(const int8_t *p) {
+    int32_t v;
+    memcpy(&v, p, 4);
+    return _mm512_set1_epi32(v);
+}
+
+/* The 16 rows of the group at g (nb records) against NP activation rows
+ * (at xr, xq_stride apart): acc[i] lane r = output of row r, input i. */
+static inline __attribute__((always_inline)) void q4kp_group(const uint8_t *g, int64_t nb,
+                                                             int64_t K, const char *xr,
+                                                             size_t xq_stride, __m512 acc[4],
+                                                             int NP) {
+    const __m512i lo4 = _mm512_set1_epi8(0x0f), hi4 = _mm512_set1_epi8((char)0xf0);
+    const __m512i m6 = _mm512_set1_epi8(63), top = _mm512_set1_epi8(0x30);
+#pragma GCC unroll 4
+    for (int i = 0; i < NP; i++) acc[i] = _mm512_setzero_ps();
+    const bool pf = moe__cpu_plan.pf_groups;
+    for (int64_t b = 0; b < nb; b++) {
+        const uint8_t *rec = g + (size_t)b * Q4KP_REC;
+        if (pf) moe__cpu_prefetch(rec, Q4KP_REC);
+        /* q4k_scales on 16 rows: planes 0..3 (p0), 4..7 (p1), 8..11 (p2). */
+        const __m512i p0 = _mm512_loadu_si512(rec + Q4KP_SB);
+        const __m512i p1 = _mm512_loadu_si512(rec + Q4KP_SB + 64);
+        const __m512i p2 = _mm512_loadu_si512(rec + Q4KP_SB + 128);
+        const __m512i sc[2] = {
+            _mm512_and_si512(p0, m6),
+            _mm512_or_si512(_mm512_and_si512(p2, lo4),
+                            _mm512_and_si512(_mm512_srli_epi16(p0, 2), top)) };
+        const __m512i mn[2] = {
+            _mm512_and_si512(p1, m6),
+            _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(p2, 4), lo4),
+                            _mm512_and_si512(_mm512_srli_epi16(p1, 2), top)) };
+        const int8_t *qa[4];
+        __m512i       isum[4], msum[4];
+#pragma GCC unroll 4
+        for (int i = 0; i < NP; i++) {
+            qa[i]   = (const int8_t *)(xr + (size_t)i * xq_stride) + b * 256;
+            isum[i] = msum[i] = _mm512_setzero_si512();
+        }
+        for (int j = 0; j < 4; j++) { /* sub-blocks 2j (low nibbles) and 2j + 1 */
+            /* stored positions (q4k_perm) of values 64j and 64j + 32 */
+            const int     ol = 128 * (j / 2) + 32 * (j % 2), oh = ol + 64;
+            __m512i       dl[4], dh[4];
+#pragma GCC unroll 4
+            for (int i = 0; i < NP; i++) dl[i] = dh[i] = _mm512_setzero_si512();
+#pragma GCC unroll 8
+            for (int c = 0; c < 8; c++) {
+                const __m512i x = _mm512_loadu_si512(rec + 64 * (8 * j + c));
+                const __m512i l = _mm512_and_si512(x, lo4), h = _mm512_and_si512(x, hi4);
+#pragma GCC unroll 4
+                for (int i = 0; i < NP; i++) {
+                    dl[i] = _mm512_dpbusd_epi32(dl[i], l, q4kp_bcast(qa[i] + ol + 4 * c));
+                    dh[i] = _mm512_dpbusd_epi32(dh[i], h, q4kp_bcast(qa[i] + oh + 4 * c));
+                }
+            }
+            const __m512i sl = _mm512_slli_epi32(q4kp_lanes(sc[j / 2], 2 * j), 4);
+            const __m512i sh = q4kp_lanes(sc[j / 2], 2 * j + 1);
+#pragma GCC unroll 4
+            for (int i = 0; i < NP; i++)
+                isum[i] = _mm512_add_epi32(isum[i], _mm512_add_epi32(_mm512_mullo_epi32(dl[i], sl),
+                                                                     _mm512_mullo_epi32(dh[i], sh)));
+        }
+#pragma GCC unroll 8
+        for (int s = 0; s < 8; s++) {
+            const __m512i m = q4kp_lanes(mn[s / 4], s);
+#pragma GCC unroll 4
+            for (int i = 0; i < NP; i++) {
+                const int32_t *bs = (const int32_t *)(xr + (size_t)i * xq_stride + K + 4 * (K / 256));
+                msum[i] = _mm512_add_epi32(msum[i], _mm512_mullo_epi32(m, _mm512_set1_epi32(bs[8 * b + s])));
+            }
+        }
+        const __m512 d16 = _mm512_mul_ps(
+            _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(rec + Q4KP_D))),
+            _mm512_set1_ps(0.0625f));
+        const __m512 dmin = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(rec + Q4KP_DMIN)));
+#pragma GCC unroll 4
+        for (int i = 0; i < NP; i++) { /* q4k_step, 16 rows */
+            const float *dx = (const float *)(xr + (size_t)i * xq_stride + K);
+            const __m512 t  = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(msum[i]), dmin,
+                                               _mm512_mul_ps(_mm512_cvtepi32_ps(isum[i]), d16));
+            acc[i] = _mm512_fmadd_ps(t, _mm512_set1_ps(dx[b]), acc[i]);
+        }
+    }
+}
+
+static void gemm_q4k_packed(const moe__wmat *w, int64_t r0, int64_t r1, const void *xq,
+                            size_t xq_stride, int64_t n_x, float *y, int64_t y_stride) {
+    const int64_t  K = w->cols, nb = K / MOE_QK_K;
+    const uint8_t *base = w->data;
+    /* Chunks of activation rows outermost (MOE_CPU_X_CHUNK), then groups,
+     * then passes of 4, 2 and 1 rows (the same operations per output). */
+    for (int64_t c = 0; c < n_x; c += MOE_CPU_X_CHUNK) {
+        const int64_t c1 = n_x - c < MOE_CPU_X_CHUNK ? n_x : c + MOE_CPU_X_CHUNK;
+        for (int64_t g = r0 / Q4KP_ROWS; g * Q4KP_ROWS < r1; g++) {
+            const uint8_t *gp = base + (size_t)(g * nb) * Q4KP_REC;
+            const int64_t  g0 = g * Q4KP_ROWS;
+            const int      lo = (int)((r0 > g0 ? r0 : g0) - g0);
+            const int      hi = (int)((r1 < g0 + Q4KP_ROWS ? r1 : g0 + Q4KP_ROWS) - g0);
+            for (int64_t i = c; i < c1;) {
+                const int64_t left = c1 - i;
+                const int     np   = left >= 4 ? 4 : left >= 2 ? 2 : 1;
+                const char   *xr   = (const char *)xq + (size_t)i * xq_stride;
+                __m512        acc[4];
+                if (np == 4) q4kp_group(gp, nb, K, xr, xq_stride, acc, 4);
+                else if (np == 2) q4kp_group(gp, nb, K, xr, xq_stride, acc, 2);
+                else q4kp_group(gp, nb, K, xr, xq_stride, acc, 1);
+                for (int p = 0; p < np; p++) {
+                    _Alignas(64) float lanes[Q4KP_ROWS];
+                    _mm512_store_ps(lanes, acc[p]);
+                    memcpy(y + (i + p) * y_stride + (g0 + lo - r0), lanes + lo,
+                           sizeof(float) * (size_t)(hi - lo));
+                }
+                i += np;
+            }
+        }
+    }
 }
 #endif
 
@@ -274,5 +472,9 @@ static void gemm_q4k(const moe__wmat *w, int64_t r0, int64_t r1, const void *xq,
 #endif
 }
 
-const moe__cpu_format moe__cpu_q4_k = { .act_row_bytes = q4k_act_row_bytes,
-                                        .act_quantize = act_q4k, .gemm = gemm_q4k };
+const moe__cpu_format moe__cpu_q4_k = {
+    .act_row_bytes = q4k_act_row_bytes, .act_quantize = act_q4k, .gemm = gemm_q4k,
+#if Q4K_AVX512
+    .packed_bytes = q4k_packed_bytes, .pack = q4k_pack, .gemm_packed = gemm_q4k_packed,
+#endif
+};
