@@ -1,7 +1,7 @@
 /*
  * test-cpu-packed.c - the bind-time re-layouts: of the weight-only group
  * formats (INT4_GPTQ, INT8_GPTQ, INT4_AWQ; src/cpu/gemv-wna16.c) and of
- * Q4_K's 16-row groups (src/cpu/gemv-q4k.c). For
+ * the GGUF formats' 16-row groups (src/cpu/gemv-q4k.c, gemv-q8_0.c). For
  * random checkpoint tables made by the formats' reference quantizers,
  * gemm_packed on pack()'s output must give the same bits as gemm on the
  * checkpoint layout (cpu-formats.h's contract), without g_idx, with a g_idx
@@ -45,6 +45,12 @@ static void run_gemm(const moe__cpu_format *cf, const moe__wmat *w, const float 
     cf->gemm(w, 0, w->rows, xq, xs, NX, y, w->rows);
 }
 
+/* The GGUF formats packed in 16-row groups (gemv-q4k.c, gemv-q8_0.c). */
+static bool rows16(moe_format f) {
+    return f == MOE_FORMAT_Q4_K || f == MOE_FORMAT_Q4_0 || f == MOE_FORMAT_Q8_0 ||
+           f == MOE_FORMAT_GGUF_MXFP4;
+}
+
 static void check_packed(const pcase *c) {
     const moe__format_traits *t  = moe__format(c->f);
     const moe__cpu_format    *cf = moe__cpu_format_get(c->f);
@@ -64,7 +70,7 @@ static void check_packed(const pcase *c) {
     for (int64_t k = 0; k < K; k++) g_idx[k] = (int32_t)(test_rng_u64(&rng) % (uint64_t)ng);
     if (c->g_idx == GIDX_SORTABLE) test_gidx_permuted(&rng, K, c->group, g_idx);
     const int sortable = moe__gidx_order(g_idx, K, c->group, order);
-    if (c->f != MOE_FORMAT_Q4_K) /* (no g_idx there; its one group of K = 256 sorts) */
+    if (!rows16(c->f)) /* (no g_idx in the GGUF formats: one group of K sorts) */
         CHECK(sortable == (c->g_idx == GIDX_SORTABLE), "%s: moe__gidx_order says %d", name,
               sortable);
     moe__wmat w = { .format = c->f, .rows = R, .cols = K, .group_size = c->group,
@@ -77,7 +83,7 @@ static void check_packed(const pcase *c) {
     const size_t pb = cf->packed_bytes(&w);
     CHECK(pb >= s.data + s.scales + s.zeros, "%s: %zu packed bytes < the checkpoint's %zu", name,
           pb, s.data + s.scales + s.zeros);
-    const bool whole = c->f == MOE_FORMAT_Q4_K ? R % 16 == 0 : R % 32 == 0 && ng % 4 == 0;
+    const bool whole = rows16(c->f) ? R % 16 == 0 : R % 32 == 0 && ng % 4 == 0;
     if (whole) /* no padding: the copy costs the checkpoint's bytes */
         CHECK(pb == s.data + s.scales + s.zeros, "%s: %zu packed bytes, checkpoint %zu", name, pb,
               s.data + s.scales + s.zeros);
@@ -192,17 +198,28 @@ TEST(cpu_packed_wna16_matches_gemm) {
             }
 }
 
-/* Q4_K's 16-row groups (src/cpu/gemv-q4k.c): whole groups, a padded last
- * group, fewer rows than a group, one and several blocks along K. */
-TEST(cpu_packed_q4_k_matches_gemm) {
-    if (!moe__cpu_format_get(MOE_FORMAT_Q4_K)->pack) TEST_SKIP("no packed Q4_K kernel in this build");
-    const pcase cases[] = {
-        { MOE_FORMAT_Q4_K, 256, MOE_FORMAT_F16, 200, 768, GIDX_NONE },
-        { MOE_FORMAT_Q4_K, 256, MOE_FORMAT_F16, 192, 2048, GIDX_NONE },
-        { MOE_FORMAT_Q4_K, 256, MOE_FORMAT_F16, 5, 256, GIDX_NONE },
-        { MOE_FORMAT_Q4_K, 256, MOE_FORMAT_F16, 33, 1280, GIDX_NONE },
+/* The GGUF formats' 16-row groups (src/cpu/gemv-q4k.c, gemv-q8_0.c):
+ * whole groups, a padded last group, fewer rows than a group; one block
+ * along K and several, for the 32-value blocks also a count that leaves
+ * the checkpoint kernel's last unit of 4 blocks partial. */
+TEST(cpu_packed_gguf_matches_gemm) {
+    const struct { moe_format f; int32_t block; int64_t rows, cols; } cases[] = {
+        { MOE_FORMAT_Q4_K, 256, 200, 768 },     { MOE_FORMAT_Q4_K, 256, 192, 2048 },
+        { MOE_FORMAT_Q4_K, 256, 5, 256 },       { MOE_FORMAT_Q4_K, 256, 33, 1280 },
+        { MOE_FORMAT_Q4_0, 32, 200, 768 },      { MOE_FORMAT_Q4_0, 32, 48, 352 },
+        { MOE_FORMAT_Q4_0, 32, 7, 32 },         { MOE_FORMAT_Q8_0, 32, 200, 768 },
+        { MOE_FORMAT_Q8_0, 32, 37, 416 },       { MOE_FORMAT_Q8_0, 32, 16, 64 },
+        { MOE_FORMAT_GGUF_MXFP4, 32, 200, 768 }, { MOE_FORMAT_GGUF_MXFP4, 32, 21, 352 },
+        { MOE_FORMAT_GGUF_MXFP4, 32, 64, 2880 },
     };
-    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) check_packed(&cases[i]);
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        if (!moe__cpu_format_get(cases[i].f)->pack) {
+            TEST_SKIP("no packed %s kernel in this build", moe_format_name(cases[i].f));
+        }
+        const pcase c = { cases[i].f, cases[i].block, MOE_FORMAT_F16, cases[i].rows,
+                          cases[i].cols, GIDX_NONE };
+        check_packed(&c);
+    }
 }
 
 TEST(cpu_packed_wna16_shapes) {

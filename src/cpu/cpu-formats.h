@@ -206,8 +206,9 @@ typedef struct moe__cpu_stream_plan {
     int    streams;         /* interleaved row streams per tile (moe__cpu_stream_row) */
     size_t pf_far, pf_near; /* prefetch distances in bytes (moe__cpu_prefetch)        */
     size_t pf_far_packed;   /* pf_far of the packed GPTQ / AWQ kernels (gemv-wna16.c) */
-    bool   pf_groups;       /* whether the packed row-group kernels (gemv-q4k.c), one
-                               sequential stream each, prefetch it themselves     */
+    bool   pf_groups;       /* whether the packed 16-row group kernels (gemv-q4k.c,
+                               gemv-q8_0.c), one sequential stream each, prefetch it
+                               themselves                                         */
 } moe__cpu_stream_plan;
 extern moe__cpu_stream_plan moe__cpu_plan;
 

@@ -32,10 +32,13 @@
  *   float dl[16]     lane 4b + j: block b's q8_0 scale (f16-rounded; MXFP4:
  *                    halved, ggml's e8m0 half then becomes 2^(e - 127))
  *
- * Order: per row and activation row, units in increasing k alternate
- * between two accumulators (fixed by K), summed, then reduced by one fixed
- * tree. Weight rows are streamed as cpu-formats.h says
- * (moe__cpu_stream_row order, moe__cpu_prefetch).
+ * Order: per row and activation row, each block's exact integer sum isum
+ * (its 4 lanes added), t = isum * dl, then acc[b % 4] = t * d_w + acc[b %
+ * 4] (fma; blocks in increasing k), and y = (acc[0] + acc[1]) + (acc[2] +
+ * acc[3]). Weight rows are streamed as cpu-formats.h says
+ * (moe__cpu_stream_row order, moe__cpu_prefetch). Bound experts run the
+ * packed layout of 16-row groups (below) with the same steps and bits; the
+ * portable path sums per block in fp32 (each build has one kernel).
  */
 #include "cpu-formats.h"
 #include "../quant/quant.h"
@@ -248,7 +251,9 @@ static inline __attribute__((always_inline)) __m512 q4u_decode(
 }
 
 /* Unit u (4 blocks) of the weight row against NP activation rows, into
- * the accumulators a[i] (one of each row's two). */
+ * the accumulators a[i]: each 4-lane group b sums block b's lanes exactly
+ * (two in-lane shuffles), so every lane of group b then takes that block's
+ * fp32 step (q4u_step's order, the packed kernel's too). */
 static inline __attribute__((always_inline)) void q4u_unit(
     moe_format f, const q4u_idx *ix, const uint8_t *row, int64_t u, int64_t nu, int64_t nb,
     const char *xr, size_t xq_stride, __m512 a[4], int NP) {
@@ -263,19 +268,27 @@ static inline __attribute__((always_inline)) void q4u_unit(
         const q4u_rec *x = (const q4u_rec *)(xr + (size_t)i * xq_stride) + u;
         __m512i sum = _mm512_dpbusd_epi32(_mm512_load_si512(x->ns), lo, _mm512_load_si512(x->qa));
         sum = _mm512_dpbusd_epi32(sum, hi, _mm512_load_si512(x->qa + 64));
-        const __m512 t = _mm512_mul_ps(_mm512_cvtepi32_ps(sum), _mm512_load_ps(x->dl));
-        a[i] = _mm512_fmadd_ps(t, dw, a[i]);
+        sum = _mm512_add_epi32(sum, _mm512_shuffle_epi32(sum, _MM_PERM_BADC));
+        sum = _mm512_add_epi32(sum, _mm512_shuffle_epi32(sum, _MM_PERM_CDAB));
+        a[i] = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(sum), _mm512_load_ps(x->dl)), dw,
+                               a[i]);
     }
+}
+
+/* The row's result from an accumulator whose lane group b (lanes 4b ..
+ * 4b + 3, equal) holds blocks b, b + 4, ...: the q4u order's final sum. */
+static inline float q4u_final(__m512 a) {
+    _Alignas(64) float l[16];
+    _mm512_store_ps(l, a);
+    return (l[0] + l[4]) + (l[8] + l[12]);
 }
 
 /* NW weight rows of nb blocks (row0, and row1 when NW = 2) against NP
  * activation rows (at xr, xq_stride apart): writes y0[i * y_stride] (and
- * y1[...]) for i < NP. Units alternate between each row's two accumulators;
- * they go in pairs, and the row loops are unrolled, so that the
- * accumulators are registers (with a runtime parity index and rolled loops
- * the multi-row variants kept them on the stack: a store-to-load round trip
- * per unit and row). Two weight rows share each unit's activation loads
- * (as gemv-q4k.c). */
+ * y1[...]) for i < NP. The row loops are unrolled, so that the
+ * accumulators are registers (with rolled loops the multi-row variants
+ * kept them on the stack: a store-to-load round trip per unit and row).
+ * Two weight rows share each unit's activation loads (as gemv-q4k.c). */
 static inline __attribute__((always_inline)) void q4u_rows(
     moe_format f, const q4u_idx *ix, const uint8_t *row0, const uint8_t *row1, int NW,
     int64_t nb, const char *xr, size_t xq_stride, float *y0, float *y1, int64_t y_stride,
@@ -283,27 +296,190 @@ static inline __attribute__((always_inline)) void q4u_rows(
     const int64_t  nu = (nb + 3) / 4;
     const uint8_t *row[2] = { row0, row1 };
     float         *y[2] = { y0, y1 };
-    __m512 e[2][4], o[2][4]; /* even and odd units, rows 0..3 */
+    __m512 a[2][4]; /* rows 0..3 */
 #pragma GCC unroll 2
     for (int w = 0; w < NW; w++)
 #pragma GCC unroll 4
-        for (int i = 0; i < 4; i++) e[w][i] = o[w][i] = _mm512_setzero_ps();
-    int64_t u = 0;
-    for (; u + 1 < nu; u += 2) {
+        for (int i = 0; i < 4; i++) a[w][i] = _mm512_setzero_ps();
+    for (int64_t u = 0; u < nu; u++)
 #pragma GCC unroll 2
-        for (int w = 0; w < NW; w++) q4u_unit(f, ix, row[w], u, nu, nb, xr, xq_stride, e[w], NP);
+        for (int w = 0; w < NW; w++) q4u_unit(f, ix, row[w], u, nu, nb, xr, xq_stride, a[w], NP);
 #pragma GCC unroll 2
-        for (int w = 0; w < NW; w++)
-            q4u_unit(f, ix, row[w], u + 1, nu, nb, xr, xq_stride, o[w], NP);
+    for (int w = 0; w < NW; w++)
+#pragma GCC unroll 4
+        for (int i = 0; i < NP; i++) y[w][i * y_stride] = q4u_final(a[w][i]);
+}
+
+/* ===== The packed layout (bound experts: pack, gemm_packed) =====
+ *
+ * As Q4_K's (gemv-q4k.c): 16 weight rows in the 16 dword lanes of a
+ * register, so that a block's scale and fp32 steps are paid once per 16
+ * rows, and the quant bytes come in the order vpdpbusd takes them, with
+ * no gather. Rows go in groups of 16 (the last one padded with zero
+ * rows), a group one contiguous stream over K of records of 16 blocks
+ * (16 bb bytes, the checkpoint's bytes reordered), one per block column:
+ *   uint8 qs[nc][16][4]   row r's quant bytes 4c .. 4c + 3 at [c][r]
+ *                         (nc = 4 for Q4_0 and MXFP4, 8 for Q8_0)
+ *   f16 d[16] (Q4_0, Q8_0) or uint8 e[16] (MXFP4)
+ * Q4_0's high nibbles are used in place (x & 0xf0: 16 q) and its low ones'
+ * sums taken times 16, so the block's exact sum is 16 isum, scaled by dl /
+ * 16 (exact); the fp32 steps are q4u_unit's, so both layouts give the same
+ * bits. */
+enum { Q4P_ROWS = 16 };
+
+static inline int q4p_nc(moe_format f) { return f == MOE_FORMAT_Q8_0 ? 8 : 4; }
+
+static size_t q4p_packed_bytes(const moe__wmat *w) {
+    const int64_t groups = (w->rows + Q4P_ROWS - 1) / Q4P_ROWS, nb = w->cols / MOE_QK8_0;
+    return (size_t)(groups * nb) * Q4P_ROWS * (size_t)q4u_bb(w->format);
+}
+
+static void q4p_pack(const moe__wmat *w, void *dst) {
+    const moe_format f  = w->format;
+    const int        bb = q4u_bb(f), nc = q4p_nc(f), o0 = f == MOE_FORMAT_GGUF_MXFP4 ? 1 : 2;
+    const int64_t    nb = w->cols / MOE_QK8_0, groups = (w->rows + Q4P_ROWS - 1) / Q4P_ROWS;
+    const uint8_t   *src = w->data;
+    for (int64_t g = 0; g < groups; g++)
+        for (int64_t b = 0; b < nb; b++) {
+            uint8_t *rec = (uint8_t *)dst + (size_t)(g * nb + b) * Q4P_ROWS * (size_t)bb;
+            for (int r = 0; r < Q4P_ROWS; r++) {
+                const int64_t row = g * Q4P_ROWS + r;
+                uint8_t       blk[34] = { 0 };
+                if (row < w->rows) memcpy(blk, src + (size_t)(row * nb + b) * (size_t)bb, (size_t)bb);
+                for (int c = 0; c < nc; c++) memcpy(rec + 64 * c + 4 * r, blk + o0 + 4 * c, 4);
+                memcpy(rec + 64 * nc + (size_t)(o0 * r), blk, (size_t)o0); /* d, or e */
+            }
+        }
+}
+
+static inline __m512i q4p_bcast(const int8_t *p) {
+    int32_t v;
+    memcpy(&v, p, 4);
+    return _mm512_set1_epi32(v);
+}
+
+/* The 16 rows of the group at g (nb blocks) against NP activation rows
+ * (records at xr, xq_stride apart): a[i][b % 4] lane r takes row r's
+ * blocks b, b + 4, ... (q4u_unit's steps), summed as q4u_final does. */
+static inline __attribute__((always_inline)) void q4p_group(moe_format f, const uint8_t *g,
+                                                            int64_t nb, const char *xr,
+                                                            size_t xq_stride, __m512 out[4],
+                                                            int NP) {
+    const bool    q4 = f == MOE_FORMAT_Q4_0, mx = f == MOE_FORMAT_GGUF_MXFP4;
+    const int     nc = q4p_nc(f);
+    const size_t  rb = (size_t)Q4P_ROWS * (size_t)q4u_bb(f);
+    const __m512i m4 = _mm512_set1_epi8(15), h4 = _mm512_set1_epi8((char)0xf0);
+    const __m512i lut = _mm512_broadcast_i32x4(_mm_setr_epi8(
+        (char)128, (char)129, (char)130, (char)131, (char)132, (char)134, (char)136, (char)140,
+        (char)128, 127, 126, 125, 124, 122, 120, 116)); /* kvalues_mxfp4 * 2 + 128 */
+    const bool pf = moe__cpu_plan.pf_groups;
+    __m512 a[4][4];
+#pragma GCC unroll 4
+    for (int i = 0; i < NP; i++)
+#pragma GCC unroll 4
+        for (int k = 0; k < 4; k++) a[i][k] = _mm512_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        const uint8_t *rec = g + (size_t)b * rb;
+        if (pf) moe__cpu_prefetch(rec, rb);
+        const int bi = (int)(b % 4);
+        __m512i   lo[4], hi[4];
+#pragma GCC unroll 4
+        for (int i = 0; i < NP; i++) { /* the block's correction: its 4 ns lanes */
+            const q4u_rec *x = (const q4u_rec *)(xr + (size_t)i * xq_stride) + b / 4;
+            lo[i] = _mm512_set1_epi32(x->ns[4 * bi] + x->ns[4 * bi + 1] + x->ns[4 * bi + 2] +
+                                      x->ns[4 * bi + 3]);
+            hi[i] = _mm512_setzero_si512();
+        }
+#pragma GCC unroll 8
+        for (int c = 0; c < nc; c++) {
+            const __m512i v = _mm512_loadu_si512(rec + 64 * c);
+            __m512i       l, h = _mm512_setzero_si512();
+            if (f == MOE_FORMAT_Q8_0) {
+                l = _mm512_xor_si512(v, _mm512_set1_epi8(-128));
+            } else if (q4) {
+                l = _mm512_and_si512(v, m4);
+                h = _mm512_and_si512(v, h4);
+            } else {
+                l = _mm512_shuffle_epi8(lut, _mm512_and_si512(v, m4));
+                h = _mm512_shuffle_epi8(lut, _mm512_and_si512(_mm512_srli_epi16(v, 4), m4));
+            }
+#pragma GCC unroll 4
+            for (int i = 0; i < NP; i++) {
+                const int8_t *qa = ((const q4u_rec *)(xr + (size_t)i * xq_stride) + b / 4)->qa;
+                if (f == MOE_FORMAT_Q8_0) { /* values 4c ..: 0..15 at 16 bi, 16..31 at 64 + 16 bi */
+                    const int o = c < 4 ? 16 * bi + 4 * c : 64 + 16 * bi + 4 * (c - 4);
+                    if (c < 4) lo[i] = _mm512_dpbusd_epi32(lo[i], l, q4p_bcast(qa + o));
+                    else hi[i] = _mm512_dpbusd_epi32(hi[i], l, q4p_bcast(qa + o));
+                } else {
+                    lo[i] = _mm512_dpbusd_epi32(lo[i], l, q4p_bcast(qa + 16 * bi + 4 * c));
+                    hi[i] = _mm512_dpbusd_epi32(hi[i], h, q4p_bcast(qa + 64 + 16 * bi + 4 * c));
+                }
+            }
+        }
+        __m512 dw;
+        if (mx) {
+            const __m512i e = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(rec + 64 * nc)));
+            dw = _mm512_castsi512_ps(
+                _mm512_max_epu32(_mm512_slli_epi32(e, 23), _mm512_set1_epi32(0x00400000)));
+        } else {
+            dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(rec + 64 * nc)));
+        }
+#pragma GCC unroll 4
+        for (int i = 0; i < NP; i++) {
+            const q4u_rec *x  = (const q4u_rec *)(xr + (size_t)i * xq_stride) + b / 4;
+            const __m512i  is = q4 ? _mm512_add_epi32(_mm512_slli_epi32(lo[i], 4), hi[i])
+                                   : _mm512_add_epi32(lo[i], hi[i]);
+            const float    dl = q4 ? x->dl[4 * bi] * 0.0625f : x->dl[4 * bi];
+            a[i][bi] = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(is), _mm512_set1_ps(dl)),
+                                       dw, a[i][bi]);
+        }
     }
-#pragma GCC unroll 2
-    for (int w = 0; w < NW && u < nu; w++)
-        q4u_unit(f, ix, row[w], u, nu, nb, xr, xq_stride, e[w], NP);
-#pragma GCC unroll 2
-    for (int w = 0; w < NW; w++)
 #pragma GCC unroll 4
-        for (int i = 0; i < NP; i++)
-            y[w][i * y_stride] = _mm512_reduce_add_ps(_mm512_add_ps(e[w][i], o[w][i]));
+    for (int i = 0; i < NP; i++)
+        out[i] = _mm512_add_ps(_mm512_add_ps(a[i][0], a[i][1]), _mm512_add_ps(a[i][2], a[i][3]));
+}
+
+static void gemm_q4p(const moe__wmat *w, int64_t r0, int64_t r1, const void *xq,
+                     size_t xq_stride, int64_t n_x, float *y, int64_t y_stride) {
+    const moe_format f  = w->format;
+    const int64_t    nb = w->cols / MOE_QK8_0;
+    const size_t     gb = (size_t)nb * Q4P_ROWS * (size_t)q4u_bb(f); /* bytes of a group */
+    const uint8_t   *base = w->data;
+    /* Chunks of activation rows outermost (MOE_CPU_X_CHUNK), then groups,
+     * then passes of 4, 2 and 1 rows (the same operations per output). */
+    for (int64_t c = 0; c < n_x; c += MOE_CPU_X_CHUNK) {
+        const int64_t c1 = n_x - c < MOE_CPU_X_CHUNK ? n_x : c + MOE_CPU_X_CHUNK;
+        for (int64_t g = r0 / Q4P_ROWS; g * Q4P_ROWS < r1; g++) {
+            const uint8_t *gp = base + (size_t)g * gb;
+            const int64_t  g0 = g * Q4P_ROWS;
+            const int      lo = (int)((r0 > g0 ? r0 : g0) - g0);
+            const int      hi = (int)((r1 < g0 + Q4P_ROWS ? r1 : g0 + Q4P_ROWS) - g0);
+            for (int64_t i = c; i < c1;) {
+                const int64_t left = c1 - i;
+                const int     np   = left >= 4 ? 4 : left >= 2 ? 2 : 1;
+                const char   *xr   = (const char *)xq + (size_t)i * xq_stride;
+                __m512        acc[4];
+                /* constant format and NP: each variant compiles to its own loop */
+#define Q4P_GROUP(F)                                                         \
+    do {                                                                     \
+        if (np == 4)      q4p_group(F, gp, nb, xr, xq_stride, acc, 4);       \
+        else if (np == 2) q4p_group(F, gp, nb, xr, xq_stride, acc, 2);       \
+        else              q4p_group(F, gp, nb, xr, xq_stride, acc, 1);       \
+    } while (0)
+                if (f == MOE_FORMAT_GGUF_MXFP4) Q4P_GROUP(MOE_FORMAT_GGUF_MXFP4);
+                else if (f == MOE_FORMAT_Q8_0) Q4P_GROUP(MOE_FORMAT_Q8_0);
+                else Q4P_GROUP(MOE_FORMAT_Q4_0);
+#undef Q4P_GROUP
+                for (int p = 0; p < np; p++) {
+                    _Alignas(64) float lanes[Q4P_ROWS];
+                    _mm512_store_ps(lanes, acc[p]);
+                    memcpy(y + (i + p) * y_stride + (g0 + lo - r0), lanes + lo,
+                           sizeof(float) * (size_t)(hi - lo));
+                }
+                i += np;
+            }
+        }
+    }
 }
 #endif
 
@@ -394,9 +570,14 @@ static void gemm_q4u(const moe__wmat *w, int64_t r0, int64_t r1, const void *xq,
     }
 }
 
-const moe__cpu_format moe__cpu_q8_0       = { .act_row_bytes = q4u_act_row_bytes,
-                                              .act_quantize = act_q4u, .gemm = gemm_q4u };
-const moe__cpu_format moe__cpu_q4_0       = { .act_row_bytes = q4u_act_row_bytes,
-                                              .act_quantize = act_q4u, .gemm = gemm_q4u };
-const moe__cpu_format moe__cpu_mxfp4_gguf = { .act_row_bytes = q4u_act_row_bytes,
-                                              .act_quantize = act_q4u, .gemm = gemm_q4u };
+#if Q80_AVX512
+#define Q4U_ENTRY                                                                  \
+    { .act_row_bytes = q4u_act_row_bytes, .act_quantize = act_q4u, .gemm = gemm_q4u, \
+      .packed_bytes = q4p_packed_bytes, .pack = q4p_pack, .gemm_packed = gemm_q4p }
+#else
+#define Q4U_ENTRY { .act_row_bytes = q4u_act_row_bytes, .act_quantize = act_q4u, .gemm = gemm_q4u }
+#endif
+const moe__cpu_format moe__cpu_q8_0       = Q4U_ENTRY;
+const moe__cpu_format moe__cpu_q4_0       = Q4U_ENTRY;
+const moe__cpu_format moe__cpu_mxfp4_gguf = Q4U_ENTRY;
+#undef Q4U_ENTRY
