@@ -45,10 +45,11 @@ static void run_gemm(const moe__cpu_format *cf, const moe__wmat *w, const float 
     cf->gemm(w, 0, w->rows, xq, xs, NX, y, w->rows);
 }
 
-/* The GGUF formats packed in 16-row groups (gemv-q4k.c, gemv-q8_0.c). */
+/* The formats packed in 16-row groups (gemv-q4k.c, gemv-q8_0.c,
+ * gemv-int8.c). */
 static bool rows16(moe_format f) {
     return f == MOE_FORMAT_Q4_K || f == MOE_FORMAT_Q4_0 || f == MOE_FORMAT_Q8_0 ||
-           f == MOE_FORMAT_GGUF_MXFP4;
+           f == MOE_FORMAT_GGUF_MXFP4 || f == MOE_FORMAT_INT8_W8A8;
 }
 
 static void check_packed(const pcase *c) {
@@ -83,7 +84,7 @@ static void check_packed(const pcase *c) {
     const size_t pb = cf->packed_bytes(&w);
     CHECK(pb >= s.data + s.scales + s.zeros, "%s: %zu packed bytes < the checkpoint's %zu", name,
           pb, s.data + s.scales + s.zeros);
-    const bool whole = rows16(c->f) ? R % 16 == 0 : R % 32 == 0 && ng % 4 == 0;
+    const bool whole = rows16(c->f) ? R % 16 == 0 && K % 4 == 0 : R % 32 == 0 && ng % 4 == 0;
     if (whole) /* no padding: the copy costs the checkpoint's bytes */
         CHECK(pb == s.data + s.scales + s.zeros, "%s: %zu packed bytes, checkpoint %zu", name, pb,
               s.data + s.scales + s.zeros);
@@ -198,11 +199,13 @@ TEST(cpu_packed_wna16_matches_gemm) {
             }
 }
 
-/* The GGUF formats' 16-row groups (src/cpu/gemv-q4k.c, gemv-q8_0.c):
+/* The 16-row groups (src/cpu/gemv-q4k.c, gemv-q8_0.c, gemv-int8.c):
  * whole groups, a padded last group, fewer rows than a group; one block
  * along K and several, for the 32-value blocks also a count that leaves
- * the checkpoint kernel's last unit of 4 blocks partial. */
-TEST(cpu_packed_gguf_matches_gemm) {
+ * the checkpoint kernel's last unit of 4 blocks partial, for INT8 W8A8 K
+ * not a multiple of 4 (zero padding) and past the packed kernel's int32
+ * chunk (16384 values). */
+TEST(cpu_packed_groups_match_gemm) {
     const struct { moe_format f; int32_t block; int64_t rows, cols; } cases[] = {
         { MOE_FORMAT_Q4_K, 256, 200, 768 },     { MOE_FORMAT_Q4_K, 256, 192, 2048 },
         { MOE_FORMAT_Q4_K, 256, 5, 256 },       { MOE_FORMAT_Q4_K, 256, 33, 1280 },
@@ -211,6 +214,8 @@ TEST(cpu_packed_gguf_matches_gemm) {
         { MOE_FORMAT_Q8_0, 32, 37, 416 },       { MOE_FORMAT_Q8_0, 32, 16, 64 },
         { MOE_FORMAT_GGUF_MXFP4, 32, 200, 768 }, { MOE_FORMAT_GGUF_MXFP4, 32, 21, 352 },
         { MOE_FORMAT_GGUF_MXFP4, 32, 64, 2880 },
+        { MOE_FORMAT_INT8_W8A8, 1, 200, 768 },  { MOE_FORMAT_INT8_W8A8, 1, 19, 250 },
+        { MOE_FORMAT_INT8_W8A8, 1, 3, 7 },      { MOE_FORMAT_INT8_W8A8, 1, 32, 16900 },
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         if (!moe__cpu_format_get(cases[i].f)->pack) {

@@ -4,7 +4,8 @@
  * gemv-q8.h's layout), weights used as q + 128 so that vpdpbusd multiplies
  * unsigned weights by signed activations exactly; the row scale and the
  * token scale multiply the integer sums in fp32. AVX-512 sums a whole row
- * in integers (below); the portable build runs gemv-q8.h's engine.
+ * in integers (below; bound experts in a packed layout of 16-row groups,
+ * same bits); the portable build runs gemv-q8.h's engine.
  */
 #include "gemv-q8.h"
 
@@ -114,6 +115,145 @@ static void gemm_int8(const moe__wmat *w, int64_t r0, int64_t r1, const void *xq
         }
     }
 }
+
+/* ===== The packed layout (bound experts: pack, gemm_packed) =====
+ *
+ * 16 weight rows in the 16 dword lanes of a register (as gemv-q4k.c's
+ * groups): a 64-byte load holds 4 consecutive values of each of 16 rows,
+ * and vpdpbusd against the 4 activation bytes broadcast sums all 16 rows at
+ * once, so a weight byte costs a load, an xor and a vpdpbusd per 64 and no
+ * reduction. Rows go in groups of 16 (the last one padded with zero rows),
+ * a group one contiguous stream:
+ *   int8  q[K4 / 4][16][4]   row r's values 4c .. 4c + 3 at [c][r] (K4 =
+ *                            K rounded up to 4, zeros past K)
+ *   float s[16]              the rows' scales
+ * Each lane's integer sum is exact (int32 over at most I8P_KC values, then
+ * int64), so the result has the same bits as i8_rows'. */
+enum { I8P_ROWS = 16, I8P_KC = 16384 };
+
+static int64_t i8p_k4(int64_t K) { return (K + 3) / 4 * 4; }
+
+static size_t i8p_group_bytes(int64_t K) {
+    return (size_t)(i8p_k4(K) * I8P_ROWS) + I8P_ROWS * sizeof(float);
+}
+
+static size_t i8p_packed_bytes(const moe__wmat *w) {
+    return (size_t)((w->rows + I8P_ROWS - 1) / I8P_ROWS) * i8p_group_bytes(w->cols);
+}
+
+static void i8p_pack(const moe__wmat *w, void *dst) {
+    const int64_t K = w->cols, K4 = i8p_k4(K), groups = (w->rows + I8P_ROWS - 1) / I8P_ROWS;
+    for (int64_t g = 0; g < groups; g++) {
+        int8_t *o  = (int8_t *)dst + (size_t)g * i8p_group_bytes(K);
+        float  *sc = (float *)(o + K4 * I8P_ROWS);
+        for (int r = 0; r < I8P_ROWS; r++) {
+            const int64_t row = g * I8P_ROWS + r;
+            const int8_t *q   = row < w->rows ? (const int8_t *)w->data + row * K : NULL;
+            for (int64_t k = 0; k < K4; k++)
+                o[(k / 4) * 64 + 4 * r + k % 4] = q && k < K ? q[k] : 0;
+            const float s = q ? ((const float *)w->scales)[row] : 0.0f;
+            memcpy(&sc[r], &s, sizeof s);
+        }
+    }
+}
+
+static inline __m512i i8p_bcast(const char *p) {
+    int32_t v;
+    memcpy(&v, p, 4);
+    return _mm512_set1_epi32(v);
+}
+
+/* The 16 rows of the group at g against NP activation rows: y lanes. */
+static inline __attribute__((always_inline)) void i8p_group(const int8_t *g, int64_t K,
+                                                            const char *xr, size_t xq_stride,
+                                                            const int64_t *asum, __m512 out[4],
+                                                            int NP) {
+    const int64_t K4 = i8p_k4(K);
+    const bool    pf = moe__cpu_plan.pf_groups;
+    __m512i       lo[4], hi[4]; /* int64 totals of lanes 0..7, 8..15 */
+#pragma GCC unroll 4
+    for (int i = 0; i < NP; i++) lo[i] = hi[i] = _mm512_setzero_si512();
+    for (int64_t k0 = 0; k0 < K4; k0 += I8P_KC) {
+        const int64_t k1 = K4 - k0 < I8P_KC ? K4 : k0 + I8P_KC;
+        /* four chains per activation row (k / 4 % 4): one vpdpbusd chain
+         * waits on its latency (integer sums: the order moves no bit) */
+        __m512i       acc[4][4];
+#pragma GCC unroll 4
+        for (int i = 0; i < NP; i++)
+#pragma GCC unroll 4
+            for (int j = 0; j < 4; j++) acc[i][j] = _mm512_setzero_si512();
+        int64_t k = k0;
+        for (; k + 16 <= k1; k += 16) {
+#pragma GCC unroll 4
+            for (int j = 0; j < 4; j++) {
+                const int8_t *p = g + (k + 4 * j) * I8P_ROWS;
+                if (pf) moe__cpu_prefetch(p, 64);
+                const __m512i u = _mm512_xor_si512(_mm512_loadu_si512(p), _mm512_set1_epi8(-128));
+#pragma GCC unroll 4
+                for (int i = 0; i < NP; i++)
+                    acc[i][j] = _mm512_dpbusd_epi32(acc[i][j], u,
+                                                    i8p_bcast(xr + (size_t)i * xq_stride + k + 4 * j));
+            }
+        }
+        for (; k < k1; k += 4) {
+            const int8_t *p = g + k * I8P_ROWS;
+            const __m512i u = _mm512_xor_si512(_mm512_loadu_si512(p), _mm512_set1_epi8(-128));
+#pragma GCC unroll 4
+            for (int i = 0; i < NP; i++)
+                acc[i][0] = _mm512_dpbusd_epi32(acc[i][0], u, i8p_bcast(xr + (size_t)i * xq_stride + k));
+        }
+#pragma GCC unroll 4
+        for (int i = 0; i < NP; i++) {
+            const __m512i a = _mm512_add_epi32(_mm512_add_epi32(acc[i][0], acc[i][1]),
+                                               _mm512_add_epi32(acc[i][2], acc[i][3]));
+            lo[i] = _mm512_add_epi64(lo[i], _mm512_cvtepi32_epi64(_mm512_castsi512_si256(a)));
+            hi[i] = _mm512_add_epi64(hi[i], _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(a, 1)));
+        }
+    }
+    const __m512 sw = _mm512_loadu_ps((const float *)(g + K4 * I8P_ROWS));
+#pragma GCC unroll 4
+    for (int i = 0; i < NP; i++) { /* i8_rows' (float)(tot - 128 asum) * (sw * d), 16 lanes */
+        const __m512i c = _mm512_set1_epi64(128 * asum[i]);
+        const __m512  t = _mm512_insertf32x8(
+            _mm512_castps256_ps512(_mm512_cvtepi64_ps(_mm512_sub_epi64(lo[i], c))),
+            _mm512_cvtepi64_ps(_mm512_sub_epi64(hi[i], c)), 1);
+        const float d = q8_act_view(xr + (size_t)i * xq_stride, K).ad[0];
+        out[i] = _mm512_mul_ps(t, _mm512_mul_ps(sw, _mm512_set1_ps(d)));
+    }
+}
+
+static void gemm_int8_packed(const moe__wmat *w, int64_t r0, int64_t r1, const void *xq,
+                             size_t xq_stride, int64_t n_x, float *y, int64_t y_stride) {
+    const int64_t K = w->cols, ng = q8_kp(K) / 16;
+    for (int64_t i0 = 0; i0 < n_x; i0 += 4) {
+        const int64_t nx = n_x - i0 < 4 ? n_x - i0 : 4;
+        const char   *xr = (const char *)xq + (size_t)i0 * xq_stride;
+        int64_t       asum[4] = { 0, 0, 0, 0 }; /* sum of qa per activation row */
+        for (int64_t i = 0; i < nx; i++) {
+            const int32_t *as = q8_act_view(xr + (size_t)i * xq_stride, K).as;
+            for (int64_t g = 0; g < ng; g++) asum[i] += as[g];
+        }
+        for (int64_t g = r0 / I8P_ROWS; g * I8P_ROWS < r1; g++) {
+            const int8_t *gp = (const int8_t *)w->data + (size_t)g * i8p_group_bytes(K);
+            const int64_t g0 = g * I8P_ROWS;
+            const int     lo = (int)((r0 > g0 ? r0 : g0) - g0);
+            const int     hi = (int)((r1 < g0 + I8P_ROWS ? r1 : g0 + I8P_ROWS) - g0);
+            __m512        out[4];
+            switch (nx) {
+            case 4: i8p_group(gp, K, xr, xq_stride, asum, out, 4); break;
+            case 3: i8p_group(gp, K, xr, xq_stride, asum, out, 3); break;
+            case 2: i8p_group(gp, K, xr, xq_stride, asum, out, 2); break;
+            default: i8p_group(gp, K, xr, xq_stride, asum, out, 1); break;
+            }
+            for (int64_t i = 0; i < nx; i++) {
+                _Alignas(64) float lanes[I8P_ROWS];
+                _mm512_store_ps(lanes, out[i]);
+                memcpy(y + (i0 + i) * y_stride + (g0 + lo - r0), lanes + lo,
+                       sizeof(float) * (size_t)(hi - lo));
+            }
+        }
+    }
+}
 #else
 static void gemm_int8(const moe__wmat *w, int64_t r0, int64_t r1, const void *xq,
                       size_t xq_stride, int64_t n_x, float *y, int64_t y_stride) {
@@ -121,5 +261,9 @@ static void gemm_int8(const moe__wmat *w, int64_t r0, int64_t r1, const void *xq
 }
 #endif
 
-const moe__cpu_format moe__cpu_int8_w8a8 = { .act_row_bytes = q8_act_row_bytes,
-                                             .act_quantize = act_i8, .gemm = gemm_int8 };
+const moe__cpu_format moe__cpu_int8_w8a8 = {
+    .act_row_bytes = q8_act_row_bytes, .act_quantize = act_i8, .gemm = gemm_int8,
+#if Q8_AVX512
+    .packed_bytes = i8p_packed_bytes, .pack = i8p_pack, .gemm_packed = gemm_int8_packed,
+#endif
+};
