@@ -45,10 +45,10 @@ static void run_gemm(const moe__cpu_format *cf, const moe__wmat *w, const float 
     cf->gemm(w, 0, w->rows, xq, xs, NX, y, w->rows);
 }
 
-/* The formats packed in 16-row groups (gemv-q4k.c, gemv-q8_0.c,
- * gemv-int8.c). */
+/* The formats packed in 16-row groups (gemv-q4k.c, gemv-q6k.c,
+ * gemv-q8_0.c, gemv-int8.c). */
 static bool rows16(moe_format f) {
-    return f == MOE_FORMAT_Q4_K || f == MOE_FORMAT_Q4_0 || f == MOE_FORMAT_Q8_0 ||
+    return f == MOE_FORMAT_Q4_K || f == MOE_FORMAT_Q6_K || f == MOE_FORMAT_Q4_0 || f == MOE_FORMAT_Q8_0 ||
            f == MOE_FORMAT_GGUF_MXFP4 || f == MOE_FORMAT_INT8_W8A8;
 }
 
@@ -199,7 +199,8 @@ TEST(cpu_packed_wna16_matches_gemm) {
             }
 }
 
-/* The 16-row groups (src/cpu/gemv-q4k.c, gemv-q8_0.c, gemv-int8.c):
+/* The 16-row groups (src/cpu/gemv-q4k.c, gemv-q6k.c, gemv-q8_0.c,
+ * gemv-int8.c):
  * whole groups, a padded last group, fewer rows than a group; one block
  * along K and several, for the 32-value blocks also a count that leaves
  * the checkpoint kernel's last unit of 4 blocks partial, for INT8 W8A8 K
@@ -209,6 +210,8 @@ TEST(cpu_packed_groups_match_gemm) {
     const struct { moe_format f; int32_t block; int64_t rows, cols; } cases[] = {
         { MOE_FORMAT_Q4_K, 256, 200, 768 },     { MOE_FORMAT_Q4_K, 256, 192, 2048 },
         { MOE_FORMAT_Q4_K, 256, 5, 256 },       { MOE_FORMAT_Q4_K, 256, 33, 1280 },
+        { MOE_FORMAT_Q6_K, 256, 200, 768 },     { MOE_FORMAT_Q6_K, 256, 5, 256 },
+        { MOE_FORMAT_Q6_K, 256, 48, 2048 },
         { MOE_FORMAT_Q4_0, 32, 200, 768 },      { MOE_FORMAT_Q4_0, 32, 48, 352 },
         { MOE_FORMAT_Q4_0, 32, 7, 32 },         { MOE_FORMAT_Q8_0, 32, 200, 768 },
         { MOE_FORMAT_Q8_0, 32, 37, 416 },       { MOE_FORMAT_Q8_0, 32, 16, 64 },

@@ -9,6 +9,8 @@
  * scales d * sc. */
 #include "gemv-q8.h"
 
+#include <math.h>
+
 #if Q8_AVX512
 #include <immintrin.h>
 #endif
@@ -62,19 +64,20 @@ static void unpack_q6_k(const moe__wmat *w, int64_t r, int64_t k0, int64_t kc, u
  * vpdpbusd gives partial sums of 4 products q * qa (|.| <= 4 * 63 * 127,
  * so int16 holds them), which are packed to int16 and multiplied by the
  * signed sub-block scales with vpmaddwd; vpmaddwd also forms sc[s] * bs[s]
- * (bs = the q8_K sums of 16, |bs| < 2^15). Per block and activation row:
- *     acc += (d * dx) * float(isum - 32 * msum)     (16 int32 lanes)
- * Lane sums are exact integers below 2^31 (the conversion to fp32 is the
- * first rounding), so a result depends on its two rows only; one fixed
- * reduction tree at the end of the row. Up to 4 activation rows share each
- * decoded block.
+ * (bs = the q8_K sums of 16, |bs| < 2^15). Per block and activation row,
+ * with T = isum - 32 * msum summed over the lanes (an exact integer below
+ * 2^31; the conversion to fp32 is the first rounding):
+ *     acc = (T * d) * dx + acc                        (fma)
+ * blocks in increasing k, so a result depends on its two rows only. Up to
+ * 4 activation rows share each decoded block. Bound experts run the packed
+ * layout below with the same steps and bits.
  */
 #if Q8_AVX512
 typedef struct q6k_wb {
     __m512i u[4];     /* q (0..63) of values 64c .. 64c + 63                          */
     __m512i s01, s23; /* int16 scales matching packs(dot0, dot1), packs(dot2, dot3)     */
     __m512i sc32;     /* sc[0..15] as int16 in the low half of 32-bit lanes           */
-    __m512  d;        /* d, broadcast                                                 */
+    float   d;
 } q6k_wb;
 
 /* int16 element e of 128-bit lane L of packs(dA, dB) belongs to sub-block
@@ -110,17 +113,18 @@ static inline __attribute__((always_inline)) void q6k_decode(const moe_block_q6_
     /* sc in the low 16 bits, zero above: vpmaddwd then adds nothing for
      * the high half of each bs (its sign extension). */
     o->sc32 = _mm512_cvtepu16_epi32(_mm512_castsi512_si256(s16));
-    o->d    = _mm512_set1_ps(_cvtsh_ss(b->d));
+    o->d    = _cvtsh_ss(b->d);
 }
 
-/* acc + the decoded block o against block b of activation row a. */
-static inline __attribute__((always_inline)) __m512 q6k_block(const q6k_wb *o, const q8_act *a,
-                                                              int64_t b, __m512 acc) {
+/* acc + the decoded block o against block b of activation row a: the
+ * block's exact integer sum T = sum_s sc[s] * (sum(q * qa) - 32 * bs[s]),
+ * then acc + (T * d) * dx (fma), the step both layouts take. */
+static inline __attribute__((always_inline)) float q6k_block(const q6k_wb *o, const q8_act *a,
+                                                             int64_t b, float acc) {
     const __m512i is = moe__cpu_kquant_isum(o->u, o->s01, o->s23, a->qa + 256 * b);
     const __m512i ms = _mm512_madd_epi16(_mm512_loadu_si512(a->as + 16 * b), o->sc32);
-    const __m512i t  = _mm512_sub_epi32(is, _mm512_slli_epi32(ms, 5));
-    return _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(t), o->d),
-                           _mm512_set1_ps(a->ad[16 * b]), acc);
+    const int32_t t  = _mm512_reduce_add_epi32(_mm512_sub_epi32(is, _mm512_slli_epi32(ms, 5)));
+    return fmaf((float)t * o->d, a->ad[16 * b], acc);
 }
 
 /* NW weight rows (w0, and w1 when NW = 2; nb blocks each) against NP
@@ -134,11 +138,11 @@ static inline __attribute__((always_inline)) void q6k_rows(const moe_block_q6_k 
                                                            int64_t y_stride, int NP) {
     const moe_block_q6_k *blk[2] = { w0, w1 };
     float *y[2] = { y0, y1 };
-    __m512 acc[2][4];
+    float acc[2][4];
 #pragma GCC unroll 2
     for (int w = 0; w < NW; w++)
 #pragma GCC unroll 4
-        for (int i = 0; i < NP; i++) acc[w][i] = _mm512_setzero_ps();
+        for (int i = 0; i < NP; i++) acc[w][i] = 0;
     for (int64_t b = 0; b < nb; b++) {
         q6k_wb o[2];
 #pragma GCC unroll 2
@@ -156,7 +160,161 @@ static inline __attribute__((always_inline)) void q6k_rows(const moe_block_q6_k 
 #pragma GCC unroll 2
     for (int w = 0; w < NW; w++)
 #pragma GCC unroll 4
-        for (int i = 0; i < NP; i++) y[w][i * y_stride] = _mm512_reduce_add_ps(acc[w][i]);
+        for (int i = 0; i < NP; i++) y[w][i * y_stride] = acc[w][i];
+}
+
+/* ===== The packed layout (bound experts: pack, gemm_packed) =====
+ *
+ * As Q4_K's (gemv-q4k.c): 16 weight rows in the 16 dword lanes, so that a
+ * block's scales and fp32 steps are paid once per 16 rows and the 6-bit
+ * values are assembled without a shuffle. Rows go in groups of 16 (the
+ * last one padded with zero rows), a group one contiguous stream over K of
+ * Q6KP_REC-byte records, one per block of 256:
+ *   uint8 q[16][3][16][4]  for half h and i = 0..7, at [8h + i]: row r's
+ *                          ql bytes 64h + 4i .. + 3 (A), 64h + 32 + 4i ..
+ *                          + 3 (B) and qh bytes 32h + 4i .. + 3 (Q), at
+ *                          [0..2][r]: the order the kernel reads them
+ *   int8  sc[16][16]       row r's scale s at [s][r]
+ *   f16   d[16]
+ * (the checkpoint's 16 x 210 bytes, reordered; with ql and qh in two
+ * regions of the record, read in turn, the stream from memory ran at a
+ * third of the plain read). A, B and Q give values 128h + 32v + 4i ..
+ * + 3 (v = 0..3; sub-block 8h + 2v + i / 4):
+ *   v0 = A & 15 | (Q << 4) & 48    v1 = B & 15 | (Q << 2) & 48
+ *   v2 = A >> 4 | Q & 48           v3 = B >> 4 | (Q >> 2) & 48
+ * Each sub-block's vpdpbusd chain starts at -32 bs[s], is multiplied by
+ * sc[s] and added to the block's exact T, then q6k_block's fp32 step. */
+enum { Q6KP_ROWS = 16, Q6KP_REC = Q6KP_ROWS * (int)sizeof(moe_block_q6_k) };
+enum { Q6KP_SC = 16 * 3 * 64, Q6KP_D = Q6KP_SC + 256 };
+_Static_assert(Q6KP_D + 32 == Q6KP_REC, "q6_k packed record");
+
+static size_t q6k_packed_bytes(const moe__wmat *w) {
+    const int64_t groups = (w->rows + Q6KP_ROWS - 1) / Q6KP_ROWS, nb = w->cols / MOE_QK_K;
+    return (size_t)(groups * nb) * Q6KP_REC;
+}
+
+static void q6k_pack(const moe__wmat *w, void *dst) {
+    const int64_t         nb = w->cols / MOE_QK_K, groups = (w->rows + Q6KP_ROWS - 1) / Q6KP_ROWS;
+    const moe_block_q6_k *src = w->data;
+    for (int64_t g = 0; g < groups; g++)
+        for (int64_t b = 0; b < nb; b++) {
+            uint8_t *rec = (uint8_t *)dst + (size_t)(g * nb + b) * Q6KP_REC;
+            for (int r = 0; r < Q6KP_ROWS; r++) {
+                const int64_t  row = g * Q6KP_ROWS + r;
+                moe_block_q6_k q;
+                if (row < w->rows) q = src[row * nb + b];
+                else memset(&q, 0, sizeof q);
+                for (int h = 0; h < 2; h++)
+                    for (int i = 0; i < 8; i++) {
+                        uint8_t *t = rec + 192 * (8 * h + i) + 4 * r;
+                        memcpy(t, q.ql + 64 * h + 4 * i, 4);
+                        memcpy(t + 64, q.ql + 64 * h + 32 + 4 * i, 4);
+                        memcpy(t + 128, q.qh + 32 * h + 4 * i, 4);
+                    }
+                for (int j = 0; j < 16; j++) rec[Q6KP_SC + 16 * j + r] = (uint8_t)q.scales[j];
+                memcpy(rec + Q6KP_D + 2 * r, &q.d, 2);
+            }
+        }
+}
+
+static inline __m512i q6kp_bcast(const int8_t *p) {
+    int32_t v;
+    memcpy(&v, p, 4);
+    return _mm512_set1_epi32(v);
+}
+
+/* The 16 rows of the group at g (nb records) against NP activation rows
+ * (q8.h layout, at xr, xq_stride apart): out[i] lane r = row r, input i. */
+static inline __attribute__((always_inline)) void q6kp_group(const uint8_t *g, int64_t nb,
+                                                             int64_t K, const char *xr,
+                                                             size_t xq_stride, __m512 out[2],
+                                                             int NP) {
+    const __m512i m4 = _mm512_set1_epi8(15), m48 = _mm512_set1_epi8(48);
+    const bool    pf = moe__cpu_plan.pf_groups;
+    q8_act        a[2];
+#pragma GCC unroll 2
+    for (int i = 0; i < NP; i++) {
+        a[i]   = q8_act_view(xr + (size_t)i * xq_stride, K);
+        out[i] = _mm512_setzero_ps();
+    }
+    for (int64_t b = 0; b < nb; b++) {
+        const uint8_t *rec = g + (size_t)b * Q6KP_REC;
+        if (pf) moe__cpu_prefetch(rec, Q6KP_REC);
+        __m512i t[2] = { _mm512_setzero_si512(), _mm512_setzero_si512() };
+        for (int h = 0; h < 2; h++)
+            for (int iq = 0; iq < 2; iq++) { /* sub-blocks 8h + iq + {0, 2, 4, 6} */
+                __m512i acc[2][4];
+#pragma GCC unroll 2
+                for (int i = 0; i < NP; i++)
+#pragma GCC unroll 4
+                    for (int v = 0; v < 4; v++)
+                        acc[i][v] = _mm512_set1_epi32(-32 * a[i].as[16 * b + 8 * h + iq + 2 * v]);
+#pragma GCC unroll 4
+                for (int ii = 0; ii < 4; ii++) {
+                    const int     l = 4 * iq + ii;
+                    const uint8_t *t = rec + 192 * (8 * h + l);
+                    const __m512i  A = _mm512_loadu_si512(t), B = _mm512_loadu_si512(t + 64);
+                    const __m512i  Q = _mm512_loadu_si512(t + 128);
+                    /* (x & 15) | y: ternary logic 0xea is A & B | C */
+                    const __m512i v[4] = {
+                        _mm512_ternarylogic_epi32(A, m4, _mm512_and_si512(_mm512_slli_epi16(Q, 4), m48), 0xea),
+                        _mm512_ternarylogic_epi32(B, m4, _mm512_and_si512(_mm512_slli_epi16(Q, 2), m48), 0xea),
+                        _mm512_ternarylogic_epi32(_mm512_srli_epi16(A, 4), m4, _mm512_and_si512(Q, m48), 0xea),
+                        _mm512_ternarylogic_epi32(_mm512_srli_epi16(B, 4), m4,
+                                                  _mm512_and_si512(_mm512_srli_epi16(Q, 2), m48), 0xea) };
+#pragma GCC unroll 2
+                    for (int i = 0; i < NP; i++)
+#pragma GCC unroll 4
+                        for (int vv = 0; vv < 4; vv++)
+                            acc[i][vv] = _mm512_dpbusd_epi32(
+                                acc[i][vv], v[vv], q6kp_bcast(a[i].qa + 256 * b + 128 * h + 32 * vv + 4 * l));
+                }
+#pragma GCC unroll 4
+                for (int vv = 0; vv < 4; vv++) {
+                    const __m512i sc = _mm512_cvtepi8_epi32(
+                        _mm_loadu_si128((const __m128i *)(rec + Q6KP_SC + 16 * (8 * h + iq + 2 * vv))));
+#pragma GCC unroll 2
+                    for (int i = 0; i < NP; i++)
+                        t[i] = _mm512_add_epi32(t[i], _mm512_mullo_epi32(acc[i][vv], sc));
+                }
+            }
+        const __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(rec + Q6KP_D)));
+#pragma GCC unroll 2
+        for (int i = 0; i < NP; i++)
+            out[i] = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(t[i]), d),
+                                     _mm512_set1_ps(a[i].ad[16 * b]), out[i]);
+    }
+}
+
+static void gemm_q6_k_packed(const moe__wmat *w, int64_t r0, int64_t r1, const void *xq,
+                             size_t xq_stride, int64_t n_x, float *y, int64_t y_stride) {
+    const int64_t  K = w->cols, nb = K / MOE_QK_K;
+    const uint8_t *base = w->data;
+    /* Chunks of activation rows outermost (MOE_CPU_X_CHUNK), then groups,
+     * then passes of 2 and 1 rows (the same operations per output). */
+    for (int64_t c = 0; c < n_x; c += MOE_CPU_X_CHUNK) {
+        const int64_t c1 = n_x - c < MOE_CPU_X_CHUNK ? n_x : c + MOE_CPU_X_CHUNK;
+        for (int64_t g = r0 / Q6KP_ROWS; g * Q6KP_ROWS < r1; g++) {
+            const uint8_t *gp = base + (size_t)(g * nb) * Q6KP_REC;
+            const int64_t  g0 = g * Q6KP_ROWS;
+            const int      lo = (int)((r0 > g0 ? r0 : g0) - g0);
+            const int      hi = (int)((r1 < g0 + Q6KP_ROWS ? r1 : g0 + Q6KP_ROWS) - g0);
+            for (int64_t i = c; i < c1;) {
+                const int   np = c1 - i >= 2 ? 2 : 1;
+                const char *xr = (const char *)xq + (size_t)i * xq_stride;
+                __m512      out[2];
+                if (np == 2) q6kp_group(gp, nb, K, xr, xq_stride, out, 2);
+                else q6kp_group(gp, nb, K, xr, xq_stride, out, 1);
+                for (int p = 0; p < np; p++) {
+                    _Alignas(64) float lanes[Q6KP_ROWS];
+                    _mm512_store_ps(lanes, out[p]);
+                    memcpy(y + (i + p) * y_stride + (g0 + lo - r0), lanes + lo,
+                           sizeof(float) * (size_t)(hi - lo));
+                }
+                i += np;
+            }
+        }
+    }
 }
 
 static void gemm_q6_k(const moe__wmat *w, int64_t r0, int64_t r1, const void *xq, size_t xq_stride,
@@ -209,5 +367,9 @@ static void gemm_q6_k(const moe__wmat *w, int64_t r0, int64_t r1, const void *xq
 
 /* ===== Table entry ===== */
 
-const moe__cpu_format moe__cpu_q6_k = { .act_row_bytes = q8_act_row_bytes,
-                                        .act_quantize = act_q8_k, .gemm = gemm_q6_k };
+const moe__cpu_format moe__cpu_q6_k = {
+    .act_row_bytes = q8_act_row_bytes, .act_quantize = act_q8_k, .gemm = gemm_q6_k,
+#if Q8_AVX512
+    .packed_bytes = q6k_packed_bytes, .pack = q6k_pack, .gemm_packed = gemm_q6_k_packed,
+#endif
+};
