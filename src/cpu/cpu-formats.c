@@ -52,14 +52,16 @@ static const moe__cpu_format *const g_cpu_formats[MOE_FORMAT_COUNT] = {
  *   0.77-0.80 of the plain read to 0.83, its W13 shape from 0.84-0.85 to
  *   0.87-0.88, int4-awq and int8-gptq up 1-5 points; at 12288 Q4_K's W13
  *   shape lost 3 points, so the other kernels keep 16384
- *   (bench/results/2026-11-30-cpu-zen5-packed-prefetch.md). The packed
- *   Q4_K kernel's one stream of 16-row groups read 0.91-1.00 of the plain
- *   read with no software prefetch and 0.65-0.72 with the plan's at any
- *   distance from 4096 to 65536 (2026-12-01-cpu-zen5-q4k-groups.md).
+ *   (bench/results/2026-11-30-cpu-zen5-packed-prefetch.md). The kernels
+ *   of 16-row groups (one sequential stream each) prefetch nothing: Q4_K's
+ *   read 0.91-1.00 of the plain read so and 0.65-0.72 with the plan's
+ *   prefetch at any distance from 4096 to 65536; its qwen3-30b-a3b layer
+ *   was slower with it in both of the VM's modes
+ *   (bench/results/2026-12-01-cpu-zen5-row-groups.md).
  *   Measured on Zen 5 only; other AMD cores get the same plan untested.
- * Other CPUs keep the Intel plan (prefetching the row groups too, untested:
- * its rule that the hardware stops at each 4 KiB page), which is also the plan before the first
- * moe__cpu_format_get. */
+ * Other CPUs keep the Intel plan, which is also the plan before the first
+ * moe__cpu_format_get (its row groups prefetch too, untested: there the
+ * hardware's stream stopped at every 4 KiB page). */
 #define PLAN_INTEL { .streams = 4, .pf_far = 3072, .pf_near = 768, .pf_far_packed = 3072, \
                      .pf_groups = true }
 #define PLAN_AMD   { .streams = 1, .pf_far = 16384, .pf_near = 4096, .pf_far_packed = 12288, \

@@ -149,8 +149,11 @@ static void i8p_pack(const moe__wmat *w, void *dst) {
         for (int r = 0; r < I8P_ROWS; r++) {
             const int64_t row = g * I8P_ROWS + r;
             const int8_t *q   = row < w->rows ? (const int8_t *)w->data + row * K : NULL;
-            for (int64_t k = 0; k < K4; k++)
-                o[(k / 4) * 64 + 4 * r + k % 4] = q && k < K ? q[k] : 0;
+            for (int64_t c = 0; c < K4 / 4; c++) {
+                int8_t v[4] = { 0, 0, 0, 0 };
+                if (q) memcpy(v, q + 4 * c, (size_t)(K - 4 * c < 4 ? K - 4 * c : 4));
+                memcpy(o + c * 64 + 4 * r, v, 4);
+            }
             const float s = q ? ((const float *)w->scales)[row] : 0.0f;
             memcpy(&sc[r], &s, sizeof s);
         }
