@@ -98,7 +98,7 @@ static void check_packed(const pcase *c) {
     moe__wmat wp = w;
     wp.data = pk;
 
-    float *x = aligned_alloc(64, sizeof(float) * (size_t)(NX * K));
+    float *x = aligned_alloc(64, (sizeof(float) * (size_t)(NX * K) + 63) / 64 * 64);
     test_fill_normal(&rng, x, (size_t)(NX * K), 1.0f);
     for (int64_t k = 0; k < K; k++) x[4 * K + k] *= 1e-6f; /* a tiny row */
     /* The kernels' input rows (act_quantize: the 4-bit formats' bf16 pairs,
