@@ -59,6 +59,8 @@
 
 #include "internal.h"
 
+#include <string.h>
+
 #if defined(__F16C__)
 #include <immintrin.h>
 #endif
@@ -175,6 +177,20 @@ static inline __m512 moe__cpu_dp_bf16(__m512 acc, __m512i w, __m512i x) {
     return _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_slli_epi32(w, 16)),
                            _mm512_castsi512_ps(_mm512_slli_epi32(x, 16)), acc);
 #endif
+}
+
+/* The packed kernels of 16-row groups (gemv-q4k.c, gemv-q6k.c,
+ * gemv-q8_0.c, gemv-int8.c): group g holds weight rows 16g .. 16g + 15, one
+ * per lane of a result vector v. Writes the lanes of the rows inside the
+ * tile [r0, r1) to y (y[0] is row r0). */
+enum { MOE_CPU_GROUP_ROWS = 16 };
+static inline void moe__cpu_group_store(__m512 v, int64_t g, int64_t r0, int64_t r1, float *y) {
+    const int64_t g0 = g * MOE_CPU_GROUP_ROWS;
+    const int64_t lo = r0 > g0 ? r0 - g0 : 0;
+    const int64_t hi = r1 < g0 + MOE_CPU_GROUP_ROWS ? r1 - g0 : MOE_CPU_GROUP_ROWS;
+    _Alignas(64) float lanes[MOE_CPU_GROUP_ROWS];
+    _mm512_store_ps(lanes, v);
+    memcpy(y + (g0 + lo - r0), lanes + lo, sizeof(float) * (size_t)(hi - lo));
 }
 
 #if defined(__AVX512BW__) && defined(__AVX512VNNI__)

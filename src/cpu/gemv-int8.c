@@ -88,17 +88,23 @@ static inline __attribute__((always_inline)) void i8_rows(const int8_t *q, int64
     }
 }
 
+/* The sum of qa of each of nx activation rows (at xr, xq_stride apart). */
+static void i8_act_sums(const char *xr, size_t xq_stride, int64_t nx, int64_t K, int64_t *asum) {
+    for (int64_t i = 0; i < nx; i++) {
+        const int32_t *as = q8_act_view(xr + (size_t)i * xq_stride, K).as;
+        asum[i] = 0;
+        for (int64_t g = 0; g < q8_kp(K) / 16; g++) asum[i] += as[g];
+    }
+}
+
 static void gemm_int8(const moe__wmat *w, int64_t r0, int64_t r1, const void *xq,
                       size_t xq_stride, int64_t n_x, float *y, int64_t y_stride) {
-    const int64_t K = w->cols, ng = q8_kp(K) / 16;
+    const int64_t K = w->cols;
     for (int64_t i0 = 0; i0 < n_x; i0 += 4) {
         const int64_t nx = n_x - i0 < 4 ? n_x - i0 : 4;
         const char   *xr = (const char *)xq + (size_t)i0 * xq_stride;
-        int64_t       asum[4] = { 0, 0, 0, 0 }; /* sum of qa per activation row */
-        for (int64_t i = 0; i < nx; i++) {
-            const int32_t *as = q8_act_view(xr + (size_t)i * xq_stride, K).as;
-            for (int64_t g = 0; g < ng; g++) asum[i] += as[g];
-        }
+        int64_t       asum[4];
+        i8_act_sums(xr, xq_stride, nx, K, asum);
         const int64_t seg = moe__cpu_stream_seg(r0, r1);
         for (int64_t step = 0; step < seg * moe__cpu_plan.streams; step++) {
             const int64_t r = moe__cpu_stream_row(r0, seg, step);
@@ -129,7 +135,7 @@ static void gemm_int8(const moe__wmat *w, int64_t r0, int64_t r1, const void *xq
  *   float s[16]              the rows' scales
  * Each lane's integer sum is exact (int32 over at most I8P_KC values, then
  * int64), so the result has the same bits as i8_rows'. */
-enum { I8P_ROWS = 16, I8P_KC = 16384 };
+enum { I8P_ROWS = MOE_CPU_GROUP_ROWS, I8P_KC = 16384 };
 
 static int64_t i8p_k4(int64_t K) { return (K + 3) / 4 * 4; }
 
@@ -227,20 +233,14 @@ static inline __attribute__((always_inline)) void i8p_group(const int8_t *g, int
 
 static void gemm_int8_packed(const moe__wmat *w, int64_t r0, int64_t r1, const void *xq,
                              size_t xq_stride, int64_t n_x, float *y, int64_t y_stride) {
-    const int64_t K = w->cols, ng = q8_kp(K) / 16;
+    const int64_t K = w->cols;
     for (int64_t i0 = 0; i0 < n_x; i0 += 4) {
         const int64_t nx = n_x - i0 < 4 ? n_x - i0 : 4;
         const char   *xr = (const char *)xq + (size_t)i0 * xq_stride;
-        int64_t       asum[4] = { 0, 0, 0, 0 }; /* sum of qa per activation row */
-        for (int64_t i = 0; i < nx; i++) {
-            const int32_t *as = q8_act_view(xr + (size_t)i * xq_stride, K).as;
-            for (int64_t g = 0; g < ng; g++) asum[i] += as[g];
-        }
+        int64_t       asum[4];
+        i8_act_sums(xr, xq_stride, nx, K, asum);
         for (int64_t g = r0 / I8P_ROWS; g * I8P_ROWS < r1; g++) {
             const int8_t *gp = (const int8_t *)w->data + (size_t)g * i8p_group_bytes(K);
-            const int64_t g0 = g * I8P_ROWS;
-            const int     lo = (int)((r0 > g0 ? r0 : g0) - g0);
-            const int     hi = (int)((r1 < g0 + I8P_ROWS ? r1 : g0 + I8P_ROWS) - g0);
             __m512        out[4];
             switch (nx) {
             case 4: i8p_group(gp, K, xr, xq_stride, asum, out, 4); break;
@@ -248,12 +248,8 @@ static void gemm_int8_packed(const moe__wmat *w, int64_t r0, int64_t r1, const v
             case 2: i8p_group(gp, K, xr, xq_stride, asum, out, 2); break;
             default: i8p_group(gp, K, xr, xq_stride, asum, out, 1); break;
             }
-            for (int64_t i = 0; i < nx; i++) {
-                _Alignas(64) float lanes[I8P_ROWS];
-                _mm512_store_ps(lanes, out[i]);
-                memcpy(y + (i0 + i) * y_stride + (g0 + lo - r0), lanes + lo,
-                       sizeof(float) * (size_t)(hi - lo));
-            }
+            for (int64_t i = 0; i < nx; i++)
+                moe__cpu_group_store(out[i], g, r0, r1, y + (i0 + i) * y_stride);
         }
     }
 }

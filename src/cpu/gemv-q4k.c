@@ -229,7 +229,7 @@ static inline __attribute__((always_inline)) void q4k_rows(const moe_block_q4_k 
  * the low sub-blocks take 16 sc[s] and the block's exact integer sum is
  * 16 isum, scaled by d / 16 (exact): the same fp32 steps (q4k_step) as the
  * checkpoint layout's kernel, so both give the same bits. */
-enum { Q4KP_ROWS = 16, Q4KP_REC = Q4KP_ROWS * (int)sizeof(moe_block_q4_k) };
+enum { Q4KP_ROWS = MOE_CPU_GROUP_ROWS, Q4KP_REC = Q4KP_ROWS * (int)sizeof(moe_block_q4_k) };
 enum { Q4KP_SB = 0, Q4KP_D = Q4KP_SB + 12 * 16, Q4KP_DMIN = Q4KP_D + 32, Q4KP_QS = Q4KP_DMIN + 32 };
 _Static_assert(Q4KP_QS + 2048 == Q4KP_REC, "q4_k packed record");
 
@@ -368,9 +368,6 @@ static void gemm_q4k_packed(const moe__wmat *w, int64_t r0, int64_t r1, const vo
         const int64_t c1 = n_x - c < MOE_CPU_X_CHUNK ? n_x : c + MOE_CPU_X_CHUNK;
         for (int64_t g = r0 / Q4KP_ROWS; g * Q4KP_ROWS < r1; g++) {
             const uint8_t *gp = base + (size_t)(g * nb) * Q4KP_REC;
-            const int64_t  g0 = g * Q4KP_ROWS;
-            const int      lo = (int)((r0 > g0 ? r0 : g0) - g0);
-            const int      hi = (int)((r1 < g0 + Q4KP_ROWS ? r1 : g0 + Q4KP_ROWS) - g0);
             for (int64_t i = c; i < c1;) {
                 const int64_t left = c1 - i;
                 const int     np   = left >= 4 ? 4 : left >= 2 ? 2 : 1;
@@ -379,12 +376,8 @@ static void gemm_q4k_packed(const moe__wmat *w, int64_t r0, int64_t r1, const vo
                 if (np == 4) q4kp_group(gp, nb, K, xr, xq_stride, acc, 4);
                 else if (np == 2) q4kp_group(gp, nb, K, xr, xq_stride, acc, 2);
                 else q4kp_group(gp, nb, K, xr, xq_stride, acc, 1);
-                for (int p = 0; p < np; p++) {
-                    _Alignas(64) float lanes[Q4KP_ROWS];
-                    _mm512_store_ps(lanes, acc[p]);
-                    memcpy(y + (i + p) * y_stride + (g0 + lo - r0), lanes + lo,
-                           sizeof(float) * (size_t)(hi - lo));
-                }
+                for (int p = 0; p < np; p++)
+                    moe__cpu_group_store(acc[p], g, r0, r1, y + (i + p) * y_stride);
                 i += np;
             }
         }

@@ -186,7 +186,7 @@ static inline __attribute__((always_inline)) void q6k_rows(const moe_block_q6_k 
  *   v2 = A >> 4 | Q & 48           v3 = B >> 4 | (Q >> 2) & 48
  * Each sub-block's vpdpbusd chain starts at -32 bs[s], is multiplied by
  * sc[s] and added to the block's exact T, then q6k_block's fp32 step. */
-enum { Q6KP_ROWS = 16, Q6KP_REC = Q6KP_ROWS * (int)sizeof(moe_block_q6_k) };
+enum { Q6KP_ROWS = MOE_CPU_GROUP_ROWS, Q6KP_REC = Q6KP_ROWS * (int)sizeof(moe_block_q6_k) };
 enum { Q6KP_SC = 0, Q6KP_Q = 256, Q6KP_D = Q6KP_Q + 16 * 3 * 64 };
 _Static_assert(Q6KP_D + 32 == Q6KP_REC, "q6_k packed record");
 
@@ -298,21 +298,14 @@ static void gemm_q6_k_packed(const moe__wmat *w, int64_t r0, int64_t r1, const v
         const int64_t c1 = n_x - c < MOE_CPU_X_CHUNK ? n_x : c + MOE_CPU_X_CHUNK;
         for (int64_t g = r0 / Q6KP_ROWS; g * Q6KP_ROWS < r1; g++) {
             const uint8_t *gp = base + (size_t)(g * nb) * Q6KP_REC;
-            const int64_t  g0 = g * Q6KP_ROWS;
-            const int      lo = (int)((r0 > g0 ? r0 : g0) - g0);
-            const int      hi = (int)((r1 < g0 + Q6KP_ROWS ? r1 : g0 + Q6KP_ROWS) - g0);
             for (int64_t i = c; i < c1;) {
                 const int   np = c1 - i >= 2 ? 2 : 1;
                 const char *xr = (const char *)xq + (size_t)i * xq_stride;
                 __m512      out[2];
                 if (np == 2) q6kp_group(gp, nb, K, xr, xq_stride, out, 2);
                 else q6kp_group(gp, nb, K, xr, xq_stride, out, 1);
-                for (int p = 0; p < np; p++) {
-                    _Alignas(64) float lanes[Q6KP_ROWS];
-                    _mm512_store_ps(lanes, out[p]);
-                    memcpy(y + (i + p) * y_stride + (g0 + lo - r0), lanes + lo,
-                           sizeof(float) * (size_t)(hi - lo));
-                }
+                for (int p = 0; p < np; p++)
+                    moe__cpu_group_store(out[p], g, r0, r1, y + (i + p) * y_stride);
                 i += np;
             }
         }

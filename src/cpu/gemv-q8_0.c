@@ -325,7 +325,7 @@ static inline __attribute__((always_inline)) void q4u_rows(
  * sums taken times 16, so the block's exact sum is 16 isum, scaled by dl /
  * 16 (exact); the fp32 steps are q4u_unit's, so both layouts give the same
  * bits. */
-enum { Q4P_ROWS = 16 };
+enum { Q4P_ROWS = MOE_CPU_GROUP_ROWS };
 
 static inline int q4p_nc(moe_format f) { return f == MOE_FORMAT_Q8_0 ? 8 : 4; }
 
@@ -451,9 +451,6 @@ static void gemm_q4p(const moe__wmat *w, int64_t r0, int64_t r1, const void *xq,
         const int64_t c1 = n_x - c < MOE_CPU_X_CHUNK ? n_x : c + MOE_CPU_X_CHUNK;
         for (int64_t g = r0 / Q4P_ROWS; g * Q4P_ROWS < r1; g++) {
             const uint8_t *gp = base + (size_t)g * gb;
-            const int64_t  g0 = g * Q4P_ROWS;
-            const int      lo = (int)((r0 > g0 ? r0 : g0) - g0);
-            const int      hi = (int)((r1 < g0 + Q4P_ROWS ? r1 : g0 + Q4P_ROWS) - g0);
             for (int64_t i = c; i < c1;) {
                 const int64_t left = c1 - i;
                 const int     np   = left >= 4 ? 4 : left >= 2 ? 2 : 1;
@@ -470,12 +467,8 @@ static void gemm_q4p(const moe__wmat *w, int64_t r0, int64_t r1, const void *xq,
                 else if (f == MOE_FORMAT_Q8_0) Q4P_GROUP(MOE_FORMAT_Q8_0);
                 else Q4P_GROUP(MOE_FORMAT_Q4_0);
 #undef Q4P_GROUP
-                for (int p = 0; p < np; p++) {
-                    _Alignas(64) float lanes[Q4P_ROWS];
-                    _mm512_store_ps(lanes, acc[p]);
-                    memcpy(y + (i + p) * y_stride + (g0 + lo - r0), lanes + lo,
-                           sizeof(float) * (size_t)(hi - lo));
-                }
+                for (int p = 0; p < np; p++)
+                    moe__cpu_group_store(acc[p], g, r0, r1, y + (i + p) * y_stride);
                 i += np;
             }
         }
