@@ -184,6 +184,14 @@ static inline __m512 moe__cpu_dp_bf16(__m512 acc, __m512i w, __m512i x) {
  * per lane of a result vector v. Writes the lanes of the rows inside the
  * tile [r0, r1) to y (y[0] is row r0). */
 enum { MOE_CPU_GROUP_ROWS = 16 };
+
+/* The 4 bytes at p in every dword lane: the activation bytes one vpdpbusd
+ * of a group meets (a broadcast load). */
+static inline __m512i moe__cpu_bcast4(const void *p) {
+    int32_t v;
+    memcpy(&v, p, 4);
+    return _mm512_set1_epi32(v);
+}
 static inline void moe__cpu_group_store(__m512 v, int64_t g, int64_t r0, int64_t r1, float *y) {
     const int64_t g0 = g * MOE_CPU_GROUP_ROWS;
     const int64_t lo = r0 > g0 ? r0 - g0 : 0;

@@ -166,12 +166,6 @@ static void i8p_pack(const moe__wmat *w, void *dst) {
     }
 }
 
-static inline __m512i i8p_bcast(const char *p) {
-    int32_t v;
-    memcpy(&v, p, 4);
-    return _mm512_set1_epi32(v);
-}
-
 /* The 16 rows of the group at g against NP activation rows: y lanes. */
 static inline __attribute__((always_inline)) void i8p_group(const int8_t *g, int64_t K,
                                                             const char *xr, size_t xq_stride,
@@ -201,7 +195,7 @@ static inline __attribute__((always_inline)) void i8p_group(const int8_t *g, int
 #pragma GCC unroll 4
                 for (int i = 0; i < NP; i++)
                     acc[i][j] = _mm512_dpbusd_epi32(acc[i][j], u,
-                                                    i8p_bcast(xr + (size_t)i * xq_stride + k + 4 * j));
+                                                    moe__cpu_bcast4(xr + (size_t)i * xq_stride + k + 4 * j));
             }
         }
         for (; k < k1; k += 4) {
@@ -209,7 +203,7 @@ static inline __attribute__((always_inline)) void i8p_group(const int8_t *g, int
             const __m512i u = _mm512_xor_si512(_mm512_loadu_si512(p), _mm512_set1_epi8(-128));
 #pragma GCC unroll 4
             for (int i = 0; i < NP; i++)
-                acc[i][0] = _mm512_dpbusd_epi32(acc[i][0], u, i8p_bcast(xr + (size_t)i * xq_stride + k));
+                acc[i][0] = _mm512_dpbusd_epi32(acc[i][0], u, moe__cpu_bcast4(xr + (size_t)i * xq_stride + k));
         }
 #pragma GCC unroll 4
         for (int i = 0; i < NP; i++) {

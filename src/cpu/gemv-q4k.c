@@ -273,12 +273,6 @@ static inline __m512i q4kp_lanes(__m512i v, int s) {
                                          _mm512_load_si512(q4kp_plane[s % 4]), v);
 }
 
-static inline __m512i q4kp_bcast(const int8_t *p) {
-    int32_t v;
-    memcpy(&v, p, 4);
-    return _mm512_set1_epi32(v);
-}
-
 /* The 16 rows of the group at g (nb records) against NP activation rows
  * (at xr, xq_stride apart): acc[i] lane r = output of row r, input i. */
 static inline __attribute__((always_inline)) void q4kp_group(const uint8_t *g, int64_t nb,
@@ -324,8 +318,8 @@ static inline __attribute__((always_inline)) void q4kp_group(const uint8_t *g, i
                 const __m512i l = _mm512_and_si512(x, lo4), h = _mm512_and_si512(x, hi4);
 #pragma GCC unroll 4
                 for (int i = 0; i < NP; i++) {
-                    dl[i] = _mm512_dpbusd_epi32(dl[i], l, q4kp_bcast(qa[i] + ol + 4 * c));
-                    dh[i] = _mm512_dpbusd_epi32(dh[i], h, q4kp_bcast(qa[i] + oh + 4 * c));
+                    dl[i] = _mm512_dpbusd_epi32(dl[i], l, moe__cpu_bcast4(qa[i] + ol + 4 * c));
+                    dh[i] = _mm512_dpbusd_epi32(dh[i], h, moe__cpu_bcast4(qa[i] + oh + 4 * c));
                 }
             }
             const __m512i sl = _mm512_slli_epi32(q4kp_lanes(sc[j / 2], 2 * j), 4);

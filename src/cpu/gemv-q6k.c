@@ -219,12 +219,6 @@ static void q6k_pack(const moe__wmat *w, void *dst) {
         }
 }
 
-static inline __m512i q6kp_bcast(const int8_t *p) {
-    int32_t v;
-    memcpy(&v, p, 4);
-    return _mm512_set1_epi32(v);
-}
-
 /* The 16 rows of the group at g (nb records) against NP activation rows
  * (q8.h layout, at xr, xq_stride apart): out[i] lane r = row r, input i. */
 static inline __attribute__((always_inline)) void q6kp_group(const uint8_t *g, int64_t nb,
@@ -269,7 +263,7 @@ static inline __attribute__((always_inline)) void q6kp_group(const uint8_t *g, i
 #pragma GCC unroll 4
                         for (int vv = 0; vv < 4; vv++)
                             acc[i][vv] = _mm512_dpbusd_epi32(
-                                acc[i][vv], v[vv], q6kp_bcast(a[i].qa + 256 * b + 128 * h + 32 * vv + 4 * l));
+                                acc[i][vv], v[vv], moe__cpu_bcast4(a[i].qa + 256 * b + 128 * h + 32 * vv + 4 * l));
                 }
 #pragma GCC unroll 4
                 for (int vv = 0; vv < 4; vv++) {

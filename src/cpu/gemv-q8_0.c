@@ -171,6 +171,13 @@ static inline __mmask64 first_bytes(int n) {
     return n >= 64 ? ~0ull : n <= 0 ? 0 : (1ull << n) - 1;
 }
 
+/* MXFP4's codes as unsigned bytes 2 * kvalues_mxfp4 + 128, for vpshufb. */
+static inline __m512i mx4_lut(void) {
+    return _mm512_broadcast_i32x4(_mm_setr_epi8(
+        (char)128, (char)129, (char)130, (char)131, (char)132, (char)134, (char)136, (char)140,
+        (char)128, 127, 126, 125, 124, 122, 120, 116));
+}
+
 /* Gathers of one unit (4 blocks, ub = 4 * bb bytes at p), each a vpermt2b
  * of two loads (index 64 + j picks the second load's byte j):
  * - Q4_0, MXFP4: from A = p[0..63] and B = p[ub - 64 .. ub - 1] (B ends
@@ -238,9 +245,7 @@ static inline __attribute__((always_inline)) __m512 q4u_decode(
         *hi = h;
         return d16;
     }
-    const __m512i lut = _mm512_broadcast_i32x4(_mm_setr_epi8(
-        (char)128, (char)129, (char)130, (char)131, (char)132, (char)134, (char)136, (char)140,
-        (char)128, 127, 126, 125, 124, 122, 120, 116));
+    const __m512i lut = mx4_lut();
     *lo = _mm512_shuffle_epi8(lut, l);
     *hi = _mm512_shuffle_epi8(lut, h);
     /* e << 23 is 2^(e - 127) for e >= 1; the unsigned max makes e = 0 the
@@ -253,7 +258,7 @@ static inline __attribute__((always_inline)) __m512 q4u_decode(
 /* Unit u (4 blocks) of the weight row against NP activation rows, into
  * the accumulators a[i]: each 4-lane group b sums block b's lanes exactly
  * (two in-lane shuffles), so every lane of group b then takes that block's
- * fp32 step (q4u_step's order, the packed kernel's too). */
+ * fp32 steps in the order the header gives (the packed kernel's too). */
 static inline __attribute__((always_inline)) void q4u_unit(
     moe_format f, const q4u_idx *ix, const uint8_t *row, int64_t u, int64_t nu, int64_t nb,
     const char *xr, size_t xq_stride, __m512 a[4], int NP) {
@@ -352,12 +357,6 @@ static void q4p_pack(const moe__wmat *w, void *dst) {
         }
 }
 
-static inline __m512i q4p_bcast(const int8_t *p) {
-    int32_t v;
-    memcpy(&v, p, 4);
-    return _mm512_set1_epi32(v);
-}
-
 /* The 16 rows of the group at g (nb blocks) against NP activation rows
  * (records at xr, xq_stride apart): a[i][b % 4] lane r takes row r's
  * blocks b, b + 4, ... (q4u_unit's steps), summed as q4u_final does. */
@@ -369,9 +368,7 @@ static inline __attribute__((always_inline)) void q4p_group(moe_format f, const 
     const int     nc = q4p_nc(f);
     const size_t  rb = (size_t)Q4P_ROWS * (size_t)q4u_bb(f);
     const __m512i m4 = _mm512_set1_epi8(15), h4 = _mm512_set1_epi8((char)0xf0);
-    const __m512i lut = _mm512_broadcast_i32x4(_mm_setr_epi8(
-        (char)128, (char)129, (char)130, (char)131, (char)132, (char)134, (char)136, (char)140,
-        (char)128, 127, 126, 125, 124, 122, 120, 116)); /* kvalues_mxfp4 * 2 + 128 */
+    const __m512i lut = mx4_lut();
     const bool pf = moe__cpu_plan.pf_groups;
     __m512 a[4][4];
 #pragma GCC unroll 4
@@ -408,11 +405,11 @@ static inline __attribute__((always_inline)) void q4p_group(moe_format f, const 
                 const int8_t *qa = ((const q4u_rec *)(xr + (size_t)i * xq_stride) + b / 4)->qa;
                 if (f == MOE_FORMAT_Q8_0) { /* values 4c ..: 0..15 at 16 bi, 16..31 at 64 + 16 bi */
                     const int o = c < 4 ? 16 * bi + 4 * c : 64 + 16 * bi + 4 * (c - 4);
-                    if (c < 4) lo[i] = _mm512_dpbusd_epi32(lo[i], l, q4p_bcast(qa + o));
-                    else hi[i] = _mm512_dpbusd_epi32(hi[i], l, q4p_bcast(qa + o));
+                    if (c < 4) lo[i] = _mm512_dpbusd_epi32(lo[i], l, moe__cpu_bcast4(qa + o));
+                    else hi[i] = _mm512_dpbusd_epi32(hi[i], l, moe__cpu_bcast4(qa + o));
                 } else {
-                    lo[i] = _mm512_dpbusd_epi32(lo[i], l, q4p_bcast(qa + 16 * bi + 4 * c));
-                    hi[i] = _mm512_dpbusd_epi32(hi[i], h, q4p_bcast(qa + 64 + 16 * bi + 4 * c));
+                    lo[i] = _mm512_dpbusd_epi32(lo[i], l, moe__cpu_bcast4(qa + 16 * bi + 4 * c));
+                    hi[i] = _mm512_dpbusd_epi32(hi[i], h, moe__cpu_bcast4(qa + 64 + 16 * bi + 4 * c));
                 }
             }
         }
