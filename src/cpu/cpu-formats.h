@@ -181,8 +181,7 @@ static inline __m512 moe__cpu_dp_bf16(__m512 acc, __m512i w, __m512i x) {
 
 /* The packed kernels of 16-row groups (gemv-q4k.c, gemv-q6k.c,
  * gemv-q8_0.c, gemv-int8.c): group g holds weight rows 16g .. 16g + 15, one
- * per lane of a result vector v. Writes the lanes of the rows inside the
- * tile [r0, r1) to y (y[0] is row r0). */
+ * per dword lane. */
 enum { MOE_CPU_GROUP_ROWS = 16 };
 
 /* The 4 bytes at p in every dword lane: the activation bytes one vpdpbusd
@@ -192,6 +191,9 @@ static inline __m512i moe__cpu_bcast4(const void *p) {
     memcpy(&v, p, 4);
     return _mm512_set1_epi32(v);
 }
+
+/* Writes the lanes of group g's result v whose rows are inside the tile
+ * [r0, r1) to y (y[0] is row r0). */
 static inline void moe__cpu_group_store(__m512 v, int64_t g, int64_t r0, int64_t r1, float *y) {
     const int64_t g0 = g * MOE_CPU_GROUP_ROWS;
     const int64_t lo = r0 > g0 ? r0 - g0 : 0;
@@ -231,8 +233,8 @@ typedef struct moe__cpu_stream_plan {
     size_t pf_far, pf_near; /* prefetch distances in bytes (moe__cpu_prefetch)        */
     size_t pf_far_packed;   /* pf_far of the packed GPTQ / AWQ kernels (gemv-wna16.c) */
     bool   pf_groups;       /* whether the packed 16-row group kernels (gemv-q4k.c,
-                               gemv-q8_0.c), one sequential stream each, prefetch it
-                               themselves                                         */
+                               gemv-q6k.c, gemv-q8_0.c, gemv-int8.c), one sequential
+                               stream each, prefetch it themselves                */
 } moe__cpu_stream_plan;
 extern moe__cpu_stream_plan moe__cpu_plan;
 

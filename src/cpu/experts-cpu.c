@@ -83,9 +83,9 @@ static double weight_bytes(moe_format f) {
     return info.bits_per_weight / 8.0;
 }
 
-/* Rounds a tile size down to a multiple of 16 (the packed Q4_K kernel's row
- * group, so that no group is split between two tasks), within [16, max]
- * and then at most n. */
+/* Rounds a tile size down to a multiple of 16 (MOE_CPU_GROUP_ROWS, the
+ * packed kernels' row groups, so that no group is split between two
+ * tasks), within [16, max] and then at most n. */
 static int64_t tile_clamp(double v, int64_t max, int64_t n) {
     int64_t t = (int64_t)v / 16 * 16;
     if (t < 16) t = 16;
