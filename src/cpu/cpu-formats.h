@@ -163,6 +163,14 @@ static inline __m256i moe__cpu_bf16_x16(const float *x) {
     return _mm512_cvtepi32_epi16(v);
 }
 
+/* e8m0 exponents (0..254, one per dword lane) -> 2^(e - 127) as f32: e << 23
+ * for e >= 1; the unsigned max turns e = 0 (bits 0) into 0x00400000, the
+ * subnormal 2^-127, and leaves the rest (0xFF is rejected at creation). */
+static inline __m512 moe__cpu_e8m0_x16(__m512i e) {
+    return _mm512_castsi512_ps(
+        _mm512_max_epu32(_mm512_slli_epi32(e, 23), _mm512_set1_epi32(0x00400000)));
+}
+
 /* acc + w.hi * x.hi + w.lo * x.lo per 32-bit lane of bf16 pairs, in that
  * order, each product exact in f32 and each sum rounded: vdpbf16ps, or two
  * FMAs where the build lacks AVX512_BF16 (vdpbf16ps also flushes denormal
@@ -190,6 +198,17 @@ static inline __m512i moe__cpu_bcast4(const void *p) {
     int32_t v;
     memcpy(&v, p, 4);
     return _mm512_set1_epi32(v);
+}
+
+/* Block b (bytes each, nb per row) of row 16g + r of w into out; zeros for
+ * the padding rows past w->rows. The packed kernels' pack functions. */
+static inline void moe__cpu_group_src_block(const moe__wmat *w, int64_t g, int r, int64_t b,
+                                            int64_t nb, size_t bytes, void *out) {
+    const int64_t row = g * MOE_CPU_GROUP_ROWS + r;
+    if (row < w->rows)
+        memcpy(out, (const char *)w->data + (size_t)(row * nb + b) * bytes, bytes);
+    else
+        memset(out, 0, bytes);
 }
 
 /* Writes the lanes of group g's result v whose rows are inside the tile

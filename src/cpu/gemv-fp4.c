@@ -145,11 +145,7 @@ static inline __m128i scale_bytes(const uint8_t *e, int n) {
  * 0 is 2^-127, a subnormal; 0xFF never reaches a kernel: it is rejected at
  * creation). Loaded once per 2 units of 128 values. */
 static inline __m512 mx_scales16(const uint8_t *e, int n) {
-    const __m512i v = _mm512_cvtepu8_epi32(scale_bytes(e, n));
-    /* e << 23 is 2^(e-127) for e >= 1; the unsigned max turns e = 0 (bits
-     * 0) into 0x00400000, the subnormal 2^-127, and leaves the rest. */
-    return _mm512_castsi512_ps(
-        _mm512_max_epu32(_mm512_slli_epi32(v, 23), _mm512_set1_epi32(0x00400000)));
+    return moe__cpu_e8m0_x16(_mm512_cvtepu8_epi32(scale_bytes(e, n)));
 }
 
 /* n <= 16 e4m3 scales times the global scale in lanes 0..n-1: an e4m3 byte

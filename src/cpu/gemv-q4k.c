@@ -239,16 +239,13 @@ static size_t q4k_packed_bytes(const moe__wmat *w) {
 }
 
 static void q4k_pack(const moe__wmat *w, void *dst) {
-    const int64_t         nb = w->cols / MOE_QK_K, groups = (w->rows + Q4KP_ROWS - 1) / Q4KP_ROWS;
-    const moe_block_q4_k *src = w->data;
+    const int64_t nb = w->cols / MOE_QK_K, groups = (w->rows + Q4KP_ROWS - 1) / Q4KP_ROWS;
     for (int64_t g = 0; g < groups; g++)
         for (int64_t b = 0; b < nb; b++) {
             uint8_t *rec = (uint8_t *)dst + (size_t)(g * nb + b) * Q4KP_REC;
             for (int r = 0; r < Q4KP_ROWS; r++) {
-                const int64_t  row = g * Q4KP_ROWS + r;
                 moe_block_q4_k q;
-                if (row < w->rows) q = src[row * nb + b];
-                else memset(&q, 0, sizeof q);
+                moe__cpu_group_src_block(w, g, r, b, nb, sizeof q, &q);
                 for (int c = 0; c < 32; c++) memcpy(rec + Q4KP_QS + 64 * c + 4 * r, q.qs + 4 * c, 4);
                 for (int j = 0; j < 12; j++) rec[Q4KP_SB + 16 * j + r] = q.scales[j];
                 memcpy(rec + Q4KP_D + 2 * r, &q.d, 2);

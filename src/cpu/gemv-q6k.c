@@ -196,16 +196,13 @@ static size_t q6k_packed_bytes(const moe__wmat *w) {
 }
 
 static void q6k_pack(const moe__wmat *w, void *dst) {
-    const int64_t         nb = w->cols / MOE_QK_K, groups = (w->rows + Q6KP_ROWS - 1) / Q6KP_ROWS;
-    const moe_block_q6_k *src = w->data;
+    const int64_t nb = w->cols / MOE_QK_K, groups = (w->rows + Q6KP_ROWS - 1) / Q6KP_ROWS;
     for (int64_t g = 0; g < groups; g++)
         for (int64_t b = 0; b < nb; b++) {
             uint8_t *rec = (uint8_t *)dst + (size_t)(g * nb + b) * Q6KP_REC;
             for (int r = 0; r < Q6KP_ROWS; r++) {
-                const int64_t  row = g * Q6KP_ROWS + r;
                 moe_block_q6_k q;
-                if (row < w->rows) q = src[row * nb + b];
-                else memset(&q, 0, sizeof q);
+                moe__cpu_group_src_block(w, g, r, b, nb, sizeof q, &q);
                 for (int h = 0; h < 2; h++)
                     for (int i = 0; i < 8; i++) {
                         uint8_t *t = rec + Q6KP_Q + 192 * (8 * h + i) + 4 * r;

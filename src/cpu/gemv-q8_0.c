@@ -248,11 +248,7 @@ static inline __attribute__((always_inline)) __m512 q4u_decode(
     const __m512i lut = mx4_lut();
     *lo = _mm512_shuffle_epi8(lut, l);
     *hi = _mm512_shuffle_epi8(lut, h);
-    /* e << 23 is 2^(e - 127) for e >= 1; the unsigned max makes e = 0 the
-     * subnormal 2^-127 (bits 0x00400000). */
-    const __m512i e = _mm512_maskz_permutexvar_epi8(0x1111111111111111ull, ix->d, a);
-    return _mm512_castsi512_ps(
-        _mm512_max_epu32(_mm512_slli_epi32(e, 23), _mm512_set1_epi32(0x00400000)));
+    return moe__cpu_e8m0_x16(_mm512_maskz_permutexvar_epi8(0x1111111111111111ull, ix->d, a));
 }
 
 /* Unit u (4 blocks) of the weight row against NP activation rows, into
@@ -343,14 +339,12 @@ static void q4p_pack(const moe__wmat *w, void *dst) {
     const moe_format f  = w->format;
     const int        bb = q4u_bb(f), nc = q4p_nc(f), o0 = f == MOE_FORMAT_GGUF_MXFP4 ? 1 : 2;
     const int64_t    nb = w->cols / MOE_QK8_0, groups = (w->rows + Q4P_ROWS - 1) / Q4P_ROWS;
-    const uint8_t   *src = w->data;
     for (int64_t g = 0; g < groups; g++)
         for (int64_t b = 0; b < nb; b++) {
             uint8_t *rec = (uint8_t *)dst + (size_t)(g * nb + b) * Q4P_ROWS * (size_t)bb;
             for (int r = 0; r < Q4P_ROWS; r++) {
-                const int64_t row = g * Q4P_ROWS + r;
-                uint8_t       blk[34] = { 0 };
-                if (row < w->rows) memcpy(blk, src + (size_t)(row * nb + b) * (size_t)bb, (size_t)bb);
+                uint8_t blk[34];
+                moe__cpu_group_src_block(w, g, r, b, nb, (size_t)bb, blk);
                 for (int c = 0; c < nc; c++) memcpy(rec + 64 * c + 4 * r, blk + o0 + 4 * c, 4);
                 memcpy(rec + 64 * nc + (size_t)(o0 * r), blk, (size_t)o0); /* d, or e */
             }
@@ -415,9 +409,8 @@ static inline __attribute__((always_inline)) void q4p_group(moe_format f, const 
         }
         __m512 dw;
         if (mx) {
-            const __m512i e = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(rec + 64 * nc)));
-            dw = _mm512_castsi512_ps(
-                _mm512_max_epu32(_mm512_slli_epi32(e, 23), _mm512_set1_epi32(0x00400000)));
+            dw = moe__cpu_e8m0_x16(
+                _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(rec + 64 * nc))));
         } else {
             dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(rec + 64 * nc)));
         }
